@@ -1,0 +1,374 @@
+//! Typed configuration: a preset (`config/<name>.toml`, compiled in), then an
+//! optional TOML file, then `CAIRN_*` environment variables, validated once at
+//! start. After loading, code trusts it.
+//!
+//! Every setting has an environment name: its TOML path joined with `_` and
+//! upper-cased, e.g. `va.http01_port` is `CAIRN_VA_HTTP01_PORT` and
+//! `database.url` is `CAIRN_DATABASE_URL`. Lists are comma-separated.
+
+use anyhow::{anyhow, bail, Context};
+use serde::{Deserialize, Serialize};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+/// The compiled-in presets.
+pub const PRESETS: &[(&str, &str)] = &[
+    ("dev", include_str!("../config/dev.toml")),
+    ("test", include_str!("../config/test.toml")),
+    ("staging", include_str!("../config/staging.toml")),
+    ("production", include_str!("../config/production.toml")),
+];
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// Where the database, CA keys and certificates live.
+    pub data_dir: PathBuf,
+    pub server: ServerConfig,
+    pub database: DatabaseConfig,
+    pub ca: CaConfig,
+    pub acme: AcmeConfig,
+    pub va: VaConfig,
+    pub policy: PolicyConfig,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServerConfig {
+    /// HTTPS listener for the ACME API.
+    pub listen: SocketAddr,
+    /// Plain-HTTP management listener (roots, intermediates); empty disables it.
+    pub management_listen: String,
+    /// PEM certificate chain and key for the HTTPS listener. Empty: Cairn
+    /// issues one from its own root for localhost, 127.0.0.1 and ::1.
+    pub tls_cert: String,
+    pub tls_key: String,
+    /// Largest accepted request body, in bytes.
+    pub max_body_bytes: usize,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DatabaseConfig {
+    /// `sqlite://path` or `postgres://...`. Empty: `sqlite://<data_dir>/cairn.db`.
+    pub url: String,
+    pub max_connections: u32,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CaConfig {
+    /// Key type of the generated root and intermediate: `ecdsa-p256`,
+    /// `ecdsa-p384` or `rsa-2048`.
+    pub key_type: String,
+    /// Subject common names of the generated hierarchy.
+    pub root_name: String,
+    pub intermediate_name: String,
+    /// Validity of issued end-entity certificates, in seconds (90 days default).
+    pub cert_validity_secs: u64,
+    /// Base URL (plain HTTP) where the issuer certificate is published, used
+    /// in the AIA caIssuers field. Empty: `http://<management_listen>`.
+    pub issuer_base_url: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AcmeConfig {
+    /// Terms-of-service URL shown in the directory; empty means none, and then
+    /// agreement is not required.
+    pub terms_of_service: String,
+    pub website: String,
+    pub caa_identities: Vec<String>,
+    pub external_account_required: bool,
+    /// Lifetime of a pending authorization and of an order, seconds.
+    pub pending_authz_lifetime_secs: u64,
+    pub order_lifetime_secs: u64,
+    /// Lifetime of a valid authorization (reused by later orders), seconds.
+    pub valid_authz_lifetime_secs: u64,
+    /// Orders per page in the account's orders list.
+    pub orders_per_page: u32,
+    /// Maximum identifiers per order.
+    pub max_names: usize,
+    /// Maximum contacts per account.
+    pub max_contacts: usize,
+    /// `Retry-After` on pending challenges/authorizations and processing orders.
+    pub retry_after_secs: u64,
+    /// Lifetime of a nonce, seconds.
+    pub nonce_lifetime_secs: u64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct VaConfig {
+    /// Port dialled for http-01 (80 in production).
+    pub http01_port: u16,
+    /// Port dialled for tls-alpn-01 (443 in production).
+    pub tls_alpn01_port: u16,
+    /// DNS resolver `host:port`; empty uses the system configuration.
+    pub resolver: String,
+    /// Allow validation against private, loopback and link-local addresses.
+    pub allow_private_addresses: bool,
+    /// Make every validation succeed without any network traffic (load tests).
+    pub always_valid: bool,
+    /// Per-validation timeout, seconds.
+    pub timeout_secs: u64,
+    /// Largest http-01 response body read, bytes.
+    pub http_max_body_bytes: usize,
+    /// Maximum redirects followed for http-01.
+    pub http_max_redirects: usize,
+    /// Check CAA records before marking a challenge valid.
+    pub check_caa: bool,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PolicyConfig {
+    /// Names (and everything under them) that may never be issued for.
+    pub blocked_names: Vec<String>,
+    /// Public Suffix List file; empty uses the snapshot compiled in.
+    pub public_suffix_list: String,
+}
+
+/// Where configuration comes from, in order of precedence (last wins).
+#[derive(Debug, Default, Clone)]
+pub struct Sources {
+    pub preset: Option<String>,
+    pub file: Option<PathBuf>,
+    pub data_dir: Option<PathBuf>,
+}
+
+impl Config {
+    /// Load a preset, then `file`, then `CAIRN_*` variables, then flags.
+    pub fn load(src: &Sources) -> anyhow::Result<Config> {
+        Self::load_with_env(src, |k| std::env::var(k).ok())
+    }
+
+    pub fn load_with_env(
+        src: &Sources,
+        env: impl Fn(&str) -> Option<String>,
+    ) -> anyhow::Result<Config> {
+        let preset = src
+            .preset
+            .clone()
+            .or_else(|| env("CAIRN_PRESET"))
+            .unwrap_or_else(|| "dev".into());
+        let text = PRESETS
+            .iter()
+            .find(|(n, _)| *n == preset)
+            .map(|(_, t)| *t)
+            .ok_or_else(|| anyhow!("unknown preset {preset:?} (dev, test, staging, production)"))?;
+        let mut value: toml::Value = toml::from_str(text).context("preset")?;
+        let file = src
+            .file
+            .clone()
+            .or_else(|| env("CAIRN_CONFIG").map(PathBuf::from));
+        if let Some(path) = &file {
+            let t = std::fs::read_to_string(path)
+                .with_context(|| format!("reading config file {}", path.display()))?;
+            let over: toml::Value =
+                toml::from_str(&t).with_context(|| format!("parsing {}", path.display()))?;
+            merge(&mut value, over, "")?;
+        }
+        apply_env(&mut value, "CAIRN", &env)?;
+        if let Some(d) = &src.data_dir {
+            if let toml::Value::Table(t) = &mut value {
+                t.insert(
+                    "data_dir".into(),
+                    toml::Value::String(d.display().to_string()),
+                );
+            }
+        }
+        let cfg: Config = value.try_into().map_err(|e| anyhow!("configuration: {e}"))?;
+        cfg.validate()?;
+        Ok(cfg)
+    }
+
+    fn validate(&self) -> anyhow::Result<()> {
+        if !self.management_listen().map(|_| true).unwrap_or(false)
+            && !self.server.management_listen.is_empty()
+        {
+            bail!(
+                "server.management_listen: {:?} is not host:port",
+                self.server.management_listen
+            );
+        }
+        match self.ca.key_type.as_str() {
+            "ecdsa-p256" | "ecdsa-p384" | "rsa-2048" => {}
+            k => bail!("ca.key_type: {k:?} is not ecdsa-p256, ecdsa-p384 or rsa-2048"),
+        }
+        if self.ca.cert_validity_secs < 60 {
+            bail!("ca.cert_validity_secs must be at least 60");
+        }
+        if self.acme.max_names == 0 || self.acme.max_names > 100 {
+            bail!("acme.max_names must be between 1 and 100");
+        }
+        if self.acme.orders_per_page == 0 {
+            bail!("acme.orders_per_page must be at least 1");
+        }
+        if !self.va.resolver.is_empty() && self.va.resolver.parse::<SocketAddr>().is_err() {
+            bail!("va.resolver: {:?} is not ip:port", self.va.resolver);
+        }
+        if self.server.tls_cert.is_empty() != self.server.tls_key.is_empty() {
+            bail!("server.tls_cert and server.tls_key must be set together");
+        }
+        if !self.database.url.is_empty()
+            && !self.database.url.starts_with("sqlite:")
+            && !self.database.url.starts_with("postgres://")
+            && !self.database.url.starts_with("postgresql://")
+        {
+            bail!("database.url must start with sqlite: or postgres://");
+        }
+        Ok(())
+    }
+
+    pub fn management_listen(&self) -> Option<SocketAddr> {
+        self.server.management_listen.parse().ok()
+    }
+
+    /// The database URL, defaulting to a SQLite file in the data directory.
+    pub fn database_url(&self) -> String {
+        if self.database.url.is_empty() {
+            format!("sqlite://{}", self.data_dir.join("cairn.db").display())
+        } else {
+            self.database.url.clone()
+        }
+    }
+
+    /// Base URL of the plain-HTTP listener that publishes issuer certificates.
+    pub fn issuer_base_url(&self) -> String {
+        if !self.ca.issuer_base_url.is_empty() {
+            return self.ca.issuer_base_url.trim_end_matches('/').to_string();
+        }
+        match self.management_listen() {
+            Some(a) => format!("http://{a}"),
+            None => String::new(),
+        }
+    }
+
+    pub fn data_path(&self, name: &str) -> PathBuf {
+        self.data_dir.join(name)
+    }
+}
+
+/// Merge `over` into `base`, refusing keys the base does not have.
+fn merge(base: &mut toml::Value, over: toml::Value, path: &str) -> anyhow::Result<()> {
+    match (base, over) {
+        (toml::Value::Table(b), toml::Value::Table(o)) => {
+            for (k, v) in o {
+                let p = if path.is_empty() { k.clone() } else { format!("{path}.{k}") };
+                match b.get_mut(&k) {
+                    Some(slot) => merge(slot, v, &p)?,
+                    None => bail!("unknown configuration key {p:?}"),
+                }
+            }
+            Ok(())
+        }
+        (slot, v) => {
+            *slot = v;
+            Ok(())
+        }
+    }
+}
+
+/// Override every leaf that has a `CAIRN_*` variable set.
+fn apply_env(
+    value: &mut toml::Value,
+    prefix: &str,
+    env: &impl Fn(&str) -> Option<String>,
+) -> anyhow::Result<()> {
+    if let toml::Value::Table(t) = value {
+        for (k, v) in t.iter_mut() {
+            let name = format!("{prefix}_{}", k.to_uppercase());
+            if let toml::Value::Table(_) = v {
+                apply_env(v, &name, env)?;
+                continue;
+            }
+            let Some(raw) = env(&name) else { continue };
+            *v = parse_like(v, &raw).with_context(|| format!("environment variable {name}"))?;
+        }
+    }
+    Ok(())
+}
+
+fn parse_like(current: &toml::Value, raw: &str) -> anyhow::Result<toml::Value> {
+    Ok(match current {
+        toml::Value::String(_) => toml::Value::String(raw.to_string()),
+        toml::Value::Integer(_) => toml::Value::Integer(
+            raw.trim()
+                .parse()
+                .map_err(|_| anyhow!("{raw:?} is not an integer"))?,
+        ),
+        toml::Value::Boolean(_) => toml::Value::Boolean(match raw.trim() {
+            "1" | "true" | "yes" | "on" => true,
+            "0" | "false" | "no" | "off" => false,
+            _ => bail!("{raw:?} is not a boolean"),
+        }),
+        toml::Value::Float(_) => toml::Value::Float(
+            raw.trim()
+                .parse()
+                .map_err(|_| anyhow!("{raw:?} is not a number"))?,
+        ),
+        toml::Value::Array(_) => toml::Value::Array(
+            raw.split(',')
+                .map(str::trim)
+                .filter(|s| !s.is_empty())
+                .map(|s| toml::Value::String(s.to_string()))
+                .collect(),
+        ),
+        other => bail!("cannot set a {} from the environment", other.type_str()),
+    })
+}
+
+/// Ensure a directory exists (used for the data directory at start).
+pub fn ensure_dir(p: &Path) -> anyhow::Result<()> {
+    std::fs::create_dir_all(p).with_context(|| format!("creating {}", p.display()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashMap;
+
+    fn load(preset: &str, env: &[(&str, &str)]) -> anyhow::Result<Config> {
+        let m: HashMap<String, String> =
+            env.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        Config::load_with_env(
+            &Sources {
+                preset: Some(preset.into()),
+                ..Default::default()
+            },
+            |k| m.get(k).cloned(),
+        )
+    }
+
+    #[test]
+    fn every_preset_loads() {
+        for (name, _) in PRESETS {
+            load(name, &[]).unwrap_or_else(|e| panic!("preset {name}: {e:#}"));
+        }
+    }
+
+    #[test]
+    fn env_overrides_nested_keys() {
+        let c = load(
+            "test",
+            &[
+                ("CAIRN_VA_HTTP01_PORT", "6000"),
+                ("CAIRN_DATABASE_URL", "sqlite://x.db"),
+                ("CAIRN_ACME_CAA_IDENTITIES", "a.example, b.example"),
+            ],
+        )
+        .unwrap();
+        assert_eq!(c.va.http01_port, 6000);
+        assert_eq!(c.database_url(), "sqlite://x.db");
+        assert_eq!(c.acme.caa_identities, vec!["a.example", "b.example"]);
+    }
+
+    #[test]
+    fn bad_values_name_the_key() {
+        let e = load("dev", &[("CAIRN_VA_HTTP01_PORT", "eighty")]).unwrap_err();
+        assert!(format!("{e:#}").contains("CAIRN_VA_HTTP01_PORT"), "{e:#}");
+        let e = load("dev", &[("CAIRN_CA_KEY_TYPE", "dsa")]).unwrap_err();
+        assert!(format!("{e:#}").contains("ca.key_type"), "{e:#}");
+    }
+}

@@ -1,0 +1,24 @@
+//! Cairn: an ACME (RFC 8555) certificate authority.
+//!
+//! Layout, Boulder-shaped; data flows one way, `wfe` → `ra` → `sa`/`ca`/`va`:
+//! - [`config`]: typed configuration (presets, TOML file, `CAIRN_*` variables).
+//! - [`problem`]: the one error type, ACME problem documents.
+//! - `wfe`: web front end: HTTP, JWS, nonces, headers. Never touches SQL.
+//! - `ra`: registration authority: account/order/authorization life cycles.
+//! - `sa`: storage authority: the only code that speaks SQL.
+//! - `ca`: certificate authority: the hierarchy and issuance.
+//! - `va`: validation authority: http-01, dns-01, tls-alpn-01, CAA.
+//! - `policy`: which identifiers may be issued for.
+//! - [`testdns`]: the mock DNS server of `cairn testdns`.
+
+pub mod ca;
+pub mod clock;
+pub mod config;
+pub mod policy;
+pub mod problem;
+pub mod ra;
+pub mod sa;
+pub mod serve;
+pub mod testdns;
+pub mod va;
+pub mod wfe;

@@ -1,0 +1,74 @@
+//! The `cairn` binary: `cairn serve`, `cairn testdns`.
+
+use cairn::config::{Config, Sources};
+use clap::{Parser, Subcommand};
+use std::path::PathBuf;
+
+#[derive(Parser)]
+#[command(name = "cairn", version, about = "An ACME (RFC 8555) certificate authority")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the ACME server (HTTPS API plus the plain-HTTP management listener).
+    Serve(ConfigArgs),
+    /// Run the mock DNS server with its HTTP API (for tests and dns-01 hooks).
+    Testdns(cairn::testdns::TestDnsArgs),
+}
+
+#[derive(clap::Args)]
+struct ConfigArgs {
+    /// TOML file applied on top of the preset.
+    #[arg(long)]
+    config: Option<PathBuf>,
+    /// Preset: dev (default), test, staging, production.
+    #[arg(long)]
+    preset: Option<String>,
+    /// Data directory (database, CA keys); overrides the configuration.
+    #[arg(long)]
+    data_dir: Option<PathBuf>,
+}
+
+impl ConfigArgs {
+    fn load(&self) -> anyhow::Result<Config> {
+        Config::load(&Sources {
+            preset: self.preset.clone(),
+            file: self.config.clone(),
+            data_dir: self.data_dir.clone(),
+        })
+    }
+}
+
+fn main() -> std::process::ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("CAIRN_LOG")
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = Cli::parse();
+    let rt = match tokio::runtime::Runtime::new() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("cairn: cannot start the runtime: {e}");
+            return std::process::ExitCode::FAILURE;
+        }
+    };
+    let result = rt.block_on(async {
+        match cli.command {
+            Command::Serve(args) => cairn::serve::run(args.load()?).await,
+            Command::Testdns(args) => cairn::testdns::run(args).await,
+        }
+    });
+    match result {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("cairn: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,242 @@
+//! The one error type: ACME problem documents (RFC 7807 + RFC 8555 §6.7).
+//!
+//! Every failure a client can cause is a `Problem` built by one constructor per
+//! ACME error type, so a handler cannot pair the wrong type and HTTP status.
+//! Internal errors are logged with an id and answered as `serverInternal`
+//! without leaking details.
+
+use axum::http::{header, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use serde::Serialize;
+
+/// The ACME error namespace (RFC 8555 §6.7).
+pub const ACME_ERROR_NS: &str = "urn:ietf:params:acme:error:";
+
+/// An identifier as it appears in problem subproblems and orders.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, serde::Deserialize)]
+pub struct Identifier {
+    #[serde(rename = "type")]
+    pub kind: String,
+    pub value: String,
+}
+
+impl Identifier {
+    pub fn dns(value: impl Into<String>) -> Self {
+        Identifier {
+            kind: "dns".into(),
+            value: value.into(),
+        }
+    }
+}
+
+/// A per-identifier sub-error (RFC 8555 §6.7.1).
+#[derive(Debug, Clone, PartialEq, Serialize, serde::Deserialize)]
+pub struct Subproblem {
+    #[serde(rename = "type")]
+    pub kind: String,
+    pub detail: String,
+    pub identifier: Identifier,
+}
+
+/// An ACME problem document. Construct it with the named constructors.
+#[derive(Debug, Clone, PartialEq, Serialize, serde::Deserialize)]
+pub struct Problem {
+    #[serde(rename = "type")]
+    pub kind: String,
+    pub detail: String,
+    pub status: u16,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub subproblems: Vec<Subproblem>,
+    /// RFC 8555 §6.2: `badSignatureAlgorithm` lists the accepted algorithms.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub algorithms: Option<Vec<String>>,
+    /// Seconds for the `Retry-After` header; not part of the document.
+    #[serde(skip)]
+    pub retry_after: Option<u64>,
+    /// A `Location` header to send with the problem (key-change conflict).
+    #[serde(skip)]
+    pub location: Option<String>,
+}
+
+macro_rules! constructors {
+    ($($fn:ident => $name:literal, $status:expr;)*) => {
+        $(
+            #[doc = concat!("`urn:ietf:params:acme:error:", $name, "`")]
+            pub fn $fn(detail: impl Into<String>) -> Problem {
+                Problem::new($name, $status, detail)
+            }
+        )*
+    };
+}
+
+impl Problem {
+    pub fn new(name: &str, status: StatusCode, detail: impl Into<String>) -> Problem {
+        Problem {
+            kind: format!("{ACME_ERROR_NS}{name}"),
+            detail: detail.into(),
+            status: status.as_u16(),
+            subproblems: Vec::new(),
+            algorithms: None,
+            retry_after: None,
+            location: None,
+        }
+    }
+
+    constructors! {
+        malformed => "malformed", StatusCode::BAD_REQUEST;
+        bad_nonce => "badNonce", StatusCode::BAD_REQUEST;
+        unauthorized => "unauthorized", StatusCode::FORBIDDEN;
+        account_does_not_exist => "accountDoesNotExist", StatusCode::BAD_REQUEST;
+        bad_csr => "badCSR", StatusCode::BAD_REQUEST;
+        bad_public_key => "badPublicKey", StatusCode::BAD_REQUEST;
+        rejected_identifier => "rejectedIdentifier", StatusCode::BAD_REQUEST;
+        unsupported_identifier => "unsupportedIdentifier", StatusCode::BAD_REQUEST;
+        rate_limited => "rateLimited", StatusCode::TOO_MANY_REQUESTS;
+        order_not_ready => "orderNotReady", StatusCode::FORBIDDEN;
+        already_revoked => "alreadyRevoked", StatusCode::BAD_REQUEST;
+        bad_revocation_reason => "badRevocationReason", StatusCode::BAD_REQUEST;
+        invalid_contact => "invalidContact", StatusCode::BAD_REQUEST;
+        unsupported_contact => "unsupportedContact", StatusCode::BAD_REQUEST;
+        user_action_required => "userActionRequired", StatusCode::FORBIDDEN;
+        external_account_required => "externalAccountRequired", StatusCode::UNAUTHORIZED;
+        conflict => "conflict", StatusCode::CONFLICT;
+        connection => "connection", StatusCode::BAD_REQUEST;
+        dns => "dns", StatusCode::BAD_REQUEST;
+        incorrect_response => "incorrectResponse", StatusCode::FORBIDDEN;
+        tls => "tls", StatusCode::BAD_REQUEST;
+        caa => "caa", StatusCode::FORBIDDEN;
+        compound => "compound", StatusCode::FORBIDDEN;
+    }
+
+    /// 404 with type `malformed`, as Boulder answers unknown resources. It
+    /// reveals nothing about whether the resource exists for someone else.
+    pub fn not_found(detail: impl Into<String>) -> Problem {
+        Problem::new("malformed", StatusCode::NOT_FOUND, detail)
+    }
+
+    /// 405 for a method the resource does not support.
+    pub fn method_not_allowed() -> Problem {
+        Problem::new(
+            "malformed",
+            StatusCode::METHOD_NOT_ALLOWED,
+            "method not allowed for this resource",
+        )
+    }
+
+    /// 413 for a request body above the limit.
+    pub fn too_large(detail: impl Into<String>) -> Problem {
+        Problem::new("malformed", StatusCode::PAYLOAD_TOO_LARGE, detail)
+    }
+
+    /// RFC 8555 §6.2: the JWS algorithm is not supported; lists what is.
+    pub fn bad_signature_algorithm(detail: impl Into<String>, allowed: &[&str]) -> Problem {
+        let mut p = Problem::new("badSignatureAlgorithm", StatusCode::BAD_REQUEST, detail);
+        p.algorithms = Some(allowed.iter().map(|s| s.to_string()).collect());
+        p
+    }
+
+    /// An internal error: logged with an id, answered without internals.
+    pub fn internal(err: impl std::fmt::Display) -> Problem {
+        let id: u64 = rand::random();
+        tracing::error!(error_id = %format!("{id:016x}"), "internal error: {err}");
+        let mut p = Problem::new(
+            "serverInternal",
+            StatusCode::INTERNAL_SERVER_ERROR,
+            format!("internal error (id {id:016x})"),
+        );
+        p.retry_after = Some(60);
+        p
+    }
+
+    pub fn with_subproblems(mut self, subproblems: Vec<Subproblem>) -> Problem {
+        self.subproblems = subproblems;
+        self
+    }
+
+    pub fn with_retry_after(mut self, secs: u64) -> Problem {
+        self.retry_after = Some(secs);
+        self
+    }
+
+    /// A subproblem of this problem's type for one identifier.
+    pub fn sub(&self, identifier: Identifier) -> Subproblem {
+        Subproblem {
+            kind: self.kind.clone(),
+            detail: self.detail.clone(),
+            identifier,
+        }
+    }
+
+    /// The short name of the type, e.g. `badNonce`.
+    pub fn short_type(&self) -> &str {
+        self.kind.strip_prefix(ACME_ERROR_NS).unwrap_or(&self.kind)
+    }
+
+    pub fn status_code(&self) -> StatusCode {
+        StatusCode::from_u16(self.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR)
+    }
+}
+
+impl std::fmt::Display for Problem {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}: {}", self.short_type(), self.detail)
+    }
+}
+
+impl std::error::Error for Problem {}
+
+impl From<sqlx::Error> for Problem {
+    fn from(e: sqlx::Error) -> Problem {
+        Problem::internal(format!("database: {e}"))
+    }
+}
+
+impl From<anyhow::Error> for Problem {
+    fn from(e: anyhow::Error) -> Problem {
+        Problem::internal(format!("{e:#}"))
+    }
+}
+
+impl IntoResponse for Problem {
+    fn into_response(self) -> Response {
+        let body = serde_json::to_vec(&self).unwrap_or_else(|_| b"{}".to_vec());
+        let mut resp = (self.status_code(), body).into_response();
+        let h = resp.headers_mut();
+        h.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/problem+json"),
+        );
+        if let Some(secs) = self.retry_after {
+            h.insert(header::RETRY_AFTER, HeaderValue::from(secs));
+        }
+        if let Some(loc) = self.location.as_deref().and_then(|l| HeaderValue::from_str(l).ok()) {
+            h.insert(header::LOCATION, loc);
+        }
+        resp
+    }
+}
+
+pub type Result<T, E = Problem> = std::result::Result<T, E>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn serializes_type_with_namespace_and_subproblems() {
+        let p = Problem::rejected_identifier("bad names")
+            .with_subproblems(vec![Problem::rejected_identifier("x").sub(Identifier::dns("a..b"))]);
+        let v: serde_json::Value = serde_json::to_value(&p).unwrap();
+        assert_eq!(v["type"], "urn:ietf:params:acme:error:rejectedIdentifier");
+        assert_eq!(v["status"], 400);
+        assert_eq!(v["subproblems"][0]["identifier"]["value"], "a..b");
+        assert!(v.get("algorithms").is_none());
+    }
+
+    #[test]
+    fn internal_hides_details() {
+        let p = Problem::internal("secret path /etc/x");
+        assert!(!p.detail.contains("/etc/x"));
+        assert_eq!(p.status, 500);
+    }
+}
