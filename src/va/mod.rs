@@ -46,6 +46,8 @@ pub struct ValidationRequest {
     pub token: String,
     /// `token || '.' || base64url(JWK thumbprint)` (RFC 8555 §8.1).
     pub key_authorization: String,
+    /// The account URL, for CAA `accounturi` (RFC 8657).
+    pub account_uri: String,
 }
 
 /// What the VA saw, recorded on the challenge as `validationRecord`
