@@ -178,7 +178,9 @@ impl Config {
                 );
             }
         }
-        let cfg: Config = value.try_into().map_err(|e| anyhow!("configuration: {e}"))?;
+        let cfg: Config = value
+            .try_into()
+            .map_err(|e| anyhow!("configuration: {e}"))?;
         cfg.validate()?;
         Ok(cfg)
     }
@@ -207,6 +209,9 @@ impl Config {
         }
         if !self.va.resolver.is_empty() && self.va.resolver.parse::<SocketAddr>().is_err() {
             bail!("va.resolver: {:?} is not ip:port", self.va.resolver);
+        }
+        if self.acme.external_account_required {
+            bail!("acme.external_account_required: external account binding is not supported yet");
         }
         if self.server.tls_cert.is_empty() != self.server.tls_key.is_empty() {
             bail!("server.tls_cert and server.tls_key must be set together");
@@ -245,6 +250,17 @@ impl Config {
         }
     }
 
+    /// The ACME base URL used where no request is at hand (CAA accounturi,
+    /// logs): `https://localhost:<port>` for loopback or unspecified listeners.
+    pub fn default_base_url(&self) -> String {
+        let a = self.server.listen;
+        if a.ip().is_loopback() || a.ip().is_unspecified() {
+            format!("https://localhost:{}", a.port())
+        } else {
+            format!("https://{a}")
+        }
+    }
+
     pub fn data_path(&self, name: &str) -> PathBuf {
         self.data_dir.join(name)
     }
@@ -255,7 +271,11 @@ fn merge(base: &mut toml::Value, over: toml::Value, path: &str) -> anyhow::Resul
     match (base, over) {
         (toml::Value::Table(b), toml::Value::Table(o)) => {
             for (k, v) in o {
-                let p = if path.is_empty() { k.clone() } else { format!("{path}.{k}") };
+                let p = if path.is_empty() {
+                    k.clone()
+                } else {
+                    format!("{path}.{k}")
+                };
                 match b.get_mut(&k) {
                     Some(slot) => merge(slot, v, &p)?,
                     None => bail!("unknown configuration key {p:?}"),
@@ -330,8 +350,10 @@ mod tests {
     use std::collections::HashMap;
 
     fn load(preset: &str, env: &[(&str, &str)]) -> anyhow::Result<Config> {
-        let m: HashMap<String, String> =
-            env.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        let m: HashMap<String, String> = env
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
         Config::load_with_env(
             &Sources {
                 preset: Some(preset.into()),

@@ -5,7 +5,11 @@ use clap::{Parser, Subcommand};
 use std::path::PathBuf;
 
 #[derive(Parser)]
-#[command(name = "cairn", version, about = "An ACME (RFC 8555) certificate authority")]
+#[command(
+    name = "cairn",
+    version,
+    about = "An ACME (RFC 8555) certificate authority"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,

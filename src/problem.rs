@@ -209,7 +209,11 @@ impl IntoResponse for Problem {
         if let Some(secs) = self.retry_after {
             h.insert(header::RETRY_AFTER, HeaderValue::from(secs));
         }
-        if let Some(loc) = self.location.as_deref().and_then(|l| HeaderValue::from_str(l).ok()) {
+        if let Some(loc) = self
+            .location
+            .as_deref()
+            .and_then(|l| HeaderValue::from_str(l).ok())
+        {
             h.insert(header::LOCATION, loc);
         }
         resp
@@ -224,8 +228,9 @@ mod tests {
 
     #[test]
     fn serializes_type_with_namespace_and_subproblems() {
-        let p = Problem::rejected_identifier("bad names")
-            .with_subproblems(vec![Problem::rejected_identifier("x").sub(Identifier::dns("a..b"))]);
+        let p = Problem::rejected_identifier("bad names").with_subproblems(vec![
+            Problem::rejected_identifier("x").sub(Identifier::dns("a..b")),
+        ]);
         let v: serde_json::Value = serde_json::to_value(&p).unwrap();
         assert_eq!(v["type"], "urn:ietf:params:acme:error:rejectedIdentifier");
         assert_eq!(v["status"], 400);

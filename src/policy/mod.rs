@@ -1,1 +1,312 @@
-//! policy
+//! Identifier policy: which names may be ordered. Syntax (RFC 1035 LDH labels,
+//! wildcards only as the whole leftmost label), the Public Suffix List (a bare
+//! ICANN public suffix is never issued for), and configured blocked names.
+
+use crate::config::PolicyConfig;
+use crate::problem::{Identifier, Problem, Subproblem};
+use anyhow::Context;
+use publicsuffix::{List, Psl};
+
+/// The snapshot shipped with Cairn, used when no list file is configured.
+const PSL_SNAPSHOT: &[u8] = include_bytes!("../../test-fixtures/public_suffix_list.dat");
+
+pub struct Policy {
+    psl: List,
+    blocked: Vec<String>,
+}
+
+/// A dns identifier that passed policy: lower-case, wildcard split off.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub struct DnsName {
+    /// The name without any `*.` prefix.
+    pub base: String,
+    pub wildcard: bool,
+}
+
+impl DnsName {
+    /// The identifier value as ordered, `*.base` for wildcards.
+    pub fn value(&self) -> String {
+        if self.wildcard {
+            format!("*.{}", self.base)
+        } else {
+            self.base.clone()
+        }
+    }
+}
+
+impl Policy {
+    pub fn new(cfg: &PolicyConfig) -> anyhow::Result<Policy> {
+        let bytes = if cfg.public_suffix_list.is_empty() {
+            PSL_SNAPSHOT.to_vec()
+        } else {
+            std::fs::read(&cfg.public_suffix_list)
+                .with_context(|| format!("policy.public_suffix_list: {}", cfg.public_suffix_list))?
+        };
+        let psl = List::from_bytes(&bytes)
+            .map_err(|e| anyhow::anyhow!("policy.public_suffix_list: {e}"))?;
+        let blocked = cfg
+            .blocked_names
+            .iter()
+            .map(|n| n.trim().trim_end_matches('.').to_ascii_lowercase())
+            .collect();
+        Ok(Policy { psl, blocked })
+    }
+
+    /// Check a new order's identifiers. Returns them normalised (lower-case,
+    /// de-duplicated, sorted), or a problem with one subproblem per bad one.
+    pub fn check_order(
+        &self,
+        ids: &[Identifier],
+        max_names: usize,
+    ) -> Result<Vec<DnsName>, Problem> {
+        if ids.is_empty() {
+            return Err(Problem::malformed(
+                "NewOrder request did not specify any identifiers",
+            ));
+        }
+        let mut names = Vec::with_capacity(ids.len());
+        let mut subs: Vec<Subproblem> = Vec::new();
+        let mut unsupported = false;
+        for id in ids {
+            if id.kind != "dns" {
+                unsupported = true;
+                subs.push(
+                    Problem::unsupported_identifier(format!(
+                        "identifier type {:?} is not supported (only \"dns\")",
+                        id.kind
+                    ))
+                    .sub(id.clone()),
+                );
+                continue;
+            }
+            match self.check_name(&id.value) {
+                Ok(n) => names.push(n),
+                Err(p) => subs.push(p.sub(id.clone())),
+            }
+        }
+        if !subs.is_empty() {
+            let top = if subs.len() == 1 {
+                let s = &subs[0];
+                Problem::new(
+                    s.kind.trim_start_matches(crate::problem::ACME_ERROR_NS),
+                    axum::http::StatusCode::BAD_REQUEST,
+                    s.detail.clone(),
+                )
+            } else if unsupported {
+                Problem::unsupported_identifier(format!(
+                    "{} identifiers cannot be issued for; see subproblems",
+                    subs.len()
+                ))
+            } else {
+                Problem::rejected_identifier(format!(
+                    "{} identifiers cannot be issued for; see subproblems",
+                    subs.len()
+                ))
+            };
+            return Err(top.with_subproblems(subs));
+        }
+        names.sort();
+        names.dedup();
+        if names.len() > max_names {
+            return Err(Problem::rejected_identifier(format!(
+                "order has {} identifiers; at most {max_names} are allowed",
+                names.len()
+            )));
+        }
+        Ok(names)
+    }
+
+    /// Check one dns identifier value.
+    pub fn check_name(&self, value: &str) -> Result<DnsName, Problem> {
+        let lower = value.to_ascii_lowercase();
+        let (wildcard, base) = match lower.strip_prefix("*.") {
+            Some(rest) => (true, rest),
+            None => (false, lower.as_str()),
+        };
+        well_formed(base).map_err(|why| {
+            Problem::rejected_identifier(format!("invalid domain name {value:?}: {why}"))
+        })?;
+        if let Some(suffix) = self.psl.suffix(base.as_bytes()) {
+            if suffix.is_known()
+                && suffix.typ() == Some(publicsuffix::Type::Icann)
+                && suffix.as_bytes() == base.as_bytes()
+            {
+                let what = if wildcard {
+                    "a wildcard of a public suffix"
+                } else {
+                    "a public suffix"
+                };
+                return Err(Problem::rejected_identifier(format!(
+                    "{value:?} is {what}; issue for a name under it"
+                )));
+            }
+        }
+        if let Some(b) = self
+            .blocked
+            .iter()
+            .find(|b| base == b.as_str() || base.ends_with(&format!(".{b}")))
+        {
+            return Err(Problem::rejected_identifier(format!(
+                "{value:?} is blocked by this CA's policy ({b})"
+            )));
+        }
+        Ok(DnsName {
+            base: base.to_string(),
+            wildcard,
+        })
+    }
+
+    /// The registered domain (eTLD+1) of a name; a name under a suffix that
+    /// is not in the list is its own registered domain at the label left of it.
+    pub fn registered_domain(&self, name: &str) -> String {
+        match self.psl.domain(name.as_bytes()) {
+            Some(d) => String::from_utf8_lossy(d.as_bytes()).into_owned(),
+            None => name.to_string(),
+        }
+    }
+}
+
+/// RFC 1035/1123 syntax for a DNS name as Let's Encrypt accepts it: ASCII
+/// letters, digits and hyphens, labels of 1–63 octets not starting or ending
+/// with a hyphen, at least two labels, at most 253 octets, no trailing dot,
+/// and not an IP address.
+fn well_formed(name: &str) -> Result<(), &'static str> {
+    if name.is_empty() {
+        return Err("empty name");
+    }
+    if name.len() > 253 {
+        return Err("longer than 253 characters");
+    }
+    if name.ends_with('.') {
+        return Err("ends with a dot");
+    }
+    if name.contains('*') {
+        return Err("a wildcard is only allowed as the whole leftmost label");
+    }
+    let labels: Vec<&str> = name.split('.').collect();
+    if labels.len() < 2 {
+        return Err("must have at least two labels");
+    }
+    for label in &labels {
+        if label.is_empty() {
+            return Err("contains an empty label");
+        }
+        if label.len() > 63 {
+            return Err("has a label longer than 63 characters");
+        }
+        if !label
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        {
+            return Err("contains characters other than letters, digits and hyphens");
+        }
+        if label.starts_with('-') || label.ends_with('-') {
+            return Err("has a label starting or ending with a hyphen");
+        }
+        if label.len() >= 4 && &label[2..4] == "--" && !label.starts_with("xn--") {
+            return Err("has a label with hyphens in the third and fourth positions");
+        }
+    }
+    if labels
+        .last()
+        .is_some_and(|tld| tld.bytes().all(|b| b.is_ascii_digit()))
+    {
+        return Err("looks like an IP address (its last label is numeric)");
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn policy() -> Policy {
+        Policy::new(&PolicyConfig {
+            blocked_names: vec!["blocked.example".into()],
+            public_suffix_list: String::new(),
+        })
+        .unwrap()
+    }
+
+    #[test]
+    fn accepts_ordinary_and_wildcard_names() {
+        let p = policy();
+        assert_eq!(
+            p.check_name("WWW.Example.com").unwrap().base,
+            "www.example.com"
+        );
+        let w = p.check_name("*.example.co.uk").unwrap();
+        assert!(w.wildcard);
+        assert_eq!(w.base, "example.co.uk");
+        assert!(p.check_name("xn--bcher-kva.example").is_ok());
+        assert!(p.check_name("a.test").is_ok());
+    }
+
+    #[test]
+    fn rejects_malformed_and_forbidden_names() {
+        let p = policy();
+        for bad in [
+            "a..b",
+            "-a.com",
+            "a-.com",
+            "a_b.com",
+            "com.",
+            "*.*.x.com",
+            "x.*.y.com",
+            "*x.com",
+            "co.uk",
+            "*.co.uk",
+            "com",
+            "localhost",
+            "1.2.3.4",
+            "ab--cd.com",
+            "blocked.example",
+            "a.blocked.example",
+            "",
+        ] {
+            assert!(p.check_name(bad).is_err(), "{bad:?} should be rejected");
+        }
+        let long_label = format!("{}.com", "a".repeat(64));
+        assert!(p.check_name(&long_label).is_err());
+    }
+
+    #[test]
+    fn order_subproblems_name_each_identifier() {
+        let p = policy();
+        let ids = vec![
+            Identifier::dns("ok.example.com"),
+            Identifier::dns("a..b"),
+            Identifier {
+                kind: "email".into(),
+                value: "x@y".into(),
+            },
+        ];
+        let e = p.check_order(&ids, 100).unwrap_err();
+        assert_eq!(e.subproblems.len(), 2);
+        assert_eq!(e.subproblems[0].identifier.value, "a..b");
+        assert!(e.subproblems[1].kind.ends_with("unsupportedIdentifier"));
+    }
+
+    #[test]
+    fn order_dedupes_and_limits() {
+        let p = policy();
+        let ids = vec![
+            Identifier::dns("A.example.com"),
+            Identifier::dns("a.example.com"),
+        ];
+        assert_eq!(p.check_order(&ids, 100).unwrap().len(), 1);
+        let many: Vec<_> = (0..101)
+            .map(|i| Identifier::dns(format!("n{i}.example.com")))
+            .collect();
+        assert!(p.check_order(&many, 100).is_err());
+        assert!(p.check_order(&many[..100], 100).is_ok());
+    }
+
+    #[test]
+    fn registered_domains_follow_the_list() {
+        let p = policy();
+        assert_eq!(p.registered_domain("a.example.co.uk"), "example.co.uk");
+        assert_eq!(p.registered_domain("b.c.example.co.uk"), "example.co.uk");
+        assert_eq!(p.registered_domain("x.y.example.test"), "example.test");
+    }
+}

@@ -1,1 +1,681 @@
-//! ra
+//! Registration authority: the decisions. Account, order and authorization
+//! life cycles (RFC 8555 §7.1.6), identifier policy, finalization. It asks
+//! `sa` to record, `ca` to sign and `va` to validate, and never sees HTTP.
+
+use crate::ca::{self, Ca};
+use crate::clock::Clock;
+use crate::config::Config;
+use crate::policy::{DnsName, Policy};
+use crate::problem::{Identifier, Problem};
+use crate::sa::*;
+use crate::va::{ChallengeType, Va, ValidationRequest};
+use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64;
+use base64::Engine;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// An order that stayed `processing` this long was interrupted (a crash
+/// during issuance) and is reported invalid.
+const STALE_PROCESSING_SECS: i64 = 120;
+
+pub struct Ra {
+    cfg: Arc<Config>,
+    store: DynStore,
+    ca: Arc<Ca>,
+    va: Arc<Va>,
+    policy: Policy,
+    clock: Arc<Clock>,
+}
+
+/// What a client asked of newAccount (RFC 8555 §7.3).
+#[derive(Debug, Default, Clone, serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct NewAccountRequest {
+    #[serde(default)]
+    pub contact: Option<Vec<String>>,
+    #[serde(default)]
+    pub terms_of_service_agreed: Option<bool>,
+    #[serde(default)]
+    pub only_return_existing: Option<bool>,
+    #[serde(default)]
+    pub external_account_binding: Option<serde_json::Value>,
+}
+
+/// An update to an account (RFC 8555 §7.3.2, §7.3.6). Other fields clients
+/// send are ignored.
+#[derive(Debug, Default, Clone, serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct AccountUpdate {
+    #[serde(default)]
+    pub contact: Option<Vec<String>>,
+    #[serde(default)]
+    pub status: Option<String>,
+}
+
+/// What a client asked of newOrder (RFC 8555 §7.4).
+#[derive(Debug, Default, Clone, serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct NewOrderRequest {
+    #[serde(default)]
+    pub identifiers: Option<Vec<Identifier>>,
+    #[serde(default)]
+    pub not_before: Option<serde_json::Value>,
+    #[serde(default)]
+    pub not_after: Option<serde_json::Value>,
+}
+
+impl Ra {
+    pub fn new(
+        cfg: Arc<Config>,
+        store: DynStore,
+        ca: Arc<Ca>,
+        va: Arc<Va>,
+        clock: Arc<Clock>,
+    ) -> anyhow::Result<Arc<Ra>> {
+        let policy = Policy::new(&cfg.policy)?;
+        Ok(Arc::new(Ra {
+            cfg,
+            store,
+            ca,
+            va,
+            policy,
+            clock,
+        }))
+    }
+
+    pub fn clock(&self) -> &Clock {
+        &self.clock
+    }
+
+    pub fn store(&self) -> &DynStore {
+        &self.store
+    }
+
+    // ---- accounts ------------------------------------------------------
+
+    /// newAccount: create, or find the account of this key (`false` when it
+    /// existed already).
+    pub async fn new_account(
+        &self,
+        jwk: &str,
+        thumbprint: &str,
+        req: NewAccountRequest,
+    ) -> Result<(Account, bool), Problem> {
+        if let Some(existing) = self.store.account_by_thumbprint(thumbprint).await? {
+            if existing.status != AccountStatus::Valid {
+                return Err(Problem::unauthorized(format!(
+                    "the account of this key is {}",
+                    existing.status.as_str()
+                )));
+            }
+            return Ok((existing, false));
+        }
+        if req.only_return_existing == Some(true) {
+            return Err(Problem::account_does_not_exist(
+                "no account exists with the provided key",
+            ));
+        }
+        if !self.cfg.acme.terms_of_service.is_empty() && req.terms_of_service_agreed != Some(true) {
+            return Err(Problem::malformed(
+                "you must agree to the terms of service (termsOfServiceAgreed: true)",
+            ));
+        }
+        if req.external_account_binding.is_some() {
+            return Err(Problem::malformed(
+                "this server does not support external account binding",
+            ));
+        }
+        let contact = self.check_contacts(req.contact.as_deref().unwrap_or_default())?;
+        self.store
+            .create_account(jwk, thumbprint, &contact, self.clock.unix())
+            .await
+    }
+
+    /// The account named by a `kid`, which must exist and be valid.
+    pub async fn account_for_kid(&self, id: AccountId) -> Result<Account, Problem> {
+        let acct =
+            self.store.account(id).await?.ok_or_else(|| {
+                Problem::account_does_not_exist("no account exists with this kid")
+            })?;
+        if acct.status != AccountStatus::Valid {
+            return Err(Problem::unauthorized(format!(
+                "account is {}",
+                acct.status.as_str()
+            )));
+        }
+        Ok(acct)
+    }
+
+    pub async fn update_account(
+        &self,
+        acct: &Account,
+        upd: AccountUpdate,
+    ) -> Result<Account, Problem> {
+        if let Some(status) = upd.status.as_deref() {
+            if status != "deactivated" {
+                return Err(Problem::malformed(format!(
+                    "an account's status can only be changed to \"deactivated\", not {status:?}"
+                )));
+            }
+        }
+        if let Some(contact) = &upd.contact {
+            let contact = self.check_contacts(contact)?;
+            self.store.update_account_contact(acct.id, &contact).await?;
+        }
+        if upd.status.is_some() {
+            self.store.deactivate_account(acct.id).await?;
+        }
+        self.store
+            .account(acct.id)
+            .await?
+            .ok_or_else(|| Problem::internal("account vanished"))
+    }
+
+    /// keyChange (RFC 8555 §7.3.5), after the WFE has verified both JWSs.
+    pub async fn change_key(
+        &self,
+        acct: &Account,
+        old_key_thumbprint: &str,
+        new_jwk: &str,
+        new_thumbprint: &str,
+    ) -> Result<Account, Problem> {
+        if old_key_thumbprint != acct.thumbprint {
+            return Err(Problem::malformed(
+                "inner JWS oldKey is not the account's current key",
+            ));
+        }
+        match self
+            .store
+            .change_account_key(acct.id, &acct.thumbprint, new_jwk, new_thumbprint)
+            .await?
+        {
+            KeyChange::Changed => self
+                .store
+                .account(acct.id)
+                .await?
+                .ok_or_else(|| Problem::internal("account vanished")),
+            KeyChange::InUse(other) => {
+                let mut p = Problem::conflict("the new key is already in use by an account");
+                p.location = Some(format!("{}", other.0));
+                Err(p)
+            }
+        }
+    }
+
+    /// RFC 8555 §7.3: contacts are `mailto:` URIs with one plain address.
+    fn check_contacts(&self, contacts: &[String]) -> Result<Vec<String>, Problem> {
+        if contacts.len() > self.cfg.acme.max_contacts {
+            return Err(Problem::malformed(format!(
+                "too many contacts: {} (at most {})",
+                contacts.len(),
+                self.cfg.acme.max_contacts
+            )));
+        }
+        let mut out = Vec::with_capacity(contacts.len());
+        for c in contacts {
+            let Some(addr) = c.strip_prefix("mailto:") else {
+                return Err(Problem::unsupported_contact(format!(
+                    "contact {c:?}: only mailto: contacts are supported"
+                )));
+            };
+            if addr.contains(['?', ',', '%', ' ', '<', '>'])
+                || addr.chars().any(|ch| ch.is_control())
+            {
+                return Err(Problem::invalid_contact(format!(
+                    "contact {c:?}: a mailto: contact must be one plain address, without hfields"
+                )));
+            }
+            let Some((local, domain)) = addr.rsplit_once('@') else {
+                return Err(Problem::invalid_contact(format!(
+                    "contact {c:?} is not an email address"
+                )));
+            };
+            if local.is_empty() || local.len() > 64 || !local.is_ascii() {
+                return Err(Problem::invalid_contact(format!(
+                    "contact {c:?}: invalid local part"
+                )));
+            }
+            if let Err(p) = self.policy.check_name(domain) {
+                return Err(Problem::invalid_contact(format!(
+                    "contact {c:?}: invalid domain: {}",
+                    p.detail
+                )));
+            }
+            if domain.starts_with('*') {
+                return Err(Problem::invalid_contact(format!(
+                    "contact {c:?}: invalid domain"
+                )));
+            }
+            out.push(c.clone());
+        }
+        Ok(out)
+    }
+
+    // ---- orders --------------------------------------------------------
+
+    pub async fn new_order(
+        &self,
+        acct: &Account,
+        req: NewOrderRequest,
+    ) -> Result<(Order, Vec<Authz>), Problem> {
+        if req.not_before.as_ref().is_some_and(|v| !v.is_null())
+            || req.not_after.as_ref().is_some_and(|v| !v.is_null())
+        {
+            return Err(Problem::malformed(
+                "notBefore and notAfter are not supported",
+            ));
+        }
+        let ids = req
+            .identifiers
+            .ok_or_else(|| Problem::malformed("newOrder requires identifiers"))?;
+        let names = self.policy.check_order(&ids, self.cfg.acme.max_names)?;
+        let now = self.clock.unix();
+        let mut expires = now + self.cfg.acme.order_lifetime_secs as i64;
+        let mut authzs = Vec::with_capacity(names.len());
+        // Reuse a valid authorization only if it outlives a day of work on the order.
+        let min_reuse = now + 86_400.min(self.cfg.acme.order_lifetime_secs as i64);
+        for n in &names {
+            match self
+                .store
+                .reusable_authz(acct.id, &n.base, n.wildcard, min_reuse)
+                .await?
+            {
+                Some(id) => authzs.push(OrderAuthz::Reuse(id)),
+                None => authzs.push(OrderAuthz::New(self.new_authz(n, now))),
+            }
+        }
+        for a in &authzs {
+            if let OrderAuthz::New(n) = a {
+                expires = expires.min(n.expires);
+            }
+        }
+        let identifiers = names.iter().map(|n| Identifier::dns(n.value())).collect();
+        let order = self
+            .store
+            .create_order(NewOrder {
+                account_id: acct.id,
+                expires,
+                identifiers,
+                authzs,
+                now,
+            })
+            .await?;
+        let authzs = self.store.authzs(&order.authz_ids).await?;
+        // A reused authorization may expire before the order: the order
+        // cannot outlive its authorizations' usefulness anyway.
+        Ok(self.refine_order(order, &authzs, now)).map(|o| {
+            (
+                o,
+                authzs.into_iter().map(|a| refine_authz(a, now)).collect(),
+            )
+        })
+    }
+
+    fn new_authz(&self, n: &DnsName, now: i64) -> NewAuthz {
+        let types: &[ChallengeType] = if n.wildcard {
+            // RFC 8555 §7.1.3: wildcards only by dns-01.
+            &[ChallengeType::Dns01]
+        } else {
+            &[
+                ChallengeType::Http01,
+                ChallengeType::Dns01,
+                ChallengeType::TlsAlpn01,
+            ]
+        };
+        NewAuthz {
+            identifier: n.base.clone(),
+            wildcard: n.wildcard,
+            expires: now + self.cfg.acme.pending_authz_lifetime_secs as i64,
+            challenges: types.iter().map(|t| (*t, new_token())).collect(),
+        }
+    }
+
+    /// The order, if it belongs to this account (404 otherwise, revealing nothing).
+    pub async fn order(&self, acct: &Account, id: OrderId) -> Result<Order, Problem> {
+        let order = self
+            .store
+            .order(id)
+            .await?
+            .filter(|o| o.account_id == acct.id)
+            .ok_or_else(|| Problem::not_found("no such order"))?;
+        let authzs = self.store.authzs(&order.authz_ids).await?;
+        Ok(self.refine_order(order, &authzs, self.clock.unix()))
+    }
+
+    /// One page of the account's order ids, and the cursor of the next page.
+    pub async fn account_orders(
+        &self,
+        acct: &Account,
+        after: Option<OrderId>,
+    ) -> Result<(Vec<OrderId>, Option<OrderId>), Problem> {
+        let per_page = self.cfg.acme.orders_per_page;
+        let mut ids = self
+            .store
+            .account_orders(acct.id, after, per_page + 1)
+            .await?;
+        let next = if ids.len() > per_page as usize {
+            ids.truncate(per_page as usize);
+            ids.last().copied()
+        } else {
+            None
+        };
+        Ok((ids, next))
+    }
+
+    /// The order's status as a client must see it (RFC 8555 §7.1.6): the
+    /// stored status refined by expiry and the authorizations' states.
+    fn refine_order(&self, mut order: Order, authzs: &[Authz], now: i64) -> Order {
+        match order.status {
+            OrderStatus::Processing if order.updated_at < now - STALE_PROCESSING_SECS => {
+                order.status = OrderStatus::Invalid;
+                order.error = Some(Problem::new(
+                    "serverInternal",
+                    axum::http::StatusCode::INTERNAL_SERVER_ERROR,
+                    "issuance was interrupted; create a new order",
+                ));
+            }
+            OrderStatus::Pending => {
+                if order.expires <= now {
+                    order.status = OrderStatus::Invalid;
+                    order.error = Some(Problem::malformed("the order expired"));
+                    return order;
+                }
+                let mut all_valid = true;
+                for a in authzs {
+                    let a_status = refine_authz_status(a, now);
+                    if a_status == AuthzStatus::Valid {
+                        continue;
+                    }
+                    all_valid = false;
+                    if a_status != AuthzStatus::Pending {
+                        order.status = OrderStatus::Invalid;
+                        let ident = Identifier::dns(display_name(a));
+                        let cause = a
+                            .challenges
+                            .iter()
+                            .find_map(|c| c.error.clone())
+                            .unwrap_or_else(|| {
+                                Problem::unauthorized(format!(
+                                    "authorization for {} is {}",
+                                    ident.value,
+                                    a_status.as_str()
+                                ))
+                            });
+                        let sub = cause.sub(ident.clone());
+                        order.error = Some(
+                            Problem::unauthorized(format!(
+                                "authorization for {} is {}: {}",
+                                ident.value,
+                                a_status.as_str(),
+                                cause.detail
+                            ))
+                            .with_subproblems(vec![sub]),
+                        );
+                        return order;
+                    }
+                }
+                if all_valid {
+                    order.status = OrderStatus::Ready;
+                }
+            }
+            _ => {}
+        }
+        order
+    }
+
+    // ---- authorizations and challenges ----------------------------------
+
+    pub async fn authz(&self, acct: &Account, id: AuthzId) -> Result<Authz, Problem> {
+        let a = self
+            .store
+            .authz(id)
+            .await?
+            .filter(|a| a.account_id == acct.id)
+            .ok_or_else(|| Problem::not_found("no such authorization"))?;
+        Ok(refine_authz(a, self.clock.unix()))
+    }
+
+    /// RFC 8555 §7.5.2: a client may deactivate a pending or valid authorization.
+    pub async fn deactivate_authz(&self, acct: &Account, id: AuthzId) -> Result<Authz, Problem> {
+        let a = self.authz(acct, id).await?;
+        if !matches!(a.status, AuthzStatus::Pending | AuthzStatus::Valid) {
+            return Err(Problem::malformed(format!(
+                "authorization is {}; only pending or valid authorizations can be deactivated",
+                a.status.as_str()
+            )));
+        }
+        self.store.deactivate_authz(id).await?;
+        self.authz(acct, id).await
+    }
+
+    /// A challenge and its authorization, if they belong to this account.
+    pub async fn challenge(
+        &self,
+        acct: &Account,
+        id: ChallengeId,
+    ) -> Result<(Challenge, Authz), Problem> {
+        let c = self
+            .store
+            .challenge(id)
+            .await?
+            .ok_or_else(|| Problem::not_found("no such challenge"))?;
+        let a = self
+            .store
+            .authz(c.authz_id)
+            .await?
+            .filter(|a| a.account_id == acct.id)
+            .ok_or_else(|| Problem::not_found("no such challenge"))?;
+        Ok((c, refine_authz(a, self.clock.unix())))
+    }
+
+    /// The client says a challenge is ready (RFC 8555 §7.5.1): start its
+    /// validation in the background. Answering a challenge that is not
+    /// pending changes nothing and returns it as it is.
+    pub async fn respond_challenge(
+        self: &Arc<Self>,
+        acct: &Account,
+        id: ChallengeId,
+    ) -> Result<(Challenge, Authz), Problem> {
+        let (c, a) = self.challenge(acct, id).await?;
+        if c.status == ChallengeStatus::Pending && a.status == AuthzStatus::Pending {
+            if self.store.start_challenge(id, self.clock.unix()).await? {
+                self.spawn_validation(id);
+            }
+            return self.challenge(acct, id).await;
+        }
+        Ok((c, a))
+    }
+
+    fn spawn_validation(self: &Arc<Self>, id: ChallengeId) {
+        let ra = self.clone();
+        tokio::spawn(async move {
+            if let Err(e) = ra.validate(id).await {
+                tracing::error!(challenge = id.0, "validation could not be recorded: {e}");
+            }
+        });
+    }
+
+    async fn validate(&self, id: ChallengeId) -> Result<(), Problem> {
+        let c = self
+            .store
+            .challenge(id)
+            .await?
+            .ok_or_else(|| Problem::internal("challenge vanished"))?;
+        let a = self
+            .store
+            .authz(c.authz_id)
+            .await?
+            .ok_or_else(|| Problem::internal("authorization vanished"))?;
+        let acct = self
+            .store
+            .account(a.account_id)
+            .await?
+            .ok_or_else(|| Problem::internal("account vanished"))?;
+        let req = ValidationRequest {
+            domain: a.identifier.clone(),
+            wildcard: a.wildcard,
+            challenge: c.kind,
+            key_authorization: format!("{}.{}", c.token, acct.thumbprint),
+            token: c.token.clone(),
+            account_uri: format!("{}/acme/acct/{}", self.cfg.default_base_url(), acct.id.0),
+        };
+        // Bound the whole validation so a challenge never stays processing.
+        let limit = Duration::from_secs(self.cfg.va.timeout_secs.saturating_mul(3).max(5));
+        let result = match tokio::time::timeout(limit, self.va.validate(&req)).await {
+            Ok(Ok(records)) => Ok(serde_json::to_string(&records).map_err(Problem::internal)?),
+            Ok(Err(p)) => Err(p),
+            Err(_) => Err(Problem::connection(format!(
+                "validation of {} timed out after {}s",
+                a.identifier,
+                limit.as_secs()
+            ))),
+        };
+        let outcome = match &result {
+            Ok(_) => "valid".to_string(),
+            Err(p) => p.to_string(),
+        };
+        tracing::info!(challenge = id.0, kind = c.kind.as_str(), domain = %a.identifier, %outcome, "validation finished");
+        let now = self.clock.unix();
+        let valid_expires = now + self.cfg.acme.valid_authz_lifetime_secs as i64;
+        self.store
+            .finish_challenge(id, result, now, valid_expires)
+            .await
+    }
+
+    /// Restart validations that a previous process left in processing.
+    pub async fn resume_validations(self: &Arc<Self>) -> Result<usize, Problem> {
+        let ids = self.store.processing_challenges().await?;
+        for id in &ids {
+            self.spawn_validation(*id);
+        }
+        Ok(ids.len())
+    }
+
+    // ---- finalization and certificates ----------------------------------
+
+    /// finalize (RFC 8555 §7.4): check the CSR against the order, issue, and
+    /// record, with the order moved to processing atomically so a race or a
+    /// retry cannot issue twice. A bad CSR changes nothing.
+    pub async fn finalize(
+        &self,
+        acct: &Account,
+        id: OrderId,
+        csr_der: &[u8],
+    ) -> Result<Order, Problem> {
+        let order = self.order(acct, id).await?;
+        if order.status != OrderStatus::Ready {
+            return Err(Problem::order_not_ready(format!(
+                "order's status ({:?}) is not acceptable for finalization",
+                order.status.as_str()
+            )));
+        }
+        let csr = ca::parse_csr(csr_der)?;
+        let jwk = josekit::jwk::Jwk::from_bytes(acct.jwk.as_bytes()).map_err(Problem::internal)?;
+        if ca::csr_key_matches_jwk(&csr, &jwk) {
+            return Err(Problem::bad_csr(
+                "the certificate's public key must differ from the account key",
+            ));
+        }
+        let wanted: Vec<String> = order
+            .identifiers
+            .iter()
+            .map(|i| i.value.to_ascii_lowercase())
+            .collect();
+        let mut wanted_sorted = wanted.clone();
+        wanted_sorted.sort();
+        if csr.names != wanted_sorted {
+            let missing: Vec<&String> = wanted_sorted
+                .iter()
+                .filter(|n| !csr.names.contains(n))
+                .collect();
+            let extra: Vec<&String> = csr
+                .names
+                .iter()
+                .filter(|n| !wanted_sorted.contains(n))
+                .collect();
+            return Err(Problem::bad_csr(format!(
+                "CSR names must equal the order's identifiers; missing {missing:?}, not in the order {extra:?}"
+            )));
+        }
+        let now = self.clock.now();
+        if !self.store.begin_finalize(id, now.unix_timestamp()).await? {
+            return Err(Problem::order_not_ready(
+                "order is no longer ready (finalized concurrently or an authorization changed)",
+            ));
+        }
+        // The CN, if the CSR had one, goes first so it becomes the subject CN.
+        let mut names = wanted_sorted;
+        if let Some(cn) = &csr.common_name {
+            if let Some(pos) = names.iter().position(|n| n == cn) {
+                let cn = names.remove(pos);
+                names.insert(0, cn);
+            }
+        }
+        let issued = match self.ca.issue(&csr, &names, now) {
+            Ok(c) => c,
+            Err(p) => {
+                self.store.fail_order(id, &p, now.unix_timestamp()).await?;
+                return Err(p);
+            }
+        };
+        let cert = Certificate {
+            serial: issued.serial.clone(),
+            account_id: acct.id,
+            order_id: id,
+            der: issued.der,
+            chain_pem: issued.chain_pem,
+            not_before: issued.not_before.unix_timestamp(),
+            not_after: issued.not_after.unix_timestamp(),
+            issued_at: now.unix_timestamp(),
+        };
+        if let Err(p) = self
+            .store
+            .complete_order(id, &cert, now.unix_timestamp())
+            .await
+        {
+            self.store.fail_order(id, &p, now.unix_timestamp()).await?;
+            return Err(p);
+        }
+        tracing::info!(order = id.0, serial = %issued.serial, names = ?names, "certificate issued");
+        self.order(acct, id).await
+    }
+
+    pub async fn certificate(&self, acct: &Account, serial: &str) -> Result<Certificate, Problem> {
+        self.store
+            .certificate(serial)
+            .await?
+            .filter(|c| c.account_id == acct.id)
+            .ok_or_else(|| Problem::not_found("no such certificate"))
+    }
+
+    pub fn ca(&self) -> &Ca {
+        &self.ca
+    }
+}
+
+/// The identifier as ordered: `*.base` for wildcard authorizations.
+pub fn display_name(a: &Authz) -> String {
+    if a.wildcard {
+        format!("*.{}", a.identifier)
+    } else {
+        a.identifier.clone()
+    }
+}
+
+fn refine_authz_status(a: &Authz, now: i64) -> AuthzStatus {
+    match a.status {
+        AuthzStatus::Pending | AuthzStatus::Valid if a.expires <= now => AuthzStatus::Expired,
+        s => s,
+    }
+}
+
+fn refine_authz(mut a: Authz, now: i64) -> Authz {
+    a.status = refine_authz_status(&a, now);
+    a
+}
+
+/// A challenge token: 256 random bits, base64url (RFC 8555 §8.3 asks ≥128).
+fn new_token() -> String {
+    let bytes: [u8; 32] = rand::random();
+    B64.encode(bytes)
+}

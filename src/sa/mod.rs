@@ -1,1 +1,249 @@
-//! sa
+//! Storage authority: the only code that speaks SQL. It makes no policy
+//! decisions: the RA decides, the `Store` records. Writes that belong
+//! together happen in one transaction; uniqueness that matters (one
+//! certificate per order, one use per nonce, one account per key) is a
+//! database constraint.
+
+mod sqlite;
+
+use crate::problem::{Identifier, Problem};
+use crate::va::ChallengeType;
+use async_trait::async_trait;
+use std::sync::Arc;
+
+pub use sqlite::SqliteStore;
+
+macro_rules! id_type {
+    ($($name:ident),*) => {$(
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+        pub struct $name(pub i64);
+        impl std::fmt::Display for $name {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                write!(f, "{}", self.0)
+            }
+        }
+    )*};
+}
+id_type!(AccountId, OrderId, AuthzId, ChallengeId);
+
+macro_rules! status_enum {
+    ($name:ident { $($variant:ident => $s:literal),* $(,)? }) => {
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+        pub enum $name { $(#[serde(rename = $s)] $variant),* }
+        impl $name {
+            pub fn as_str(self) -> &'static str {
+                match self { $($name::$variant => $s),* }
+            }
+            pub fn parse(s: &str) -> Result<$name, Problem> {
+                match s {
+                    $($s => Ok($name::$variant),)*
+                    other => Err(Problem::internal(format!(
+                        concat!("bad ", stringify!($name), " in database: {:?}"), other))),
+                }
+            }
+        }
+    };
+}
+status_enum!(AccountStatus { Valid => "valid", Deactivated => "deactivated", Revoked => "revoked" });
+status_enum!(OrderStatus { Pending => "pending", Ready => "ready", Processing => "processing", Valid => "valid", Invalid => "invalid" });
+status_enum!(AuthzStatus { Pending => "pending", Valid => "valid", Invalid => "invalid", Deactivated => "deactivated", Expired => "expired", Revoked => "revoked" });
+status_enum!(ChallengeStatus { Pending => "pending", Processing => "processing", Valid => "valid", Invalid => "invalid" });
+
+#[derive(Debug, Clone)]
+pub struct Account {
+    pub id: AccountId,
+    pub thumbprint: String,
+    /// The public JWK, JSON.
+    pub jwk: String,
+    pub contact: Vec<String>,
+    pub status: AccountStatus,
+    pub created_at: i64,
+}
+
+/// An order as stored; `status` is the stored status, which the RA refines
+/// (pending → ready/invalid from its authorizations and expiry).
+#[derive(Debug, Clone)]
+pub struct Order {
+    pub id: OrderId,
+    pub account_id: AccountId,
+    pub status: OrderStatus,
+    pub expires: i64,
+    pub identifiers: Vec<Identifier>,
+    pub authz_ids: Vec<AuthzId>,
+    pub error: Option<Problem>,
+    pub cert_serial: Option<String>,
+    pub created_at: i64,
+    pub updated_at: i64,
+}
+
+#[derive(Debug, Clone)]
+pub struct Authz {
+    pub id: AuthzId,
+    pub account_id: AccountId,
+    /// The identifier value without any `*.` prefix.
+    pub identifier: String,
+    pub wildcard: bool,
+    pub status: AuthzStatus,
+    pub expires: i64,
+    pub challenges: Vec<Challenge>,
+}
+
+#[derive(Debug, Clone)]
+pub struct Challenge {
+    pub id: ChallengeId,
+    pub authz_id: AuthzId,
+    pub kind: ChallengeType,
+    pub token: String,
+    pub status: ChallengeStatus,
+    pub validated: Option<i64>,
+    pub error: Option<Problem>,
+    /// Validation records, JSON array.
+    pub records: Option<String>,
+}
+
+#[derive(Debug, Clone)]
+pub struct Certificate {
+    pub serial: String,
+    pub account_id: AccountId,
+    pub order_id: OrderId,
+    pub der: Vec<u8>,
+    pub chain_pem: String,
+    pub not_before: i64,
+    pub not_after: i64,
+    pub issued_at: i64,
+}
+
+/// A new authorization to create with an order.
+#[derive(Debug, Clone)]
+pub struct NewAuthz {
+    pub identifier: String,
+    pub wildcard: bool,
+    pub expires: i64,
+    pub challenges: Vec<(ChallengeType, String)>,
+}
+
+/// An order's authorization: one to reuse, or one to create.
+#[derive(Debug, Clone)]
+pub enum OrderAuthz {
+    Reuse(AuthzId),
+    New(NewAuthz),
+}
+
+#[derive(Debug, Clone)]
+pub struct NewOrder {
+    pub account_id: AccountId,
+    pub expires: i64,
+    pub identifiers: Vec<Identifier>,
+    pub authzs: Vec<OrderAuthz>,
+    pub now: i64,
+}
+
+/// The outcome of a key change.
+#[derive(Debug, Clone, PartialEq)]
+pub enum KeyChange {
+    Changed,
+    /// The new key already belongs to this account.
+    InUse(AccountId),
+}
+
+pub type DynStore = Arc<dyn Store>;
+
+#[async_trait]
+pub trait Store: Send + Sync {
+    /// Record a nonce as used; false if it was used before.
+    async fn redeem_nonce(&self, nonce: &[u8], expires: i64) -> Result<bool, Problem>;
+    async fn prune_nonces(&self, now: i64) -> Result<u64, Problem>;
+    /// The named secret, created from `fresh` if absent (first writer wins).
+    async fn secret(&self, name: &str, fresh: &[u8]) -> Result<Vec<u8>, Problem>;
+
+    /// Create the account for this key, or return the existing one
+    /// (`false` when it already existed).
+    async fn create_account(
+        &self,
+        jwk: &str,
+        thumbprint: &str,
+        contact: &[String],
+        now: i64,
+    ) -> Result<(Account, bool), Problem>;
+    async fn account(&self, id: AccountId) -> Result<Option<Account>, Problem>;
+    async fn account_by_thumbprint(&self, thumbprint: &str) -> Result<Option<Account>, Problem>;
+    async fn update_account_contact(
+        &self,
+        id: AccountId,
+        contact: &[String],
+    ) -> Result<(), Problem>;
+    /// Deactivate the account and its pending/valid authorizations.
+    async fn deactivate_account(&self, id: AccountId) -> Result<(), Problem>;
+    async fn change_account_key(
+        &self,
+        id: AccountId,
+        old_thumbprint: &str,
+        jwk: &str,
+        thumbprint: &str,
+    ) -> Result<KeyChange, Problem>;
+
+    async fn create_order(&self, order: NewOrder) -> Result<Order, Problem>;
+    async fn order(&self, id: OrderId) -> Result<Option<Order>, Problem>;
+    /// Order ids of an account, ascending, after `after`, at most `limit`.
+    async fn account_orders(
+        &self,
+        account: AccountId,
+        after: Option<OrderId>,
+        limit: u32,
+    ) -> Result<Vec<OrderId>, Problem>;
+    /// A valid, unexpired (beyond `min_expires`) authorization to reuse.
+    async fn reusable_authz(
+        &self,
+        account: AccountId,
+        identifier: &str,
+        wildcard: bool,
+        min_expires: i64,
+    ) -> Result<Option<AuthzId>, Problem>;
+    async fn authz(&self, id: AuthzId) -> Result<Option<Authz>, Problem>;
+    async fn authzs(&self, ids: &[AuthzId]) -> Result<Vec<Authz>, Problem>;
+    async fn deactivate_authz(&self, id: AuthzId) -> Result<bool, Problem>;
+    async fn challenge(&self, id: ChallengeId) -> Result<Option<Challenge>, Problem>;
+    /// Move a pending challenge of a pending, unexpired authorization to
+    /// processing, unless another challenge of it already is. True if moved.
+    async fn start_challenge(&self, id: ChallengeId, now: i64) -> Result<bool, Problem>;
+    /// Record a validation result on the challenge and its authorization.
+    async fn finish_challenge(
+        &self,
+        id: ChallengeId,
+        result: Result<String, Problem>,
+        now: i64,
+        valid_authz_expires: i64,
+    ) -> Result<(), Problem>;
+    /// Challenges left in processing (by a crash or restart).
+    async fn processing_challenges(&self) -> Result<Vec<ChallengeId>, Problem>;
+
+    /// Move a pending order whose authorizations are all valid and unexpired
+    /// to processing. True if this call moved it.
+    async fn begin_finalize(&self, id: OrderId, now: i64) -> Result<bool, Problem>;
+    /// Store the certificate and make the order valid, in one transaction.
+    async fn complete_order(
+        &self,
+        id: OrderId,
+        cert: &Certificate,
+        now: i64,
+    ) -> Result<(), Problem>;
+    async fn fail_order(&self, id: OrderId, error: &Problem, now: i64) -> Result<(), Problem>;
+    async fn certificate(&self, serial: &str) -> Result<Option<Certificate>, Problem>;
+}
+
+/// Open the store named by the database URL, running migrations.
+pub async fn open(url: &str, max_connections: u32) -> anyhow::Result<DynStore> {
+    if url.starts_with("sqlite:") {
+        Ok(Arc::new(SqliteStore::open(url, max_connections).await?))
+    } else {
+        anyhow::bail!("database.url {url:?}: only SQLite is supported in this build")
+    }
+}
+
+pub(crate) fn to_json<T: serde::Serialize>(v: &T) -> Result<String, Problem> {
+    serde_json::to_string(v).map_err(Problem::internal)
+}
+
+pub(crate) fn from_json<T: serde::de::DeserializeOwned>(s: &str) -> Result<T, Problem> {
+    serde_json::from_str(s).map_err(|e| Problem::internal(format!("bad JSON in database: {e}")))
+}

@@ -1,1 +1,321 @@
-//! wfe
+//! Web front end: the axum router for the ACME API, JWS authentication,
+//! nonces, and the headers every response carries (`Replay-Nonce`,
+//! `Link: rel="index"`, `Cache-Control`). It turns each request into one
+//! `ra` call and never touches SQL.
+
+mod account;
+mod directory;
+pub mod jws;
+mod nonce;
+mod order;
+
+use crate::config::Config;
+use crate::problem::Problem;
+use crate::ra::Ra;
+use crate::sa::{Account, AccountId};
+use axum::body::Body;
+use axum::extract::{Request, State};
+use axum::http::{header, HeaderMap, HeaderValue, Method, StatusCode, Uri};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::Router;
+use std::sync::Arc;
+use time::format_description::well_known::Rfc3339;
+
+pub use nonce::Nonces;
+
+pub struct Wfe {
+    pub ra: Arc<Ra>,
+    pub nonces: Nonces,
+    pub cfg: Arc<Config>,
+}
+
+pub type AppState = Arc<Wfe>;
+
+/// The externally visible base URL of this request: `https://<Host>`.
+#[derive(Clone, Debug)]
+pub struct Base(pub String);
+
+impl Base {
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{}", self.0, path)
+    }
+}
+
+pub fn router(state: AppState) -> Router {
+    Router::new()
+        .route("/directory", get(directory::directory))
+        .route("/acme/new-nonce", get(directory::new_nonce))
+        .route("/acme/new-acct", post(account::new_account))
+        .route("/acme/acct/{id}", post(account::account))
+        .route("/acme/acct/{id}/orders", post(account::orders))
+        .route("/acme/key-change", post(account::key_change))
+        .route("/acme/new-order", post(order::new_order))
+        .route("/acme/order/{id}", post(order::order))
+        .route("/acme/finalize/{id}", post(order::finalize))
+        .route("/acme/authz/{id}", post(order::authz))
+        .route("/acme/chall/{id}", post(order::challenge))
+        .route("/acme/cert/{serial}", post(order::certificate))
+        .route("/acme/issuer/0", get(directory::issuer))
+        .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            common_headers,
+        ))
+        .with_state(state)
+}
+
+async fn not_found() -> Problem {
+    Problem::not_found("no such resource")
+}
+
+async fn method_not_allowed() -> Problem {
+    Problem::method_not_allowed()
+}
+
+/// Headers on every response: a fresh `Replay-Nonce` (RFC 8555 §6.5: also
+/// on errors, clients take their next nonce from it), `Link: rel="index"`,
+/// and `Cache-Control: no-store` (nothing here may be cached).
+async fn common_headers(State(state): State<AppState>, mut req: Request, next: Next) -> Response {
+    let base = base_url(req.headers(), &state.cfg);
+    req.extensions_mut().insert(Base(base.clone()));
+    let is_directory = req.uri().path() == "/directory";
+    let mut resp = next.run(req).await;
+    let h = resp.headers_mut();
+    if let Ok(v) = HeaderValue::from_str(&state.nonces.issue()) {
+        h.insert("replay-nonce", v);
+    }
+    if !is_directory {
+        if let Ok(v) = HeaderValue::from_str(&format!("<{base}/directory>;rel=\"index\"")) {
+            h.append(header::LINK, v);
+        }
+    }
+    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    resp
+}
+
+/// `https://` plus the request's Host, so URLs match what the client used
+/// (localhost, 127.0.0.1 or [::1]). A Host that is not a plausible authority
+/// falls back to the configured default.
+fn base_url(headers: &HeaderMap, cfg: &Config) -> String {
+    let host = headers
+        .get(header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .filter(|h| !h.is_empty() && h.parse::<axum::http::uri::Authority>().is_ok());
+    match host {
+        Some(h) => format!("https://{h}"),
+        None => cfg.default_base_url(),
+    }
+}
+
+/// How a request must identify its key (RFC 8555 §6.2).
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum KeyMode {
+    /// `jwk` (newAccount, keyChange's inner JWS).
+    Jwk,
+    /// `kid` (everything else).
+    Kid,
+}
+
+/// A verified POST: who signed it and what it says.
+pub struct Post {
+    pub payload: Vec<u8>,
+    pub signer: Signer,
+}
+
+pub enum Signer {
+    Jwk {
+        jwk: josekit::jwk::Jwk,
+        thumbprint: String,
+    },
+    Account(Account),
+}
+
+impl Post {
+    pub fn account(&self) -> Result<&Account, Problem> {
+        match &self.signer {
+            Signer::Account(a) => Ok(a),
+            Signer::Jwk { .. } => Err(Problem::malformed("this request must be signed with kid")),
+        }
+    }
+
+    /// RFC 8555 §6.3: a POST-as-GET has an empty payload.
+    pub fn is_post_as_get(&self) -> bool {
+        self.payload.is_empty()
+    }
+
+    pub fn require_post_as_get(&self) -> Result<(), Problem> {
+        if self.is_post_as_get() {
+            Ok(())
+        } else {
+            Err(Problem::malformed(
+                "this resource is read with POST-as-GET (an empty payload)",
+            ))
+        }
+    }
+
+    /// The payload as JSON of type `T`; unknown members are ignored.
+    pub fn json<T: serde::de::DeserializeOwned>(&self) -> Result<T, Problem> {
+        let v: serde_json::Value = serde_json::from_slice(&self.payload)
+            .map_err(|e| Problem::malformed(format!("payload is not JSON: {e}")))?;
+        if !v.is_object() {
+            return Err(Problem::malformed("payload must be a JSON object"));
+        }
+        serde_json::from_value(v).map_err(|e| Problem::malformed(format!("payload: {e}")))
+    }
+}
+
+impl Wfe {
+    /// Authenticate a POST: content type, size, JWS shape, algorithm, key or
+    /// account, signature, nonce, and the `url` header, in that order.
+    pub async fn verify_post(
+        &self,
+        base: &Base,
+        uri: &Uri,
+        headers: &HeaderMap,
+        body: Body,
+        mode: KeyMode,
+    ) -> Result<Post, Problem> {
+        check_content_type(headers)?;
+        let bytes = axum::body::to_bytes(body, self.cfg.server.max_body_bytes)
+            .await
+            .map_err(|_| {
+                Problem::too_large(format!(
+                    "request body is larger than {} bytes",
+                    self.cfg.server.max_body_bytes
+                ))
+            })?;
+        let jws = jws::parse(&bytes)?;
+        let nonce = jws
+            .header_str("nonce")?
+            .ok_or_else(|| Problem::bad_nonce("JWS has no anti-replay nonce"))?
+            .to_string();
+        let url = jws
+            .header_str("url")?
+            .ok_or_else(|| Problem::malformed("JWS header has no \"url\""))?
+            .to_string();
+        let signer = match (jws.header.get("jwk"), jws.header.get("kid"), mode) {
+            (Some(_), Some(_), _) => {
+                return Err(Problem::malformed(
+                    "JWS header must not carry both \"jwk\" and \"kid\"",
+                ))
+            }
+            (Some(v), None, KeyMode::Jwk) => {
+                let jwk = jws::parse_jwk(v)?;
+                jws::verify(&jws, &jwk)?;
+                let thumbprint = jws::thumbprint(&jwk)?;
+                Signer::Jwk { jwk, thumbprint }
+            }
+            (None, Some(_), KeyMode::Kid) => {
+                let kid = jws.header_str("kid")?.unwrap_or_default();
+                let id = parse_kid(base, kid)?;
+                let acct = self.ra.account_for_kid(id).await?;
+                let jwk = josekit::jwk::Jwk::from_bytes(acct.jwk.as_bytes())
+                    .map_err(Problem::internal)?;
+                jws::verify(&jws, &jwk)?;
+                Signer::Account(acct)
+            }
+            (_, _, KeyMode::Jwk) => {
+                return Err(Problem::malformed(
+                    "this request must be signed with \"jwk\", not \"kid\"",
+                ))
+            }
+            (_, _, KeyMode::Kid) => {
+                return Err(Problem::malformed(
+                    "this request must be signed with \"kid\", not \"jwk\"",
+                ))
+            }
+        };
+        self.nonces.redeem(&nonce).await?;
+        check_url(base, uri, &url)?;
+        Ok(Post {
+            payload: jws.payload()?,
+            signer,
+        })
+    }
+}
+
+/// RFC 8555 §6.2: POSTs carry `application/jose+json`.
+fn check_content_type(headers: &HeaderMap) -> Result<(), Problem> {
+    let ct = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
+    let essence = ct.split(';').next().unwrap_or("").trim();
+    if essence.eq_ignore_ascii_case("application/jose+json") {
+        Ok(())
+    } else {
+        Err(Problem::new(
+            "malformed",
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            format!("Content-Type must be application/jose+json, not {ct:?}"),
+        ))
+    }
+}
+
+/// RFC 8555 §6.4: the `url` header must be the URL the request was sent
+/// to, so a JWS cannot be replayed at another endpoint.
+fn check_url(base: &Base, uri: &Uri, url: &str) -> Result<(), Problem> {
+    let expected = base.url(uri.path_and_query().map(|p| p.as_str()).unwrap_or("/"));
+    if url == expected {
+        Ok(())
+    } else {
+        Err(Problem::unauthorized(format!(
+            "JWS header \"url\" is {url:?} but the request was sent to {expected:?}"
+        )))
+    }
+}
+
+fn parse_kid(base: &Base, kid: &str) -> Result<AccountId, Problem> {
+    let prefix = base.url("/acme/acct/");
+    kid.strip_prefix(&prefix)
+        .and_then(|id| id.parse::<i64>().ok())
+        .filter(|id| *id > 0)
+        .map(AccountId)
+        .ok_or_else(|| {
+            Problem::account_does_not_exist(format!(
+                "kid {kid:?} is not an account URL of this server"
+            ))
+        })
+}
+
+/// Parse a numeric path id; anything else is a resource that does not exist.
+pub fn path_id(s: &str) -> Result<i64, Problem> {
+    s.parse::<i64>()
+        .ok()
+        .filter(|i| *i > 0)
+        .ok_or_else(|| Problem::not_found("no such resource"))
+}
+
+pub fn rfc3339(unix: i64) -> String {
+    time::OffsetDateTime::from_unix_timestamp(unix)
+        .ok()
+        .and_then(|t| t.format(&Rfc3339).ok())
+        .unwrap_or_default()
+}
+
+/// A JSON response with optional extra headers.
+pub fn json_response(
+    status: StatusCode,
+    body: &serde_json::Value,
+    headers: Vec<(header::HeaderName, String)>,
+) -> Response {
+    let mut resp = (status, serde_json::to_vec(body).unwrap_or_default()).into_response();
+    let h = resp.headers_mut();
+    h.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    for (name, value) in headers {
+        if let Ok(v) = HeaderValue::from_str(&value) {
+            h.append(name, v);
+        }
+    }
+    resp
+}
+
+pub fn is_head(m: &Method) -> bool {
+    m == Method::HEAD
+}

@@ -1,0 +1,227 @@
+//! newAccount, the account resource (read, update, deactivate), its orders
+//! list, and keyChange (RFC 8555 §7.3).
+
+use super::{json_response, jws, path_id, AppState, Base, KeyMode, Signer};
+use crate::problem::Problem;
+use crate::ra::{AccountUpdate, NewAccountRequest};
+use crate::sa::{Account, OrderId};
+use axum::body::Body;
+use axum::extract::{Path, Query, State};
+use axum::http::{header, HeaderMap, StatusCode, Uri};
+use axum::response::Response;
+use axum::Extension;
+use serde_json::{json, Value};
+
+fn account_json(base: &Base, a: &Account) -> Value {
+    let key: Value = serde_json::from_str(&a.jwk).unwrap_or(Value::Null);
+    json!({
+        "status": a.status.as_str(),
+        "contact": a.contact,
+        "orders": base.url(&format!("/acme/acct/{}/orders", a.id)),
+        "key": key,
+        "createdAt": super::rfc3339(a.created_at),
+    })
+}
+
+fn account_headers(s: &AppState, base: &Base, a: &Account) -> Vec<(header::HeaderName, String)> {
+    let mut h = vec![(header::LOCATION, base.url(&format!("/acme/acct/{}", a.id)))];
+    if !s.cfg.acme.terms_of_service.is_empty() {
+        h.push((
+            header::LINK,
+            format!("<{}>;rel=\"terms-of-service\"", s.cfg.acme.terms_of_service),
+        ));
+    }
+    h
+}
+
+pub async fn new_account(
+    State(s): State<AppState>,
+    Extension(base): Extension<Base>,
+    uri: Uri,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, Problem> {
+    let post = s
+        .verify_post(&base, &uri, &headers, body, KeyMode::Jwk)
+        .await?;
+    let req: NewAccountRequest = post.json()?;
+    let Signer::Jwk { jwk, thumbprint } = &post.signer else {
+        return Err(Problem::malformed("newAccount must be signed with \"jwk\""));
+    };
+    let jwk_json = jws::public_json(jwk)?;
+    let (acct, created) = s.ra.new_account(&jwk_json, thumbprint, req).await?;
+    let status = if created {
+        StatusCode::CREATED
+    } else {
+        StatusCode::OK
+    };
+    if created {
+        tracing::info!(account = acct.id.0, "account created");
+    }
+    Ok(json_response(
+        status,
+        &account_json(&base, &acct),
+        account_headers(&s, &base, &acct),
+    ))
+}
+
+/// POST-as-GET reads the account; a payload updates contacts or deactivates.
+pub async fn account(
+    State(s): State<AppState>,
+    Extension(base): Extension<Base>,
+    Path(id): Path<String>,
+    uri: Uri,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, Problem> {
+    let id = path_id(&id)?;
+    let post = s
+        .verify_post(&base, &uri, &headers, body, KeyMode::Kid)
+        .await?;
+    let acct = post.account()?;
+    if acct.id.0 != id {
+        return Err(Problem::unauthorized(
+            "the request's kid is not this account",
+        ));
+    }
+    let acct = if post.is_post_as_get() {
+        acct.clone()
+    } else {
+        let upd: AccountUpdate = post.json()?;
+        s.ra.update_account(acct, upd).await?
+    };
+    Ok(json_response(
+        StatusCode::OK,
+        &account_json(&base, &acct),
+        account_headers(&s, &base, &acct),
+    ))
+}
+
+#[derive(serde::Deserialize)]
+pub struct Cursor {
+    cursor: Option<String>,
+}
+
+/// RFC 8555 §7.1.2.1: the account's orders, paginated with `Link: rel="next"`.
+pub async fn orders(
+    State(s): State<AppState>,
+    Extension(base): Extension<Base>,
+    Path(id): Path<String>,
+    Query(q): Query<Cursor>,
+    uri: Uri,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, Problem> {
+    let id = path_id(&id)?;
+    let post = s
+        .verify_post(&base, &uri, &headers, body, KeyMode::Kid)
+        .await?;
+    post.require_post_as_get()?;
+    let acct = post.account()?;
+    if acct.id.0 != id {
+        return Err(Problem::unauthorized(
+            "the request's kid is not this account",
+        ));
+    }
+    let after = match q.cursor.as_deref() {
+        None => None,
+        Some(c) => {
+            Some(OrderId(c.parse::<i64>().map_err(|_| {
+                Problem::malformed("cursor must be an order id")
+            })?))
+        }
+    };
+    let (ids, next) = s.ra.account_orders(acct, after).await?;
+    let urls: Vec<String> = ids
+        .iter()
+        .map(|o| base.url(&format!("/acme/order/{o}")))
+        .collect();
+    let mut h = vec![];
+    if let Some(n) = next {
+        h.push((
+            header::LINK,
+            format!(
+                "<{}>;rel=\"next\"",
+                base.url(&format!("/acme/acct/{}/orders?cursor={n}", acct.id))
+            ),
+        ));
+    }
+    Ok(json_response(StatusCode::OK, &json!({ "orders": urls }), h))
+}
+
+/// RFC 8555 §7.3.5: the payload is a JWS signed by the new key (`jwk`, no
+/// nonce, same `url`) over `{account, oldKey}`.
+pub async fn key_change(
+    State(s): State<AppState>,
+    Extension(base): Extension<Base>,
+    uri: Uri,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, Problem> {
+    let post = s
+        .verify_post(&base, &uri, &headers, body, KeyMode::Kid)
+        .await?;
+    let acct = post.account()?;
+    let inner = jws::parse(&post.payload)?;
+    if inner.header.contains_key("nonce") {
+        return Err(Problem::malformed(
+            "keyChange inner JWS must not have a nonce",
+        ));
+    }
+    if inner.header.contains_key("kid") {
+        return Err(Problem::malformed(
+            "keyChange inner JWS must use \"jwk\", not \"kid\"",
+        ));
+    }
+    let url = base.url(uri.path());
+    if inner.header_str("url")? != Some(url.as_str()) {
+        return Err(Problem::malformed(
+            "keyChange inner JWS \"url\" must equal the outer \"url\"",
+        ));
+    }
+    let new_jwk = jws::parse_jwk(
+        inner
+            .header
+            .get("jwk")
+            .ok_or_else(|| Problem::malformed("keyChange inner JWS has no \"jwk\""))?,
+    )?;
+    jws::verify(&inner, &new_jwk)?;
+    #[derive(serde::Deserialize)]
+    #[serde(rename_all = "camelCase")]
+    struct Inner {
+        account: String,
+        old_key: Value,
+    }
+    let payload: Inner = serde_json::from_slice(&inner.payload()?)
+        .map_err(|e| Problem::malformed(format!("keyChange inner payload: {e}")))?;
+    if payload.account != base.url(&format!("/acme/acct/{}", acct.id)) {
+        return Err(Problem::malformed(
+            "keyChange inner payload \"account\" is not the signer's account",
+        ));
+    }
+    let old = josekit::jwk::Jwk::from_map(match payload.old_key {
+        Value::Object(m) => m,
+        _ => {
+            return Err(Problem::malformed(
+                "keyChange \"oldKey\" must be a JWK object",
+            ))
+        }
+    })
+    .map_err(|e| Problem::malformed(format!("keyChange \"oldKey\": {e}")))?;
+    let old_tp = jws::thumbprint(&old)?;
+    let new_tp = jws::thumbprint(&new_jwk)?;
+    let new_json = jws::public_json(&new_jwk)?;
+    match s.ra.change_key(acct, &old_tp, &new_json, &new_tp).await {
+        Ok(a) => Ok(json_response(
+            StatusCode::OK,
+            &account_json(&base, &a),
+            account_headers(&s, &base, &a),
+        )),
+        Err(mut p) => {
+            if let Some(id) = p.location.take() {
+                p.location = Some(base.url(&format!("/acme/acct/{id}")));
+            }
+            Err(p)
+        }
+    }
+}

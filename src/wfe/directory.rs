@@ -1,0 +1,50 @@
+//! The directory, newNonce and the issuer certificate.
+
+use super::{json_response, AppState, Base};
+use axum::extract::State;
+use axum::http::{header, Method, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::Extension;
+use serde_json::json;
+
+/// RFC 8555 §7.1.1. All URLs absolute, built from the request's Host.
+pub async fn directory(State(s): State<AppState>, Extension(base): Extension<Base>) -> Response {
+    let a = &s.cfg.acme;
+    let mut meta = json!({
+        "caaIdentities": a.caa_identities,
+        "externalAccountRequired": a.external_account_required,
+    });
+    if !a.terms_of_service.is_empty() {
+        meta["termsOfService"] = json!(a.terms_of_service);
+    }
+    if !a.website.is_empty() {
+        meta["website"] = json!(a.website);
+    }
+    let body = json!({
+        "newNonce": base.url("/acme/new-nonce"),
+        "newAccount": base.url("/acme/new-acct"),
+        "newOrder": base.url("/acme/new-order"),
+        "keyChange": base.url("/acme/key-change"),
+        "meta": meta,
+    });
+    json_response(StatusCode::OK, &body, vec![])
+}
+
+/// RFC 8555 §7.2: HEAD answers 200, GET 204; the nonce itself is added by
+/// the common-headers layer, as on every response.
+pub async fn new_nonce(method: Method) -> Response {
+    if method == Method::HEAD {
+        StatusCode::OK.into_response()
+    } else {
+        StatusCode::NO_CONTENT.into_response()
+    }
+}
+
+/// The intermediate, the `rel="up"` target of certificates.
+pub async fn issuer(State(s): State<AppState>) -> Response {
+    (
+        [(header::CONTENT_TYPE, "application/pem-certificate-chain")],
+        s.ra.ca().intermediate_pem().to_string(),
+    )
+        .into_response()
+}

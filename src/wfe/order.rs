@@ -1,0 +1,238 @@
+//! newOrder, orders, finalize, authorizations, challenges and certificate
+//! download (RFC 8555 §7.4, §7.5).
+
+use super::{json_response, path_id, rfc3339, AppState, Base, KeyMode};
+use crate::problem::Problem;
+use crate::ra::NewOrderRequest;
+use crate::sa::{
+    Authz, AuthzId, AuthzStatus, Challenge, ChallengeId, ChallengeStatus, Order, OrderId,
+    OrderStatus,
+};
+use axum::body::Body;
+use axum::extract::{Path, State};
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode, Uri};
+use axum::response::{IntoResponse, Response};
+use axum::Extension;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64;
+use base64::Engine;
+use serde_json::{json, Value};
+
+fn order_json(base: &Base, o: &Order) -> Value {
+    let mut v = json!({
+        "status": o.status.as_str(),
+        "expires": rfc3339(o.expires),
+        "identifiers": o.identifiers,
+        "authorizations": o.authz_ids.iter().map(|a| base.url(&format!("/acme/authz/{a}"))).collect::<Vec<_>>(),
+        "finalize": base.url(&format!("/acme/finalize/{}", o.id)),
+    });
+    if let (OrderStatus::Valid, Some(serial)) = (o.status, &o.cert_serial) {
+        v["certificate"] = json!(base.url(&format!("/acme/cert/{serial}")));
+    }
+    if let Some(e) = &o.error {
+        v["error"] = serde_json::to_value(e).unwrap_or(Value::Null);
+    }
+    v
+}
+
+fn order_response(s: &AppState, base: &Base, o: &Order, status: StatusCode) -> Response {
+    let mut h = vec![(header::LOCATION, base.url(&format!("/acme/order/{}", o.id)))];
+    if o.status == OrderStatus::Processing {
+        h.push((header::RETRY_AFTER, s.cfg.acme.retry_after_secs.to_string()));
+    }
+    json_response(status, &order_json(base, o), h)
+}
+
+fn challenge_json(base: &Base, c: &Challenge) -> Value {
+    let mut v = json!({
+        "type": c.kind.as_str(),
+        "url": base.url(&format!("/acme/chall/{}", c.id)),
+        "status": c.status.as_str(),
+        "token": c.token,
+    });
+    if let Some(t) = c.validated {
+        v["validated"] = json!(rfc3339(t));
+    }
+    if let Some(e) = &c.error {
+        v["error"] = serde_json::to_value(e).unwrap_or(Value::Null);
+    }
+    if let Some(r) = c
+        .records
+        .as_deref()
+        .and_then(|r| serde_json::from_str::<Value>(r).ok())
+    {
+        v["validationRecord"] = r;
+    }
+    v
+}
+
+fn authz_json(base: &Base, a: &Authz) -> Value {
+    let mut v = json!({
+        "identifier": {"type": "dns", "value": a.identifier},
+        "status": a.status.as_str(),
+        "expires": rfc3339(a.expires),
+        "challenges": a.challenges.iter().map(|c| challenge_json(base, c)).collect::<Vec<_>>(),
+    });
+    if a.wildcard {
+        v["wildcard"] = json!(true);
+    }
+    v
+}
+
+pub async fn new_order(
+    State(s): State<AppState>,
+    Extension(base): Extension<Base>,
+    uri: Uri,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, Problem> {
+    let post = s
+        .verify_post(&base, &uri, &headers, body, KeyMode::Kid)
+        .await?;
+    let req: NewOrderRequest = post.json()?;
+    let (order, _) = s.ra.new_order(post.account()?, req).await?;
+    Ok(order_response(&s, &base, &order, StatusCode::CREATED))
+}
+
+pub async fn order(
+    State(s): State<AppState>,
+    Extension(base): Extension<Base>,
+    Path(id): Path<String>,
+    uri: Uri,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, Problem> {
+    let id = OrderId(path_id(&id)?);
+    let post = s
+        .verify_post(&base, &uri, &headers, body, KeyMode::Kid)
+        .await?;
+    post.require_post_as_get()?;
+    let order = s.ra.order(post.account()?, id).await?;
+    Ok(order_response(&s, &base, &order, StatusCode::OK))
+}
+
+pub async fn finalize(
+    State(s): State<AppState>,
+    Extension(base): Extension<Base>,
+    Path(id): Path<String>,
+    uri: Uri,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, Problem> {
+    let id = OrderId(path_id(&id)?);
+    let post = s
+        .verify_post(&base, &uri, &headers, body, KeyMode::Kid)
+        .await?;
+    #[derive(serde::Deserialize)]
+    struct Finalize {
+        csr: String,
+    }
+    let f: Finalize = post.json()?;
+    let der = B64
+        .decode(f.csr.trim_end_matches('=').as_bytes())
+        .map_err(|_| Problem::bad_csr("csr is not base64url-encoded DER"))?;
+    let order = s.ra.finalize(post.account()?, id, &der).await?;
+    Ok(order_response(&s, &base, &order, StatusCode::OK))
+}
+
+/// POST-as-GET reads; `{"status":"deactivated"}` deactivates (§7.5.2).
+pub async fn authz(
+    State(s): State<AppState>,
+    Extension(base): Extension<Base>,
+    Path(id): Path<String>,
+    uri: Uri,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, Problem> {
+    let id = AuthzId(path_id(&id)?);
+    let post = s
+        .verify_post(&base, &uri, &headers, body, KeyMode::Kid)
+        .await?;
+    let acct = post.account()?;
+    let a = if post.is_post_as_get() {
+        s.ra.authz(acct, id).await?
+    } else {
+        #[derive(serde::Deserialize)]
+        struct Update {
+            status: Option<String>,
+        }
+        let u: Update = post.json()?;
+        if u.status.as_deref() != Some("deactivated") {
+            return Err(Problem::malformed(
+                "an authorization can only be updated with {\"status\": \"deactivated\"}",
+            ));
+        }
+        s.ra.deactivate_authz(acct, id).await?
+    };
+    let mut h = vec![];
+    if a.status == AuthzStatus::Pending {
+        h.push((header::RETRY_AFTER, s.cfg.acme.retry_after_secs.to_string()));
+    }
+    Ok(json_response(StatusCode::OK, &authz_json(&base, &a), h))
+}
+
+/// POST-as-GET reads; a JSON object (`{}`) asks for validation (§7.5.1).
+pub async fn challenge(
+    State(s): State<AppState>,
+    Extension(base): Extension<Base>,
+    Path(id): Path<String>,
+    uri: Uri,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, Problem> {
+    let id = ChallengeId(path_id(&id)?);
+    let post = s
+        .verify_post(&base, &uri, &headers, body, KeyMode::Kid)
+        .await?;
+    let acct = post.account()?;
+    let (c, a) = if post.is_post_as_get() {
+        s.ra.challenge(acct, id).await?
+    } else {
+        let _: Value = post.json()?;
+        s.ra.respond_challenge(acct, id).await?
+    };
+    let mut h = vec![(
+        header::LINK,
+        format!(
+            "<{}>;rel=\"up\"",
+            base.url(&format!("/acme/authz/{}", a.id))
+        ),
+    )];
+    if matches!(
+        c.status,
+        ChallengeStatus::Pending | ChallengeStatus::Processing
+    ) {
+        h.push((header::RETRY_AFTER, s.cfg.acme.retry_after_secs.to_string()));
+    }
+    Ok(json_response(StatusCode::OK, &challenge_json(&base, &c), h))
+}
+
+/// RFC 8555 §7.4.2: the chain as PEM, leaf first.
+pub async fn certificate(
+    State(s): State<AppState>,
+    Extension(base): Extension<Base>,
+    Path(serial): Path<String>,
+    uri: Uri,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, Problem> {
+    if serial.len() > 64 || !serial.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return Err(Problem::not_found("no such certificate"));
+    }
+    let post = s
+        .verify_post(&base, &uri, &headers, body, KeyMode::Kid)
+        .await?;
+    post.require_post_as_get()?;
+    let cert =
+        s.ra.certificate(post.account()?, &serial.to_ascii_lowercase())
+            .await?;
+    let mut resp = cert.chain_pem.into_response();
+    let h = resp.headers_mut();
+    h.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/pem-certificate-chain"),
+    );
+    if let Ok(v) = HeaderValue::from_str(&format!("<{}>;rel=\"up\"", base.url("/acme/issuer/0"))) {
+        h.append(header::LINK, v);
+    }
+    Ok(resp)
+}
