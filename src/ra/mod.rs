@@ -120,11 +120,9 @@ impl Ra {
                 "you must agree to the terms of service (termsOfServiceAgreed: true)",
             ));
         }
-        if req.external_account_binding.is_some() {
-            return Err(Problem::malformed(
-                "this server does not support external account binding",
-            ));
-        }
+        // RFC 8555 §7.3.4: a server that does not require external account
+        // binding may ignore one; clients configured with EAB still work.
+        let _ = req.external_account_binding;
         let contact = self.check_contacts(req.contact.as_deref().unwrap_or_default())?;
         self.store
             .create_account(jwk, thumbprint, &contact, self.clock.unix())
