@@ -1,6 +1,23 @@
 //! Validation authority: http-01, dns-01, tls-alpn-01 and CAA, with a
 //! configurable resolver, ports and address policy.
-//! INTERFACE STUB: implemented by the VA work; signatures are the contract.
+//!
+//! Layout: [`addr`] is the address policy (no private addresses unless
+//! configured), [`dns`] the resolver (hickory, caching off), `http01`,
+//! `dns01` and [`tlsalpn`] the three challenges, [`caa`] the CAA check that
+//! follows a successful challenge. Everything a network peer sends is
+//! untrusted: bounded reads, sanitized echoes in problem details, no panics.
+
+pub mod addr;
+pub mod caa;
+pub mod dns;
+mod dns01;
+mod http01;
+#[cfg(test)]
+mod tests;
+pub mod tlsalpn;
+
+use std::sync::Arc;
+use std::time::Duration;
 
 use crate::config::VaConfig;
 use crate::problem::Problem;
@@ -66,18 +83,99 @@ pub struct ValidationRecord {
     pub address_used: Option<String>,
 }
 
-pub struct Va {}
+/// The validation authority. Built once at start; cheap to share.
+pub struct Va {
+    cfg: VaConfig,
+    /// Our CAA issuer domain names, lower case.
+    caa_identities: Vec<String>,
+    dns: dns::Dns,
+    tls: Arc<rustls::ClientConfig>,
+}
 
 impl Va {
     /// `caa_identities`: the CAA issuer domain names that mean this CA.
-    pub fn new(_cfg: &VaConfig, _caa_identities: Vec<String>) -> anyhow::Result<Va> {
-        Ok(Va {})
+    pub fn new(cfg: &VaConfig, caa_identities: Vec<String>) -> anyhow::Result<Va> {
+        let timeout = Duration::from_secs(cfg.timeout_secs.max(1));
+        Ok(Va {
+            cfg: cfg.clone(),
+            caa_identities: caa_identities
+                .into_iter()
+                .map(|s| s.trim().trim_end_matches('.').to_ascii_lowercase())
+                .filter(|s| !s.is_empty())
+                .collect(),
+            dns: dns::Dns::new(&cfg.resolver, timeout, cfg.allow_private_addresses)?,
+            tls: tlsalpn::client_config()?,
+        })
     }
 
     /// Perform one validation, then (on success) the CAA check. On failure
     /// the problem's type is one of `connection`, `dns`, `incorrectResponse`,
     /// `tls`, `unauthorized`, `caa`, with a detail a user can act on.
-    pub async fn validate(&self, _req: &ValidationRequest) -> Result<Vec<ValidationRecord>, Problem> {
-        Err(Problem::internal("VA not implemented yet"))
+    pub async fn validate(
+        &self,
+        req: &ValidationRequest,
+    ) -> Result<Vec<ValidationRecord>, Problem> {
+        if self.cfg.always_valid {
+            return Ok(vec![ValidationRecord {
+                hostname: req.domain.clone(),
+                ..ValidationRecord::default()
+            }]);
+        }
+        if req.wildcard && req.challenge != ChallengeType::Dns01 {
+            return Err(Problem::malformed(format!(
+                "wildcard authorization for *.{} can only be validated with dns-01, not {}",
+                req.domain,
+                req.challenge.as_str()
+            )));
+        }
+        let secs = self.cfg.timeout_secs.max(1);
+        let work = async {
+            let records = match req.challenge {
+                ChallengeType::Http01 => {
+                    self.http01(&req.domain, &req.token, &req.key_authorization)
+                        .await?
+                }
+                ChallengeType::Dns01 => self.dns01(&req.domain, &req.key_authorization).await?,
+                ChallengeType::TlsAlpn01 => {
+                    self.tls_alpn01(&req.domain, &req.key_authorization).await?
+                }
+            };
+            if self.cfg.check_caa {
+                self.check_caa(&req.domain, req.wildcard, req.challenge, &req.account_uri)
+                    .await?;
+            }
+            Ok(records)
+        };
+        match tokio::time::timeout(Duration::from_secs(secs), work).await {
+            Ok(r) => r,
+            Err(_) => Err(Problem::connection(format!(
+                "Timeout after {secs}s during {} validation of {}",
+                req.challenge.as_str(),
+                req.domain
+            ))),
+        }
     }
+}
+
+/// base64url(SHA-256(key authorization)), unpadded: the dns-01 TXT value
+/// (RFC 8555 §8.4).
+pub fn dns01_digest(key_authorization: &str) -> String {
+    use base64::Engine;
+    use sha2::Digest;
+    base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .encode(sha2::Sha256::digest(key_authorization.as_bytes()))
+}
+
+/// Makes peer-supplied text safe to echo in a problem detail: at most `max`
+/// characters, control characters replaced, an ellipsis when cut.
+pub(crate) fn sanitize(s: &str, max: usize) -> String {
+    let mut out: String = s
+        .chars()
+        .take(max)
+        .map(|c| if c.is_control() { '\u{fffd}' } else { c })
+        .collect();
+    if s.chars().nth(max).is_some() {
+        out.push_str("...");
+    }
+    out
 }
