@@ -68,37 +68,25 @@ fn parse_server(s: &str) -> anyhow::Result<SocketAddr> {
     anyhow::bail!("va.resolver {s:?} is not ip:port")
 }
 
-/// The `nameserver` lines of /etc/resolv.conf. Read by hand because the
-/// resolver's `system-config` feature is not enabled in this build.
-fn system_nameservers() -> Vec<IpAddr> {
-    let Ok(text) = std::fs::read_to_string("/etc/resolv.conf") else {
-        return Vec::new();
-    };
-    text.lines()
-        .filter_map(|l| {
-            let mut it = l.split_whitespace();
-            (it.next() == Some("nameserver"))
-                .then(|| it.next())
-                .flatten()
-        })
-        // Drop a zone suffix such as fe80::1%eth0, which IpAddr cannot parse.
-        .filter_map(|ip| ip.split('%').next().and_then(|s| s.parse().ok()))
-        .collect()
-}
-
 impl Dns {
     pub fn new(resolver: &str, timeout: Duration, allow_private: bool) -> anyhow::Result<Dns> {
-        let group = if resolver.trim().is_empty() {
-            let ips = system_nameservers();
-            if ips.is_empty() {
-                anyhow::bail!("va.resolver is empty and /etc/resolv.conf lists no nameserver");
-            }
-            NameServerConfigGroup::from_ips_clear(&ips, 53, true)
+        let config = if resolver.trim().is_empty() {
+            let (system, _) = hickory_resolver::system_conf::read_system_conf().map_err(|e| {
+                anyhow::anyhow!(
+                    "va.resolver is empty and the system resolver configuration is unusable: {e}"
+                )
+            })?;
+            // Only the name servers: search domains would let a CA resolve
+            // something other than the name it was asked to validate.
+            ResolverConfig::from_parts(None, vec![], system.name_servers().to_vec())
         } else {
             let sa = parse_server(resolver.trim())?;
-            NameServerConfigGroup::from_ips_clear(&[sa.ip()], sa.port(), true)
+            ResolverConfig::from_parts(
+                None,
+                vec![],
+                NameServerConfigGroup::from_ips_clear(&[sa.ip()], sa.port(), true),
+            )
         };
-        let config = ResolverConfig::from_parts(None, vec![], group);
         let mut opts = ResolverOpts::default();
         // Tests (and clients' hooks) change records between validations, and
         // a CA must see the current answer: no caching at all.
