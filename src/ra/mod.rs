@@ -182,6 +182,12 @@ impl Ra {
                 "inner JWS oldKey is not the account's current key",
             ));
         }
+        // RFC 8555 §7.3.5: no account, this one included, may already have the new key.
+        if new_thumbprint == acct.thumbprint {
+            let mut p = Problem::conflict("the new key is already this account's key");
+            p.location = Some(format!("{}", acct.id.0));
+            return Err(p);
+        }
         match self
             .store
             .change_account_key(acct.id, &acct.thumbprint, new_jwk, new_thumbprint)
