@@ -4,6 +4,7 @@
 //! certificate per order, one use per nonce, one account per key) is a
 //! database constraint.
 
+mod postgres;
 mod sqlite;
 
 use crate::problem::{Identifier, Problem};
@@ -11,6 +12,7 @@ use crate::va::ChallengeType;
 use async_trait::async_trait;
 use std::sync::Arc;
 
+pub use postgres::PgStore;
 pub use sqlite::SqliteStore;
 
 macro_rules! id_type {
@@ -235,8 +237,10 @@ pub trait Store: Send + Sync {
 pub async fn open(url: &str, max_connections: u32) -> anyhow::Result<DynStore> {
     if url.starts_with("sqlite:") {
         Ok(Arc::new(SqliteStore::open(url, max_connections).await?))
+    } else if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+        Ok(Arc::new(PgStore::open(url, max_connections).await?))
     } else {
-        anyhow::bail!("database.url {url:?}: only SQLite is supported in this build")
+        anyhow::bail!("database.url {url:?}: expected sqlite:, postgres:// or postgresql://")
     }
 }
 

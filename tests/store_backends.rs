@@ -1,0 +1,1121 @@
+//! The `Store` contract, run against both backends: every behaviour below is
+//! one function, called once for SQLite (a file in a temporary directory) and
+//! once for PostgreSQL (a database of its own, created on the server named by
+//! `CAIRN_TEST_DATABASE_URL` and dropped at the end, panic or not). The race
+//! tests open several stores on one database, as several Cairn instances
+//! would, and check that each one-shot transition happens exactly once.
+//!
+//! Without `CAIRN_TEST_DATABASE_URL` the PostgreSQL tests fail, so CI cannot
+//! skip them silently; `CAIRN_TEST_SKIP_POSTGRES=1` skips them on purpose.
+//! `url=$(scripts/pg-cluster start)` gives a server.
+
+use cairn::problem::{Identifier, Problem};
+use cairn::sa::{
+    Account, AccountId, AccountStatus, AuthzId, AuthzStatus, Certificate, ChallengeId,
+    ChallengeStatus, DynStore, KeyChange, NewAuthz, NewOrder, Order, OrderAuthz, OrderId,
+    OrderStatus, Store,
+};
+use cairn::va::ChallengeType;
+use sqlx::{Connection, Executor, PgConnection};
+use std::sync::Arc;
+use tokio::sync::Barrier;
+
+/// The test clock: times are Unix seconds, and no behaviour reads the real
+/// clock, so a fixed "now" keeps every expiry comparison exact.
+const NOW: i64 = 1_700_000_000;
+const DAY: i64 = 86_400;
+
+// ------------------------------------------------------------- fixtures ---
+
+/// One backend's database for one test; `open` makes stores on it (one per
+/// simulated instance). Stores must be dropped before the fixture, which
+/// locals declared after it are.
+struct Fixture {
+    url: String,
+    _sqlite_dir: Option<tempfile::TempDir>,
+    _pg_db: Option<TestDb>,
+}
+
+impl Fixture {
+    async fn sqlite() -> Fixture {
+        let dir = tempfile::tempdir().expect("temporary directory");
+        let url = format!("sqlite://{}", dir.path().join("cairn.db").display());
+        Fixture {
+            url,
+            _sqlite_dir: Some(dir),
+            _pg_db: None,
+        }
+    }
+
+    /// None when PostgreSQL is skipped on purpose.
+    async fn postgres() -> Option<Fixture> {
+        let Ok(admin_url) = std::env::var("CAIRN_TEST_DATABASE_URL") else {
+            if std::env::var("CAIRN_TEST_SKIP_POSTGRES").as_deref() == Ok("1") {
+                eprintln!("CAIRN_TEST_SKIP_POSTGRES=1: skipping the PostgreSQL half");
+                return None;
+            }
+            panic!(
+                "CAIRN_TEST_DATABASE_URL is not set, so the PostgreSQL store cannot be tested. \
+                 Start a server with `url=$(scripts/pg-cluster start)` and run with \
+                 CAIRN_TEST_DATABASE_URL=$url (a user that may CREATE DATABASE), or set \
+                 CAIRN_TEST_SKIP_POSTGRES=1 to skip these tests deliberately."
+            );
+        };
+        let db = TestDb::create(&admin_url).await;
+        Some(Fixture {
+            url: db.url.clone(),
+            _sqlite_dir: None,
+            _pg_db: Some(db),
+        })
+    }
+
+    /// A store on this fixture's database, as one instance would open it.
+    async fn open(&self, max_connections: u32) -> DynStore {
+        cairn::sa::open(&self.url, max_connections)
+            .await
+            .unwrap_or_else(|e| panic!("open {}: {e:#}", self.url))
+    }
+}
+
+/// A PostgreSQL database made for one test; dropped when this is.
+struct TestDb {
+    admin_url: String,
+    name: String,
+    url: String,
+}
+
+impl TestDb {
+    async fn create(admin_url: &str) -> TestDb {
+        let name = format!(
+            "cairn_test_{}_{:016x}",
+            std::process::id(),
+            rand::random::<u64>()
+        );
+        let mut url = url::Url::parse(admin_url)
+            .unwrap_or_else(|e| panic!("CAIRN_TEST_DATABASE_URL {admin_url:?}: {e}"));
+        url.set_path(&format!("/{name}"));
+        let mut admin = PgConnection::connect(admin_url)
+            .await
+            .unwrap_or_else(|e| panic!("connect to CAIRN_TEST_DATABASE_URL {admin_url}: {e}"));
+        admin
+            .execute(format!("CREATE DATABASE \"{name}\"").as_str())
+            .await
+            .unwrap_or_else(|e| panic!("CREATE DATABASE {name}: {e}"));
+        let _ = admin.close().await;
+        TestDb {
+            admin_url: admin_url.to_owned(),
+            name,
+            url: url.to_string(),
+        }
+    }
+}
+
+impl Drop for TestDb {
+    /// Drops the database on a thread of its own with its own runtime: Drop
+    /// cannot await, and the test's runtime may be unwinding from a panic.
+    /// FORCE ends sessions a store's pool may still hold.
+    fn drop(&mut self) {
+        let admin_url = self.admin_url.clone();
+        let name = self.name.clone();
+        let dropped = std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .map_err(|e| e.to_string())?;
+            rt.block_on(async {
+                let mut admin = PgConnection::connect(&admin_url)
+                    .await
+                    .map_err(|e| e.to_string())?;
+                admin
+                    .execute(format!("DROP DATABASE IF EXISTS \"{name}\" WITH (FORCE)").as_str())
+                    .await
+                    .map_err(|e| e.to_string())?;
+                let _ = admin.close().await;
+                Ok::<(), String>(())
+            })
+        })
+        .join();
+        match dropped {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => eprintln!("could not drop test database {}: {e}", self.name),
+            Err(_) => eprintln!("dropping test database {} panicked", self.name),
+        }
+    }
+}
+
+/// Each behaviour becomes `sqlite::<name>` and `postgres::<name>`.
+macro_rules! contract_tests {
+    ($($name:ident),* $(,)?) => {
+        mod sqlite {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    let f = super::Fixture::sqlite().await;
+                    super::$name(&f).await;
+                }
+            )*
+        }
+        mod postgres {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    let Some(f) = super::Fixture::postgres().await else { return };
+                    super::$name(&f).await;
+                }
+            )*
+        }
+    };
+}
+
+contract_tests!(
+    nonce_redeemed_once,
+    prune_nonces_forgets_expired,
+    secret_first_writer_wins,
+    create_account_is_idempotent_by_thumbprint,
+    account_contact_and_deactivation,
+    key_change_and_conflict,
+    create_order_with_new_and_reused_authzs,
+    missing_rows_read_as_none,
+    account_orders_paginate,
+    start_challenge_only_once,
+    finish_challenge_valid_updates_authz,
+    finish_challenge_invalid_updates_authz,
+    deactivate_authz_once,
+    processing_challenges_lists_started,
+    begin_finalize_needs_valid_unexpired_authzs,
+    begin_finalize_only_once,
+    complete_order_stores_certificate_once,
+    complete_order_requires_processing,
+    fail_order_from_pending_or_processing,
+    race_redeem_nonce,
+    race_begin_finalize,
+    race_start_same_challenge,
+    race_start_sibling_challenges,
+    race_start_while_finishing,
+    race_create_account,
+);
+
+/// Several instances migrating one fresh PostgreSQL database at the same
+/// moment (the advisory lock in sqlx's migrator). PostgreSQL only: an
+/// SQLite file belongs to one instance.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_concurrent_migrations() {
+    let Some(f) = Fixture::postgres().await else {
+        return;
+    };
+    let opens = (0..8).map(|_| cairn::sa::open(&f.url, 2));
+    let stores = futures::future::join_all(opens).await;
+    for s in &stores {
+        if let Err(e) = s {
+            panic!("a concurrent open failed: {e:#}");
+        }
+    }
+    let s = stores
+        .into_iter()
+        .next()
+        .and_then(Result::ok)
+        .expect("a store");
+    assert!(s.redeem_nonce(b"after-migrations", NOW).await.unwrap());
+}
+
+// -------------------------------------------------------------- helpers ---
+
+async fn new_account(s: &dyn Store, thumbprint: &str) -> Account {
+    let (acct, created) = s
+        .create_account(
+            &format!("{{\"kty\":\"OKP\",\"x\":\"{thumbprint}\"}}"),
+            thumbprint,
+            &[format!("mailto:{thumbprint}@example.com")],
+            NOW,
+        )
+        .await
+        .unwrap();
+    assert!(created, "account {thumbprint} existed already");
+    acct
+}
+
+/// A new pending authorization with all three challenge types.
+fn new_authz(identifier: &str, expires: i64) -> OrderAuthz {
+    OrderAuthz::New(NewAuthz {
+        identifier: identifier.to_owned(),
+        wildcard: false,
+        expires,
+        challenges: [
+            ChallengeType::Http01,
+            ChallengeType::Dns01,
+            ChallengeType::TlsAlpn01,
+        ]
+        .into_iter()
+        .map(|kind| (kind, format!("token-{identifier}-{}", kind.as_str())))
+        .collect(),
+    })
+}
+
+async fn new_order(s: &dyn Store, account: AccountId, names: &[&str], expires: i64) -> Order {
+    s.create_order(NewOrder {
+        account_id: account,
+        expires,
+        identifiers: names.iter().map(|n| Identifier::dns(*n)).collect(),
+        authzs: names.iter().map(|n| new_authz(n, NOW + DAY)).collect(),
+        now: NOW,
+    })
+    .await
+    .unwrap()
+}
+
+/// The id of the authorization's challenge of `kind`.
+async fn challenge_of(s: &dyn Store, authz: AuthzId, kind: ChallengeType) -> ChallengeId {
+    let a = s.authz(authz).await.unwrap().expect("authz exists");
+    a.challenges
+        .iter()
+        .find(|c| c.kind == kind)
+        .unwrap_or_else(|| panic!("authz {authz} has no {} challenge", kind.as_str()))
+        .id
+}
+
+/// Validate the authorization through its http-01 challenge, valid until
+/// `valid_until`.
+async fn validate(s: &dyn Store, authz: AuthzId, valid_until: i64) {
+    let c = challenge_of(s, authz, ChallengeType::Http01).await;
+    assert!(s.start_challenge(c, NOW).await.unwrap(), "start {c}");
+    s.finish_challenge(c, Ok("[]".into()), NOW, valid_until)
+        .await
+        .unwrap();
+    assert_eq!(
+        s.authz(authz).await.unwrap().unwrap().status,
+        AuthzStatus::Valid
+    );
+}
+
+/// An order whose authorizations are all valid: ready to finalize.
+async fn ready_order(s: &dyn Store, account: AccountId, names: &[&str]) -> Order {
+    let order = new_order(s, account, names, NOW + 7 * DAY).await;
+    for a in &order.authz_ids {
+        validate(s, *a, NOW + 30 * DAY).await;
+    }
+    order
+}
+
+fn certificate(serial: &str, order: &Order) -> Certificate {
+    Certificate {
+        serial: serial.to_owned(),
+        account_id: order.account_id,
+        order_id: order.id,
+        der: vec![0x30, 0x82, 0x01, 0x00, 0xff, 0x00],
+        chain_pem: "-----BEGIN CERTIFICATE-----\nAA==\n-----END CERTIFICATE-----\n".into(),
+        not_before: NOW - 60,
+        not_after: NOW + 90 * DAY,
+        issued_at: NOW,
+    }
+}
+
+async fn order_status(s: &dyn Store, id: OrderId) -> OrderStatus {
+    s.order(id).await.unwrap().expect("order exists").status
+}
+
+/// Runs `n` copies of `op` at once, each on one of `instances` stores (each
+/// its own pool, as separate Cairn instances have), released together by a
+/// barrier after every pool has its connections open. Returns how many
+/// returned true.
+async fn race<F, Fut>(f: &Fixture, instances: usize, n: usize, op: F) -> usize
+where
+    F: Fn(DynStore, usize) -> Fut + Send + Sync + 'static,
+    Fut: std::future::Future<Output = Result<bool, Problem>> + Send + 'static,
+{
+    let per_instance = n.div_ceil(instances) as u32;
+    let mut stores = Vec::new();
+    for _ in 0..instances {
+        stores.push(f.open(per_instance).await);
+    }
+    // Warm every pool up to its size, so the race is not spread out by
+    // connection set-up.
+    let warm = (0..n).map(|i| {
+        let s = stores[i % instances].clone();
+        async move { s.account(AccountId(0)).await.unwrap() }
+    });
+    futures::future::join_all(warm).await;
+
+    let barrier = Arc::new(Barrier::new(n));
+    let op = Arc::new(op);
+    let tasks: Vec<_> = (0..n)
+        .map(|i| {
+            let s = stores[i % instances].clone();
+            let barrier = barrier.clone();
+            let op = op.clone();
+            tokio::spawn(async move {
+                barrier.wait().await;
+                op(s, i).await
+            })
+        })
+        .collect();
+    let mut wins = 0;
+    for t in tasks {
+        if t.await.expect("task").expect("store call") {
+            wins += 1;
+        }
+    }
+    wins
+}
+
+// ----------------------------------------------------------- behaviours ---
+
+async fn nonce_redeemed_once(f: &Fixture) {
+    let s = f.open(4).await;
+    assert!(s.redeem_nonce(b"nonce-1", NOW + 60).await.unwrap());
+    assert!(!s.redeem_nonce(b"nonce-1", NOW + 60).await.unwrap());
+    assert!(s.redeem_nonce(b"nonce-2", NOW + 60).await.unwrap());
+    // Binary values, not text: a NUL and high bytes are their own nonce.
+    assert!(s.redeem_nonce(&[0, 0xff, 1], NOW + 60).await.unwrap());
+    assert!(!s.redeem_nonce(&[0, 0xff, 1], NOW + 60).await.unwrap());
+}
+
+async fn prune_nonces_forgets_expired(f: &Fixture) {
+    let s = f.open(4).await;
+    assert!(s.redeem_nonce(b"old", NOW).await.unwrap());
+    assert!(s.redeem_nonce(b"edge", NOW + 1).await.unwrap());
+    assert!(s.redeem_nonce(b"young", NOW + 100).await.unwrap());
+    // Strictly before `now`: a nonce expiring at `now` is kept.
+    assert_eq!(s.prune_nonces(NOW + 1).await.unwrap(), 1);
+    assert!(s.redeem_nonce(b"old", NOW + 200).await.unwrap());
+    assert!(!s.redeem_nonce(b"edge", NOW + 200).await.unwrap());
+    assert!(!s.redeem_nonce(b"young", NOW + 200).await.unwrap());
+    assert_eq!(s.prune_nonces(NOW + 1).await.unwrap(), 0);
+}
+
+async fn secret_first_writer_wins(f: &Fixture) {
+    let s = f.open(4).await;
+    assert_eq!(s.secret("nonce-key", b"first").await.unwrap(), b"first");
+    assert_eq!(s.secret("nonce-key", b"second").await.unwrap(), b"first");
+    assert_eq!(
+        s.secret("other", &[0, 1, 0xff]).await.unwrap(),
+        [0, 1, 0xff]
+    );
+    // A second instance sees the same value.
+    let s2 = f.open(1).await;
+    assert_eq!(s2.secret("nonce-key", b"third").await.unwrap(), b"first");
+}
+
+async fn create_account_is_idempotent_by_thumbprint(f: &Fixture) {
+    let s = f.open(4).await;
+    let contact = vec!["mailto:a@example.com".to_owned()];
+    let (a, created) = s
+        .create_account("{\"k\":1}", "tp-a", &contact, NOW)
+        .await
+        .unwrap();
+    assert!(created);
+    assert_eq!(a.thumbprint, "tp-a");
+    assert_eq!(a.jwk, "{\"k\":1}");
+    assert_eq!(a.contact, contact);
+    assert_eq!(a.status, AccountStatus::Valid);
+    assert_eq!(a.created_at, NOW);
+
+    // The same key again: the existing account, unchanged.
+    let (again, created) = s
+        .create_account("{\"k\":2}", "tp-a", &[], NOW + 10)
+        .await
+        .unwrap();
+    assert!(!created);
+    assert_eq!(again.id, a.id);
+    assert_eq!(again.jwk, "{\"k\":1}");
+    assert_eq!(again.contact, contact);
+    assert_eq!(again.created_at, NOW);
+
+    let b = new_account(&*s, "tp-b").await;
+    assert_ne!(b.id, a.id);
+    assert_eq!(s.account(a.id).await.unwrap().unwrap().thumbprint, "tp-a");
+    assert_eq!(
+        s.account_by_thumbprint("tp-b").await.unwrap().unwrap().id,
+        b.id
+    );
+}
+
+async fn account_contact_and_deactivation(f: &Fixture) {
+    let s = f.open(4).await;
+    let a = new_account(&*s, "tp-a").await;
+    let other = new_account(&*s, "tp-other").await;
+    let contact = vec![
+        "mailto:x@example.com".to_owned(),
+        "mailto:y@example.com".to_owned(),
+    ];
+    s.update_account_contact(a.id, &contact).await.unwrap();
+    assert_eq!(s.account(a.id).await.unwrap().unwrap().contact, contact);
+
+    // Deactivation takes the account's pending and valid authorizations
+    // with it, and nobody else's.
+    let order = new_order(&*s, a.id, &["a.example", "b.example"], NOW + DAY).await;
+    validate(&*s, order.authz_ids[0], NOW + DAY).await;
+    let others = new_order(&*s, other.id, &["c.example"], NOW + DAY).await;
+    s.deactivate_account(a.id).await.unwrap();
+    let acct = s.account(a.id).await.unwrap().unwrap();
+    assert_eq!(acct.status, AccountStatus::Deactivated);
+    for authz in s.authzs(&order.authz_ids).await.unwrap() {
+        assert_eq!(authz.status, AuthzStatus::Deactivated, "authz {}", authz.id);
+    }
+    assert_eq!(
+        s.authz(others.authz_ids[0]).await.unwrap().unwrap().status,
+        AuthzStatus::Pending
+    );
+    // A deactivated account's contact no longer changes.
+    s.update_account_contact(a.id, &[]).await.unwrap();
+    assert_eq!(s.account(a.id).await.unwrap().unwrap().contact, contact);
+    // Deactivating twice is harmless.
+    s.deactivate_account(a.id).await.unwrap();
+}
+
+async fn key_change_and_conflict(f: &Fixture) {
+    let s = f.open(4).await;
+    let a = new_account(&*s, "tp-a").await;
+    let b = new_account(&*s, "tp-b").await;
+
+    let changed = s
+        .change_account_key(a.id, "tp-a", "{\"new\":1}", "tp-c")
+        .await
+        .unwrap();
+    assert_eq!(changed, KeyChange::Changed);
+    let moved = s.account_by_thumbprint("tp-c").await.unwrap().unwrap();
+    assert_eq!(moved.id, a.id);
+    assert_eq!(moved.jwk, "{\"new\":1}");
+    assert!(s.account_by_thumbprint("tp-a").await.unwrap().is_none());
+
+    // A key another account holds: a unique violation, reported as InUse.
+    let in_use = s
+        .change_account_key(a.id, "tp-c", "{\"b\":1}", "tp-b")
+        .await
+        .unwrap();
+    assert_eq!(in_use, KeyChange::InUse(b.id));
+    assert_eq!(
+        s.account(a.id).await.unwrap().unwrap().thumbprint,
+        "tp-c",
+        "a refused key change leaves the key alone"
+    );
+
+    // A stale old key (a concurrent change won): refused, nothing changes.
+    let stale = s
+        .change_account_key(a.id, "tp-a", "{\"d\":1}", "tp-d")
+        .await
+        .expect_err("stale old key");
+    assert_eq!(stale.short_type(), "malformed");
+    assert!(s.account_by_thumbprint("tp-d").await.unwrap().is_none());
+
+    // A deactivated account's key does not change.
+    s.deactivate_account(b.id).await.unwrap();
+    assert!(s
+        .change_account_key(b.id, "tp-b", "{\"e\":1}", "tp-e")
+        .await
+        .is_err());
+}
+
+async fn create_order_with_new_and_reused_authzs(f: &Fixture) {
+    let s = f.open(4).await;
+    let a = new_account(&*s, "tp-a").await;
+    let other = new_account(&*s, "tp-other").await;
+
+    let wildcard = OrderAuthz::New(NewAuthz {
+        identifier: "w.example".into(),
+        wildcard: true,
+        expires: NOW + DAY,
+        challenges: vec![(ChallengeType::Dns01, "tok-w".into())],
+    });
+    let first = s
+        .create_order(NewOrder {
+            account_id: a.id,
+            expires: NOW + 7 * DAY,
+            identifiers: vec![Identifier::dns("a.example"), Identifier::dns("*.w.example")],
+            authzs: vec![new_authz("a.example", NOW + DAY), wildcard],
+            now: NOW,
+        })
+        .await
+        .unwrap();
+    assert_eq!(first.status, OrderStatus::Pending);
+    assert_eq!(first.authz_ids.len(), 2);
+
+    let read = s.order(first.id).await.unwrap().unwrap();
+    assert_eq!(read.account_id, a.id);
+    assert_eq!(read.status, OrderStatus::Pending);
+    assert_eq!(read.expires, NOW + 7 * DAY);
+    assert_eq!(read.identifiers, first.identifiers);
+    assert_eq!(read.authz_ids, first.authz_ids, "ascending, as created");
+    assert!(read.error.is_none() && read.cert_serial.is_none());
+    assert_eq!((read.created_at, read.updated_at), (NOW, NOW));
+
+    let authzs = s.authzs(&first.authz_ids).await.unwrap();
+    assert_eq!(authzs.len(), 2);
+    let (plain, wild) = (&authzs[0], &authzs[1]);
+    assert_eq!(plain.id, first.authz_ids[0]);
+    assert_eq!(plain.account_id, a.id);
+    assert_eq!(plain.identifier, "a.example");
+    assert!(!plain.wildcard);
+    assert_eq!(plain.status, AuthzStatus::Pending);
+    assert_eq!(plain.expires, NOW + DAY);
+    let kinds: Vec<_> = plain.challenges.iter().map(|c| c.kind).collect();
+    assert_eq!(
+        kinds,
+        [
+            ChallengeType::Http01,
+            ChallengeType::Dns01,
+            ChallengeType::TlsAlpn01
+        ]
+    );
+    for c in &plain.challenges {
+        assert_eq!(c.authz_id, plain.id);
+        assert_eq!(c.status, ChallengeStatus::Pending);
+        assert_eq!(c.token, format!("token-a.example-{}", c.kind.as_str()));
+        assert!(c.validated.is_none() && c.error.is_none() && c.records.is_none());
+        let alone = s.challenge(c.id).await.unwrap().unwrap();
+        assert_eq!(
+            (alone.id, alone.kind, &alone.token),
+            (c.id, c.kind, &c.token)
+        );
+    }
+    assert_eq!(wild.identifier, "w.example");
+    assert!(wild.wildcard);
+    assert_eq!(wild.challenges.len(), 1);
+    assert_eq!(wild.challenges[0].token, "tok-w");
+    // authzs() takes the ids in any order and returns them by id.
+    let reversed: Vec<_> = first.authz_ids.iter().rev().copied().collect();
+    let ids: Vec<_> = s
+        .authzs(&reversed)
+        .await
+        .unwrap()
+        .iter()
+        .map(|a| a.id)
+        .collect();
+    assert_eq!(ids, first.authz_ids);
+    assert_eq!(
+        s.authz(first.authz_ids[1])
+            .await
+            .unwrap()
+            .unwrap()
+            .identifier,
+        "w.example"
+    );
+
+    // Only a valid, unexpired authorization of the same account, name and
+    // wildcard-ness is reusable.
+    let plain_id = plain.id;
+    assert!(s
+        .reusable_authz(a.id, "a.example", false, NOW)
+        .await
+        .unwrap()
+        .is_none());
+    validate(&*s, plain_id, NOW + 30 * DAY).await;
+    assert_eq!(
+        s.reusable_authz(a.id, "a.example", false, NOW)
+            .await
+            .unwrap(),
+        Some(plain_id)
+    );
+    assert!(s
+        .reusable_authz(a.id, "a.example", true, NOW)
+        .await
+        .unwrap()
+        .is_none());
+    assert!(s
+        .reusable_authz(a.id, "a.example", false, NOW + 30 * DAY)
+        .await
+        .unwrap()
+        .is_none());
+    assert!(s
+        .reusable_authz(other.id, "a.example", false, NOW)
+        .await
+        .unwrap()
+        .is_none());
+
+    // A second order reusing it, plus a new one.
+    let second = s
+        .create_order(NewOrder {
+            account_id: a.id,
+            expires: NOW + 7 * DAY,
+            identifiers: vec![Identifier::dns("a.example"), Identifier::dns("b.example")],
+            authzs: vec![
+                OrderAuthz::Reuse(plain_id),
+                new_authz("b.example", NOW + DAY),
+            ],
+            now: NOW + 5,
+        })
+        .await
+        .unwrap();
+    assert_eq!(second.authz_ids[0], plain_id);
+    assert_eq!(second.authz_ids.len(), 2);
+    let read = s.order(second.id).await.unwrap().unwrap();
+    assert_eq!(read.authz_ids, second.authz_ids);
+    assert_eq!(read.created_at, NOW + 5);
+    let shared = s.authzs(&read.authz_ids).await.unwrap();
+    assert_eq!(shared[0].status, AuthzStatus::Valid);
+    assert_eq!(shared[1].status, AuthzStatus::Pending);
+}
+
+async fn missing_rows_read_as_none(f: &Fixture) {
+    let s = f.open(4).await;
+    assert!(s.account(AccountId(404)).await.unwrap().is_none());
+    assert!(s.account_by_thumbprint("nobody").await.unwrap().is_none());
+    assert!(s.order(OrderId(404)).await.unwrap().is_none());
+    assert!(s.authz(AuthzId(404)).await.unwrap().is_none());
+    assert!(s.authzs(&[]).await.unwrap().is_empty());
+    assert!(s.authzs(&[AuthzId(404)]).await.unwrap().is_empty());
+    assert!(s.challenge(ChallengeId(404)).await.unwrap().is_none());
+    assert!(s.certificate("00ff").await.unwrap().is_none());
+    assert!(!s.start_challenge(ChallengeId(404), NOW).await.unwrap());
+    assert!(!s.deactivate_authz(AuthzId(404)).await.unwrap());
+    assert!(!s.begin_finalize(OrderId(404), NOW).await.unwrap());
+    s.finish_challenge(ChallengeId(404), Ok("[]".into()), NOW, NOW)
+        .await
+        .unwrap();
+}
+
+async fn account_orders_paginate(f: &Fixture) {
+    let s = f.open(4).await;
+    let a = new_account(&*s, "tp-a").await;
+    let b = new_account(&*s, "tp-b").await;
+    let mut mine = Vec::new();
+    for i in 0..5 {
+        mine.push(
+            new_order(&*s, a.id, &[&format!("{i}.example")], NOW + DAY)
+                .await
+                .id,
+        );
+        // Another account's orders in between must not show up.
+        new_order(&*s, b.id, &["b.example"], NOW + DAY).await;
+    }
+    let page1 = s.account_orders(a.id, None, 2).await.unwrap();
+    assert_eq!(page1, mine[0..2]);
+    let page2 = s
+        .account_orders(a.id, page1.last().copied(), 2)
+        .await
+        .unwrap();
+    assert_eq!(page2, mine[2..4]);
+    let page3 = s
+        .account_orders(a.id, page2.last().copied(), 2)
+        .await
+        .unwrap();
+    assert_eq!(page3, mine[4..5]);
+    assert!(s
+        .account_orders(a.id, page3.last().copied(), 2)
+        .await
+        .unwrap()
+        .is_empty());
+    assert_eq!(s.account_orders(a.id, None, 100).await.unwrap(), mine);
+    assert!(s.account_orders(a.id, None, 0).await.unwrap().is_empty());
+    let nobody = new_account(&*s, "tp-c").await;
+    assert!(s
+        .account_orders(nobody.id, None, 10)
+        .await
+        .unwrap()
+        .is_empty());
+}
+
+async fn start_challenge_only_once(f: &Fixture) {
+    let s = f.open(4).await;
+    let a = new_account(&*s, "tp-a").await;
+    let order = new_order(&*s, a.id, &["a.example"], NOW + DAY).await;
+    let authz = order.authz_ids[0];
+    let http = challenge_of(&*s, authz, ChallengeType::Http01).await;
+    let dns = challenge_of(&*s, authz, ChallengeType::Dns01).await;
+
+    assert!(s.start_challenge(http, NOW).await.unwrap());
+    let c = s.challenge(http).await.unwrap().unwrap();
+    assert_eq!(c.status, ChallengeStatus::Processing);
+    assert!(
+        !s.start_challenge(http, NOW).await.unwrap(),
+        "started twice"
+    );
+    // Another challenge of the same authorization: one validation at a time.
+    assert!(!s.start_challenge(dns, NOW).await.unwrap());
+    assert_eq!(
+        s.challenge(dns).await.unwrap().unwrap().status,
+        ChallengeStatus::Pending
+    );
+    // Still refused once the first is finished (the authorization is decided).
+    s.finish_challenge(http, Err(Problem::connection("refused")), NOW, NOW)
+        .await
+        .unwrap();
+    assert!(!s.start_challenge(dns, NOW).await.unwrap());
+
+    // Not for an expired authorization (expires <= now)...
+    let expiring = new_order(&*s, a.id, &["b.example"], NOW + DAY).await;
+    let c = challenge_of(&*s, expiring.authz_ids[0], ChallengeType::Http01).await;
+    assert!(!s.start_challenge(c, NOW + DAY).await.unwrap());
+    assert!(s.start_challenge(c, NOW + DAY - 1).await.unwrap());
+    // ...nor a deactivated one.
+    let gone = new_order(&*s, a.id, &["c.example"], NOW + DAY).await;
+    assert!(s.deactivate_authz(gone.authz_ids[0]).await.unwrap());
+    let c = challenge_of(&*s, gone.authz_ids[0], ChallengeType::Dns01).await;
+    assert!(!s.start_challenge(c, NOW).await.unwrap());
+}
+
+async fn finish_challenge_valid_updates_authz(f: &Fixture) {
+    let s = f.open(4).await;
+    let a = new_account(&*s, "tp-a").await;
+    let order = new_order(&*s, a.id, &["a.example"], NOW + DAY).await;
+    let authz = order.authz_ids[0];
+    let c = challenge_of(&*s, authz, ChallengeType::Dns01).await;
+
+    // Not started: finishing changes nothing.
+    s.finish_challenge(c, Ok("[]".into()), NOW, NOW + 30 * DAY)
+        .await
+        .unwrap();
+    assert_eq!(
+        s.challenge(c).await.unwrap().unwrap().status,
+        ChallengeStatus::Pending
+    );
+
+    assert!(s.start_challenge(c, NOW).await.unwrap());
+    let records = r#"[{"hostname":"a.example"}]"#.to_owned();
+    s.finish_challenge(c, Ok(records.clone()), NOW + 3, NOW + 30 * DAY)
+        .await
+        .unwrap();
+    let done = s.challenge(c).await.unwrap().unwrap();
+    assert_eq!(done.status, ChallengeStatus::Valid);
+    assert_eq!(done.validated, Some(NOW + 3));
+    assert_eq!(done.records.as_deref(), Some(records.as_str()));
+    assert!(done.error.is_none());
+    let authz = s.authz(authz).await.unwrap().unwrap();
+    assert_eq!(authz.status, AuthzStatus::Valid);
+    assert_eq!(authz.expires, NOW + 30 * DAY);
+
+    // A second result for the same challenge is ignored.
+    s.finish_challenge(c, Err(Problem::connection("late")), NOW + 9, NOW)
+        .await
+        .unwrap();
+    let again = s.challenge(c).await.unwrap().unwrap();
+    assert_eq!(again.status, ChallengeStatus::Valid);
+    assert_eq!(again.validated, Some(NOW + 3));
+    assert_eq!(
+        s.authz(authz.id).await.unwrap().unwrap().status,
+        AuthzStatus::Valid
+    );
+}
+
+async fn finish_challenge_invalid_updates_authz(f: &Fixture) {
+    let s = f.open(4).await;
+    let a = new_account(&*s, "tp-a").await;
+    let order = new_order(&*s, a.id, &["a.example"], NOW + DAY).await;
+    let authz = order.authz_ids[0];
+    let c = challenge_of(&*s, authz, ChallengeType::TlsAlpn01).await;
+    assert!(s.start_challenge(c, NOW).await.unwrap());
+    let problem = Problem::connection("127.0.0.1:443: connection refused");
+    s.finish_challenge(c, Err(problem.clone()), NOW + 2, NOW + 30 * DAY)
+        .await
+        .unwrap();
+    let done = s.challenge(c).await.unwrap().unwrap();
+    assert_eq!(done.status, ChallengeStatus::Invalid);
+    assert_eq!(done.validated, Some(NOW + 2));
+    assert!(done.records.is_none());
+    let stored = done.error.expect("the problem is stored");
+    assert_eq!(stored.short_type(), "connection");
+    assert_eq!(stored.detail, problem.detail);
+    let authz = s.authz(authz).await.unwrap().unwrap();
+    assert_eq!(authz.status, AuthzStatus::Invalid);
+    assert_eq!(
+        authz.expires,
+        NOW + DAY,
+        "an invalid authz keeps its expiry"
+    );
+}
+
+async fn deactivate_authz_once(f: &Fixture) {
+    let s = f.open(4).await;
+    let a = new_account(&*s, "tp-a").await;
+    let order = new_order(&*s, a.id, &["a.example", "b.example"], NOW + DAY).await;
+    let (pending, valid) = (order.authz_ids[0], order.authz_ids[1]);
+    validate(&*s, valid, NOW + DAY).await;
+    assert!(s.deactivate_authz(pending).await.unwrap());
+    assert!(!s.deactivate_authz(pending).await.unwrap());
+    assert!(s.deactivate_authz(valid).await.unwrap());
+    for authz in s.authzs(&order.authz_ids).await.unwrap() {
+        assert_eq!(authz.status, AuthzStatus::Deactivated);
+    }
+}
+
+async fn processing_challenges_lists_started(f: &Fixture) {
+    let s = f.open(4).await;
+    assert!(s.processing_challenges().await.unwrap().is_empty());
+    let a = new_account(&*s, "tp-a").await;
+    let order = new_order(&*s, a.id, &["a.example", "b.example"], NOW + DAY).await;
+    let c1 = challenge_of(&*s, order.authz_ids[0], ChallengeType::Http01).await;
+    let c2 = challenge_of(&*s, order.authz_ids[1], ChallengeType::Dns01).await;
+    assert!(s.start_challenge(c1, NOW).await.unwrap());
+    assert!(s.start_challenge(c2, NOW).await.unwrap());
+    let mut started = s.processing_challenges().await.unwrap();
+    started.sort();
+    assert_eq!(started, [c1, c2]);
+    s.finish_challenge(c1, Ok("[]".into()), NOW, NOW + DAY)
+        .await
+        .unwrap();
+    assert_eq!(s.processing_challenges().await.unwrap(), [c2]);
+}
+
+async fn begin_finalize_needs_valid_unexpired_authzs(f: &Fixture) {
+    let s = f.open(4).await;
+    let a = new_account(&*s, "tp-a").await;
+
+    // Pending authorizations: not yet.
+    let order = new_order(&*s, a.id, &["a.example", "b.example"], NOW + 7 * DAY).await;
+    assert!(!s.begin_finalize(order.id, NOW).await.unwrap());
+    validate(&*s, order.authz_ids[0], NOW + 30 * DAY).await;
+    assert!(
+        !s.begin_finalize(order.id, NOW).await.unwrap(),
+        "one of two"
+    );
+    validate(&*s, order.authz_ids[1], NOW + 30 * DAY).await;
+    assert_eq!(order_status(&*s, order.id).await, OrderStatus::Pending);
+
+    // A valid authorization that has expired (expires <= now).
+    let short = new_order(&*s, a.id, &["c.example"], NOW + 7 * DAY).await;
+    validate(&*s, short.authz_ids[0], NOW + 100).await;
+    assert!(!s.begin_finalize(short.id, NOW + 100).await.unwrap());
+    assert!(s.begin_finalize(short.id, NOW + 99).await.unwrap());
+
+    // An expired order.
+    let old = new_order(&*s, a.id, &["d.example"], NOW + 50).await;
+    validate(&*s, old.authz_ids[0], NOW + 30 * DAY).await;
+    assert!(!s.begin_finalize(old.id, NOW + 50).await.unwrap());
+    assert_eq!(order_status(&*s, old.id).await, OrderStatus::Pending);
+
+    // A deactivated authorization.
+    let dead = ready_order(&*s, a.id, &["e.example"]).await;
+    assert!(s.deactivate_authz(dead.authz_ids[0]).await.unwrap());
+    assert!(!s.begin_finalize(dead.id, NOW).await.unwrap());
+
+    // An invalid one.
+    let bad = new_order(&*s, a.id, &["f.example"], NOW + 7 * DAY).await;
+    let c = challenge_of(&*s, bad.authz_ids[0], ChallengeType::Http01).await;
+    assert!(s.start_challenge(c, NOW).await.unwrap());
+    s.finish_challenge(c, Err(Problem::connection("no")), NOW, NOW)
+        .await
+        .unwrap();
+    assert!(!s.begin_finalize(bad.id, NOW).await.unwrap());
+
+    // All valid and unexpired: yes, and the order records when.
+    assert!(s.begin_finalize(order.id, NOW + 7).await.unwrap());
+    let read = s.order(order.id).await.unwrap().unwrap();
+    assert_eq!(read.status, OrderStatus::Processing);
+    assert_eq!(read.updated_at, NOW + 7);
+}
+
+async fn begin_finalize_only_once(f: &Fixture) {
+    let s = f.open(4).await;
+    let a = new_account(&*s, "tp-a").await;
+    let order = ready_order(&*s, a.id, &["a.example"]).await;
+    assert!(s.begin_finalize(order.id, NOW).await.unwrap());
+    assert!(!s.begin_finalize(order.id, NOW).await.unwrap());
+    // Another instance sees it processing too.
+    let s2 = f.open(1).await;
+    assert!(!s2.begin_finalize(order.id, NOW).await.unwrap());
+}
+
+async fn complete_order_stores_certificate_once(f: &Fixture) {
+    let s = f.open(4).await;
+    let a = new_account(&*s, "tp-a").await;
+    let order = ready_order(&*s, a.id, &["a.example"]).await;
+    assert!(s.begin_finalize(order.id, NOW).await.unwrap());
+    let cert = certificate("0a1b2c", &order);
+    s.complete_order(order.id, &cert, NOW + 4).await.unwrap();
+
+    let read = s.order(order.id).await.unwrap().unwrap();
+    assert_eq!(read.status, OrderStatus::Valid);
+    assert_eq!(read.cert_serial.as_deref(), Some("0a1b2c"));
+    assert_eq!(read.updated_at, NOW + 4);
+    let stored = s.certificate("0a1b2c").await.unwrap().unwrap();
+    assert_eq!(stored.serial, cert.serial);
+    assert_eq!(stored.account_id, a.id);
+    assert_eq!(stored.order_id, order.id);
+    assert_eq!(stored.der, cert.der);
+    assert_eq!(stored.chain_pem, cert.chain_pem);
+    assert_eq!(
+        (stored.not_before, stored.not_after, stored.issued_at),
+        (cert.not_before, cert.not_after, cert.issued_at)
+    );
+
+    // A second certificate for the same order: the unique order_id refuses
+    // it, and the transaction leaves nothing behind.
+    let second = certificate("0d0e0f", &order);
+    assert!(s.complete_order(order.id, &second, NOW + 5).await.is_err());
+    assert!(s.certificate("0d0e0f").await.unwrap().is_none());
+    let read = s.order(order.id).await.unwrap().unwrap();
+    assert_eq!(read.cert_serial.as_deref(), Some("0a1b2c"));
+}
+
+async fn complete_order_requires_processing(f: &Fixture) {
+    let s = f.open(4).await;
+    let a = new_account(&*s, "tp-a").await;
+    let order = ready_order(&*s, a.id, &["a.example"]).await;
+    // Never finalized: refused, and the certificate insert is rolled back.
+    let cert = certificate("aa", &order);
+    assert!(s.complete_order(order.id, &cert, NOW).await.is_err());
+    assert!(s.certificate("aa").await.unwrap().is_none());
+    assert_eq!(order_status(&*s, order.id).await, OrderStatus::Pending);
+    // Failed while issuing: the same.
+    assert!(s.begin_finalize(order.id, NOW).await.unwrap());
+    s.fail_order(order.id, &Problem::malformed("bad CSR"), NOW)
+        .await
+        .unwrap();
+    assert!(s.complete_order(order.id, &cert, NOW).await.is_err());
+    assert!(s.certificate("aa").await.unwrap().is_none());
+}
+
+async fn fail_order_from_pending_or_processing(f: &Fixture) {
+    let s = f.open(4).await;
+    let a = new_account(&*s, "tp-a").await;
+
+    let pending = new_order(&*s, a.id, &["a.example"], NOW + DAY).await;
+    s.fail_order(pending.id, &Problem::malformed("first"), NOW + 1)
+        .await
+        .unwrap();
+    let read = s.order(pending.id).await.unwrap().unwrap();
+    assert_eq!(read.status, OrderStatus::Invalid);
+    assert_eq!(read.updated_at, NOW + 1);
+    let error = read.error.expect("error stored");
+    assert_eq!(
+        (error.short_type(), error.detail.as_str()),
+        ("malformed", "first")
+    );
+    // An invalid order keeps its first error.
+    s.fail_order(pending.id, &Problem::malformed("second"), NOW + 2)
+        .await
+        .unwrap();
+    let read = s.order(pending.id).await.unwrap().unwrap();
+    assert_eq!(read.error.map(|e| e.detail).as_deref(), Some("first"));
+    assert_eq!(read.updated_at, NOW + 1);
+
+    let processing = ready_order(&*s, a.id, &["b.example"]).await;
+    assert!(s.begin_finalize(processing.id, NOW).await.unwrap());
+    s.fail_order(processing.id, &Problem::internal("CA down"), NOW)
+        .await
+        .unwrap();
+    assert_eq!(order_status(&*s, processing.id).await, OrderStatus::Invalid);
+
+    // A valid order stays valid.
+    let valid = ready_order(&*s, a.id, &["c.example"]).await;
+    assert!(s.begin_finalize(valid.id, NOW).await.unwrap());
+    s.complete_order(valid.id, &certificate("cc", &valid), NOW)
+        .await
+        .unwrap();
+    s.fail_order(valid.id, &Problem::malformed("late"), NOW)
+        .await
+        .unwrap();
+    let read = s.order(valid.id).await.unwrap().unwrap();
+    assert_eq!(read.status, OrderStatus::Valid);
+    assert!(read.error.is_none());
+}
+
+// ---------------------------------------------------------------- races ---
+
+async fn race_redeem_nonce(f: &Fixture) {
+    let wins = race(f, 4, 20, |s, _| async move {
+        s.redeem_nonce(b"raced-nonce", NOW + 60).await
+    })
+    .await;
+    assert_eq!(wins, 1, "one nonce redeemed {wins} times");
+}
+
+async fn race_begin_finalize(f: &Fixture) {
+    let s = f.open(2).await;
+    let a = new_account(&*s, "tp-a").await;
+    let order = ready_order(&*s, a.id, &["a.example", "b.example"]).await;
+    let id = order.id;
+    let wins = race(f, 4, 20, move |s, _| async move {
+        s.begin_finalize(id, NOW).await
+    })
+    .await;
+    assert_eq!(wins, 1, "one order finalized {wins} times");
+    assert_eq!(order_status(&*s, id).await, OrderStatus::Processing);
+}
+
+async fn race_start_same_challenge(f: &Fixture) {
+    let s = f.open(2).await;
+    let a = new_account(&*s, "tp-a").await;
+    let order = new_order(&*s, a.id, &["a.example"], NOW + DAY).await;
+    let c = challenge_of(&*s, order.authz_ids[0], ChallengeType::Http01).await;
+    let wins = race(f, 4, 20, move |s, _| async move {
+        s.start_challenge(c, NOW).await
+    })
+    .await;
+    assert_eq!(wins, 1, "one challenge started {wins} times");
+}
+
+/// The case a single UPDATE cannot get right at READ COMMITTED: different
+/// challenges of one authorization started at once.
+async fn race_start_sibling_challenges(f: &Fixture) {
+    let s = f.open(2).await;
+    let a = new_account(&*s, "tp-a").await;
+    for round in 0..5 {
+        let order = new_order(&*s, a.id, &[&format!("{round}.example")], NOW + DAY).await;
+        let authz = order.authz_ids[0];
+        let ids: Arc<Vec<ChallengeId>> = Arc::new(
+            s.authz(authz)
+                .await
+                .unwrap()
+                .unwrap()
+                .challenges
+                .iter()
+                .map(|c| c.id)
+                .collect(),
+        );
+        let picks = ids.clone();
+        let wins = race(f, 4, 21, move |s, i| {
+            let c = picks[i % picks.len()];
+            async move { s.start_challenge(c, NOW).await }
+        })
+        .await;
+        assert_eq!(
+            wins, 1,
+            "round {round}: {wins} challenges of one authz started"
+        );
+        let authz = s.authz(authz).await.unwrap().unwrap();
+        let processing = authz
+            .challenges
+            .iter()
+            .filter(|c| c.status == ChallengeStatus::Processing)
+            .count();
+        assert_eq!(processing, 1, "round {round}");
+    }
+}
+
+/// Results arriving while clients retry other challenges of the same
+/// authorization: no call fails (in PostgreSQL, a deadlock would abort one),
+/// one result counts, and nothing else starts.
+async fn race_start_while_finishing(f: &Fixture) {
+    let s = f.open(2).await;
+    let a = new_account(&*s, "tp-a").await;
+    let order = new_order(&*s, a.id, &["a.example"], NOW + DAY).await;
+    let authz = order.authz_ids[0];
+    let http = challenge_of(&*s, authz, ChallengeType::Http01).await;
+    let dns = challenge_of(&*s, authz, ChallengeType::Dns01).await;
+    assert!(s.start_challenge(http, NOW).await.unwrap());
+    let wins = race(f, 4, 20, move |s, i| async move {
+        if i % 2 == 0 {
+            s.finish_challenge(http, Ok("[]".into()), NOW, NOW + DAY)
+                .await
+                .map(|()| false)
+        } else {
+            s.start_challenge(if i % 4 == 1 { http } else { dns }, NOW)
+                .await
+        }
+    })
+    .await;
+    assert_eq!(wins, 0, "a challenge started while another was processing");
+    let authz = s.authz(authz).await.unwrap().unwrap();
+    assert_eq!(authz.status, AuthzStatus::Valid);
+    let statuses: Vec<_> = authz.challenges.iter().map(|c| c.status).collect();
+    assert_eq!(
+        statuses,
+        [
+            ChallengeStatus::Valid,
+            ChallengeStatus::Pending,
+            ChallengeStatus::Pending
+        ]
+    );
+}
+
+async fn race_create_account(f: &Fixture) {
+    let wins = race(f, 4, 20, |s, i| async move {
+        let (acct, created) = s
+            .create_account(&format!("{{\"i\":{i}}}"), "tp-raced", &[], NOW)
+            .await?;
+        assert_eq!(acct.thumbprint, "tp-raced");
+        Ok(created)
+    })
+    .await;
+    assert_eq!(wins, 1, "one key created {wins} accounts");
+}
