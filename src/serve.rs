@@ -52,10 +52,7 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
         .await
         .context("TLS certificate for the listener")?;
 
-    let resumed = ra.resume_validations().await?;
-    if resumed > 0 {
-        tracing::info!("resumed {resumed} validations left in processing");
-    }
+    ra.spawn_validation_sweeper();
     spawn_pruner(wfe.clone());
 
     if let Some(addr) = cfg.management_listen() {

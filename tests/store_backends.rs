@@ -181,7 +181,8 @@ contract_tests!(
     finish_challenge_valid_updates_authz,
     finish_challenge_invalid_updates_authz,
     deactivate_authz_once,
-    processing_challenges_lists_started,
+    stale_challenges_claimed_once,
+    revoke_certificate_once,
     begin_finalize_needs_valid_unexpired_authzs,
     begin_finalize_only_once,
     complete_order_stores_certificate_once,
@@ -306,6 +307,8 @@ fn certificate(serial: &str, order: &Order) -> Certificate {
         not_before: NOW - 60,
         not_after: NOW + 90 * DAY,
         issued_at: NOW,
+        revoked_at: None,
+        revoked_reason: None,
     }
 }
 
@@ -827,22 +830,56 @@ async fn deactivate_authz_once(f: &Fixture) {
     }
 }
 
-async fn processing_challenges_lists_started(f: &Fixture) {
+async fn stale_challenges_claimed_once(f: &Fixture) {
     let s = f.open(4).await;
-    assert!(s.processing_challenges().await.unwrap().is_empty());
+    assert!(s
+        .claim_stale_challenges(NOW + 1, NOW)
+        .await
+        .unwrap()
+        .is_empty());
     let a = new_account(&*s, "tp-a").await;
     let order = new_order(&*s, a.id, &["a.example", "b.example"], NOW + DAY).await;
     let c1 = challenge_of(&*s, order.authz_ids[0], ChallengeType::Http01).await;
     let c2 = challenge_of(&*s, order.authz_ids[1], ChallengeType::Dns01).await;
     assert!(s.start_challenge(c1, NOW).await.unwrap());
-    assert!(s.start_challenge(c2, NOW).await.unwrap());
-    let mut started = s.processing_challenges().await.unwrap();
-    started.sort();
-    assert_eq!(started, [c1, c2]);
-    s.finish_challenge(c1, Ok("[]".into()), NOW, NOW + DAY)
+    assert!(s.start_challenge(c2, NOW + 100).await.unwrap());
+    // Only c1's lease (started at NOW) ran out before NOW + 50.
+    assert_eq!(
+        s.claim_stale_challenges(NOW + 50, NOW + 60).await.unwrap(),
+        [c1]
+    );
+    // Claimed: its lease now starts at NOW + 60, so it is not stale again.
+    assert!(s
+        .claim_stale_challenges(NOW + 50, NOW + 61)
+        .await
+        .unwrap()
+        .is_empty());
+    s.finish_challenge(c1, Ok("[]".into()), NOW + 62, NOW + DAY)
         .await
         .unwrap();
-    assert_eq!(s.processing_challenges().await.unwrap(), [c2]);
+    // Finished challenges are never claimed; c2 is once its lease runs out.
+    assert_eq!(
+        s.claim_stale_challenges(NOW + 1000, NOW + 1000)
+            .await
+            .unwrap(),
+        [c2]
+    );
+}
+
+async fn revoke_certificate_once(f: &Fixture) {
+    let s = f.open(4).await;
+    let a = new_account(&*s, "tp-a").await;
+    let order = new_order(&*s, a.id, &["a.example"], NOW + DAY).await;
+    validate(&*s, order.authz_ids[0], NOW + 30 * DAY).await;
+    assert!(s.begin_finalize(order.id, NOW).await.unwrap());
+    s.complete_order(order.id, &certificate("0a0b", &order), NOW)
+        .await
+        .unwrap();
+    assert!(s.revoke_certificate("0a0b", 4, NOW + 5).await.unwrap());
+    assert!(!s.revoke_certificate("0a0b", 1, NOW + 6).await.unwrap());
+    assert!(!s.revoke_certificate("ffff", 1, NOW + 6).await.unwrap());
+    let c = s.certificate("0a0b").await.unwrap().unwrap();
+    assert_eq!((c.revoked_at, c.revoked_reason), (Some(NOW + 5), Some(4)));
 }
 
 async fn begin_finalize_needs_valid_unexpired_authzs(f: &Fixture) {

@@ -546,13 +546,43 @@ impl Ra {
             .await
     }
 
-    /// Restart validations that a previous process left in processing.
-    pub async fn resume_validations(self: &Arc<Self>) -> Result<usize, Problem> {
-        let ids = self.store.processing_challenges().await?;
-        for id in &ids {
-            self.spawn_validation(*id);
-        }
-        Ok(ids.len())
+    /// How long a validation may run before another instance (or this one
+    /// after a restart) may assume its runner died and take it over.
+    fn validation_lease_secs(&self) -> i64 {
+        (self.cfg.va.timeout_secs.saturating_mul(3).max(5) + 10) as i64
+    }
+
+    /// Take over validations left in processing: at start every one (a
+    /// restart interrupted them; a duplicate run elsewhere is harmless, the
+    /// first result recorded wins), then periodically those whose lease ran
+    /// out, so an instance that died never leaves a challenge processing.
+    pub fn spawn_validation_sweeper(self: &Arc<Self>) {
+        let ra = self.clone();
+        tokio::spawn(async move {
+            let lease = ra.validation_lease_secs();
+            let mut stale_before = ra.clock.unix() + 1;
+            let mut tick = tokio::time::interval(Duration::from_secs((lease as u64 / 2).max(1)));
+            loop {
+                tick.tick().await;
+                match ra
+                    .store
+                    .claim_stale_challenges(stale_before, ra.clock.unix())
+                    .await
+                {
+                    Ok(ids) => {
+                        for id in ids {
+                            tracing::info!(
+                                challenge = id.0,
+                                "taking over an interrupted validation"
+                            );
+                            ra.spawn_validation(id);
+                        }
+                    }
+                    Err(e) => tracing::warn!("claiming interrupted validations: {e}"),
+                }
+                stale_before = ra.clock.unix() - lease;
+            }
+        });
     }
 
     // ---- finalization and certificates ----------------------------------
@@ -623,6 +653,8 @@ impl Ra {
             }
         };
         let cert = Certificate {
+            revoked_at: None,
+            revoked_reason: None,
             serial: issued.serial.clone(),
             account_id: acct.id,
             order_id: id,
@@ -652,9 +684,120 @@ impl Ra {
             .ok_or_else(|| Problem::not_found("no such certificate"))
     }
 
+    /// revokeCert (RFC 8555 §7.6). `by` is who signed: an account, which
+    /// must hold the certificate or valid authorizations for all its names,
+    /// or the certificate's own key. As Let's Encrypt does, a revocation by
+    /// an account that merely controls the names is recorded as
+    /// cessationOfOperation, and one by the certificate key as keyCompromise.
+    pub async fn revoke(
+        &self,
+        by: RevokeBy<'_>,
+        cert_der: &[u8],
+        reason: Option<i64>,
+    ) -> Result<(), Problem> {
+        let reason = reason.unwrap_or(0);
+        if !USER_REVOCATION_REASONS.contains(&reason) {
+            return Err(Problem::bad_revocation_reason(format!(
+                "reason {reason} is not accepted; use 0 (unspecified), 1 (keyCompromise), 3 (affiliationChanged), 4 (superseded) or 5 (cessationOfOperation)"
+            )));
+        }
+        let (_, parsed) = x509_parser::parse_x509_certificate(cert_der)
+            .map_err(|_| Problem::malformed("\"certificate\" is not a DER certificate"))?;
+        let serial = hex::encode(parsed.raw_serial());
+        let cert = self
+            .store
+            .certificate(&serial)
+            .await?
+            .filter(|c| c.der == cert_der)
+            .ok_or_else(|| Problem::not_found("no such certificate issued by this CA"))?;
+        let recorded = match by {
+            RevokeBy::Key(jwk) => {
+                let spki = ca::Csr {
+                    names: Vec::new(),
+                    common_name: None,
+                    spki_der: parsed.public_key().raw.to_vec(),
+                };
+                if !ca::csr_key_matches_jwk(&spki, jwk) {
+                    return Err(Problem::unauthorized(
+                        "the JWS key is not the certificate's key",
+                    ));
+                }
+                1
+            }
+            RevokeBy::Account(acct) if acct.id == cert.account_id => reason,
+            RevokeBy::Account(acct) => {
+                if !self.controls_all_names(acct, &parsed).await? {
+                    return Err(Problem::unauthorized(
+                        "this account neither holds the certificate nor has valid authorizations for all of its names",
+                    ));
+                }
+                5
+            }
+        };
+        if cert.revoked_at.is_some()
+            || !self
+                .store
+                .revoke_certificate(&serial, recorded, self.clock.unix())
+                .await?
+        {
+            return Err(Problem::already_revoked(
+                "the certificate is already revoked",
+            ));
+        }
+        tracing::info!(serial = %serial, reason = recorded, "certificate revoked");
+        Ok(())
+    }
+
+    async fn controls_all_names(
+        &self,
+        acct: &Account,
+        cert: &x509_parser::certificate::X509Certificate<'_>,
+    ) -> Result<bool, Problem> {
+        let Ok(Some(san)) = cert.subject_alternative_name() else {
+            return Ok(false);
+        };
+        let now = self.clock.unix();
+        for name in &san.value.general_names {
+            let x509_parser::extensions::GeneralName::DNSName(n) = name else {
+                return Ok(false);
+            };
+            let n = n.to_ascii_lowercase();
+            let (base, wildcard) = match n.strip_prefix("*.") {
+                Some(b) => (b.to_string(), true),
+                None => (n.clone(), false),
+            };
+            // Control of the base name covers its wildcard too.
+            let found = self
+                .store
+                .reusable_authz(acct.id, &base, wildcard, now)
+                .await?
+                .is_some()
+                || (wildcard
+                    && self
+                        .store
+                        .reusable_authz(acct.id, &base, false, now)
+                        .await?
+                        .is_some());
+            if !found {
+                return Ok(false);
+            }
+        }
+        Ok(true)
+    }
+
     pub fn ca(&self) -> &Ca {
         &self.ca
     }
+}
+
+/// Revocation reasons a subscriber may give (RFC 5280 §5.3.1): unspecified,
+/// keyCompromise, affiliationChanged, superseded, cessationOfOperation.
+const USER_REVOCATION_REASONS: &[i64] = &[0, 1, 3, 4, 5];
+
+/// Who signed a revocation request.
+pub enum RevokeBy<'a> {
+    Account(&'a Account),
+    Key(&'a josekit::jwk::Jwk),
 }
 
 /// The identifier as ordered: `*.base` for wildcard authorizations.

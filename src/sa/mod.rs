@@ -113,6 +113,8 @@ pub struct Certificate {
     pub not_before: i64,
     pub not_after: i64,
     pub issued_at: i64,
+    pub revoked_at: Option<i64>,
+    pub revoked_reason: Option<i64>,
 }
 
 /// A new authorization to create with an order.
@@ -216,8 +218,14 @@ pub trait Store: Send + Sync {
         now: i64,
         valid_authz_expires: i64,
     ) -> Result<(), Problem>;
-    /// Challenges left in processing (by a crash or restart).
-    async fn processing_challenges(&self) -> Result<Vec<ChallengeId>, Problem>;
+    /// Take over validations whose lease ran out: challenges processing
+    /// since before `stale_before` (their instance died or restarted) get a
+    /// new lease from `now`. Each is claimed by exactly one caller.
+    async fn claim_stale_challenges(
+        &self,
+        stale_before: i64,
+        now: i64,
+    ) -> Result<Vec<ChallengeId>, Problem>;
 
     /// Move a pending order whose authorizations are all valid and unexpired
     /// to processing. True if this call moved it.
@@ -231,6 +239,13 @@ pub trait Store: Send + Sync {
     ) -> Result<(), Problem>;
     async fn fail_order(&self, id: OrderId, error: &Problem, now: i64) -> Result<(), Problem>;
     async fn certificate(&self, serial: &str) -> Result<Option<Certificate>, Problem>;
+    /// Mark a certificate revoked; false if it already was.
+    async fn revoke_certificate(
+        &self,
+        serial: &str,
+        reason: i64,
+        now: i64,
+    ) -> Result<bool, Problem>;
 }
 
 /// Open the store named by the database URL, running migrations.

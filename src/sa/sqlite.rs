@@ -468,11 +468,21 @@ impl Store for SqliteStore {
         Ok(())
     }
 
-    async fn processing_challenges(&self) -> Result<Vec<ChallengeId>, Problem> {
-        let ids: Vec<i64> =
-            sqlx::query_scalar("SELECT id FROM challenges WHERE status = 'processing'")
-                .fetch_all(&self.pool)
-                .await?;
+    async fn claim_stale_challenges(
+        &self,
+        stale_before: i64,
+        now: i64,
+    ) -> Result<Vec<ChallengeId>, Problem> {
+        // One statement: a row re-checked under concurrent claims is taken
+        // by one caller only, since the first moves started_at past the bound.
+        let ids: Vec<i64> = sqlx::query_scalar(
+            "UPDATE challenges SET started_at = ?1
+             WHERE status = 'processing' AND started_at < ?2 RETURNING id",
+        )
+        .bind(now)
+        .bind(stale_before)
+        .fetch_all(&self.pool)
+        .await?;
         Ok(ids.into_iter().map(ChallengeId).collect())
     }
 
@@ -536,7 +546,8 @@ impl Store for SqliteStore {
 
     async fn certificate(&self, serial: &str) -> Result<Option<Certificate>, Problem> {
         let Some(r) = sqlx::query(
-            "SELECT serial, account_id, order_id, der, chain_pem, not_before, not_after, issued_at
+            "SELECT serial, account_id, order_id, der, chain_pem, not_before, not_after, issued_at,
+                    revoked_at, revoked_reason
              FROM certificates WHERE serial = ?",
         )
         .bind(serial)
@@ -554,6 +565,26 @@ impl Store for SqliteStore {
             not_before: r.try_get("not_before")?,
             not_after: r.try_get("not_after")?,
             issued_at: r.try_get("issued_at")?,
+            revoked_at: r.try_get("revoked_at")?,
+            revoked_reason: r.try_get("revoked_reason")?,
         }))
+    }
+
+    async fn revoke_certificate(
+        &self,
+        serial: &str,
+        reason: i64,
+        now: i64,
+    ) -> Result<bool, Problem> {
+        let r = sqlx::query(
+            "UPDATE certificates SET revoked_at = ?1, revoked_reason = ?2
+             WHERE serial = ?3 AND revoked_at IS NULL",
+        )
+        .bind(now)
+        .bind(reason)
+        .bind(serial)
+        .execute(&self.pool)
+        .await?;
+        Ok(r.rows_affected() == 1)
     }
 }

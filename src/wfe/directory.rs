@@ -25,6 +25,7 @@ pub async fn directory(State(s): State<AppState>, Extension(base): Extension<Bas
         "newAccount": base.url("/acme/new-acct"),
         "newOrder": base.url("/acme/new-order"),
         "keyChange": base.url("/acme/key-change"),
+        "revokeCert": base.url("/acme/revoke-cert"),
         "meta": meta,
     });
     json_response(StatusCode::OK, &body, vec![])

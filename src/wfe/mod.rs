@@ -57,6 +57,7 @@ pub fn router(state: AppState) -> Router {
         .route("/acme/authz/{id}", post(order::authz))
         .route("/acme/chall/{id}", post(order::challenge))
         .route("/acme/cert/{serial}", post(order::certificate))
+        .route("/acme/revoke-cert", post(order::revoke))
         .route("/acme/issuer/0", get(directory::issuer))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
@@ -117,6 +118,8 @@ pub enum KeyMode {
     Jwk,
     /// `kid` (everything else).
     Kid,
+    /// Either (revokeCert: the account, or the certificate's key).
+    Any,
 }
 
 /// A verified POST: who signed it and what it says.
@@ -202,13 +205,13 @@ impl Wfe {
                     "JWS header must not carry both \"jwk\" and \"kid\"",
                 ))
             }
-            (Some(v), None, KeyMode::Jwk) => {
+            (Some(v), None, KeyMode::Jwk | KeyMode::Any) => {
                 let jwk = jws::parse_jwk(v)?;
                 jws::verify(&jws, &jwk)?;
                 let thumbprint = jws::thumbprint(&jwk)?;
                 Signer::Jwk { jwk, thumbprint }
             }
-            (None, Some(_), KeyMode::Kid) => {
+            (None, Some(_), KeyMode::Kid | KeyMode::Any) => {
                 let kid = jws.header_str("kid")?.unwrap_or_default();
                 let id = parse_kid(base, kid)?;
                 let acct = self.ra.account_for_kid(id).await?;
@@ -216,6 +219,11 @@ impl Wfe {
                     .map_err(Problem::internal)?;
                 jws::verify(&jws, &jwk)?;
                 Signer::Account(acct)
+            }
+            (None, None, KeyMode::Any) => {
+                return Err(Problem::malformed(
+                    "JWS header must carry \"jwk\" or \"kid\"",
+                ))
             }
             (_, _, KeyMode::Jwk) => {
                 return Err(Problem::malformed(

@@ -1,9 +1,9 @@
 //! newOrder, orders, finalize, authorizations, challenges and certificate
 //! download (RFC 8555 §7.4, §7.5).
 
-use super::{json_response, path_id, rfc3339, AppState, Base, KeyMode};
+use super::{json_response, path_id, rfc3339, AppState, Base, KeyMode, Signer};
 use crate::problem::Problem;
-use crate::ra::NewOrderRequest;
+use crate::ra::{NewOrderRequest, RevokeBy};
 use crate::sa::{
     Authz, AuthzId, AuthzStatus, Challenge, ChallengeId, ChallengeStatus, Order, OrderId,
     OrderStatus,
@@ -235,4 +235,33 @@ pub async fn certificate(
         h.append(header::LINK, v);
     }
     Ok(resp)
+}
+
+/// revokeCert (RFC 8555 §7.6): signed by an account (`kid`) or by the
+/// certificate's key (`jwk`); 200 with an empty body.
+pub async fn revoke(
+    State(s): State<AppState>,
+    Extension(base): Extension<Base>,
+    uri: Uri,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, Problem> {
+    let post = s
+        .verify_post(&base, &uri, &headers, body, KeyMode::Any)
+        .await?;
+    #[derive(serde::Deserialize)]
+    struct Revoke {
+        certificate: String,
+        reason: Option<i64>,
+    }
+    let r: Revoke = post.json()?;
+    let der = B64
+        .decode(r.certificate.trim_end_matches('=').as_bytes())
+        .map_err(|_| Problem::malformed("\"certificate\" is not base64url-encoded DER"))?;
+    let by = match &post.signer {
+        Signer::Account(a) => RevokeBy::Account(a),
+        Signer::Jwk { jwk, .. } => RevokeBy::Key(jwk),
+    };
+    s.ra.revoke(by, &der, r.reason).await?;
+    Ok(StatusCode::OK.into_response())
 }
