@@ -103,11 +103,20 @@ impl Ca {
     /// next start. Existing keys are never replaced: a root key without its
     /// certificate gets a new certificate for the same key, and an
     /// intermediate that does not match its key or root stops startup.
+    ///
+    /// Several instances may share the data directory (see the README's
+    /// production notes): an exclusive lock on `ca/.lock` makes the first
+    /// to start create the hierarchy and every other one load it.
     pub fn load_or_create(cfg: &Config) -> anyhow::Result<Ca> {
-        let paths = Paths::new(&cfg.data_dir);
         std::fs::create_dir_all(&cfg.data_dir)
             .with_context(|| format!("creating {}", cfg.data_dir.display()))?;
         store::create_private_dir(&cfg.data_dir.join("ca"))?;
+        let _lock = lock_file(&cfg.data_dir.join("ca").join(".lock"))?;
+        Self::load_or_create_locked(cfg)
+    }
+
+    fn load_or_create_locked(cfg: &Config) -> anyhow::Result<Ca> {
+        let paths = Paths::new(&cfg.data_dir);
         let now = OffsetDateTime::now_utc();
 
         // Root.
@@ -260,6 +269,7 @@ impl Ca {
     pub fn tls_listener_cert(&self, now: OffsetDateTime) -> anyhow::Result<(String, String)> {
         let dir = self.data_dir.join("tls");
         store::create_private_dir(&dir)?;
+        let _lock = lock_file(&dir.join(".lock"))?;
         let cert_path = dir.join("cert.pem");
         let key_path = dir.join("key.pem");
         if let (Some(chain), Some(key)) = (
@@ -546,3 +556,15 @@ fn der_tlv(tag: u8, body: &[u8]) -> Vec<u8> {
 
 #[cfg(test)]
 mod tests;
+
+/// An exclusive advisory lock held until the returned file is dropped.
+fn lock_file(path: &std::path::Path) -> anyhow::Result<std::fs::File> {
+    let f = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(path)
+        .with_context(|| format!("opening {}", path.display()))?;
+    f.lock().with_context(|| format!("locking {}", path.display()))?;
+    Ok(f)
+}
