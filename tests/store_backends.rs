@@ -9,6 +9,8 @@
 //! skip them silently; `CAIRN_TEST_SKIP_POSTGRES=1` skips them on purpose.
 //! `url=$(scripts/pg-cluster start)` gives a server.
 
+mod common;
+
 use cairn::problem::{Identifier, Problem};
 use cairn::sa::{
     Account, AccountId, AccountStatus, AuthzId, AuthzStatus, Certificate, ChallengeId,
@@ -16,7 +18,7 @@ use cairn::sa::{
     OrderStatus, Store,
 };
 use cairn::va::ChallengeType;
-use sqlx::{Connection, Executor, PgConnection};
+use common::TestDb;
 use std::sync::Arc;
 use tokio::sync::Barrier;
 
@@ -74,72 +76,6 @@ impl Fixture {
         cairn::sa::open(&self.url, max_connections)
             .await
             .unwrap_or_else(|e| panic!("open {}: {e:#}", self.url))
-    }
-}
-
-/// A PostgreSQL database made for one test; dropped when this is.
-struct TestDb {
-    admin_url: String,
-    name: String,
-    url: String,
-}
-
-impl TestDb {
-    async fn create(admin_url: &str) -> TestDb {
-        let name = format!(
-            "cairn_test_{}_{:016x}",
-            std::process::id(),
-            rand::random::<u64>()
-        );
-        let mut url = url::Url::parse(admin_url)
-            .unwrap_or_else(|e| panic!("CAIRN_TEST_DATABASE_URL {admin_url:?}: {e}"));
-        url.set_path(&format!("/{name}"));
-        let mut admin = PgConnection::connect(admin_url)
-            .await
-            .unwrap_or_else(|e| panic!("connect to CAIRN_TEST_DATABASE_URL {admin_url}: {e}"));
-        admin
-            .execute(format!("CREATE DATABASE \"{name}\"").as_str())
-            .await
-            .unwrap_or_else(|e| panic!("CREATE DATABASE {name}: {e}"));
-        let _ = admin.close().await;
-        TestDb {
-            admin_url: admin_url.to_owned(),
-            name,
-            url: url.to_string(),
-        }
-    }
-}
-
-impl Drop for TestDb {
-    /// Drops the database on a thread of its own with its own runtime: Drop
-    /// cannot await, and the test's runtime may be unwinding from a panic.
-    /// FORCE ends sessions a store's pool may still hold.
-    fn drop(&mut self) {
-        let admin_url = self.admin_url.clone();
-        let name = self.name.clone();
-        let dropped = std::thread::spawn(move || {
-            let rt = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .map_err(|e| e.to_string())?;
-            rt.block_on(async {
-                let mut admin = PgConnection::connect(&admin_url)
-                    .await
-                    .map_err(|e| e.to_string())?;
-                admin
-                    .execute(format!("DROP DATABASE IF EXISTS \"{name}\" WITH (FORCE)").as_str())
-                    .await
-                    .map_err(|e| e.to_string())?;
-                let _ = admin.close().await;
-                Ok::<(), String>(())
-            })
-        })
-        .join();
-        match dropped {
-            Ok(Ok(())) => {}
-            Ok(Err(e)) => eprintln!("could not drop test database {}: {e}", self.name),
-            Err(_) => eprintln!("dropping test database {} panicked", self.name),
-        }
     }
 }
 

@@ -14,11 +14,13 @@
 
 pub mod acme;
 pub mod certs;
+pub mod db;
 pub mod http01;
 pub mod tlsalpn;
 
 pub use acme::*;
 pub use certs::*;
+pub use db::{postgres_backend, TestDb};
 pub use http01::*;
 pub use tlsalpn::*;
 
@@ -445,6 +447,8 @@ pub struct Server {
     child: Option<Child>,
     starts: u32,
     log_printed: bool,
+    /// The PostgreSQL database of this server (and of instances sharing it).
+    pub database: Option<std::sync::Arc<TestDb>>,
     _tmp: tempfile::TempDir,
 }
 
@@ -479,6 +483,8 @@ impl Server {
             child: None,
             starts: 0,
             log_printed: false,
+            database: postgres_backend()
+                .then(|| std::sync::Arc::new(TestDb::create_blocking(&db::admin_url()))),
             _tmp: tmp,
         };
         for attempt in 1..=3 {
@@ -549,6 +555,9 @@ impl Server {
             .env("CAIRN_VA_HTTP01_PORT", self.http01_port.to_string())
             .env("CAIRN_VA_TLS_ALPN01_PORT", self.tls_alpn01_port.to_string())
             .env("CAIRN_VA_RESOLVER", resolver);
+        if let Some(db) = &self.database {
+            cmd.env("CAIRN_DATABASE_URL", &db.url);
+        }
         for (k, v) in &self.opts.env {
             cmd.env(k, v);
         }

@@ -1,0 +1,102 @@
+//! PostgreSQL databases made for one test each, dropped afterwards.
+
+use sqlx::{Connection, Executor, PgConnection};
+
+/// The backend integration tests run against: `CAIRN_TEST_BACKEND=postgres`
+/// gives every `Server` its own database on `CAIRN_TEST_DATABASE_URL`;
+/// anything else (the default) the embedded SQLite.
+pub fn postgres_backend() -> bool {
+    std::env::var("CAIRN_TEST_BACKEND").is_ok_and(|b| b == "postgres")
+}
+
+/// `CAIRN_TEST_DATABASE_URL`, which must be set for the PostgreSQL backend.
+pub fn admin_url() -> String {
+    std::env::var("CAIRN_TEST_DATABASE_URL").unwrap_or_else(|_| {
+        panic!(
+            "CAIRN_TEST_BACKEND=postgres needs CAIRN_TEST_DATABASE_URL \
+             (start one with `url=$(scripts/pg-cluster start)`)"
+        )
+    })
+}
+
+/// A PostgreSQL database made for one test; dropped when this is.
+pub struct TestDb {
+    admin_url: String,
+    pub name: String,
+    pub url: String,
+}
+
+impl TestDb {
+    pub async fn create(admin_url: &str) -> TestDb {
+        let name = format!(
+            "cairn_test_{}_{:016x}",
+            std::process::id(),
+            rand::random::<u64>()
+        );
+        let mut url = url::Url::parse(admin_url)
+            .unwrap_or_else(|e| panic!("CAIRN_TEST_DATABASE_URL {admin_url:?}: {e}"));
+        url.set_path(&format!("/{name}"));
+        let mut admin = PgConnection::connect(admin_url)
+            .await
+            .unwrap_or_else(|e| panic!("connect to CAIRN_TEST_DATABASE_URL {admin_url}: {e}"));
+        admin
+            .execute(format!("CREATE DATABASE \"{name}\"").as_str())
+            .await
+            .unwrap_or_else(|e| panic!("CREATE DATABASE {name}: {e}"));
+        let _ = admin.close().await;
+        TestDb {
+            admin_url: admin_url.to_owned(),
+            name,
+            url: url.to_string(),
+        }
+    }
+}
+
+impl Drop for TestDb {
+    /// Drops the database on a thread of its own with its own runtime: Drop
+    /// cannot await, and the test's runtime may be unwinding from a panic.
+    /// FORCE ends sessions a store's pool may still hold.
+    fn drop(&mut self) {
+        let admin_url = self.admin_url.clone();
+        let name = self.name.clone();
+        let dropped = std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .map_err(|e| e.to_string())?;
+            rt.block_on(async {
+                let mut admin = PgConnection::connect(&admin_url)
+                    .await
+                    .map_err(|e| e.to_string())?;
+                admin
+                    .execute(format!("DROP DATABASE IF EXISTS \"{name}\" WITH (FORCE)").as_str())
+                    .await
+                    .map_err(|e| e.to_string())?;
+                let _ = admin.close().await;
+                Ok::<(), String>(())
+            })
+        })
+        .join();
+        match dropped {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => eprintln!("could not drop test database {}: {e}", self.name),
+            Err(_) => eprintln!("dropping test database {} panicked", self.name),
+        }
+    }
+}
+
+impl TestDb {
+    /// `create` from synchronous code (the process-control harness).
+    pub fn create_blocking(admin_url: &str) -> TestDb {
+        let admin_url = admin_url.to_owned();
+        std::thread::spawn(move || {
+            tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .expect("runtime")
+                .block_on(TestDb::create(&admin_url))
+        })
+        .join()
+        .expect("creating a test database panicked")
+    }
+}
