@@ -524,7 +524,7 @@ impl Ra {
             account_uri: format!("{}/acme/acct/{}", self.cfg.default_base_url(), acct.id.0),
         };
         // Bound the whole validation so a challenge never stays processing.
-        let limit = Duration::from_secs(self.cfg.va.timeout_secs.saturating_mul(3).max(5));
+        let limit = Duration::from_secs(self.validation_limit_secs());
         let result = match tokio::time::timeout(limit, self.va.validate(&req)).await {
             Ok(Ok(records)) => Ok(serde_json::to_string(&records).map_err(Problem::internal)?),
             Ok(Err(p)) => Err(p),
@@ -549,7 +549,13 @@ impl Ra {
     /// How long a validation may run before another instance (or this one
     /// after a restart) may assume its runner died and take it over.
     fn validation_lease_secs(&self) -> i64 {
-        (self.cfg.va.timeout_secs.saturating_mul(3).max(5) + 10) as i64
+        self.validation_limit_secs() as i64 + 5
+    }
+
+    /// The VA bounds itself by `va.timeout_secs`; this outer bound only
+    /// guards against a VA that does not.
+    fn validation_limit_secs(&self) -> u64 {
+        self.cfg.va.timeout_secs.saturating_add(5)
     }
 
     /// Take over validations left in processing: at start every one (a

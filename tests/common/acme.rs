@@ -516,6 +516,25 @@ impl AcmeClient {
         }
     }
 
+    /// Sign with `other`'s key from now on (the same account elsewhere).
+    pub fn set_key_of(&self, other: &AcmeClient) {
+        *self.key.lock().expect("key lock") = other.key();
+    }
+
+    /// The same account through another instance of the CA, as a load
+    /// balancer would route it: same key, same account, URLs on `server`.
+    pub async fn via(&self, server: &Server) -> AcmeClient {
+        let c = Self::from_parts(
+            server.http_client(),
+            &server.dir_url,
+            AcmeKey::generate(KeyKind::Es256),
+        )
+        .await;
+        *c.key.lock().expect("key lock") = self.key();
+        c.set_kid(self.kid().map(|k| rebase(&k, server)));
+        c
+    }
+
     /// The directory as fetched at construction.
     pub fn directory(&self) -> &Value {
         &self.dir
@@ -875,5 +894,13 @@ impl AcmeClient {
             .unwrap_or_else(|| panic!("valid order without certificate: {order}"));
         let pem = self.download_cert_pem(cert_url).await;
         (order_url, order, pem)
+    }
+}
+
+/// `url` (any instance's) on `server`: the same path under its base URL.
+pub fn rebase(url: &str, server: &Server) -> String {
+    match url.find("/acme/") {
+        Some(i) => format!("{}{}", server.base_url, &url[i..]),
+        None => url.to_string(),
     }
 }

@@ -502,6 +502,51 @@ impl Server {
         unreachable!("loop returns or panics")
     }
 
+    /// Another instance of the same CA: same data directory (CA material),
+    /// same database, same validation ports and DNS, its own listeners and
+    /// log. Several of these behind a load balancer are one CA.
+    pub fn start_peer(&self) -> Server {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let log_path = tmp.path().join("server.log");
+        let mut peer = Server {
+            dir_url: String::new(),
+            base_url: String::new(),
+            mgmt_url: String::new(),
+            root_pem_path: self.root_pem_path.clone(),
+            data_dir: self.data_dir.clone(),
+            http01_port: self.http01_port,
+            tls_alpn01_port: self.tls_alpn01_port,
+            listen_port: 0,
+            mgmt_port: 0,
+            log_path,
+            opts: self.opts.clone(),
+            child: None,
+            starts: 0,
+            log_printed: false,
+            database: self.database.clone(),
+            _tmp: tmp,
+        };
+        for attempt in 1..=3 {
+            peer.pick_listen_ports();
+            match peer.spawn_and_wait() {
+                Ok(()) => return peer,
+                Err(StartError::Exited(why)) if attempt < 3 => {
+                    eprintln!("harness: peer exited during start ({why}); retrying on new ports");
+                }
+                Err(e) => peer.fail_start(e),
+            }
+        }
+        unreachable!("loop returns or panics")
+    }
+
+    fn pick_listen_ports(&mut self) {
+        self.listen_port = free_port();
+        self.mgmt_port = free_port();
+        self.base_url = format!("https://localhost:{}", self.listen_port);
+        self.dir_url = format!("{}/directory", self.base_url);
+        self.mgmt_url = format!("http://127.0.0.1:{}", self.mgmt_port);
+    }
+
     fn pick_ports(&mut self) {
         self.listen_port = free_port();
         self.mgmt_port = free_port();
