@@ -172,7 +172,7 @@ async fn fifty_clients_on_two_instances_lose_nothing() {
                     |u: &str| format!("{y_base}{}", &u[u.find("/acme/").expect("acme url")..]);
                 cy.set_kid(cx.kid().map(|k| on_y(&k)));
                 let name = format!("r{round}-c{i}.example.com");
-                let (order_url, order) = cx.new_order(&[name.as_str()]).await;
+                let (order_url, _) = cx.new_order(&[name.as_str()]).await;
                 let order_y = cy
                     .post_as_get(&on_y(&order_url))
                     .await
