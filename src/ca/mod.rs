@@ -565,6 +565,7 @@ fn lock_file(path: &std::path::Path) -> anyhow::Result<std::fs::File> {
         .write(true)
         .open(path)
         .with_context(|| format!("opening {}", path.display()))?;
-    f.lock().with_context(|| format!("locking {}", path.display()))?;
+    f.lock()
+        .with_context(|| format!("locking {}", path.display()))?;
     Ok(f)
 }
