@@ -1,0 +1,539 @@
+//! Real ACME clients against the real `cairn` binary on loopback: certbot
+//! (PyPI) with http-01 and dns-01, lego (Debian) with http-01, tls-alpn-01 and
+//! dns-01, wildcards included, each issuing and (most) renewing; every
+//! certificate is verified up to the server's root and must name exactly what
+//! was asked. One test makes validation fail on purpose, so the suite cannot
+//! pass against a server that skips validation.
+//!
+//! `scripts/test` installs both clients and points `CAIRN_TEST_CERTBOT` and
+//! `CAIRN_TEST_LEGO` at them. A test whose client is not configured panics,
+//! so CI can never pass while skipping them; `CAIRN_TEST_SKIP_CLIENTS=1`
+//! skips them on purpose for quick local runs.
+//!
+//! Every test starts its own `cairn testdns` and `cairn serve` on free ports
+//! and keeps the client's state in its own temporary directory, so the tests
+//! run in parallel. A failing client run panics with the command and the
+//! client's output; the harness then prints the tails of the server's and the
+//! mock DNS's logs. Each run's duration is printed (`... took 1.3s`); set
+//! `CAIRN_TEST_CLIENT_OUTPUT=1` to see the clients' output on success too.
+
+mod common;
+
+use common::{pem_to_ders, verify_chain, Server, ServerOpts, TestDns};
+use std::collections::BTreeSet;
+use std::fs;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// Longest a single client run may take. Issuance on loopback takes seconds;
+/// lego sleeps 5 s between polls when it gets no `Retry-After`, so two minutes
+/// leaves room for a slow server without letting a hang eat the whole
+/// per-test timeout (which would lose the client's output).
+const CLIENT_TIMEOUT: Duration = Duration::from_secs(120);
+
+/// The client named by `var`, or `None` when the real-client tests are
+/// skipped on purpose. Unset without the skip is a configuration error.
+fn client_path(var: &str) -> Option<PathBuf> {
+    if std::env::var("CAIRN_TEST_SKIP_CLIENTS").as_deref() == Ok("1") {
+        eprintln!("CAIRN_TEST_SKIP_CLIENTS=1: skipping this real-client test");
+        return None;
+    }
+    match std::env::var_os(var) {
+        Some(path) if !path.is_empty() => Some(PathBuf::from(path)),
+        _ => panic!(
+            "{var} is not set: run the suite through scripts/test, which installs certbot \
+             and lego and exports their paths, or set CAIRN_TEST_SKIP_CLIENTS=1 to skip the \
+             real-client tests"
+        ),
+    }
+}
+
+/// A test's world: its own mock DNS, its own server and a scratch directory
+/// for the client's configuration, keys, logs and hook scripts.
+struct Env {
+    // Field order is drop order: stop the server before its DNS.
+    server: Server,
+    dns: TestDns,
+    tmp: tempfile::TempDir,
+}
+
+impl Env {
+    fn start() -> Env {
+        let dns = TestDns::start();
+        let server = Server::start(ServerOpts::test().with_dns(dns.dns_addr));
+        let tmp = tempfile::Builder::new()
+            .prefix("cairn-clients-")
+            .tempdir()
+            .expect("create a temporary directory");
+        Env { server, dns, tmp }
+    }
+
+    fn dir(&self) -> &Path {
+        self.tmp.path()
+    }
+
+    /// Writes the dns-01 hook both clients call. certbot runs it as
+    /// `hook certbot-auth|certbot-cleanup` with `CERTBOT_DOMAIN` and
+    /// `CERTBOT_VALIDATION` in its environment; lego's `exec` provider runs it
+    /// as `hook present|cleanup <fqdn> <value>`. Python, not curl, because
+    /// Python is on every machine that runs certbot.
+    fn write_dns_hook(&self) -> PathBuf {
+        let path = self.dir().join("dns-hook.py");
+        let script = format!(
+            r#"#!/usr/bin/env python3
+import json, os, sys, urllib.request
+
+API = {api:?}
+# Talk to the mock DNS directly even when a proxy is configured.
+OPENER = urllib.request.build_opener(urllib.request.ProxyHandler({{}}))
+
+def post(path, body):
+    req = urllib.request.Request(API + path, data=json.dumps(body).encode(),
+                                 headers={{"Content-Type": "application/json"}}, method="POST")
+    with OPENER.open(req, timeout=10) as resp:
+        resp.read()
+    print("dns hook:", path, json.dumps(body), file=sys.stderr)
+
+mode = sys.argv[1]
+if mode.startswith("certbot-"):
+    domain = os.environ["CERTBOT_DOMAIN"]
+    if domain.startswith("*."):
+        domain = domain[2:]
+    host = "_acme-challenge." + domain + "."
+    if mode == "certbot-auth":
+        post("/set-txt", {{"host": host, "value": os.environ["CERTBOT_VALIDATION"]}})
+    else:
+        post("/clear-txt", {{"host": host}})
+elif mode == "present":
+    post("/set-txt", {{"host": sys.argv[2], "value": sys.argv[3]}})
+elif mode == "cleanup":
+    post("/clear-txt", {{"host": sys.argv[2]}})
+else:
+    sys.exit("dns hook: unknown mode " + mode)
+"#,
+            api = self.dns.api_url.trim_end_matches('/'),
+        );
+        fs::write(&path, script).expect("write the dns-01 hook");
+        fs::set_permissions(&path, fs::Permissions::from_mode(0o755))
+            .expect("make the dns-01 hook executable");
+        path
+    }
+
+    /// Runs one client command to completion, prints how long it took, and
+    /// panics with everything needed to debug it when it fails or hangs.
+    fn run(&self, label: &str, cmd: Command) -> ClientRun {
+        let run = self.execute(label, cmd);
+        match &run.outcome {
+            Ok(status) if status.success() => {
+                eprintln!("{label} took {:?}", run.took);
+                if std::env::var("CAIRN_TEST_CLIENT_OUTPUT").as_deref() == Ok("1") {
+                    eprintln!(
+                        "--- {label}: stdout ---\n{}\n--- {label}: stderr ---\n{}",
+                        run.stdout, run.stderr
+                    );
+                }
+                run
+            }
+            Ok(status) => self.fail(&run, &format!("exited with {status}")),
+            Err(why) => self.fail(&run, why),
+        }
+    }
+
+    /// Runs a client command that must fail (exit non-zero, not hang);
+    /// returns its stdout and stderr together.
+    fn run_expecting_failure(&self, label: &str, cmd: Command) -> String {
+        let run = self.execute(label, cmd);
+        match &run.outcome {
+            Ok(status) if status.success() => self.fail(&run, "succeeded but should have failed"),
+            Ok(_) => {
+                eprintln!("{label} failed as expected after {:?}", run.took);
+                format!("{}\n{}", run.stdout, run.stderr)
+            }
+            Err(why) => self.fail(&run, why),
+        }
+    }
+
+    /// Spawns the client with its output in files (not pipes: a chatty client
+    /// cannot block on a full pipe) and waits for it, at most `CLIENT_TIMEOUT`.
+    fn execute(&self, label: &str, mut cmd: Command) -> ClientRun {
+        let slug: String = label
+            .chars()
+            .map(|c| if c.is_ascii_alphanumeric() { c } else { '-' })
+            .collect();
+        let out_path = self.dir().join(format!("{slug}.stdout"));
+        let err_path = self.dir().join(format!("{slug}.stderr"));
+        cmd.stdin(Stdio::null())
+            .stdout(fs::File::create(&out_path).expect("create stdout file"))
+            .stderr(fs::File::create(&err_path).expect("create stderr file"));
+        // Everything here is on loopback: never go through a proxy.
+        for var in [
+            "http_proxy",
+            "https_proxy",
+            "HTTP_PROXY",
+            "HTTPS_PROXY",
+            "all_proxy",
+            "ALL_PROXY",
+        ] {
+            cmd.env_remove(var);
+        }
+        let command_line = format!("{cmd:?}");
+
+        let started = Instant::now();
+        let mut child = cmd
+            .spawn()
+            .unwrap_or_else(|e| panic!("{label}: cannot start {command_line}: {e}"));
+        let outcome = loop {
+            match child.try_wait() {
+                Ok(Some(status)) => break Ok(status),
+                Ok(None) if started.elapsed() > CLIENT_TIMEOUT => {
+                    let _ = child.kill();
+                    let _ = child.wait();
+                    break Err(format!("timed out after {CLIENT_TIMEOUT:?} and was killed"));
+                }
+                Ok(None) => std::thread::sleep(Duration::from_millis(50)),
+                Err(e) => break Err(format!("waiting for it failed: {e}")),
+            }
+        };
+        let read = |p: &Path| fs::read_to_string(p).unwrap_or_else(|e| format!("<{e}>"));
+        ClientRun {
+            label: label.to_string(),
+            command_line,
+            outcome,
+            took: started.elapsed(),
+            stdout: read(&out_path),
+            stderr: read(&err_path),
+        }
+    }
+
+    /// Panics with the command and the client's output. The server's and
+    /// the mock DNS's logs follow it: the harness prints their tails when a
+    /// `Server` or `TestDns` is dropped during a panic.
+    fn fail(&self, run: &ClientRun, why: &str) -> ! {
+        let certbot_log = fs::read_to_string(self.dir().join("logs/letsencrypt.log"))
+            .map(|log| format!("\n--- certbot log (tail) ---\n{}", tail(&log, 120)))
+            .unwrap_or_default();
+        panic!(
+            "{} {why} after {:?}\n--- command ---\n{}\n\
+             --- client stdout ---\n{}\n--- client stderr ---\n{}{certbot_log}\n\
+             --- server log: {} (its tail follows) ---",
+            run.label,
+            run.took,
+            run.command_line,
+            run.stdout,
+            run.stderr,
+            self.server.log_path.display(),
+        );
+    }
+}
+
+/// One finished (or killed) client run.
+struct ClientRun {
+    label: String,
+    command_line: String,
+    /// The exit status, or why there is none (timeout).
+    outcome: Result<std::process::ExitStatus, String>,
+    took: Duration,
+    stdout: String,
+    stderr: String,
+}
+
+fn tail(text: &str, lines: usize) -> String {
+    let all: Vec<&str> = text.lines().collect();
+    all[all.len().saturating_sub(lines)..].join("\n")
+}
+
+/// What a verified certificate file told us.
+struct Issued {
+    /// The leaf, DER.
+    leaf: Vec<u8>,
+    /// The leaf's serial, hex, to tell a renewal from the original.
+    serial: String,
+}
+
+/// Checks that `path` holds a chain, leaf first, that verifies up to the
+/// server's root (`openssl verify`, through the harness) and whose leaf names
+/// exactly `names`.
+fn verify_issued(env: &Env, path: &Path, names: &[&str]) -> Issued {
+    let pem = fs::read_to_string(path).unwrap_or_else(|e| panic!("read {}: {e}", path.display()));
+    let got: BTreeSet<String> = verify_chain(&pem, &env.server.root_pem())
+        .into_iter()
+        .collect();
+    let want: BTreeSet<String> = names.iter().map(|n| n.to_string()).collect();
+    assert_eq!(
+        got,
+        want,
+        "{}: SANs differ from the requested names",
+        path.display()
+    );
+    let leaf = pem_to_ders(&pem).swap_remove(0);
+    let (_, cert) = x509_parser::parse_x509_certificate(&leaf).expect("parse the leaf");
+    let serial = cert.raw_serial_as_string();
+    Issued { leaf, serial }
+}
+
+// ------------------------------------------------------------------ certbot
+
+/// certbot with its state in the test's directory, talking to the server.
+fn certbot(env: &Env, certbot: &Path, subcommand: &str) -> Command {
+    let dir = env.dir();
+    let mut cmd = Command::new(certbot);
+    cmd.arg(subcommand)
+        .arg("--server")
+        .arg(&env.server.dir_url)
+        .arg("--config-dir")
+        .arg(dir.join("config"))
+        .arg("--work-dir")
+        .arg(dir.join("work"))
+        .arg("--logs-dir")
+        .arg(dir.join("logs"))
+        .args([
+            "--non-interactive",
+            "--agree-tos",
+            "-m",
+            "test@example.com",
+            "--no-eff-email",
+        ])
+        .env("REQUESTS_CA_BUNDLE", &env.server.root_pem_path);
+    if subcommand == "renew" {
+        // certbot sleeps up to 8 minutes before renewing when stdin is no tty.
+        cmd.arg("--no-random-sleep-on-renew");
+    }
+    cmd
+}
+
+/// certbot's `cert.pem` is the leaf alone (no chain to verify it with): it
+/// must be `fullchain.pem`'s first certificate.
+fn assert_certbot_cert_pem_is_leaf(env: &Env, cert_name: &str, issued: &Issued) {
+    let path = certbot_live(env, cert_name, "cert.pem");
+    let pem = fs::read_to_string(&path).unwrap_or_else(|e| panic!("read {}: {e}", path.display()));
+    assert_eq!(
+        pem_to_ders(&pem),
+        vec![issued.leaf.clone()],
+        "{} is not fullchain.pem's leaf",
+        path.display()
+    );
+}
+
+fn certbot_live(env: &Env, cert_name: &str, file: &str) -> PathBuf {
+    env.dir().join("config/live").join(cert_name).join(file)
+}
+
+#[test]
+fn certbot_http01_issues_and_renews() {
+    let Some(bin) = client_path("CAIRN_TEST_CERTBOT") else {
+        return;
+    };
+    let env = Env::start();
+    let names = ["a.example.com", "b.example.com"];
+    let port = env.server.http01_port.to_string();
+
+    let mut cmd = certbot(&env, &bin, "certonly");
+    cmd.args(["--standalone", "--http-01-address", "127.0.0.1"])
+        .args(["--http-01-port", &port])
+        .args(["--cert-name", "http01"]);
+    for name in names {
+        cmd.args(["-d", name]);
+    }
+    env.run("certbot http-01 issuance", cmd);
+    let first = verify_issued(&env, &certbot_live(&env, "http01", "fullchain.pem"), &names);
+    assert_certbot_cert_pem_is_leaf(&env, "http01", &first);
+
+    // The renewal configuration certbot saved (standalone, port, address)
+    // must be enough to renew.
+    let mut cmd = certbot(&env, &bin, "renew");
+    cmd.args(["--force-renewal", "--cert-name", "http01"]);
+    env.run("certbot http-01 renewal", cmd);
+    let renewed = verify_issued(&env, &certbot_live(&env, "http01", "fullchain.pem"), &names);
+    assert_ne!(
+        first.serial, renewed.serial,
+        "renewal returned the same certificate"
+    );
+}
+
+#[test]
+fn certbot_dns01_wildcard_issues_and_renews() {
+    let Some(bin) = client_path("CAIRN_TEST_CERTBOT") else {
+        return;
+    };
+    let env = Env::start();
+    let hook = env.write_dns_hook();
+    let names = ["example.org", "*.example.org"];
+
+    let mut cmd = certbot(&env, &bin, "certonly");
+    cmd.args(["--manual", "--preferred-challenges", "dns"])
+        .arg("--manual-auth-hook")
+        .arg(format!("{} certbot-auth", hook.display()))
+        .arg("--manual-cleanup-hook")
+        .arg(format!("{} certbot-cleanup", hook.display()))
+        // An RSA certificate key here; the http-01 test uses certbot's
+        // default ECDSA P-256.
+        .args(["--key-type", "rsa", "--rsa-key-size", "2048"])
+        .args(["--cert-name", "dns01"]);
+    for name in names {
+        cmd.args(["-d", name]);
+    }
+    env.run("certbot dns-01 issuance", cmd);
+    let first = verify_issued(&env, &certbot_live(&env, "dns01", "fullchain.pem"), &names);
+
+    let mut cmd = certbot(&env, &bin, "renew");
+    cmd.args(["--force-renewal", "--cert-name", "dns01"]);
+    env.run("certbot dns-01 renewal", cmd);
+    let renewed = verify_issued(&env, &certbot_live(&env, "dns01", "fullchain.pem"), &names);
+    assert_ne!(
+        first.serial, renewed.serial,
+        "renewal returned the same certificate"
+    );
+}
+
+// --------------------------------------------------------------------- lego
+
+/// lego's global flags (in lego 4.9 they come before the subcommand), with
+/// its state in the test's directory.
+fn lego(env: &Env, lego: &Path, key_type: &str, domains: &[&str]) -> Command {
+    let mut cmd = Command::new(lego);
+    cmd.arg("--server")
+        .arg(&env.server.dir_url)
+        .arg("--path")
+        .arg(env.dir().join("lego"))
+        .args(["--email", "test@example.com", "--accept-tos"])
+        .args(["--key-type", key_type])
+        .env("LEGO_CA_CERTIFICATES", &env.server.root_pem_path);
+    for domain in domains {
+        cmd.args(["--domains", domain]);
+    }
+    cmd
+}
+
+/// Where lego stores a certificate: named after the first domain, with `_`
+/// for a wildcard's `*`.
+fn lego_cert(env: &Env, first_domain: &str) -> PathBuf {
+    env.dir()
+        .join("lego/certificates")
+        .join(format!("{}.crt", first_domain.replace('*', "_")))
+}
+
+fn lego_renew(cmd: &mut Command) {
+    // --days 9999: every certificate is "due", so this forces a renewal.
+    cmd.args(["renew", "--days", "9999", "--no-random-sleep"]);
+}
+
+#[test]
+fn lego_http01_issues_and_renews() {
+    let Some(bin) = client_path("CAIRN_TEST_LEGO") else {
+        return;
+    };
+    let env = Env::start();
+    let names = ["x.example.com"];
+    let listen = format!("127.0.0.1:{}", env.server.http01_port);
+    let with_http = |cmd: &mut Command| {
+        cmd.args(["--http", "--http.port", &listen]);
+    };
+
+    // Deactivating the authorization after issuance (RFC 8555 §7.5.2) makes
+    // the renewal validate again instead of reusing it.
+    let mut cmd = lego(&env, &bin, "ec256", &names);
+    with_http(&mut cmd);
+    cmd.args(["run", "--always-deactivate-authorizations", "true"]);
+    env.run("lego http-01 issuance", cmd);
+    let first = verify_issued(&env, &lego_cert(&env, names[0]), &names);
+
+    let mut cmd = lego(&env, &bin, "ec256", &names);
+    with_http(&mut cmd);
+    lego_renew(&mut cmd);
+    let renewal = env.run("lego http-01 renewal", cmd);
+    assert!(
+        renewal.stderr.contains("use http-01 solver"),
+        "the renewal reused a deactivated authorization instead of validating again:\n{}",
+        renewal.stderr
+    );
+    let renewed = verify_issued(&env, &lego_cert(&env, names[0]), &names);
+    assert_ne!(
+        first.serial, renewed.serial,
+        "renewal returned the same certificate"
+    );
+}
+
+#[test]
+fn lego_tls_alpn01_issues() {
+    let Some(bin) = client_path("CAIRN_TEST_LEGO") else {
+        return;
+    };
+    let env = Env::start();
+    let names = ["t.example.com", "u.example.com"];
+
+    // A P-384 certificate key: CLIENTS.md warns of servers that mangle them.
+    let mut cmd = lego(&env, &bin, "ec384", &names);
+    cmd.args(["--tls", "--tls.port"])
+        .arg(format!("127.0.0.1:{}", env.server.tls_alpn01_port))
+        .arg("run");
+    env.run("lego tls-alpn-01 issuance", cmd);
+    verify_issued(&env, &lego_cert(&env, names[0]), &names);
+}
+
+#[test]
+fn lego_dns01_wildcard_issues_and_renews() {
+    let Some(bin) = client_path("CAIRN_TEST_LEGO") else {
+        return;
+    };
+    let env = Env::start();
+    let hook = env.write_dns_hook();
+    let names = ["*.w.example.com", "w.example.com"];
+    let with_dns = |cmd: &mut Command| {
+        cmd.args(["--dns", "exec", "--dns.resolvers"])
+            .arg(env.dns.dns_addr.to_string())
+            // Only the mock DNS serves these names: do not look for their
+            // authoritative servers, ask the resolver once and go on.
+            .arg("--dns.disable-cp")
+            .env("EXEC_PATH", &hook)
+            .env("EXEC_POLLING_INTERVAL", "1")
+            .env("EXEC_PROPAGATION_TIMEOUT", "30")
+            // lego solves the exec provider's challenges one at a time, 60 s
+            // apart by default (w.example.com and *.w.example.com share a
+            // record name); a second is plenty against the mock DNS.
+            .env("EXEC_SEQUENCE_INTERVAL", "1")
+            .env_remove("EXEC_MODE");
+    };
+
+    let mut cmd = lego(&env, &bin, "rsa2048", &names);
+    with_dns(&mut cmd);
+    cmd.arg("run");
+    env.run("lego dns-01 issuance", cmd);
+    let first = verify_issued(&env, &lego_cert(&env, names[0]), &names);
+
+    let mut cmd = lego(&env, &bin, "rsa2048", &names);
+    with_dns(&mut cmd);
+    lego_renew(&mut cmd);
+    env.run("lego dns-01 renewal", cmd);
+    let renewed = verify_issued(&env, &lego_cert(&env, names[0]), &names);
+    assert_ne!(
+        first.serial, renewed.serial,
+        "renewal returned the same certificate"
+    );
+}
+
+/// Guards the suite against passing vacuously: with lego answering http-01
+/// on a port the server does not dial, validation must fail and lego must
+/// report the server's `connection` problem.
+#[test]
+fn lego_http01_fails_when_the_challenge_is_not_served() {
+    let Some(bin) = client_path("CAIRN_TEST_LEGO") else {
+        return;
+    };
+    let env = Env::start();
+    let names = ["nobody-home.example.com"];
+    let elsewhere = format!("127.0.0.1:{}", common::free_port());
+
+    let mut cmd = lego(&env, &bin, "ec256", &names);
+    cmd.args(["--http", "--http.port", &elsewhere]).arg("run");
+    let output = env.run_expecting_failure("lego http-01 with no responder", cmd);
+    assert!(
+        output.contains("urn:ietf:params:acme:error:connection"),
+        "lego should report the server's connection problem; it said:\n{output}"
+    );
+    assert!(
+        !lego_cert(&env, names[0]).exists(),
+        "lego stored a certificate for a failed order"
+    );
+}
