@@ -1,0 +1,1421 @@
+//! Issuance load generator: N concurrent ACME accounts run full flows (newOrder →
+//! authz → challenge → poll → finalize → certificate) against the real `cairn`
+//! binary and the run prints issuances/s, latency percentiles per step, errors by
+//! type, and the server's CPU time per issuance read from `/proc/<pid>/stat`.
+//! `--only-nonce` measures HEAD newNonce alone. How to run it and the figures
+//! measured so far are in BENCHMARKS.md.
+//!
+//! The client is deliberately lean (one current-thread Tokio runtime, keys and
+//! accounts made before the clock starts, one keep-alive HTTP/1.1 connection per
+//! worker) because it shares the machine's cores with the server; its own CPU
+//! time is reported beside the server's so the split is visible.
+
+use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64;
+use base64::Engine as _;
+use clap::Parser;
+use josekit::jwk::KeyPair as _;
+use josekit::jws::{JwsSigner, ES256};
+use serde_json::{json, Value};
+use std::collections::BTreeMap;
+use std::io::Write as _;
+use std::net::TcpListener;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+const ERR_NS: &str = "urn:ietf:params:acme:error:";
+/// Every request loop stops by itself: `--issuances` runs are cut off here too.
+const HARD_CAP: Duration = Duration::from_secs(1800);
+/// A single request slower than this counts as a `timeout` error.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long a flow waits for an order to become ready (or valid) before giving up.
+const POLL_LIMIT: Duration = Duration::from_secs(15);
+
+#[derive(Parser, Debug, Clone)]
+#[command(
+    name = "issuance",
+    about = "Cairn issuance benchmark: cargo bench --bench issuance -- [options]"
+)]
+struct Args {
+    /// The `cairn` binary to start (default: the one cargo built with this bench,
+    /// target/release/cairn).
+    #[arg(long)]
+    server_bin: Option<PathBuf>,
+    /// Directory URL of an already-running server instead of starting one; repeat it
+    /// to spread the workers round-robin over several instances.
+    #[arg(long = "directory")]
+    directories: Vec<String>,
+    /// Root certificate (PEM file) the running server's HTTPS certificate chains to.
+    #[arg(long)]
+    root: Option<PathBuf>,
+    /// Process id(s) of the running server(s), to read their CPU time and RSS.
+    #[arg(long = "server-pid")]
+    server_pids: Vec<u32>,
+    /// Concurrent workers, each with its own account and connection.
+    #[arg(long, default_value_t = 16)]
+    concurrency: usize,
+    /// Seconds to measure (workers start no new flow after this).
+    #[arg(long, default_value_t = 20.0)]
+    duration: f64,
+    /// Stop after this many issuances instead of after --duration.
+    #[arg(long)]
+    issuances: Option<u64>,
+    /// Measure HEAD newNonce alone, at the highest rate the workers reach.
+    #[arg(long)]
+    only_nonce: bool,
+    /// Measure, then pre-load this many issuances, then measure again: latency with an
+    /// (almost) empty database against a large one.
+    #[arg(long, default_value_t = 0)]
+    history: u64,
+    /// Workers used for the --history pre-load.
+    #[arg(long, default_value_t = 16)]
+    history_concurrency: usize,
+    /// Client runtime threads: 1 is a current-thread runtime (the least overhead).
+    #[arg(long, default_value_t = 1)]
+    client_threads: usize,
+    /// Also print one JSON object per measured phase.
+    #[arg(long)]
+    json: bool,
+    /// Keep the temporary data directory (database, server log) of a started server.
+    #[arg(long)]
+    keep_data: bool,
+    /// Passed by `cargo bench`; ignored.
+    #[arg(long, hide = true)]
+    bench: bool,
+}
+
+fn main() -> std::process::ExitCode {
+    let raw: Vec<String> = std::env::args().skip(1).collect();
+    if raw.is_empty() {
+        // `cargo test --benches` runs bench targets with no arguments: this one needs
+        // a release server and 20 s, so it only says how to run it.
+        println!("issuance benchmark: run it with `cargo bench --bench issuance -- [options]`");
+        return std::process::ExitCode::SUCCESS;
+    }
+    let args = Args::parse();
+    let rt = if args.client_threads <= 1 {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+    } else {
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(args.client_threads)
+            .enable_all()
+            .build()
+    };
+    let rt = match rt {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("issuance: cannot build the Tokio runtime: {e}");
+            return std::process::ExitCode::FAILURE;
+        }
+    };
+    match rt.block_on(run(args)) {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("issuance: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(args: Args) -> anyhow::Result<()> {
+    if args.concurrency == 0 || args.history_concurrency == 0 {
+        anyhow::bail!("--concurrency and --history-concurrency must be at least 1");
+    }
+    let mut local = None;
+    let (dir_urls, root_pem, pids) = if args.directories.is_empty() {
+        let server = LocalServer::start(&args)?;
+        let out = (
+            vec![server.dir_url.clone()],
+            server.root_pem.clone(),
+            vec![server.pid],
+        );
+        local = Some(server);
+        out
+    } else {
+        let root = args
+            .root
+            .as_ref()
+            .ok_or_else(|| anyhow::anyhow!("--directory needs --root PEM"))?;
+        let pem = std::fs::read(root)
+            .map_err(|e| anyhow::anyhow!("read --root {}: {e}", root.display()))?;
+        (args.directories.clone(), pem, args.server_pids.clone())
+    };
+
+    let mut targets = Vec::new();
+    for url in &dir_urls {
+        targets.push(Arc::new(Target::discover(url, &root_pem).await?));
+    }
+    let ctx = Ctx {
+        targets,
+        root_pem,
+        pids,
+        clk_tck: clock_ticks_per_second(),
+    };
+    print_header(&args, &ctx, local.as_ref());
+
+    let limit = Limit {
+        duration: Duration::from_secs_f64(args.duration.max(0.1)),
+        issuances: args.issuances,
+    };
+    let mut reports = Vec::new();
+    if args.only_nonce {
+        reports.push(run_nonce_phase(&ctx, args.concurrency, &limit).await?);
+    } else {
+        let first = run_issuance_phase(&ctx, "empty db", args.concurrency, &limit, 0).await?;
+        let mut issued = first.issuances;
+        reports.push(first);
+        if args.history > 0 {
+            let t = Instant::now();
+            println!(
+                "pre-loading {} issuances with {} workers (not measured)...",
+                args.history, args.history_concurrency
+            );
+            let preload = Limit {
+                duration: HARD_CAP,
+                issuances: Some(args.history),
+            };
+            let p =
+                run_issuance_phase(&ctx, "preload", args.history_concurrency, &preload, 0).await?;
+            issued += p.issuances;
+            println!(
+                "pre-loaded {} issuances in {:.1} s ({:.1}/s, {} errors)",
+                p.issuances,
+                t.elapsed().as_secs_f64(),
+                p.rate(),
+                p.error_count()
+            );
+            let label = format!("after +{} history", p.issuances);
+            reports.push(run_issuance_phase(&ctx, &label, args.concurrency, &limit, issued).await?);
+        }
+    }
+    for r in &reports {
+        r.print_table();
+    }
+    if reports.len() > 1 {
+        print_comparison(&reports);
+    }
+    if args.json {
+        for r in &reports {
+            println!("{}", r.json());
+        }
+    }
+    drop(local);
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------------------
+// The server under test
+// ---------------------------------------------------------------------------------------
+
+/// `cairn serve --preset test` in a temporary data directory on free loopback ports,
+/// with every challenge valid at once; killed on drop.
+struct LocalServer {
+    child: Child,
+    pid: u32,
+    bin: PathBuf,
+    dir_url: String,
+    root_pem: Vec<u8>,
+    log_path: PathBuf,
+    data_dir: PathBuf,
+    keep: bool,
+    _tmp: Option<tempfile::TempDir>,
+}
+
+impl LocalServer {
+    fn start(args: &Args) -> anyhow::Result<LocalServer> {
+        let bin = match &args.server_bin {
+            Some(b) => b.clone(),
+            // cargo builds the package's binaries (release profile) with a bench.
+            None => PathBuf::from(env!("CARGO_BIN_EXE_cairn")),
+        };
+        if !bin.exists() {
+            anyhow::bail!(
+                "server binary {} is missing: build it first with `cargo build --release` \
+                 (or pass --server-bin PATH)",
+                bin.display()
+            );
+        }
+        let tmp = tempfile::Builder::new().prefix("cairn-bench-").tempdir()?;
+        let data_dir = tmp.path().join("data");
+        std::fs::create_dir_all(&data_dir)?;
+        let log_path = tmp.path().join("server.log");
+        let log = std::fs::File::create(&log_path)?;
+        let listen = free_port()?;
+        let mgmt = free_port()?;
+        // Nothing listens on this port: validation is always_valid and must not need DNS.
+        let dead = free_port()?;
+        let mut cmd = Command::new(&bin);
+        for (k, _) in std::env::vars() {
+            if k.starts_with("CAIRN_") && k != "CAIRN_LOG" {
+                cmd.env_remove(k);
+            }
+        }
+        cmd.arg("serve")
+            .arg("--preset")
+            .arg("test")
+            .arg("--data-dir")
+            .arg(&data_dir)
+            .env("CAIRN_SERVER_LISTEN", format!("127.0.0.1:{listen}"))
+            .env(
+                "CAIRN_SERVER_MANAGEMENT_LISTEN",
+                format!("127.0.0.1:{mgmt}"),
+            )
+            .env("CAIRN_VA_ALWAYS_VALID", "true")
+            .env("CAIRN_VA_RESOLVER", format!("127.0.0.1:{dead}"))
+            .stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log);
+        let child = cmd
+            .spawn()
+            .map_err(|e| anyhow::anyhow!("spawn {}: {e}", bin.display()))?;
+        let pid = child.id();
+        let keep = args.keep_data;
+        // --keep-data: the directory outlives the run on purpose.
+        let tmp = if keep {
+            let _ = tmp.keep();
+            None
+        } else {
+            Some(tmp)
+        };
+        let mut server = LocalServer {
+            child,
+            pid,
+            bin,
+            dir_url: format!("https://127.0.0.1:{listen}/directory"),
+            root_pem: Vec::new(),
+            log_path,
+            data_dir: data_dir.clone(),
+            keep,
+            _tmp: tmp,
+        };
+        server.wait_ready()?;
+        Ok(server)
+    }
+
+    /// Waits until `root.pem` exists and the directory answers over HTTPS.
+    fn wait_ready(&mut self) -> anyhow::Result<()> {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let root_path = self.data_dir.join("root.pem");
+        loop {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                anyhow::bail!(
+                    "cairn serve exited during start ({status}); log:\n{}",
+                    std::fs::read_to_string(&self.log_path).unwrap_or_default()
+                );
+            }
+            if let Ok(pem) = std::fs::read(&root_path) {
+                if let Ok(client) = http_client(&pem) {
+                    let answered = std::thread::scope(|s| {
+                        s.spawn(|| probe_directory(&client, &self.dir_url))
+                            .join()
+                            .unwrap_or(false)
+                    });
+                    if answered {
+                        self.root_pem = pem;
+                        return Ok(());
+                    }
+                }
+            }
+            if Instant::now() > deadline {
+                anyhow::bail!(
+                    "cairn serve did not answer {} within 30 s; log:\n{}",
+                    self.dir_url,
+                    std::fs::read_to_string(&self.log_path).unwrap_or_default()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+/// One GET of the directory on a private runtime (the caller may be inside one).
+fn probe_directory(client: &reqwest::Client, url: &str) -> bool {
+    let Ok(rt) = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    else {
+        return false;
+    };
+    rt.block_on(async { matches!(client.get(url).send().await, Ok(r) if r.status().is_success()) })
+}
+
+impl Drop for LocalServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        if self.keep {
+            eprintln!(
+                "kept data dir {} and log {}",
+                self.data_dir.display(),
+                self.log_path.display()
+            );
+        }
+    }
+}
+
+fn free_port() -> std::io::Result<u16> {
+    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+}
+
+fn http_client(root_pem: &[u8]) -> anyhow::Result<reqwest::Client> {
+    let cert = reqwest::Certificate::from_pem(root_pem)?;
+    Ok(reqwest::Client::builder()
+        .tls_built_in_root_certs(false)
+        .add_root_certificate(cert)
+        .redirect(reqwest::redirect::Policy::none())
+        .timeout(REQUEST_TIMEOUT)
+        .tcp_nodelay(true)
+        .build()?)
+}
+
+// ---------------------------------------------------------------------------------------
+// /proc readings
+// ---------------------------------------------------------------------------------------
+
+/// `getconf CLK_TCK` (the unit of /proc/<pid>/stat times); 100 if it cannot be read.
+fn clock_ticks_per_second() -> f64 {
+    Command::new("getconf")
+        .arg("CLK_TCK")
+        .output()
+        .ok()
+        .and_then(|o| String::from_utf8(o.stdout).ok())
+        .and_then(|s| s.trim().parse::<f64>().ok())
+        .filter(|t| *t > 0.0)
+        .unwrap_or(100.0)
+}
+
+/// (utime, stime) in clock ticks of a process ("self" or a pid), all threads included.
+fn cpu_ticks(pid: &str) -> Option<(u64, u64)> {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The command name (field 2) may hold spaces; fields after it are plain.
+    let rest = s.get(s.rfind(')')? + 1..)?;
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    // f[0] is field 3 (state), so utime (field 14) is f[11] and stime (15) is f[12].
+    Some((f.get(11)?.parse().ok()?, f.get(12)?.parse().ok()?))
+}
+
+/// Resident set size in KiB (VmRSS from /proc/<pid>/status).
+fn rss_kib(pid: u32) -> Option<u64> {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let line = s.lines().find(|l| l.starts_with("VmRSS:"))?;
+    line.split_whitespace().nth(1)?.parse().ok()
+}
+
+/// (busy, total) jiffies of the whole machine from the first line of /proc/stat.
+fn machine_ticks() -> Option<(u64, u64)> {
+    let s = std::fs::read_to_string("/proc/stat").ok()?;
+    let nums: Vec<u64> = s
+        .lines()
+        .next()?
+        .split_whitespace()
+        .skip(1)
+        .filter_map(|v| v.parse().ok())
+        .collect();
+    // user nice system idle iowait irq softirq steal (guest times are inside user).
+    let total: u64 = nums.iter().take(8).sum();
+    let idle = nums.get(3)? + nums.get(4).copied().unwrap_or(0);
+    Some((total - idle, total))
+}
+
+/// CPU and memory readings at one instant.
+#[derive(Debug, Clone)]
+struct Snapshot {
+    at: Instant,
+    server: Option<(u64, u64)>,
+    server_rss_kib: Option<u64>,
+    client: Option<(u64, u64)>,
+    machine: Option<(u64, u64)>,
+}
+
+impl Snapshot {
+    fn take(pids: &[u32]) -> Snapshot {
+        let sum = |v: Vec<Option<(u64, u64)>>| -> Option<(u64, u64)> {
+            v.into_iter()
+                .try_fold((0, 0), |acc, x| x.map(|(u, s)| (acc.0 + u, acc.1 + s)))
+        };
+        let has = !pids.is_empty();
+        Snapshot {
+            at: Instant::now(),
+            server: has
+                .then(|| sum(pids.iter().map(|p| cpu_ticks(&p.to_string())).collect()))
+                .flatten(),
+            server_rss_kib: has
+                .then(|| pids.iter().map(|p| rss_kib(*p)).sum::<Option<u64>>())
+                .flatten(),
+            client: cpu_ticks("self"),
+            machine: machine_ticks(),
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// ACME client
+// ---------------------------------------------------------------------------------------
+
+/// One server instance: its directory's URLs.
+struct Target {
+    new_nonce: String,
+    new_account: String,
+    new_order: String,
+}
+
+impl Target {
+    async fn discover(dir_url: &str, root_pem: &[u8]) -> anyhow::Result<Target> {
+        let client = http_client(root_pem)?;
+        let resp = client.get(dir_url).send().await?;
+        if !resp.status().is_success() {
+            anyhow::bail!("GET {dir_url}: HTTP {}", resp.status());
+        }
+        let dir: Value = serde_json::from_slice(&resp.bytes().await?)?;
+        let field = |k: &str| -> anyhow::Result<String> {
+            dir.get(k)
+                .and_then(Value::as_str)
+                .map(str::to_string)
+                .ok_or_else(|| anyhow::anyhow!("directory {dir_url} has no {k}"))
+        };
+        Ok(Target {
+            new_nonce: field("newNonce")?,
+            new_account: field("newAccount")?,
+            new_order: field("newOrder")?,
+        })
+    }
+}
+
+/// Why a flow failed, by step, for the error table.
+#[derive(Debug)]
+struct FlowError {
+    step: &'static str,
+    kind: String,
+}
+
+fn flow_err(step: &'static str, kind: impl Into<String>) -> FlowError {
+    FlowError {
+        step,
+        kind: kind.into(),
+    }
+}
+
+fn transport_kind(e: &reqwest::Error) -> String {
+    if e.is_timeout() {
+        "timeout".into()
+    } else if e.is_connect() {
+        "connect".into()
+    } else if e.is_body() || e.is_decode() {
+        "body".into()
+    } else {
+        "transport".into()
+    }
+}
+
+/// The parts of a response a flow uses.
+struct Resp {
+    location: Option<String>,
+    body: bytes::Bytes,
+}
+
+impl Resp {
+    fn json(&self, step: &'static str) -> Result<Value, FlowError> {
+        serde_json::from_slice(&self.body).map_err(|_| flow_err(step, "response is not JSON"))
+    }
+}
+
+/// An ACME account and its connection: signs with ES256 (josekit) and keeps the
+/// Replay-Nonce of every response for the next request.
+struct Acme {
+    http: reqwest::Client,
+    target: Arc<Target>,
+    signer: josekit::jws::alg::ecdsa::EcdsaJwsSigner,
+    jwk: Value,
+    kid: Option<String>,
+    nonce: Option<String>,
+    bad_nonce_retries: u64,
+    /// The certificate key (P-256, rcgen), one per worker: CSRs differ only by name.
+    cert_key: rcgen::KeyPair,
+}
+
+impl Acme {
+    fn new(target: Arc<Target>, root_pem: &[u8]) -> anyhow::Result<Acme> {
+        let kp = ES256.generate_key_pair()?;
+        let signer = ES256.signer_from_jwk(&kp.to_jwk_private_key())?;
+        let full = kp.to_jwk_public_key();
+        let map: &serde_json::Map<String, Value> = full.as_ref();
+        // RFC 7638 members only; josekit adds others (alg, use) that a server ignores
+        // but that would cost bytes on every newAccount.
+        let mut jwk = serde_json::Map::new();
+        for k in ["crv", "kty", "x", "y"] {
+            if let Some(v) = map.get(k) {
+                jwk.insert(k.to_string(), v.clone());
+            }
+        }
+        Ok(Acme {
+            http: http_client(root_pem)?,
+            target,
+            signer,
+            jwk: Value::Object(jwk),
+            kid: None,
+            nonce: None,
+            bad_nonce_retries: 0,
+            cert_key: rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256)?,
+        })
+    }
+
+    /// HEAD newNonce.
+    async fn fetch_nonce(&mut self, step: &'static str) -> Result<String, FlowError> {
+        let resp = self
+            .http
+            .head(&self.target.new_nonce)
+            .send()
+            .await
+            .map_err(|e| flow_err(step, format!("newNonce {}", transport_kind(&e))))?;
+        resp.headers()
+            .get("replay-nonce")
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string)
+            .ok_or_else(|| flow_err(step, "newNonce without Replay-Nonce"))
+    }
+
+    fn sign(&self, url: &str, nonce: &str, payload: &[u8]) -> String {
+        let mut protected = json!({"alg": "ES256", "nonce": nonce, "url": url});
+        match &self.kid {
+            Some(kid) => protected["kid"] = json!(kid),
+            None => protected["jwk"] = self.jwk.clone(),
+        }
+        let p = B64.encode(protected.to_string());
+        let pl = B64.encode(payload);
+        // Signing with a valid in-memory P-256 key only fails if OpenSSL is broken.
+        let sig = self
+            .signer
+            .sign(format!("{p}.{pl}").as_bytes())
+            .expect("ES256 signing with a freshly generated key");
+        json!({"protected": p, "payload": pl, "signature": B64.encode(sig)}).to_string()
+    }
+
+    /// A JWS POST (payload empty = POST-as-GET); retries once on badNonce.
+    async fn post(
+        &mut self,
+        step: &'static str,
+        url: &str,
+        payload: &[u8],
+    ) -> Result<Resp, FlowError> {
+        for attempt in 0..2 {
+            let nonce = match self.nonce.take() {
+                Some(n) => n,
+                None => self.fetch_nonce(step).await?,
+            };
+            let body = self.sign(url, &nonce, payload);
+            let resp = self
+                .http
+                .post(url)
+                .header("content-type", "application/jose+json")
+                .body(body)
+                .send()
+                .await
+                .map_err(|e| flow_err(step, transport_kind(&e)))?;
+            let status = resp.status();
+            let headers = resp.headers();
+            self.nonce = headers
+                .get("replay-nonce")
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_string);
+            let location = headers
+                .get("location")
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_string);
+            let body = resp
+                .bytes()
+                .await
+                .map_err(|e| flow_err(step, transport_kind(&e)))?;
+            if status.is_success() {
+                return Ok(Resp { location, body });
+            }
+            let ptype = serde_json::from_slice::<Value>(&body)
+                .ok()
+                .and_then(|v| v.get("type").and_then(Value::as_str).map(str::to_string))
+                .unwrap_or_else(|| "no problem document".into());
+            let ptype = ptype.strip_prefix(ERR_NS).unwrap_or(&ptype).to_string();
+            if attempt == 0 && ptype == "badNonce" {
+                self.bad_nonce_retries += 1;
+                continue;
+            }
+            return Err(flow_err(
+                step,
+                format!("{ptype} (HTTP {})", status.as_u16()),
+            ));
+        }
+        unreachable!("the loop returns on its second attempt")
+    }
+
+    async fn create_account(&mut self) -> Result<(), FlowError> {
+        let url = self.target.new_account.clone();
+        let r = self
+            .post("newAccount", &url, br#"{"termsOfServiceAgreed":true}"#)
+            .await?;
+        self.kid = Some(
+            r.location
+                .ok_or_else(|| flow_err("newAccount", "no Location"))?,
+        );
+        Ok(())
+    }
+
+    /// One full issuance for `name`; `csr` is its DER CSR, made before the clock starts.
+    async fn issue(&mut self, name: &str, csr: &[u8]) -> Result<Timings, FlowError> {
+        let start = Instant::now();
+        let url = self.target.new_order.clone();
+        let payload = json!({"identifiers": [{"type": "dns", "value": name}]}).to_string();
+        let r = self.post("newOrder", &url, payload.as_bytes()).await?;
+        let order_url = r
+            .location
+            .clone()
+            .ok_or_else(|| flow_err("newOrder", "no Location"))?;
+        let order = r.json("newOrder")?;
+        let authz_url = str_field(&order, "newOrder", |o| o["authorizations"][0].as_str())?;
+        let finalize_url = str_field(&order, "newOrder", |o| o["finalize"].as_str())?;
+        let t_new_order = start.elapsed();
+
+        let t = Instant::now();
+        let authz = self.post("authz", &authz_url, b"").await?.json("authz")?;
+        let chall_url = authz["challenges"]
+            .as_array()
+            .and_then(|cs| {
+                cs.iter()
+                    .find(|c| c["type"] == "http-01")
+                    .or_else(|| cs.first())
+            })
+            .and_then(|c| c["url"].as_str())
+            .map(str::to_string)
+            .ok_or_else(|| flow_err("authz", "no challenge"))?;
+        let t_authz = t.elapsed();
+
+        let t = Instant::now();
+        self.post("challenge", &chall_url, b"{}").await?;
+        let t_challenge = t.elapsed();
+
+        let t = Instant::now();
+        let (_, polls) = self.poll_order(&order_url, "ready", "poll").await?;
+        let t_poll = t.elapsed();
+
+        let t = Instant::now();
+        let csr_b64 = B64.encode(csr);
+        let r = self
+            .post(
+                "finalize",
+                &finalize_url,
+                json!({ "csr": csr_b64 }).to_string().as_bytes(),
+            )
+            .await?;
+        let mut order = r.json("finalize")?;
+        let mut finalize_polls = 0;
+        if order["status"] != "valid" {
+            // Cairn finalizes synchronously; a server that does not is polled.
+            let (o, n) = self.poll_order(&order_url, "valid", "finalize").await?;
+            order = o;
+            finalize_polls = n;
+        }
+        let cert_url = str_field(&order, "finalize", |o| o["certificate"].as_str())?;
+        let t_finalize = t.elapsed();
+
+        let t = Instant::now();
+        let cert = self.post("certificate", &cert_url, b"").await?;
+        if !cert.body.starts_with(b"-----BEGIN CERTIFICATE-----") {
+            return Err(flow_err("certificate", "not a PEM chain"));
+        }
+        let t_cert = t.elapsed();
+        Ok(Timings {
+            new_order: t_new_order,
+            authz: t_authz,
+            challenge: t_challenge,
+            poll: t_poll,
+            finalize: t_finalize,
+            cert: t_cert,
+            flow: start.elapsed(),
+            polls: polls + finalize_polls,
+        })
+    }
+
+    /// POST-as-GET the order until its status is `want`; returns it and the number of
+    /// reads. Polls far faster than the 1 s Retry-After Cairn suggests, so the figure
+    /// measures the server, not a client's politeness: 0, 1, 2, 4 ... 32 ms apart.
+    async fn poll_order(
+        &mut self,
+        url: &str,
+        want: &str,
+        step: &'static str,
+    ) -> Result<(Value, u32), FlowError> {
+        let start = Instant::now();
+        let mut wait = Duration::ZERO;
+        let mut polls = 0;
+        loop {
+            if !wait.is_zero() {
+                tokio::time::sleep(wait).await;
+            }
+            polls += 1;
+            let order = self.post(step, url, b"").await?.json(step)?;
+            match order["status"].as_str() {
+                Some(s) if s == want => return Ok((order, polls)),
+                Some("invalid") => return Err(flow_err(step, "order became invalid")),
+                _ => {}
+            }
+            if start.elapsed() > POLL_LIMIT {
+                return Err(flow_err(step, format!("order not {want} after 15 s")));
+            }
+            wait = (wait * 2)
+                .max(Duration::from_millis(1))
+                .min(Duration::from_millis(32));
+        }
+    }
+}
+
+fn str_field(
+    v: &Value,
+    step: &'static str,
+    get: impl Fn(&Value) -> Option<&str>,
+) -> Result<String, FlowError> {
+    get(v)
+        .map(str::to_string)
+        .ok_or_else(|| flow_err(step, "response lacks a URL it needs"))
+}
+
+/// A DER CSR for one name (CN and SAN), signed by the worker's certificate key.
+fn make_csr(name: &str, key: &rcgen::KeyPair) -> Result<Vec<u8>, rcgen::Error> {
+    let mut params = rcgen::CertificateParams::new(vec![name.to_string()])?;
+    params.distinguished_name = rcgen::DistinguishedName::new();
+    params
+        .distinguished_name
+        .push(rcgen::DnType::CommonName, name);
+    Ok(params.serialize_request(key)?.der().to_vec())
+}
+
+// ---------------------------------------------------------------------------------------
+// Phases
+// ---------------------------------------------------------------------------------------
+
+struct Ctx {
+    targets: Vec<Arc<Target>>,
+    root_pem: Vec<u8>,
+    pids: Vec<u32>,
+    clk_tck: f64,
+}
+
+struct Limit {
+    duration: Duration,
+    issuances: Option<u64>,
+}
+
+/// Durations of the steps of one successful flow.
+#[derive(Debug, Clone, Copy)]
+struct Timings {
+    new_order: Duration,
+    authz: Duration,
+    challenge: Duration,
+    poll: Duration,
+    finalize: Duration,
+    cert: Duration,
+    flow: Duration,
+    polls: u32,
+}
+
+/// Picks one step's duration out of a flow's timings.
+type StepOf = fn(&Timings) -> Duration;
+
+#[derive(Default)]
+struct WorkerStats {
+    timings: Vec<Timings>,
+    nonce_latencies: Vec<Duration>,
+    errors: BTreeMap<String, u64>,
+    bad_nonce_retries: u64,
+}
+
+/// Shared stop conditions of one phase.
+struct Gate {
+    deadline: Instant,
+    max: Option<u64>,
+    claimed: AtomicU64,
+    errors: AtomicU64,
+    done: AtomicU64,
+    aborted: AtomicBool,
+}
+
+impl Gate {
+    fn new(limit: &Limit, start: Instant) -> Gate {
+        let cap = if limit.issuances.is_some() {
+            HARD_CAP
+        } else {
+            limit.duration.min(HARD_CAP)
+        };
+        Gate {
+            deadline: start + cap,
+            max: limit.issuances,
+            claimed: AtomicU64::new(0),
+            errors: AtomicU64::new(0),
+            done: AtomicU64::new(0),
+            aborted: AtomicBool::new(false),
+        }
+    }
+
+    /// Whether a worker may start one more operation (and reserves it).
+    fn claim(&self) -> bool {
+        if self.aborted.load(Ordering::Relaxed) || Instant::now() >= self.deadline {
+            return false;
+        }
+        match self.max {
+            Some(max) => self.claimed.fetch_add(1, Ordering::Relaxed) < max,
+            None => true,
+        }
+    }
+
+    /// A failed operation gives its reservation back; a run where nearly everything
+    /// fails stops instead of hammering the server with errors.
+    fn failed(&self) {
+        if self.max.is_some() {
+            self.claimed.fetch_sub(1, Ordering::Relaxed);
+        }
+        let errors = self.errors.fetch_add(1, Ordering::Relaxed) + 1;
+        if errors >= 200 && errors > 10 * self.done.load(Ordering::Relaxed) {
+            self.aborted.store(true, Ordering::Relaxed);
+        }
+    }
+}
+
+async fn make_clients(ctx: &Ctx, n: usize, accounts: bool) -> anyhow::Result<Vec<Acme>> {
+    let mut clients = Vec::with_capacity(n);
+    for i in 0..n {
+        let target = ctx.targets[i % ctx.targets.len()].clone();
+        clients.push(Acme::new(target, &ctx.root_pem)?);
+    }
+    if accounts {
+        // Concurrently, so the setup of 32 accounts takes one round trip's worth.
+        let results = futures::future::join_all(clients.iter_mut().map(|c| async {
+            c.nonce = Some(c.fetch_nonce("newNonce").await?);
+            c.create_account().await
+        }))
+        .await;
+        for r in results {
+            r.map_err(|e| anyhow::anyhow!("account setup: {}: {}", e.step, e.kind))?;
+        }
+    }
+    Ok(clients)
+}
+
+async fn run_issuance_phase(
+    ctx: &Ctx,
+    label: &str,
+    concurrency: usize,
+    limit: &Limit,
+    db_issuances_before: u64,
+) -> anyhow::Result<Report> {
+    let clients = make_clients(ctx, concurrency, true).await?;
+    let before = Snapshot::take(&ctx.pids);
+    let gate = Arc::new(Gate::new(limit, before.at));
+    let mut handles = Vec::new();
+    for mut c in clients {
+        let gate = gate.clone();
+        handles.push(tokio::spawn(async move {
+            let mut stats = WorkerStats::default();
+            while gate.claim() {
+                let name = format!("{:016x}.example.com", rand::random::<u64>());
+                let csr = match make_csr(&name, &c.cert_key) {
+                    Ok(csr) => csr,
+                    Err(e) => {
+                        *stats.errors.entry(format!("client: CSR {e}")).or_default() += 1;
+                        gate.failed();
+                        continue;
+                    }
+                };
+                match c.issue(&name, &csr).await {
+                    Ok(t) => {
+                        gate.done.fetch_add(1, Ordering::Relaxed);
+                        stats.timings.push(t);
+                    }
+                    Err(e) => {
+                        *stats
+                            .errors
+                            .entry(format!("{}: {}", e.step, e.kind))
+                            .or_default() += 1;
+                        gate.failed();
+                        // After a transport error the nonce may be stale or missing.
+                        c.nonce = None;
+                        tokio::time::sleep(Duration::from_millis(10)).await;
+                    }
+                }
+            }
+            stats.bad_nonce_retries = c.bad_nonce_retries;
+            stats
+        }));
+    }
+    let stats = join_workers(handles).await?;
+    let after = Snapshot::take(&ctx.pids);
+    Ok(Report::new(
+        Mode::Issuance,
+        label,
+        concurrency,
+        ctx,
+        &before,
+        &after,
+        stats,
+        gate.aborted.load(Ordering::Relaxed),
+        db_issuances_before,
+    ))
+}
+
+async fn run_nonce_phase(ctx: &Ctx, concurrency: usize, limit: &Limit) -> anyhow::Result<Report> {
+    let clients = make_clients(ctx, concurrency, false).await?;
+    // One request per connection first, so TLS handshakes fall outside the window.
+    for c in &clients {
+        let _ = c.http.head(&c.target.new_nonce).send().await;
+    }
+    let before = Snapshot::take(&ctx.pids);
+    let gate = Arc::new(Gate::new(limit, before.at));
+    let mut handles = Vec::new();
+    for c in clients {
+        let gate = gate.clone();
+        handles.push(tokio::spawn(async move {
+            let mut stats = WorkerStats::default();
+            while gate.claim() {
+                let t = Instant::now();
+                let r = c.http.head(&c.target.new_nonce).send().await;
+                let ok = match r {
+                    Ok(resp) if resp.status().is_success() => {
+                        resp.headers().contains_key("replay-nonce")
+                    }
+                    Ok(resp) => {
+                        *stats
+                            .errors
+                            .entry(format!("newNonce: HTTP {}", resp.status().as_u16()))
+                            .or_default() += 1;
+                        false
+                    }
+                    Err(e) => {
+                        *stats
+                            .errors
+                            .entry(format!("newNonce: {}", transport_kind(&e)))
+                            .or_default() += 1;
+                        false
+                    }
+                };
+                if ok {
+                    gate.done.fetch_add(1, Ordering::Relaxed);
+                    stats.nonce_latencies.push(t.elapsed());
+                } else {
+                    gate.failed();
+                }
+            }
+            stats
+        }));
+    }
+    let stats = join_workers(handles).await?;
+    let after = Snapshot::take(&ctx.pids);
+    Ok(Report::new(
+        Mode::Nonce,
+        "newNonce only",
+        concurrency,
+        ctx,
+        &before,
+        &after,
+        stats,
+        gate.aborted.load(Ordering::Relaxed),
+        0,
+    ))
+}
+
+async fn join_workers(
+    handles: Vec<tokio::task::JoinHandle<WorkerStats>>,
+) -> anyhow::Result<WorkerStats> {
+    let mut all = WorkerStats::default();
+    for h in handles {
+        let s = h.await?;
+        all.timings.extend(s.timings);
+        all.nonce_latencies.extend(s.nonce_latencies);
+        for (k, v) in s.errors {
+            *all.errors.entry(k).or_default() += v;
+        }
+        all.bad_nonce_retries += s.bad_nonce_retries;
+    }
+    Ok(all)
+}
+
+// ---------------------------------------------------------------------------------------
+// Reporting
+// ---------------------------------------------------------------------------------------
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Mode {
+    Issuance,
+    Nonce,
+}
+
+/// Nearest-rank percentiles of one latency series, in milliseconds.
+#[derive(Debug, Clone, Copy)]
+struct Pct {
+    n: usize,
+    p50: f64,
+    p90: f64,
+    p99: f64,
+    max: f64,
+}
+
+impl Pct {
+    fn of(mut v: Vec<Duration>) -> Option<Pct> {
+        if v.is_empty() {
+            return None;
+        }
+        v.sort_unstable();
+        let at = |p: f64| {
+            let rank = ((p * v.len() as f64).ceil() as usize).clamp(1, v.len());
+            v[rank - 1].as_secs_f64() * 1e3
+        };
+        Some(Pct {
+            n: v.len(),
+            p50: at(0.50),
+            p90: at(0.90),
+            p99: at(0.99),
+            max: at(1.0),
+        })
+    }
+
+    fn json(&self) -> Value {
+        let r = |x: f64| (x * 1000.0).round() / 1000.0;
+        json!({"n": self.n, "p50": r(self.p50), "p90": r(self.p90), "p99": r(self.p99), "max": r(self.max)})
+    }
+}
+
+struct Report {
+    mode: Mode,
+    label: String,
+    concurrency: usize,
+    seconds: f64,
+    /// Successful issuances (or nonces in nonce mode).
+    issuances: u64,
+    latencies: Vec<(&'static str, Pct)>,
+    polls_per_flow: f64,
+    errors: BTreeMap<String, u64>,
+    bad_nonce_retries: u64,
+    aborted: bool,
+    server_user_s: Option<f64>,
+    server_sys_s: Option<f64>,
+    client_s: Option<f64>,
+    machine_busy: Option<f64>,
+    /// Share of the machine busy with neither the server nor this bench.
+    other_busy: Option<f64>,
+    rss_start_kib: Option<u64>,
+    rss_end_kib: Option<u64>,
+    db_issuances_before: u64,
+}
+
+impl Report {
+    #[allow(clippy::too_many_arguments)]
+    fn new(
+        mode: Mode,
+        label: &str,
+        concurrency: usize,
+        ctx: &Ctx,
+        before: &Snapshot,
+        after: &Snapshot,
+        stats: WorkerStats,
+        aborted: bool,
+        db_issuances_before: u64,
+    ) -> Report {
+        let secs = |a: u64, b: u64| b.saturating_sub(a) as f64 / ctx.clk_tck;
+        let (server_user_s, server_sys_s) = match (before.server, after.server) {
+            (Some(b), Some(a)) => (Some(secs(b.0, a.0)), Some(secs(b.1, a.1))),
+            _ => (None, None),
+        };
+        let client_s = match (before.client, after.client) {
+            (Some(b), Some(a)) => Some(secs(b.0 + b.1, a.0 + a.1)),
+            _ => None,
+        };
+        let machine_busy = match (before.machine, after.machine) {
+            (Some(b), Some(a)) if a.1 > b.1 => {
+                Some((a.0 - b.0) as f64 / (a.1 - b.1) as f64 * 100.0)
+            }
+            _ => None,
+        };
+        // What neither the server nor this bench used: other processes on the machine
+        // (builds, tests), which make latencies noisy. /proc/stat counts in USER_HZ,
+        // the same unit as CLK_TCK on Linux.
+        let other_busy = match (before.machine, after.machine, client_s) {
+            (Some(b), Some(a), Some(c)) if a.1 > b.1 => {
+                let server = server_user_s.zip(server_sys_s).map_or(0.0, |(u, s)| u + s);
+                let busy = secs(b.0, a.0);
+                Some(((busy - server - c) / secs(b.1, a.1) * 100.0).max(0.0))
+            }
+            _ => None,
+        };
+
+        let issuances = match mode {
+            Mode::Issuance => stats.timings.len(),
+            Mode::Nonce => stats.nonce_latencies.len(),
+        } as u64;
+        let mut latencies = Vec::new();
+        let polls_per_flow = if stats.timings.is_empty() {
+            0.0
+        } else {
+            stats.timings.iter().map(|t| t.polls as f64).sum::<f64>() / stats.timings.len() as f64
+        };
+        let series: [(&'static str, StepOf); 7] = [
+            ("newOrder", |t| t.new_order),
+            ("authz (POST-as-GET)", |t| t.authz),
+            ("challenge {}", |t| t.challenge),
+            ("poll until ready", |t| t.poll),
+            ("finalize", |t| t.finalize),
+            ("cert download", |t| t.cert),
+            ("whole flow", |t| t.flow),
+        ];
+        if mode == Mode::Issuance {
+            for (name, f) in series {
+                if let Some(p) = Pct::of(stats.timings.iter().map(f).collect()) {
+                    latencies.push((name, p));
+                }
+            }
+        } else if let Some(p) = Pct::of(stats.nonce_latencies) {
+            latencies.push(("HEAD newNonce", p));
+        }
+        Report {
+            mode,
+            label: label.to_string(),
+            concurrency,
+            seconds: after.at.duration_since(before.at).as_secs_f64(),
+            issuances,
+            latencies,
+            polls_per_flow,
+            errors: stats.errors,
+            bad_nonce_retries: stats.bad_nonce_retries,
+            aborted,
+            server_user_s,
+            server_sys_s,
+            client_s,
+            machine_busy,
+            other_busy,
+            rss_start_kib: before.server_rss_kib,
+            rss_end_kib: after.server_rss_kib,
+            db_issuances_before,
+        }
+    }
+
+    fn rate(&self) -> f64 {
+        self.issuances as f64 / self.seconds.max(1e-9)
+    }
+
+    fn error_count(&self) -> u64 {
+        self.errors.values().sum()
+    }
+
+    fn server_cpu_s(&self) -> Option<f64> {
+        Some(self.server_user_s? + self.server_sys_s?)
+    }
+
+    /// Server CPU milliseconds per issuance (or per nonce).
+    fn server_ms_per_op(&self) -> Option<f64> {
+        (self.issuances > 0)
+            .then(|| self.server_cpu_s().map(|s| s * 1e3 / self.issuances as f64))?
+    }
+
+    fn client_ms_per_op(&self) -> Option<f64> {
+        (self.issuances > 0).then(|| self.client_s.map(|s| s * 1e3 / self.issuances as f64))?
+    }
+
+    fn unit(&self) -> &'static str {
+        match self.mode {
+            Mode::Issuance => "issuance",
+            Mode::Nonce => "request",
+        }
+    }
+
+    fn print_table(&self) {
+        let mut out = String::new();
+        let opt = |v: Option<f64>, digits: usize| match v {
+            Some(x) => format!("{x:.digits$}"),
+            None => "n/a".to_string(),
+        };
+        let mib = |v: Option<u64>| match v {
+            Some(k) => format!("{:.1} MiB", k as f64 / 1024.0),
+            None => "n/a".into(),
+        };
+        out.push_str(&format!(
+            "\n== {} | concurrency {} | {:.1} s{} ==\n",
+            self.label,
+            self.concurrency,
+            self.seconds,
+            if self.mode == Mode::Issuance {
+                format!(" | {} issuances in the db before", self.db_issuances_before)
+            } else {
+                String::new()
+            }
+        ));
+        out.push_str(&format!(
+            "{:<24}{} ({:.1}/s)\n",
+            match self.mode {
+                Mode::Issuance => "issuances",
+                Mode::Nonce => "nonces",
+            },
+            self.issuances,
+            self.rate()
+        ));
+        out.push_str(&format!(
+            "{:<24}{} ms/{} (user {} s + sys {} s = {} s)\n",
+            "server CPU",
+            opt(self.server_ms_per_op(), 3),
+            self.unit(),
+            opt(self.server_user_s, 2),
+            opt(self.server_sys_s, 2),
+            opt(self.server_cpu_s(), 2),
+        ));
+        out.push_str(&format!(
+            "{:<24}{} ms/{} ({} s)\n",
+            "client CPU (this bench)",
+            opt(self.client_ms_per_op(), 3),
+            self.unit(),
+            opt(self.client_s, 2),
+        ));
+        out.push_str(&format!(
+            "{:<24}{}% of all cores ({}% by other processes)\n",
+            "machine busy",
+            opt(self.machine_busy, 0),
+            opt(self.other_busy, 0)
+        ));
+        out.push_str(&format!(
+            "{:<24}start {}, end {}\n",
+            "server RSS",
+            mib(self.rss_start_kib),
+            mib(self.rss_end_kib)
+        ));
+        if self.mode == Mode::Issuance {
+            out.push_str(&format!(
+                "{:<24}{:.2} order reads per flow, {} badNonce retries\n",
+                "polling", self.polls_per_flow, self.bad_nonce_retries
+            ));
+        }
+        out.push_str(&format!(
+            "{:<24}{:>8} {:>9} {:>9} {:>9} {:>9}\n",
+            "latency (ms)", "n", "p50", "p90", "p99", "max"
+        ));
+        for (name, p) in &self.latencies {
+            out.push_str(&format!(
+                "  {:<22}{:>8} {:>9.2} {:>9.2} {:>9.2} {:>9.2}\n",
+                name, p.n, p.p50, p.p90, p.p99, p.max
+            ));
+        }
+        if self.errors.is_empty() {
+            out.push_str(&format!("{:<24}none\n", "errors"));
+        } else {
+            out.push_str(&format!("{:<24}{}\n", "errors", self.error_count()));
+            let mut errs: Vec<_> = self.errors.iter().collect();
+            errs.sort_by(|a, b| b.1.cmp(a.1));
+            for (k, v) in errs {
+                out.push_str(&format!("  {v:>8}  {k}\n"));
+            }
+        }
+        if self.aborted {
+            out.push_str("ABORTED: nearly every operation failed\n");
+        }
+        print!("{out}");
+        let _ = std::io::stdout().flush();
+    }
+
+    fn json(&self) -> Value {
+        let r3 = |v: Option<f64>| v.map(|x| (x * 1000.0).round() / 1000.0);
+        let lat: serde_json::Map<String, Value> = self
+            .latencies
+            .iter()
+            .map(|(k, p)| (k.to_string(), p.json()))
+            .collect();
+        json!({
+            "mode": match self.mode { Mode::Issuance => "issuance", Mode::Nonce => "nonce" },
+            "label": self.label,
+            "concurrency": self.concurrency,
+            "seconds": r3(Some(self.seconds)),
+            "count": self.issuances,
+            "per_second": r3(Some(self.rate())),
+            "db_issuances_before": self.db_issuances_before,
+            "server_cpu_ms_per_op": r3(self.server_ms_per_op()),
+            "server_user_s": r3(self.server_user_s),
+            "server_sys_s": r3(self.server_sys_s),
+            "client_cpu_ms_per_op": r3(self.client_ms_per_op()),
+            "client_cpu_s": r3(self.client_s),
+            "machine_busy_pct": r3(self.machine_busy),
+            "other_processes_busy_pct": r3(self.other_busy),
+            "server_rss_kib_start": self.rss_start_kib,
+            "server_rss_kib_end": self.rss_end_kib,
+            "polls_per_flow": r3(Some(self.polls_per_flow)),
+            "bad_nonce_retries": self.bad_nonce_retries,
+            "errors": self.errors,
+            "aborted": self.aborted,
+            "latency_ms": lat,
+        })
+    }
+}
+
+fn print_comparison(reports: &[Report]) {
+    println!(
+        "\n{:<28}{:>10} {:>10} {:>11} {:>11} {:>11} {:>12}",
+        "phase", "per s", "srv ms/op", "order p50", "order p99", "flow p50", "flow p99"
+    );
+    for r in reports {
+        let get = |name: &str| r.latencies.iter().find(|(n, _)| *n == name).map(|p| p.1);
+        let (o, f) = (get("newOrder"), get("whole flow"));
+        let ms = |p: Option<Pct>, hi: bool| match p {
+            Some(p) => format!("{:.2}", if hi { p.p99 } else { p.p50 }),
+            None => "-".into(),
+        };
+        println!(
+            "{:<28}{:>10.1} {:>10} {:>11} {:>11} {:>11} {:>12}",
+            r.label,
+            r.rate(),
+            r.server_ms_per_op()
+                .map(|x| format!("{x:.3}"))
+                .unwrap_or_else(|| "n/a".into()),
+            ms(o, false),
+            ms(o, true),
+            ms(f, false),
+            ms(f, true)
+        );
+    }
+}
+
+fn print_header(args: &Args, ctx: &Ctx, local: Option<&LocalServer>) {
+    println!("Cairn issuance benchmark");
+    match local {
+        Some(s) => {
+            println!(
+                "server: {} (pid {}), preset test, always_valid, data dir {}",
+                s.bin.display(),
+                s.pid,
+                s.data_dir.display()
+            );
+        }
+        None => println!(
+            "server: {} running instance(s), pids {:?}",
+            ctx.targets.len(),
+            ctx.pids
+        ),
+    }
+    println!(
+        "client: HTTP/1.1 over TLS (reqwest+rustls), one keep-alive connection per worker; \
+         {} runtime thread(s); ES256 accounts, P-256 CSRs",
+        args.client_threads.max(1)
+    );
+    let what = match args.issuances {
+        Some(n) => format!("{n} issuances"),
+        None => format!("{} s", args.duration),
+    };
+    println!(
+        "run: {} workers, {}{}{}; CPU from /proc (CLK_TCK {})",
+        args.concurrency,
+        what,
+        if args.only_nonce {
+            ", newNonce only"
+        } else {
+            ""
+        },
+        if args.history > 0 {
+            format!(", then +{} history and again", args.history)
+        } else {
+            String::new()
+        },
+        ctx.clk_tck
+    );
+    let _ = std::io::stdout().flush();
+}
