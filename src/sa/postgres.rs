@@ -318,8 +318,11 @@ impl Store for PgStore {
     }
 
     async fn order(&self, id: OrderId) -> Result<Option<Order>, Problem> {
+        // One round trip: the order and its authorization ids together.
         let Some(r) = sqlx::query(
-            "SELECT id, account_id, status, expires, identifiers, error, cert_serial, created_at, updated_at
+            "SELECT id, account_id, status, expires, identifiers, error, cert_serial, created_at, updated_at,
+                    ARRAY(SELECT authz_id FROM order_authzs WHERE order_id = orders.id
+                          ORDER BY authz_id) AS authz_ids
              FROM orders WHERE id = $1",
         )
         .bind(id.0)
@@ -328,12 +331,7 @@ impl Store for PgStore {
         else {
             return Ok(None);
         };
-        let authz_ids: Vec<i64> = sqlx::query_scalar(
-            "SELECT authz_id FROM order_authzs WHERE order_id = $1 ORDER BY authz_id",
-        )
-        .bind(id.0)
-        .fetch_all(&self.pool)
-        .await?;
+        let authz_ids: Vec<i64> = r.try_get("authz_ids")?;
         Ok(Some(Order {
             id,
             account_id: AccountId(r.try_get("account_id")?),

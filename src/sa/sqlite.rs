@@ -270,8 +270,12 @@ impl Store for SqliteStore {
     }
 
     async fn order(&self, id: OrderId) -> Result<Option<Order>, Problem> {
+        // One round trip: the order and its authorization ids together.
         let Some(r) = sqlx::query(
-            "SELECT id, account_id, status, expires, identifiers, error, cert_serial, created_at, updated_at
+            "SELECT id, account_id, status, expires, identifiers, error, cert_serial, created_at, updated_at,
+                    (SELECT group_concat(authz_id) FROM
+                        (SELECT authz_id FROM order_authzs WHERE order_id = orders.id ORDER BY authz_id))
+                    AS authz_ids
              FROM orders WHERE id = ?",
         )
         .bind(id.0)
@@ -280,12 +284,18 @@ impl Store for SqliteStore {
         else {
             return Ok(None);
         };
-        let authz_ids: Vec<i64> = sqlx::query_scalar(
-            "SELECT authz_id FROM order_authzs WHERE order_id = ? ORDER BY authz_id",
-        )
-        .bind(id.0)
-        .fetch_all(&self.pool)
-        .await?;
+        // group_concat's order is unspecified: sort here.
+        let mut authz_ids: Vec<i64> = r
+            .try_get::<Option<String>, _>("authz_ids")?
+            .unwrap_or_default()
+            .split(',')
+            .filter(|s| !s.is_empty())
+            .map(|s| {
+                s.parse()
+                    .map_err(|_| Problem::internal("bad authz id in database"))
+            })
+            .collect::<Result<_, _>>()?;
+        authz_ids.sort_unstable();
         Ok(Some(Order {
             id,
             account_id: AccountId(r.try_get("account_id")?),
