@@ -165,7 +165,14 @@ async fn run(args: Args) -> anyhow::Result<()> {
     if args.only_nonce {
         reports.push(run_nonce_phase(&ctx, args.concurrency, &limit).await?);
     } else {
-        let first = run_issuance_phase(&ctx, "empty db", args.concurrency, &limit, 0).await?;
+        // Only a server this bench started is known to begin with an empty database.
+        let started_here = local.is_some();
+        let (label, before) = if started_here {
+            ("empty db", Some(0))
+        } else {
+            ("first run", None)
+        };
+        let first = run_issuance_phase(&ctx, label, args.concurrency, &limit, before).await?;
         let mut issued = first.issuances;
         reports.push(first);
         if args.history > 0 {
@@ -178,8 +185,8 @@ async fn run(args: Args) -> anyhow::Result<()> {
                 duration: HARD_CAP,
                 issuances: Some(args.history),
             };
-            let p =
-                run_issuance_phase(&ctx, "preload", args.history_concurrency, &preload, 0).await?;
+            let p = run_issuance_phase(&ctx, "preload", args.history_concurrency, &preload, None)
+                .await?;
             issued += p.issuances;
             println!(
                 "pre-loaded {} issuances in {:.1} s ({:.1}/s, {} errors)",
@@ -189,7 +196,8 @@ async fn run(args: Args) -> anyhow::Result<()> {
                 p.error_count()
             );
             let label = format!("after +{} history", p.issuances);
-            reports.push(run_issuance_phase(&ctx, &label, args.concurrency, &limit, issued).await?);
+            let before = started_here.then_some(issued);
+            reports.push(run_issuance_phase(&ctx, &label, args.concurrency, &limit, before).await?);
         }
     }
     for r in &reports {
@@ -905,7 +913,7 @@ async fn run_issuance_phase(
     label: &str,
     concurrency: usize,
     limit: &Limit,
-    db_issuances_before: u64,
+    db_issuances_before: Option<u64>,
 ) -> anyhow::Result<Report> {
     let clients = make_clients(ctx, concurrency, true).await?;
     let before = Snapshot::take(&ctx.pids);
@@ -1017,7 +1025,7 @@ async fn run_nonce_phase(ctx: &Ctx, concurrency: usize, limit: &Limit) -> anyhow
         &after,
         stats,
         gate.aborted.load(Ordering::Relaxed),
-        0,
+        None,
     ))
 }
 
@@ -1102,7 +1110,7 @@ struct Report {
     other_busy: Option<f64>,
     rss_start_kib: Option<u64>,
     rss_end_kib: Option<u64>,
-    db_issuances_before: u64,
+    db_issuances_before: Option<u64>,
 }
 
 impl Report {
@@ -1116,7 +1124,7 @@ impl Report {
         after: &Snapshot,
         stats: WorkerStats,
         aborted: bool,
-        db_issuances_before: u64,
+        db_issuances_before: Option<u64>,
     ) -> Report {
         let secs = |a: u64, b: u64| b.saturating_sub(a) as f64 / ctx.clk_tck;
         let (server_user_s, server_sys_s) = match (before.server, after.server) {
@@ -1239,10 +1247,9 @@ impl Report {
             self.label,
             self.concurrency,
             self.seconds,
-            if self.mode == Mode::Issuance {
-                format!(" | {} issuances in the db before", self.db_issuances_before)
-            } else {
-                String::new()
+            match self.db_issuances_before {
+                Some(n) => format!(" | {n} issuances in the db before"),
+                None => String::new(),
             }
         ));
         out.push_str(&format!(
