@@ -314,9 +314,9 @@ fn checked_name(s: &str, what: &str) -> Result<String, Problem> {
     Ok(s.to_ascii_lowercase())
 }
 
-/// Whether the CSR's key is the JWK's key. See [`super::csr_key_matches_jwk`].
-pub(crate) fn key_matches_jwk(csr: &Csr, jwk: &josekit::jwk::Jwk) -> bool {
-    let Ok((_, spki)) = SubjectPublicKeyInfo::from_der(&csr.spki_der) else {
+/// Whether a SubjectPublicKeyInfo is the JWK's key. See [`super::spki_matches_jwk`].
+pub(crate) fn spki_matches_jwk(spki_der: &[u8], jwk: &josekit::jwk::Jwk) -> bool {
+    let Ok((_, spki)) = SubjectPublicKeyInfo::from_der(spki_der) else {
         return false;
     };
     let param = |name: &str| -> Option<Vec<u8>> {

@@ -434,7 +434,13 @@ pub fn parse_csr(der: &[u8]) -> Result<Csr, Problem> {
 
 /// Whether the CSR's key is the same key as this JWK (account key reuse).
 pub fn csr_key_matches_jwk(csr: &Csr, jwk: &josekit::jwk::Jwk) -> bool {
-    csr::key_matches_jwk(csr, jwk)
+    csr::spki_matches_jwk(&csr.spki_der, jwk)
+}
+
+/// Whether a DER SubjectPublicKeyInfo (e.g. a certificate's) is this JWK's
+/// key: revocation signed with the certificate's own key.
+pub fn spki_matches_jwk(spki_der: &[u8], jwk: &josekit::jwk::Jwk) -> bool {
+    csr::spki_matches_jwk(spki_der, jwk)
 }
 
 const OID_AUTHORITY_INFO_ACCESS: &[u64] = &[1, 3, 6, 1, 5, 5, 7, 1, 1];

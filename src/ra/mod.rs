@@ -83,14 +83,6 @@ impl Ra {
         }))
     }
 
-    pub fn clock(&self) -> &Clock {
-        &self.clock
-    }
-
-    pub fn store(&self) -> &DynStore {
-        &self.store
-    }
-
     // ---- accounts ------------------------------------------------------
 
     /// newAccount: create, or find the account of this key (`false` when it
@@ -718,12 +710,7 @@ impl Ra {
             .ok_or_else(|| Problem::not_found("no such certificate issued by this CA"))?;
         let recorded = match by {
             RevokeBy::Key(jwk) => {
-                let spki = ca::Csr {
-                    names: Vec::new(),
-                    common_name: None,
-                    spki_der: parsed.public_key().raw.to_vec(),
-                };
-                if !ca::csr_key_matches_jwk(&spki, jwk) {
+                if !ca::spki_matches_jwk(parsed.public_key().raw, jwk) {
                     return Err(Problem::unauthorized(
                         "the JWS key is not the certificate's key",
                     ));

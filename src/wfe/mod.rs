@@ -15,7 +15,7 @@ use crate::ra::Ra;
 use crate::sa::{Account, AccountId};
 use axum::body::Body;
 use axum::extract::{Request, State};
-use axum::http::{header, HeaderMap, HeaderValue, Method, StatusCode, Uri};
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode, Uri};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -322,8 +322,4 @@ pub fn json_response(
         }
     }
     resp
-}
-
-pub fn is_head(m: &Method) -> bool {
-    m == Method::HEAD
 }
