@@ -2,7 +2,8 @@
 //! authz → challenge → poll → finalize → certificate) against the real `cairn`
 //! binary and the run prints issuances/s, latency percentiles per step, errors by
 //! type, and the server's CPU time per issuance read from `/proc/<pid>/stat`.
-//! `--only-nonce` measures HEAD newNonce alone. How to run it and the figures
+//! `--only-nonce` measures HEAD newNonce alone; `--only-ari` measures GET
+//! renewalInfo alone (each worker first issues one certificate to ask about). How to run it and the figures
 //! measured so far are in BENCHMARKS.md.
 //!
 //! The client is deliberately lean (one current-thread Tokio runtime, keys and
@@ -65,6 +66,10 @@ struct Args {
     /// Measure HEAD newNonce alone, at the highest rate the workers reach.
     #[arg(long)]
     only_nonce: bool,
+    /// Measure GET renewalInfo (ARI) alone: each worker issues one certificate, not
+    /// measured, then asks for its renewal window as fast as it can.
+    #[arg(long)]
+    only_ari: bool,
     /// Measure, then pre-load this many issuances, then measure again: latency with an
     /// (almost) empty database against a large one.
     #[arg(long, default_value_t = 0)]
@@ -164,6 +169,8 @@ async fn run(args: Args) -> anyhow::Result<()> {
     let mut reports = Vec::new();
     if args.only_nonce {
         reports.push(run_nonce_phase(&ctx, args.concurrency, &limit).await?);
+    } else if args.only_ari {
+        reports.push(run_ari_phase(&ctx, args.concurrency, &limit).await?);
     } else {
         // Only a server this bench started is known to begin with an empty database.
         let started_here = local.is_some();
@@ -469,6 +476,7 @@ struct Target {
     new_nonce: String,
     new_account: String,
     new_order: String,
+    renewal_info: Option<String>,
 }
 
 impl Target {
@@ -489,6 +497,7 @@ impl Target {
             new_nonce: field("newNonce")?,
             new_account: field("newAccount")?,
             new_order: field("newOrder")?,
+            renewal_info: field("renewalInfo").ok(),
         })
     }
 }
@@ -543,6 +552,8 @@ struct Acme {
     bad_nonce_retries: u64,
     /// The certificate key (P-256, rcgen), one per worker: CSRs differ only by name.
     cert_key: rcgen::KeyPair,
+    /// The PEM chain of the last certificate issued (for `--only-ari`).
+    last_cert: Vec<u8>,
 }
 
 impl Acme {
@@ -567,6 +578,7 @@ impl Acme {
             kid: None,
             nonce: None,
             bad_nonce_retries: 0,
+            last_cert: Vec::new(),
             cert_key: rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256)?,
         })
     }
@@ -732,6 +744,7 @@ impl Acme {
             return Err(flow_err("certificate", "not a PEM chain"));
         }
         let t_cert = t.elapsed();
+        self.last_cert = cert.body.to_vec();
         Ok(Timings {
             new_order: t_new_order,
             authz: t_authz,
@@ -1029,6 +1042,95 @@ async fn run_nonce_phase(ctx: &Ctx, concurrency: usize, limit: &Limit) -> anyhow
     ))
 }
 
+async fn run_ari_phase(ctx: &Ctx, concurrency: usize, limit: &Limit) -> anyhow::Result<Report> {
+    let mut clients = make_clients(ctx, concurrency, true).await?;
+    // Each worker asks about a certificate of its own, issued before the clock starts.
+    let mut urls = Vec::with_capacity(clients.len());
+    for c in &mut clients {
+        let name = format!("{:016x}.example.com", rand::random::<u64>());
+        let csr = make_csr(&name, &c.cert_key)?;
+        c.issue(&name, &csr)
+            .await
+            .map_err(|e| anyhow::anyhow!("issuing for --only-ari: {}: {}", e.step, e.kind))?;
+        let der = first_pem_der(&c.last_cert)
+            .ok_or_else(|| anyhow::anyhow!("--only-ari: the certificate is not PEM"))?;
+        let cert_id = cairn::ra::cert_id(&der)
+            .ok_or_else(|| anyhow::anyhow!("--only-ari: no certID for the certificate"))?;
+        let base = c
+            .target
+            .renewal_info
+            .clone()
+            .ok_or_else(|| anyhow::anyhow!("the directory has no renewalInfo"))?;
+        let url = format!("{base}/{cert_id}");
+        let _ = c.http.get(&url).send().await;
+        urls.push(url);
+    }
+    let before = Snapshot::take(&ctx.pids);
+    let gate = Arc::new(Gate::new(limit, before.at));
+    let mut handles = Vec::new();
+    for (c, url) in clients.into_iter().zip(urls) {
+        let gate = gate.clone();
+        handles.push(tokio::spawn(async move {
+            let mut stats = WorkerStats::default();
+            while gate.claim() {
+                let t = Instant::now();
+                let ok = match c.http.get(&url).send().await {
+                    Ok(resp) if resp.status().is_success() => {
+                        let retry = resp.headers().contains_key("retry-after");
+                        resp.bytes().await.is_ok() && retry
+                    }
+                    Ok(resp) => {
+                        *stats
+                            .errors
+                            .entry(format!("renewalInfo: HTTP {}", resp.status().as_u16()))
+                            .or_default() += 1;
+                        false
+                    }
+                    Err(e) => {
+                        *stats
+                            .errors
+                            .entry(format!("renewalInfo: {}", transport_kind(&e)))
+                            .or_default() += 1;
+                        false
+                    }
+                };
+                if ok {
+                    gate.done.fetch_add(1, Ordering::Relaxed);
+                    stats.nonce_latencies.push(t.elapsed());
+                } else {
+                    gate.failed();
+                }
+            }
+            stats
+        }));
+    }
+    let stats = join_workers(handles).await?;
+    let after = Snapshot::take(&ctx.pids);
+    Ok(Report::new(
+        Mode::Nonce,
+        "renewalInfo GET only",
+        concurrency,
+        ctx,
+        &before,
+        &after,
+        stats,
+        gate.aborted.load(Ordering::Relaxed),
+        None,
+    ))
+}
+
+/// The DER of the first certificate in a PEM chain.
+fn first_pem_der(pem: &[u8]) -> Option<Vec<u8>> {
+    let text = std::str::from_utf8(pem).ok()?;
+    let body = text
+        .split("-----BEGIN CERTIFICATE-----")
+        .nth(1)?
+        .split("-----END CERTIFICATE-----")
+        .next()?;
+    let b64: String = body.chars().filter(|c| !c.is_whitespace()).collect();
+    base64::engine::general_purpose::STANDARD.decode(b64).ok()
+}
+
 async fn join_workers(
     handles: Vec<tokio::task::JoinHandle<WorkerStats>>,
 ) -> anyhow::Result<WorkerStats> {
@@ -1179,7 +1281,12 @@ impl Report {
                 }
             }
         } else if let Some(p) = Pct::of(stats.nonce_latencies) {
-            latencies.push(("HEAD newNonce", p));
+            let name = if label.starts_with("renewalInfo") {
+                "GET renewalInfo"
+            } else {
+                "HEAD newNonce"
+            };
+            latencies.push((name, p));
         }
         Report {
             mode,
@@ -1256,7 +1363,7 @@ impl Report {
             "{:<24}{} ({:.1}/s)\n",
             match self.mode {
                 Mode::Issuance => "issuances",
-                Mode::Nonce => "nonces",
+                Mode::Nonce => "requests",
             },
             self.issuances,
             self.rate()
@@ -1414,6 +1521,8 @@ fn print_header(args: &Args, ctx: &Ctx, local: Option<&LocalServer>) {
         what,
         if args.only_nonce {
             ", newNonce only"
+        } else if args.only_ari {
+            ", renewalInfo only"
         } else {
             ""
         },

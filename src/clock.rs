@@ -25,6 +25,11 @@ impl Clock {
         self.now().unix_timestamp()
     }
 
+    /// Seconds this clock runs ahead of the system clock.
+    pub fn offset(&self) -> i64 {
+        self.offset_secs.load(Ordering::Relaxed)
+    }
+
     /// Move the clock forward by `secs` seconds.
     pub fn advance(&self, secs: i64) {
         self.offset_secs.fetch_add(secs.max(0), Ordering::Relaxed);

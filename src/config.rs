@@ -30,6 +30,8 @@ pub struct Config {
     pub acme: AcmeConfig,
     pub va: VaConfig,
     pub policy: PolicyConfig,
+    /// Rate limits (LIMITS.md): `[limits]`, see `crate::ratelimit`.
+    pub limits: crate::ratelimit::LimitsConfig,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -45,6 +47,10 @@ pub struct ServerConfig {
     pub tls_key: String,
     /// Largest accepted request body, in bytes.
     pub max_body_bytes: usize,
+    /// Serve `POST /clock/advance {"seconds": N}` on the management listener,
+    /// which moves this instance's clock forward (rehearsing rate-limit
+    /// windows and expiry). On in the `test` preset only.
+    pub clock_control: bool,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -67,8 +73,15 @@ pub struct CaConfig {
     /// Validity of issued end-entity certificates, in seconds (90 days default).
     pub cert_validity_secs: u64,
     /// Base URL (plain HTTP) where the issuer certificate is published, used
-    /// in the AIA caIssuers field. Empty: `http://<management_listen>`.
+    /// in the AIA caIssuers field and the CRL distribution point (the CRL is
+    /// `<issuer_base_url>/crl/0`). Empty: `http://<management_listen>`.
     pub issuer_base_url: String,
+    /// How often a fresh CRL is signed even when nothing was revoked, seconds.
+    /// A revocation publishes a new CRL at once.
+    pub crl_update_secs: u64,
+    /// nextUpdate of a CRL: thisUpdate plus this many seconds. Must exceed
+    /// `crl_update_secs` so a published CRL never goes stale.
+    pub crl_lifetime_secs: u64,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -95,6 +108,11 @@ pub struct AcmeConfig {
     pub retry_after_secs: u64,
     /// Lifetime of a nonce, seconds.
     pub nonce_lifetime_secs: u64,
+    /// `Retry-After` of renewalInfo responses (RFC 9773), seconds.
+    pub ari_retry_after_secs: u64,
+    /// `explanationURL` of renewalInfo windows moved by `cairn admin certs
+    /// renew-early` or revocation; empty leaves it out.
+    pub ari_explanation_url: String,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -186,6 +204,7 @@ impl Config {
     }
 
     fn validate(&self) -> anyhow::Result<()> {
+        self.limits.validate().map_err(|e| anyhow!(e))?;
         if !self.management_listen().map(|_| true).unwrap_or(false)
             && !self.server.management_listen.is_empty()
         {
@@ -200,6 +219,9 @@ impl Config {
         }
         if self.ca.cert_validity_secs < 60 {
             bail!("ca.cert_validity_secs must be at least 60");
+        }
+        if self.ca.crl_update_secs == 0 || self.ca.crl_lifetime_secs <= self.ca.crl_update_secs {
+            bail!("ca.crl_update_secs must be at least 1 and less than ca.crl_lifetime_secs");
         }
         if self.acme.max_names == 0 || self.acme.max_names > 100 {
             bail!("acme.max_names must be between 1 and 100");

@@ -7,20 +7,25 @@
 //! - `ra`: registration authority: account/order/authorization life cycles.
 //! - `sa`: storage authority: the only code that speaks SQL.
 //! - `ca`: certificate authority: the hierarchy and issuance.
+//! - [`crl`]: CRL publication (schedule, after revocations) and serving.
 //! - `va`: validation authority: http-01, dns-01, tls-alpn-01, CAA.
 //! - `policy`: which identifiers may be issued for.
 //! - [`testdns`]: the mock DNS server of `cairn testdns`.
+//! - [`admin`]: `cairn admin`, operator controls over issued certificates.
 
 // `Problem` is large (subproblems, algorithms); it is the error on the cold
 // path, so boxing it everywhere would cost clarity for nothing measurable.
 #![allow(clippy::result_large_err)]
 
+pub mod admin;
 pub mod ca;
 pub mod clock;
 pub mod config;
+pub mod crl;
 pub mod policy;
 pub mod problem;
 pub mod ra;
+pub mod ratelimit;
 pub mod sa;
 pub mod serve;
 pub mod testdns;

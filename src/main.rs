@@ -1,4 +1,4 @@
-//! The `cairn` binary: `cairn serve`, `cairn testdns`.
+//! The `cairn` binary: `cairn serve`, `cairn admin`, `cairn testdns`.
 
 use cairn::config::{Config, Sources};
 use clap::{Parser, Subcommand};
@@ -21,6 +21,8 @@ enum Command {
     Serve(ConfigArgs),
     /// Run the mock DNS server with its HTTP API (for tests and dns-01 hooks).
     Testdns(cairn::testdns::TestDnsArgs),
+    /// Operator controls: list, revoke and mark certificates for early renewal.
+    Admin(cairn::admin::AdminArgs),
 }
 
 #[derive(clap::Args)]
@@ -47,14 +49,19 @@ impl ConfigArgs {
 }
 
 fn main() -> std::process::ExitCode {
+    let cli = Cli::parse();
+    // An admin command's stderr is for its one-line error; servers log.
+    let default_filter = match cli.command {
+        Command::Admin(_) => "warn",
+        _ => "info",
+    };
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_env("CAIRN_LOG")
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_filter)),
         )
         .with_writer(std::io::stderr)
         .init();
-    let cli = Cli::parse();
     let rt = match tokio::runtime::Runtime::new() {
         Ok(rt) => rt,
         Err(e) => {
@@ -66,6 +73,7 @@ fn main() -> std::process::ExitCode {
         match cli.command {
             Command::Serve(args) => cairn::serve::run(args.load()?).await,
             Command::Testdns(args) => cairn::testdns::run(args).await,
+            Command::Admin(args) => cairn::admin::run(args).await,
         }
     });
     match result {

@@ -56,6 +56,26 @@ pub struct Problem {
     /// A `Location` header to send with the problem (key-change conflict).
     #[serde(skip)]
     pub location: Option<String>,
+    /// RFC 7807 §3.2 extension members of `rateLimited` problems, so a
+    /// client need not parse the detail text.
+    #[serde(default, flatten, skip_serializing_if = "Option::is_none")]
+    pub rate_limit: Option<RateLimitMembers>,
+}
+
+/// The machine-readable part of a rate-limit problem (RFC 7807 §3.2
+/// extension members): which limit, which key it counted, and the seconds
+/// until a retry succeeds (the `Retry-After` header carries the same
+/// number; absent when waiting does not help, e.g. a paused account).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, serde::Deserialize)]
+pub struct RateLimitMembers {
+    pub limit: String,
+    pub key: String,
+    #[serde(
+        rename = "retryAfter",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub retry_after: Option<u64>,
 }
 
 macro_rules! constructors {
@@ -79,7 +99,27 @@ impl Problem {
             algorithms: None,
             retry_after: None,
             location: None,
+            rate_limit: None,
         }
+    }
+
+    /// A `rateLimited` problem (429) carrying the extension members `limit`,
+    /// `key` and `retryAfter`, and the `Retry-After` header when
+    /// `retry_after` is set.
+    pub fn rate_limited_for(
+        limit: impl Into<String>,
+        key: impl Into<String>,
+        retry_after: Option<u64>,
+        detail: impl Into<String>,
+    ) -> Problem {
+        let mut p = Problem::rate_limited(detail);
+        p.retry_after = retry_after;
+        p.rate_limit = Some(RateLimitMembers {
+            limit: limit.into(),
+            key: key.into(),
+            retry_after,
+        });
+        p
     }
 
     constructors! {
@@ -94,6 +134,7 @@ impl Problem {
         rate_limited => "rateLimited", StatusCode::TOO_MANY_REQUESTS;
         order_not_ready => "orderNotReady", StatusCode::FORBIDDEN;
         already_revoked => "alreadyRevoked", StatusCode::BAD_REQUEST;
+        already_replaced => "alreadyReplaced", StatusCode::CONFLICT;
         bad_revocation_reason => "badRevocationReason", StatusCode::BAD_REQUEST;
         invalid_contact => "invalidContact", StatusCode::BAD_REQUEST;
         unsupported_contact => "unsupportedContact", StatusCode::BAD_REQUEST;
@@ -236,6 +277,33 @@ mod tests {
         assert_eq!(v["status"], 400);
         assert_eq!(v["subproblems"][0]["identifier"]["value"], "a..b");
         assert!(v.get("algorithms").is_none());
+    }
+
+    #[test]
+    fn rate_limited_carries_extension_members_and_retry_after() {
+        let p = Problem::rate_limited_for(
+            "certificatesPerDomain",
+            "example.co.uk",
+            Some(1080),
+            "too many certificates",
+        );
+        let v: serde_json::Value = serde_json::to_value(&p).unwrap();
+        assert_eq!(v["type"], "urn:ietf:params:acme:error:rateLimited");
+        assert_eq!(v["status"], 429);
+        assert_eq!(v["limit"], "certificatesPerDomain");
+        assert_eq!(v["key"], "example.co.uk");
+        assert_eq!(v["retryAfter"], 1080);
+        let back: Problem = serde_json::from_value(v).unwrap();
+        assert_eq!(back.rate_limit, p.rate_limit);
+        let resp = p.into_response();
+        assert_eq!(resp.status(), StatusCode::TOO_MANY_REQUESTS);
+        assert_eq!(resp.headers()[header::RETRY_AFTER], "1080");
+
+        // Other problems carry none of the members.
+        let v = serde_json::to_value(Problem::malformed("x")).unwrap();
+        assert!(v.get("limit").is_none() && v.get("retryAfter").is_none());
+        let back: Problem = serde_json::from_value(v).unwrap();
+        assert!(back.rate_limit.is_none());
     }
 
     #[test]

@@ -5,6 +5,7 @@
 use crate::ca::Ca;
 use crate::clock::Clock;
 use crate::config::{ensure_dir, Config};
+use crate::crl::CrlPublisher;
 use crate::ra::Ra;
 use crate::va::Va;
 use crate::wfe::{self, Nonces, Wfe};
@@ -28,9 +29,19 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
         .await
         .with_context(|| format!("opening the database {}", cfg.database_url()))?;
     let ca = Arc::new(Ca::load_or_create(&cfg).context("loading the CA")?);
+    // The RA publishes through this after each revocation; the updater and
+    // the management listener share it.
+    let crl = CrlPublisher::new(store.clone(), ca.clone(), clock.clone(), cfg.clone());
     let va =
         Arc::new(Va::new(&cfg.va, cfg.acme.caa_identities.clone()).context("starting the VA")?);
-    let ra = Ra::new(cfg.clone(), store.clone(), ca.clone(), va, clock.clone())?;
+    let ra = Ra::new(
+        cfg.clone(),
+        store.clone(),
+        ca.clone(),
+        va,
+        clock.clone(),
+        crl.clone(),
+    )?;
     let nonces = Nonces::new(store.clone(), clock.clone(), cfg.acme.nonce_lifetime_secs).await?;
     let wfe = Arc::new(Wfe {
         ra: ra.clone(),
@@ -54,14 +65,17 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
 
     ra.spawn_validation_sweeper();
     spawn_pruner(wfe.clone());
+    crl.spawn_updater();
 
     if let Some(addr) = cfg.management_listen() {
         let listener = tokio::net::TcpListener::bind(addr)
             .await
             .with_context(|| format!("binding the management listener {addr}"))?;
-        let app = management_router(ca.clone());
+        let clock_control = cfg.server.clock_control.then(|| clock.clone());
+        let app = management_router(ca.clone(), crl.clone(), clock_control);
         tracing::info!(
-            "management: http://{addr} (roots at /roots/0, intermediates at /intermediates/0)"
+            "management: http://{addr} (roots at /roots/0, intermediates at /intermediates/0, \
+             CRL at /crl/0)"
         );
         tokio::spawn(async move {
             if let Err(e) = axum::serve(listener, app).await {
@@ -115,11 +129,61 @@ async fn shutdown_signal() {
     }
 }
 
-fn management_router(ca: Arc<Ca>) -> Router {
-    Router::new()
+fn management_router(ca: Arc<Ca>, crl: Arc<CrlPublisher>, clock: Option<Arc<Clock>>) -> Router {
+    let mut router = Router::new()
         .route("/roots/{n}", get(root))
         .route("/intermediates/{n}", get(intermediate))
         .with_state(ca)
+        .merge(crate::crl::router(crl));
+    if let Some(clock) = clock {
+        router = router.merge(
+            Router::new()
+                .route("/clock", get(clock_now))
+                .route("/clock/advance", axum::routing::post(clock_advance))
+                .with_state(clock),
+        );
+    }
+    router
+}
+
+fn clock_json(clock: &Clock) -> Response {
+    let now = clock
+        .now()
+        .format(&time::format_description::well_known::Rfc3339)
+        .unwrap_or_default();
+    axum::Json(serde_json::json!({ "now": now, "offsetSeconds": clock.offset() })).into_response()
+}
+
+/// `GET /clock`: this instance's time and how far it was advanced.
+async fn clock_now(State(clock): State<Arc<Clock>>) -> Response {
+    clock_json(&clock)
+}
+
+/// `POST /clock/advance {"seconds": N}` (only with `server.clock_control`):
+/// moves this instance's clock forward by N seconds (0 ≤ N ≤ 10 years).
+async fn clock_advance(State(clock): State<Arc<Clock>>, body: axum::body::Bytes) -> Response {
+    #[derive(serde::Deserialize)]
+    #[serde(deny_unknown_fields)]
+    struct Advance {
+        seconds: i64,
+    }
+    match serde_json::from_slice::<Advance>(&body) {
+        Ok(a) if (0..=10 * 366 * 86_400).contains(&a.seconds) => {
+            clock.advance(a.seconds);
+            tracing::info!(
+                seconds = a.seconds,
+                offset = clock.offset(),
+                "clock advanced"
+            );
+            clock_json(&clock)
+        }
+        Ok(_) => crate::problem::Problem::malformed(
+            "\"seconds\" must be between 0 and 316224000 (10 years)",
+        )
+        .into_response(),
+        Err(e) => crate::problem::Problem::malformed(format!("expected {{\"seconds\": N}}: {e}"))
+            .into_response(),
+    }
 }
 
 fn pem(body: &str) -> Response {

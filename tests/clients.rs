@@ -3,7 +3,10 @@
 //! dns-01, wildcards included, each issuing and (most) renewing; every
 //! certificate is verified up to the server's root and must name exactly what
 //! was asked. One test makes validation fail on purpose, so the suite cannot
-//! pass against a server that skips validation.
+//! pass against a server that skips validation. Both clients revoke (the
+//! result checked with `cairn admin certs list` and a second, refused
+//! attempt), and certbot's ARI check is driven by `cairn admin certs
+//! renew-early`.
 //!
 //! `scripts/test` installs both clients and points `CAIRN_TEST_CERTBOT` and
 //! `CAIRN_TEST_LEGO` at them. A test whose client is not configured panics,
@@ -61,8 +64,13 @@ struct Env {
 
 impl Env {
     fn start() -> Env {
+        Env::start_with(|opts| opts)
+    }
+
+    /// Like `start`, with the server's options adjusted by `opts`.
+    fn start_with(opts: impl FnOnce(ServerOpts) -> ServerOpts) -> Env {
         let dns = TestDns::start();
-        let server = Server::start(ServerOpts::test().with_dns(dns.dns_addr));
+        let server = Server::start(opts(ServerOpts::test().with_dns(dns.dns_addr)));
         let tmp = tempfile::Builder::new()
             .prefix("cairn-clients-")
             .tempdir()
@@ -250,6 +258,9 @@ struct Issued {
     leaf: Vec<u8>,
     /// The leaf's serial, hex, to tell a renewal from the original.
     serial: String,
+    /// The serial as Cairn stores it (lower-case hex, no colons): what
+    /// `cairn admin` takes.
+    serial_hex: String,
 }
 
 /// Checks that `path` holds a chain, leaf first, that verifies up to the
@@ -270,7 +281,62 @@ fn verify_issued(env: &Env, path: &Path, names: &[&str]) -> Issued {
     let leaf = pem_to_ders(&pem).swap_remove(0);
     let (_, cert) = x509_parser::parse_x509_certificate(&leaf).expect("parse the leaf");
     let serial = cert.raw_serial_as_string();
-    Issued { leaf, serial }
+    let serial_hex = hex::encode(cert.raw_serial());
+    Issued {
+        leaf,
+        serial,
+        serial_hex,
+    }
+}
+
+// ---------------------------------------------------------------- cairn admin
+
+/// Runs `cairn admin <args>` on the test server's data directory and
+/// database, as an operator would next to a running server; panics unless
+/// it succeeds. Returns its stdout.
+fn cairn_admin(env: &Env, args: &[&str]) -> String {
+    let server = &env.server;
+    let mut cmd = Command::new(common::cairn_bin());
+    for (k, _) in std::env::vars_os() {
+        if let Some(k) = k.to_str() {
+            if k.starts_with("CAIRN_") && k != "CAIRN_LOG" {
+                cmd.env_remove(k);
+            }
+        }
+    }
+    cmd.arg("admin")
+        .args(["--preset", &server.opts.preset])
+        .arg("--data-dir")
+        .arg(&server.data_dir)
+        .args(args)
+        .env(
+            "CAIRN_SERVER_MANAGEMENT_LISTEN",
+            format!("127.0.0.1:{}", server.mgmt_port),
+        );
+    if let Some(db) = &server.database {
+        cmd.env("CAIRN_DATABASE_URL", &db.url);
+    }
+    let out = cmd.output().expect("run cairn admin");
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success(),
+        "cairn admin {args:?} failed ({}):\n{stdout}\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    stdout
+}
+
+/// The status `cairn admin certs list` gives the certificate: `valid`,
+/// `revoked(keyCompromise)`, `renew-early`...
+fn admin_status(env: &Env, issued: &Issued) -> String {
+    let out = cairn_admin(
+        env,
+        &["certs", "list", "--serial", &issued.serial_hex, "--json"],
+    );
+    let row: serde_json::Value = serde_json::from_str(out.trim())
+        .unwrap_or_else(|e| panic!("cairn admin certs list --json: {e}:\n{out}"));
+    row["status"].as_str().unwrap_or_default().to_string()
 }
 
 // ------------------------------------------------------------------ certbot
@@ -384,6 +450,154 @@ fn certbot_dns01_wildcard_issues_and_renews() {
     assert_ne!(
         first.serial, renewed.serial,
         "renewal returned the same certificate"
+    );
+}
+
+/// certbot issues a certificate for `names` over http-01 (standalone, on
+/// the port the server dials) into lineage `cert_name`.
+fn certbot_http01(env: &Env, bin: &Path, cert_name: &str, names: &[&str]) -> Issued {
+    let port = env.server.http01_port.to_string();
+    let mut cmd = certbot(env, bin, "certonly");
+    cmd.args(["--standalone", "--http-01-address", "127.0.0.1"])
+        .args(["--http-01-port", &port])
+        .args(["--cert-name", cert_name]);
+    for name in names {
+        cmd.args(["-d", name]);
+    }
+    env.run(&format!("certbot issuance ({cert_name})"), cmd);
+    verify_issued(env, &certbot_live(env, cert_name, "fullchain.pem"), names)
+}
+
+/// certbot's debug log of its last run (each run starts a new one).
+fn certbot_log(env: &Env) -> String {
+    fs::read_to_string(env.dir().join("logs/letsencrypt.log")).unwrap_or_default()
+}
+
+#[test]
+fn certbot_revokes_with_and_without_reason() {
+    let Some(bin) = client_path("CAIRN_TEST_CERTBOT") else {
+        return;
+    };
+    let env = Env::start();
+    let compromised = certbot_http01(&env, &bin, "compromised", &["kc.example.com"]);
+    let plain = certbot_http01(&env, &bin, "plain", &["plain.example.com"]);
+
+    // By --cert-path, signed with the account key, reason keyCompromise.
+    let revoke_compromised = || {
+        let mut cmd = certbot(&env, &bin, "revoke");
+        cmd.arg("--cert-path")
+            .arg(certbot_live(&env, "compromised", "cert.pem"))
+            .args(["--reason", "keycompromise", "--no-delete-after-revoke"]);
+        cmd
+    };
+    env.run(
+        "certbot revoke --reason keycompromise",
+        revoke_compromised(),
+    );
+    assert_eq!(admin_status(&env, &compromised), "revoked(keyCompromise)");
+    let output = env.run_expecting_failure("certbot revoke (again)", revoke_compromised());
+    let log = certbot_log(&env);
+    assert!(
+        log.contains("urn:ietf:params:acme:error:alreadyRevoked"),
+        "the second revocation should fail with alreadyRevoked; certbot said:\n{output}\n\
+         --- certbot log ---\n{}",
+        tail(&log, 60)
+    );
+
+    // Without a reason (certbot sends 0), deleting the lineage afterwards.
+    let mut cmd = certbot(&env, &bin, "revoke");
+    cmd.arg("--cert-path")
+        .arg(certbot_live(&env, "plain", "cert.pem"))
+        .arg("--delete-after-revoke");
+    env.run("certbot revoke (no reason)", cmd);
+    assert_eq!(admin_status(&env, &plain), "revoked(unspecified)");
+    assert!(
+        !certbot_live(&env, "plain", "cert.pem").exists(),
+        "certbot kept the lineage it was told to delete"
+    );
+}
+
+/// certbot 5 asks `renewalInfo` before renewing (RFC 9773). A fresh
+/// certificate is not renewed; once an operator marks it with `cairn admin
+/// certs renew-early`, a plain `certbot renew` (no `--force-renewal`)
+/// renews it. certbot caches the answer until its `Retry-After` (saved as
+/// `ari_retry_after` in the lineage's renewal configuration), so the server
+/// here answers with a 2 s Retry-After instead of 6 h, and the test waits
+/// it out rather than editing certbot's files.
+#[test]
+fn certbot_ari_renews_only_after_renew_early() {
+    let Some(bin) = client_path("CAIRN_TEST_CERTBOT") else {
+        return;
+    };
+    let env = Env::start_with(|o| o.with_env("CAIRN_ACME_ARI_RETRY_AFTER_SECS", "2"));
+    let names = ["ari.example.com"];
+    let first = certbot_http01(&env, &bin, "ari", &names);
+    let cert_id = cairn::ra::cert_id(&first.leaf).expect("certID of the certificate");
+    let renew = || {
+        let mut cmd = certbot(&env, &bin, "renew");
+        // certbot stores ari_retry_after as a naive local time: pin the zone.
+        cmd.args(["--cert-name", "ari"]).env("TZ", "UTC");
+        cmd
+    };
+    let asked_ari = |log: &str| {
+        log.contains(&format!("/renewal-info/{cert_id}")) && log.contains("suggestedWindow")
+    };
+
+    let run = env.run("certbot renew (fresh certificate)", renew());
+    let log = certbot_log(&env);
+    assert!(
+        asked_ari(&log),
+        "certbot did not fetch renewal-info/{cert_id}:\n{}",
+        tail(&log, 80)
+    );
+    assert!(
+        format!("{}{}", run.stdout, run.stderr).contains("not due for renewal"),
+        "a fresh certificate should not be due:\n{}\n{}",
+        run.stdout,
+        run.stderr
+    );
+    let same = verify_issued(&env, &certbot_live(&env, "ari", "fullchain.pem"), &names);
+    assert_eq!(
+        same.serial, first.serial,
+        "certbot renewed a fresh certificate"
+    );
+    // certbot saved the server's Retry-After, not its 6 h fallback for a
+    // failed ARI request.
+    let conf = fs::read_to_string(env.dir().join("config/renewal/ari.conf"))
+        .expect("certbot's renewal configuration");
+    let retry_at = conf
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("ari_retry_after = "))
+        .unwrap_or_else(|| panic!("no ari_retry_after in ari.conf:\n{conf}"));
+    let retry_at = time::PrimitiveDateTime::parse(
+        retry_at.trim(),
+        time::macros::format_description!("[year]-[month]-[day]T[hour]:[minute]:[second]"),
+    )
+    .unwrap_or_else(|e| panic!("ari_retry_after {retry_at:?}: {e}"))
+    .assume_utc();
+    let ahead = retry_at - time::OffsetDateTime::now_utc();
+    assert!(
+        ahead < time::Duration::minutes(1),
+        "certbot will not ask again before {retry_at} (Retry-After not taken from the server)"
+    );
+
+    let out = cairn_admin(
+        &env,
+        &["certs", "renew-early", "--serial", &first.serial_hex],
+    );
+    assert!(out.contains("marked 1 "), "{out}");
+    // Past certbot's ari_retry_after (2 s after the last check).
+    std::thread::sleep(Duration::from_secs(3));
+
+    env.run("certbot renew (after renew-early)", renew());
+    assert!(
+        asked_ari(&certbot_log(&env)),
+        "certbot renewed without asking renewal-info"
+    );
+    let renewed = verify_issued(&env, &certbot_live(&env, "ari", "fullchain.pem"), &names);
+    assert_ne!(
+        first.serial, renewed.serial,
+        "after renew-early, certbot renew kept the old certificate"
     );
 }
 
@@ -512,6 +726,39 @@ fn lego_dns01_wildcard_issues_and_renews() {
         "renewal returned the same certificate"
     );
 }
+
+#[test]
+fn lego_revokes() {
+    let Some(bin) = client_path("CAIRN_TEST_LEGO") else {
+        return;
+    };
+    let env = Env::start();
+    let names = ["revoke.lego.example.com"];
+    let listen = format!("127.0.0.1:{}", env.server.http01_port);
+    let mut cmd = lego(&env, &bin, "ec256", &names);
+    cmd.args(["--http", "--http.port", &listen]).arg("run");
+    env.run("lego http-01 issuance", cmd);
+    let issued = verify_issued(&env, &lego_cert(&env, names[0]), &names);
+
+    // Reason 4 (superseded), as lego users revoke after replacing; --keep
+    // leaves the certificate in place for the second attempt.
+    let revoke = || {
+        let mut cmd = lego(&env, &bin, "ec256", &names);
+        cmd.args(["revoke", "--reason", "4", "--keep"]);
+        cmd
+    };
+    env.run("lego revoke", revoke());
+    assert_eq!(admin_status(&env, &issued), "revoked(superseded)");
+    let output = env.run_expecting_failure("lego revoke (again)", revoke());
+    assert!(
+        output.contains("urn:ietf:params:acme:error:alreadyRevoked"),
+        "the second revocation should fail with alreadyRevoked; lego said:\n{output}"
+    );
+}
+
+// Debian's lego 4.9.1 has no ARI support (its `renew` has no `--ari-enable`
+// or any renewal-information flag; later lego releases added it), so there is
+// no lego renewal-information test.
 
 /// Guards the suite against passing vacuously: with lego answering http-01
 /// on a port the server does not dial, validation must fail and lego must

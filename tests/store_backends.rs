@@ -13,9 +13,9 @@ mod common;
 
 use cairn::problem::{Identifier, Problem};
 use cairn::sa::{
-    Account, AccountId, AccountStatus, AuthzId, AuthzStatus, Certificate, ChallengeId,
-    ChallengeStatus, DynStore, KeyChange, NewAuthz, NewOrder, Order, OrderAuthz, OrderId,
-    OrderStatus, Store,
+    identifier_set_hash, Account, AccountId, AccountStatus, AuthzId, AuthzStatus, CertQuery,
+    Certificate, ChallengeId, ChallengeStatus, DynStore, KeyChange, NewAuthz, NewOrder, Order,
+    OrderAuthz, OrderId, OrderStatus, RevokedEntry, Store, StoredCrl,
 };
 use cairn::va::ChallengeType;
 use common::TestDb;
@@ -130,6 +130,14 @@ contract_tests!(
     race_start_sibling_challenges,
     race_start_while_finishing,
     race_create_account,
+    certificates_found_by_name_account_serial_and_date,
+    renew_early_marks_only_live_unmarked_certificates,
+    issued_for_set_ignores_order_and_case,
+    key_compromise_blocks_key_and_revokes_its_certificates,
+    crl_rows_and_revoked_entries,
+    replacement_refused_while_another_is_live,
+    race_replacement_orders,
+    race_insert_crl,
 );
 
 /// Several instances migrating one fresh PostgreSQL database at the same
@@ -194,10 +202,37 @@ async fn new_order(s: &dyn Store, account: AccountId, names: &[&str], expires: i
         expires,
         identifiers: names.iter().map(|n| Identifier::dns(*n)).collect(),
         authzs: names.iter().map(|n| new_authz(n, NOW + DAY)).collect(),
+        replaces: None,
         now: NOW,
     })
     .await
     .unwrap()
+}
+
+/// A certificate issued for `names` to a new order of `account`.
+async fn issued(s: &dyn Store, account: AccountId, serial: &str, names: &[&str], at: i64) -> Order {
+    let order = ready_order(s, account, names).await;
+    assert!(s.begin_finalize(order.id, NOW).await.unwrap());
+    let mut c = certificate(serial, &order);
+    c.issued_at = at;
+    s.complete_order(order.id, &c, NOW).await.unwrap();
+    order
+}
+
+async fn replacing_order(
+    s: &dyn Store,
+    account: AccountId,
+    serial: &str,
+) -> Result<Order, Problem> {
+    s.create_order(NewOrder {
+        account_id: account,
+        expires: NOW + DAY,
+        identifiers: vec![Identifier::dns("r.example")],
+        authzs: vec![new_authz("r.example", NOW + DAY)],
+        replaces: Some(serial.to_owned()),
+        now: NOW,
+    })
+    .await
 }
 
 /// The id of the authorization's challenge of `kind`.
@@ -245,6 +280,9 @@ fn certificate(serial: &str, order: &Order) -> Certificate {
         issued_at: NOW,
         revoked_at: None,
         revoked_reason: None,
+        names: order.identifiers.iter().map(|i| i.value.clone()).collect(),
+        renew_early_at: None,
+        spki_sha256: format!("key-of-{serial}").into_bytes(),
     }
 }
 
@@ -461,6 +499,7 @@ async fn create_order_with_new_and_reused_authzs(f: &Fixture) {
             expires: NOW + 7 * DAY,
             identifiers: vec![Identifier::dns("a.example"), Identifier::dns("*.w.example")],
             authzs: vec![new_authz("a.example", NOW + DAY), wildcard],
+            replaces: None,
             now: NOW,
         })
         .await
@@ -570,6 +609,7 @@ async fn create_order_with_new_and_reused_authzs(f: &Fixture) {
                 OrderAuthz::Reuse(plain_id),
                 new_authz("b.example", NOW + DAY),
             ],
+            replaces: None,
             now: NOW + 5,
         })
         .await
@@ -811,9 +851,18 @@ async fn revoke_certificate_once(f: &Fixture) {
     s.complete_order(order.id, &certificate("0a0b", &order), NOW)
         .await
         .unwrap();
-    assert!(s.revoke_certificate("0a0b", 4, NOW + 5).await.unwrap());
-    assert!(!s.revoke_certificate("0a0b", 1, NOW + 6).await.unwrap());
-    assert!(!s.revoke_certificate("ffff", 1, NOW + 6).await.unwrap());
+    assert!(s
+        .revoke_certificate("0a0b", 4, NOW + 5, None)
+        .await
+        .unwrap());
+    assert!(!s
+        .revoke_certificate("0a0b", 1, NOW + 6, None)
+        .await
+        .unwrap());
+    assert!(!s
+        .revoke_certificate("ffff", 1, NOW + 6, None)
+        .await
+        .unwrap());
     let c = s.certificate("0a0b").await.unwrap().unwrap();
     assert_eq!((c.revoked_at, c.revoked_reason), (Some(NOW + 5), Some(4)));
 }
@@ -1091,4 +1140,216 @@ async fn race_create_account(f: &Fixture) {
     })
     .await;
     assert_eq!(wins, 1, "one key created {wins} accounts");
+}
+
+async fn certificates_found_by_name_account_serial_and_date(f: &Fixture) {
+    let s = f.open(4).await;
+    let a = new_account(&*s, "tp-a").await;
+    let b = new_account(&*s, "tp-b").await;
+    issued(&*s, a.id, "01", &["x.example", "Y.example"], NOW - 100).await;
+    issued(&*s, a.id, "02", &["x.example"], NOW - 50).await;
+    issued(&*s, b.id, "03", &["z.example"], NOW).await;
+    let serials = |v: Vec<Certificate>| v.into_iter().map(|c| c.serial).collect::<Vec<_>>();
+    let q = |f: fn(&mut CertQuery)| {
+        let mut q = CertQuery {
+            limit: 10,
+            ..Default::default()
+        };
+        f(&mut q);
+        q
+    };
+    let by_name = s
+        .find_certificates(&q(|q| q.name = Some("x.example".into())))
+        .await
+        .unwrap();
+    assert_eq!(serials(by_name), ["02", "01"]);
+    let by_name = s
+        .find_certificates(&q(|q| q.name = Some("y.EXAMPLE".into())))
+        .await
+        .unwrap();
+    assert_eq!(serials(by_name), ["01"]);
+    let mut qa = q(|_| {});
+    qa.account = Some(a.id);
+    assert_eq!(
+        serials(s.find_certificates(&qa).await.unwrap()),
+        ["02", "01"]
+    );
+    qa.limit = 1;
+    assert_eq!(serials(s.find_certificates(&qa).await.unwrap()), ["02"]);
+    let before = s
+        .find_certificates(&q(|q| q.issued_before = Some(NOW - 50)))
+        .await
+        .unwrap();
+    assert_eq!(serials(before), ["01"]);
+    let one = s
+        .find_certificates(&q(|q| q.serial = Some("03".into())))
+        .await
+        .unwrap();
+    assert_eq!(one[0].names, ["z.example"]);
+    assert_eq!(one[0].account_id, b.id);
+}
+
+async fn renew_early_marks_only_live_unmarked_certificates(f: &Fixture) {
+    let s = f.open(4).await;
+    let a = new_account(&*s, "tp-a").await;
+    issued(&*s, a.id, "01", &["x.example"], NOW).await;
+    issued(&*s, a.id, "02", &["x.example"], NOW).await;
+    issued(&*s, a.id, "03", &["other.example"], NOW).await;
+    assert!(s.revoke_certificate("02", 4, NOW, None).await.unwrap());
+    let q = CertQuery {
+        name: Some("x.example".into()),
+        ..Default::default()
+    };
+    assert_eq!(s.mark_renew_early(&q, NOW + 10).await.unwrap(), 1);
+    assert_eq!(s.mark_renew_early(&q, NOW + 20).await.unwrap(), 0);
+    let c = s.certificate("01").await.unwrap().unwrap();
+    assert_eq!(c.renew_early_at, Some(NOW + 10));
+    assert_eq!(
+        s.certificate("03").await.unwrap().unwrap().renew_early_at,
+        None
+    );
+    // Expired certificates are left alone.
+    let q = CertQuery {
+        serial: Some("03".into()),
+        ..Default::default()
+    };
+    assert_eq!(s.mark_renew_early(&q, NOW + 91 * DAY).await.unwrap(), 0);
+}
+
+async fn issued_for_set_ignores_order_and_case(f: &Fixture) {
+    let s = f.open(4).await;
+    let a = new_account(&*s, "tp-a").await;
+    issued(&*s, a.id, "01", &["b.example", "A.example"], NOW).await;
+    let h = identifier_set_hash(&["a.example", "B.EXAMPLE", "a.example"]);
+    assert!(s.issued_for_set(&h, NOW).await.unwrap());
+    assert!(!s.issued_for_set(&h, NOW + 1).await.unwrap());
+    assert!(!s
+        .issued_for_set(&identifier_set_hash(&["a.example"]), 0)
+        .await
+        .unwrap());
+}
+
+async fn key_compromise_blocks_key_and_revokes_its_certificates(f: &Fixture) {
+    let s = f.open(4).await;
+    let a = new_account(&*s, "tp-a").await;
+    let o1 = ready_order(&*s, a.id, &["a.example"]).await;
+    let o2 = ready_order(&*s, a.id, &["b.example"]).await;
+    let o3 = ready_order(&*s, a.id, &["c.example"]).await;
+    for (o, serial, key) in [(&o1, "01", "k"), (&o2, "02", "k"), (&o3, "03", "other")] {
+        assert!(s.begin_finalize(o.id, NOW).await.unwrap());
+        let mut c = certificate(serial, o);
+        c.spki_sha256 = key.as_bytes().to_vec();
+        s.complete_order(o.id, &c, NOW).await.unwrap();
+    }
+    assert!(!s.key_blocked(b"k").await.unwrap());
+    assert!(s
+        .revoke_certificate("01", 1, NOW + 5, Some(b"k"))
+        .await
+        .unwrap());
+    assert!(s.key_blocked(b"k").await.unwrap());
+    assert!(!s.key_blocked(b"other").await.unwrap());
+    let c2 = s.certificate("02").await.unwrap().unwrap();
+    assert_eq!((c2.revoked_at, c2.revoked_reason), (Some(NOW + 5), Some(1)));
+    assert_eq!(s.certificate("03").await.unwrap().unwrap().revoked_at, None);
+}
+
+async fn crl_rows_and_revoked_entries(f: &Fixture) {
+    let s = f.open(4).await;
+    assert_eq!(s.latest_crl().await.unwrap(), None);
+    let a = new_account(&*s, "tp-a").await;
+    issued(&*s, a.id, "0b", &["a.example"], NOW).await;
+    issued(&*s, a.id, "0a", &["b.example"], NOW).await;
+    issued(&*s, a.id, "0c", &["c.example"], NOW).await;
+    assert!(s.revoke_certificate("0b", 4, NOW + 1, None).await.unwrap());
+    assert!(s.revoke_certificate("0a", 0, NOW + 2, None).await.unwrap());
+    let entries = s.revoked_certificates(NOW).await.unwrap();
+    assert_eq!(
+        entries,
+        [
+            RevokedEntry {
+                serial: "0a".into(),
+                revoked_at: NOW + 2,
+                reason: 0
+            },
+            RevokedEntry {
+                serial: "0b".into(),
+                revoked_at: NOW + 1,
+                reason: 4
+            },
+        ]
+    );
+    // Expired certificates leave the CRL.
+    assert!(s
+        .revoked_certificates(NOW + 91 * DAY)
+        .await
+        .unwrap()
+        .is_empty());
+    for n in 1..=15 {
+        let crl = StoredCrl {
+            number: n,
+            this_update: NOW + n,
+            next_update: NOW + DAY,
+            der: vec![n as u8],
+        };
+        assert!(s.insert_crl(&crl).await.unwrap());
+        assert_eq!(s.latest_crl().await.unwrap(), Some(crl.clone()));
+        assert!(!s.insert_crl(&crl).await.unwrap());
+    }
+}
+
+async fn replacement_refused_while_another_is_live(f: &Fixture) {
+    let s = f.open(4).await;
+    let a = new_account(&*s, "tp-a").await;
+    issued(&*s, a.id, "01", &["r.example"], NOW).await;
+    let first = replacing_order(&*s, a.id, "01").await.unwrap();
+    assert_eq!(first.replaces.as_deref(), Some("01"));
+    assert_eq!(
+        s.order(first.id)
+            .await
+            .unwrap()
+            .unwrap()
+            .replaces
+            .as_deref(),
+        Some("01")
+    );
+    let e = replacing_order(&*s, a.id, "01").await.unwrap_err();
+    assert_eq!(e.short_type(), "alreadyReplaced");
+    // The first fails (its authorization is deactivated): free again.
+    assert!(s.deactivate_authz(first.authz_ids[0]).await.unwrap());
+    let second = replacing_order(&*s, a.id, "01").await.unwrap();
+    // A failed order (stored invalid) does not count either.
+    s.fail_order(second.id, &Problem::malformed("x"), NOW)
+        .await
+        .unwrap();
+    replacing_order(&*s, a.id, "01").await.unwrap();
+}
+
+async fn race_replacement_orders(f: &Fixture) {
+    let s = f.open(4).await;
+    let a = new_account(&*s, "tp-a").await;
+    issued(&*s, a.id, "01", &["r.example"], NOW).await;
+    let account = a.id;
+    let wins = race(f, 4, 20, move |s, _| async move {
+        match replacing_order(&*s, account, "01").await {
+            Ok(_) => Ok(true),
+            Err(p) if p.short_type() == "alreadyReplaced" => Ok(false),
+            Err(p) => Err(p),
+        }
+    })
+    .await;
+    assert_eq!(wins, 1);
+}
+
+async fn race_insert_crl(f: &Fixture) {
+    let wins = race(f, 4, 20, |s, i| async move {
+        let crl = StoredCrl {
+            number: 1,
+            this_update: NOW,
+            next_update: NOW + DAY,
+            der: vec![i as u8],
+        };
+        s.insert_crl(&crl).await
+    })
+    .await;
+    assert_eq!(wins, 1);
 }

@@ -364,3 +364,43 @@ pub(crate) fn spki_matches_jwk(spki_der: &[u8], jwk: &josekit::jwk::Jwk) -> bool
         _ => false,
     }
 }
+
+/// The DER SubjectPublicKeyInfo of an RSA or EC public JWK, as OpenSSL
+/// encodes it (what CSRs carry): blocked-key checks on account keys.
+pub(crate) fn jwk_spki_der(jwk: &josekit::jwk::Jwk) -> Option<Vec<u8>> {
+    use openssl::bn::{BigNum, BigNumContext};
+    use openssl::ec::{EcGroup, EcKey};
+    use openssl::nid::Nid;
+    use openssl::pkey::PKey;
+    use openssl::rsa::Rsa;
+    let param = |name: &str| -> Option<BigNum> {
+        let s = jwk.parameter(name)?.as_str()?;
+        let b = base64::engine::general_purpose::URL_SAFE_NO_PAD
+            .decode(s.trim_end_matches('='))
+            .ok()?;
+        BigNum::from_slice(&b).ok()
+    };
+    let pkey = match jwk.key_type() {
+        "RSA" => {
+            PKey::from_rsa(Rsa::from_public_components(param("n")?, param("e")?).ok()?).ok()?
+        }
+        "EC" => {
+            let nid = match jwk.curve()? {
+                "P-256" => Nid::X9_62_PRIME256V1,
+                "P-384" => Nid::SECP384R1,
+                "P-521" => Nid::SECP521R1,
+                _ => return None,
+            };
+            let group = EcGroup::from_curve_name(nid).ok()?;
+            let mut ctx = BigNumContext::new().ok()?;
+            let mut point = openssl::ec::EcPoint::new(&group).ok()?;
+            let (x, y) = (param("x")?, param("y")?);
+            point
+                .set_affine_coordinates_gfp(&group, &x, &y, &mut ctx)
+                .ok()?;
+            PKey::from_ec_key(EcKey::from_public_key(&group, &point).ok()?).ok()?
+        }
+        _ => return None,
+    };
+    pkey.public_key_to_der().ok()
+}

@@ -6,6 +6,7 @@
 // value; boxing it here alone would buy nothing.
 #![allow(clippy::result_large_err)]
 
+mod crl;
 mod csr;
 mod store;
 
@@ -70,6 +71,9 @@ pub struct Ca {
     issuer: Issuer<'static, KeyPair>,
     /// DER of the authorityInfoAccess extension value, if a base URL is known.
     aia: Option<Vec<u8>>,
+    /// The CRL distribution point URL (`<issuer base>/crl/0`), if a base URL
+    /// is known.
+    crl_url: Option<String>,
     cert_validity: Duration,
 }
 
@@ -239,6 +243,8 @@ impl Ca {
         } else {
             Some(aia_ca_issuers(&format!("{base}/intermediates/0"))?)
         };
+        // Where `crate::crl` serves the intermediate's CRL.
+        let crl_url = (!base.is_empty()).then(|| format!("{base}/crl/0"));
         let cert_validity = i64::try_from(cfg.ca.cert_validity_secs)
             .ok()
             .map(Duration::seconds)
@@ -251,12 +257,18 @@ impl Ca {
             intermediate_der: int_der,
             issuer,
             aia,
+            crl_url,
             cert_validity,
         })
     }
 
     pub fn root_pem(&self) -> &str {
         &self.root_pem
+    }
+
+    /// The issuer of end-entity certificates, DER.
+    pub fn intermediate_der(&self) -> &[u8] {
+        &self.intermediate_der
     }
 
     pub fn intermediate_pem(&self) -> &str {
@@ -396,6 +408,11 @@ impl Ca {
                 aia.clone(),
             )];
         }
+        if let Some(url) = &self.crl_url {
+            params.crl_distribution_points = vec![rcgen::CrlDistributionPoint {
+                uris: vec![url.clone()],
+            }];
+        }
 
         let cert = params
             .signed_by(&key, &self.issuer)
@@ -435,6 +452,12 @@ pub fn parse_csr(der: &[u8]) -> Result<Csr, Problem> {
 /// Whether the CSR's key is the same key as this JWK (account key reuse).
 pub fn csr_key_matches_jwk(csr: &Csr, jwk: &josekit::jwk::Jwk) -> bool {
     csr::spki_matches_jwk(&csr.spki_der, jwk)
+}
+
+/// The DER SubjectPublicKeyInfo of a JWK (None for key types Cairn does
+/// not accept): blocked-key checks on account keys.
+pub fn jwk_spki_der(jwk: &josekit::jwk::Jwk) -> Option<Vec<u8>> {
+    csr::jwk_spki_der(jwk)
 }
 
 /// Whether a DER SubjectPublicKeyInfo (e.g. a certificate's) is this JWK's

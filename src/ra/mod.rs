@@ -5,6 +5,7 @@
 use crate::ca::{self, Ca};
 use crate::clock::Clock;
 use crate::config::Config;
+use crate::crl::CrlPublisher;
 use crate::policy::{DnsName, Policy};
 use crate::problem::{Identifier, Problem};
 use crate::sa::*;
@@ -13,6 +14,9 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64;
 use base64::Engine;
 use std::sync::Arc;
 use std::time::Duration;
+
+mod ari;
+pub use ari::{cert_id, window, RenewalInfo};
 
 /// An order that stayed `processing` this long was interrupted (a crash
 /// during issuance) and is reported invalid.
@@ -25,6 +29,11 @@ pub struct Ra {
     va: Arc<Va>,
     policy: Policy,
     clock: Arc<Clock>,
+    /// The intermediate's subject key identifier: the AKI of every
+    /// certificate, and the first half of ARI certIDs.
+    issuer_key_id: Vec<u8>,
+    /// Publishes a fresh CRL after each revocation.
+    crl: Arc<CrlPublisher>,
 }
 
 /// What a client asked of newAccount (RFC 8555 §7.3).
@@ -62,6 +71,9 @@ pub struct NewOrderRequest {
     pub not_before: Option<serde_json::Value>,
     #[serde(default)]
     pub not_after: Option<serde_json::Value>,
+    /// RFC 9773 §5: the certID of the certificate this order replaces.
+    #[serde(default)]
+    pub replaces: Option<String>,
 }
 
 impl Ra {
@@ -71,8 +83,11 @@ impl Ra {
         ca: Arc<Ca>,
         va: Arc<Va>,
         clock: Arc<Clock>,
+        crl: Arc<CrlPublisher>,
     ) -> anyhow::Result<Arc<Ra>> {
         let policy = Policy::new(&cfg.policy)?;
+        let issuer_key_id = subject_key_id(ca.intermediate_der())
+            .ok_or_else(|| anyhow::anyhow!("the intermediate has no subject key identifier"))?;
         Ok(Arc::new(Ra {
             cfg,
             store,
@@ -80,6 +95,8 @@ impl Ra {
             va,
             policy,
             clock,
+            issuer_key_id,
+            crl,
         }))
     }
 
@@ -107,6 +124,7 @@ impl Ra {
                 "no account exists with the provided key",
             ));
         }
+        self.check_account_key_not_blocked(jwk).await?;
         if !self.cfg.acme.terms_of_service.is_empty() && req.terms_of_service_agreed != Some(true) {
             return Err(Problem::malformed(
                 "you must agree to the terms of service (termsOfServiceAgreed: true)",
@@ -180,6 +198,7 @@ impl Ra {
             p.location = Some(format!("{}", acct.id.0));
             return Err(p);
         }
+        self.check_account_key_not_blocked(new_jwk).await?;
         match self
             .store
             .change_account_key(acct.id, &acct.thumbprint, new_jwk, new_thumbprint)
@@ -196,6 +215,19 @@ impl Ra {
                 Err(p)
             }
         }
+    }
+
+    /// A key revoked for keyCompromise cannot hold an account.
+    async fn check_account_key_not_blocked(&self, jwk: &str) -> Result<(), Problem> {
+        let jwk = josekit::jwk::Jwk::from_bytes(jwk.as_bytes()).map_err(Problem::internal)?;
+        if let Some(spki) = ca::jwk_spki_der(&jwk) {
+            if self.store.key_blocked(&spki_hash(&spki)).await? {
+                return Err(Problem::bad_public_key(
+                    "this key was revoked for keyCompromise and is blocked",
+                ));
+            }
+        }
+        Ok(())
     }
 
     /// RFC 8555 §7.3: contacts are `mailto:` URIs with one plain address.
@@ -265,6 +297,10 @@ impl Ra {
             .identifiers
             .ok_or_else(|| Problem::malformed("newOrder requires identifiers"))?;
         let names = self.policy.check_order(&ids, self.cfg.acme.max_names)?;
+        let replaces = match &req.replaces {
+            Some(id) => Some(self.check_replaces(acct, id, &names).await?),
+            None => None,
+        };
         let now = self.clock.unix();
         let mut expires = now + self.cfg.acme.order_lifetime_secs as i64;
         let mut authzs = Vec::with_capacity(names.len());
@@ -293,6 +329,7 @@ impl Ra {
                 expires,
                 identifiers,
                 authzs,
+                replaces,
                 now,
             })
             .await?;
@@ -602,6 +639,12 @@ impl Ra {
             )));
         }
         let csr = ca::parse_csr(csr_der)?;
+        let spki_sha256 = spki_hash(&csr.spki_der);
+        if self.store.key_blocked(&spki_sha256).await? {
+            return Err(Problem::bad_csr(
+                "the CSR's public key was revoked for keyCompromise and is blocked",
+            ));
+        }
         let jwk = josekit::jwk::Jwk::from_bytes(acct.jwk.as_bytes()).map_err(Problem::internal)?;
         if ca::csr_key_matches_jwk(&csr, &jwk) {
             return Err(Problem::bad_csr(
@@ -661,6 +704,9 @@ impl Ra {
             not_before: issued.not_before.unix_timestamp(),
             not_after: issued.not_after.unix_timestamp(),
             issued_at: now.unix_timestamp(),
+            names: names.clone(),
+            renew_early_at: None,
+            spki_sha256,
         };
         if let Err(p) = self
             .store
@@ -708,6 +754,10 @@ impl Ra {
             .await?
             .filter(|c| c.der == cert_der)
             .ok_or_else(|| Problem::not_found("no such certificate issued by this CA"))?;
+        // Only a request signed with the certificate's key proves the key
+        // compromised: it is recorded as keyCompromise whatever the reason
+        // given, and the key is blocked (Let's Encrypt CP/CPS §4.9.3).
+        let mut block_key = None;
         let recorded = match by {
             RevokeBy::Key(jwk) => {
                 if !ca::spki_matches_jwk(parsed.public_key().raw, jwk) {
@@ -715,6 +765,7 @@ impl Ra {
                         "the JWS key is not the certificate's key",
                     ));
                 }
+                block_key = Some(spki_hash(parsed.public_key().raw));
                 1
             }
             RevokeBy::Account(acct) if acct.id == cert.account_id => reason,
@@ -730,7 +781,7 @@ impl Ra {
         if cert.revoked_at.is_some()
             || !self
                 .store
-                .revoke_certificate(&serial, recorded, self.clock.unix())
+                .revoke_certificate(&serial, recorded, self.clock.unix(), block_key.as_deref())
                 .await?
         {
             return Err(Problem::already_revoked(
@@ -738,6 +789,11 @@ impl Ra {
             ));
         }
         tracing::info!(serial = %serial, reason = recorded, "certificate revoked");
+        // The revocation is recorded; a CRL that fails to publish now is
+        // published by the updater on its schedule.
+        if let Err(e) = self.crl.publish_now().await {
+            tracing::warn!(serial = %serial, "publishing the CRL after a revocation: {}", e.detail);
+        }
         Ok(())
     }
 
@@ -781,6 +837,17 @@ impl Ra {
     pub fn ca(&self) -> &Ca {
         &self.ca
     }
+}
+
+/// The subjectKeyIdentifier of a DER certificate.
+fn subject_key_id(der: &[u8]) -> Option<Vec<u8>> {
+    let (_, cert) = x509_parser::parse_x509_certificate(der).ok()?;
+    cert.extensions()
+        .iter()
+        .find_map(|e| match e.parsed_extension() {
+            x509_parser::extensions::ParsedExtension::SubjectKeyIdentifier(k) => Some(k.0.to_vec()),
+            _ => None,
+        })
 }
 
 /// Revocation reasons a subscriber may give (RFC 5280 §5.3.1): unspecified,

@@ -4,6 +4,7 @@
 //! certificate per order, one use per nonce, one account per key) is a
 //! database constraint.
 
+mod limits;
 mod postgres;
 mod sqlite;
 
@@ -12,6 +13,7 @@ use crate::va::ChallengeType;
 use async_trait::async_trait;
 use std::sync::Arc;
 
+pub use limits::*;
 pub use postgres::PgStore;
 pub use sqlite::SqliteStore;
 
@@ -74,6 +76,8 @@ pub struct Order {
     pub authz_ids: Vec<AuthzId>,
     pub error: Option<Problem>,
     pub cert_serial: Option<String>,
+    /// RFC 9773: serial of the certificate this order replaces.
+    pub replaces: Option<String>,
     pub created_at: i64,
     pub updated_at: i64,
 }
@@ -115,6 +119,65 @@ pub struct Certificate {
     pub issued_at: i64,
     pub revoked_at: Option<i64>,
     pub revoked_reason: Option<i64>,
+    /// The dNSNames certified, as ordered in the certificate.
+    pub names: Vec<String>,
+    /// When an operator asked for early renewal (the ARI window moves into
+    /// the past).
+    pub renew_early_at: Option<i64>,
+    /// `spki_hash` of the certified key.
+    pub spki_sha256: Vec<u8>,
+}
+
+/// A revoked, unexpired certificate as a CRL lists it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RevokedEntry {
+    /// Lower-case hex of the DER serial's content bytes.
+    pub serial: String,
+    pub revoked_at: i64,
+    pub reason: i64,
+}
+
+/// A signed CRL of the intermediate.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StoredCrl {
+    pub number: i64,
+    pub this_update: i64,
+    pub next_update: i64,
+    pub der: Vec<u8>,
+}
+
+/// Which certificates an operator means (`cairn admin certs`). Every given
+/// field must match; at least one is required by the callers.
+#[derive(Debug, Clone, Default)]
+pub struct CertQuery {
+    pub serial: Option<String>,
+    /// A dNSName in the certificate, exactly (lower-cased).
+    pub name: Option<String>,
+    pub account: Option<AccountId>,
+    /// Issued strictly before this time.
+    pub issued_before: Option<i64>,
+    /// Most results returned (newest first); `mark_renew_early` ignores it.
+    pub limit: u32,
+}
+
+/// The hash that identifies a set of identifiers whatever their order or
+/// case: SHA-256 (hex) of the lower-cased, de-duplicated, sorted names
+/// joined with `,`. Renewal detection and the exact-set limit use it.
+pub fn identifier_set_hash<S: AsRef<str>>(names: &[S]) -> String {
+    use sha2::{Digest, Sha256};
+    let mut v: Vec<String> = names
+        .iter()
+        .map(|n| n.as_ref().to_ascii_lowercase())
+        .collect();
+    v.sort_unstable();
+    v.dedup();
+    hex::encode(Sha256::digest(v.join(",").as_bytes()))
+}
+
+/// SHA-256 of a DER SubjectPublicKeyInfo: how blocked keys are recorded.
+pub fn spki_hash(spki_der: &[u8]) -> Vec<u8> {
+    use sha2::{Digest, Sha256};
+    Sha256::digest(spki_der).to_vec()
 }
 
 /// A new authorization to create with an order.
@@ -139,6 +202,10 @@ pub struct NewOrder {
     pub expires: i64,
     pub identifiers: Vec<Identifier>,
     pub authzs: Vec<OrderAuthz>,
+    /// RFC 9773 `replaces`: the serial of a certificate the RA checked.
+    /// The store refuses it (`alreadyReplaced`) while another live order
+    /// replaces the same certificate.
+    pub replaces: Option<String>,
     pub now: i64,
 }
 
@@ -153,7 +220,7 @@ pub enum KeyChange {
 pub type DynStore = Arc<dyn Store>;
 
 #[async_trait]
-pub trait Store: Send + Sync {
+pub trait Store: LimitStore + Send + Sync {
     /// Record a nonce as used; false if it was used before.
     async fn redeem_nonce(&self, nonce: &[u8], expires: i64) -> Result<bool, Problem>;
     async fn prune_nonces(&self, now: i64) -> Result<u64, Problem>;
@@ -239,13 +306,38 @@ pub trait Store: Send + Sync {
     ) -> Result<(), Problem>;
     async fn fail_order(&self, id: OrderId, error: &Problem, now: i64) -> Result<(), Problem>;
     async fn certificate(&self, serial: &str) -> Result<Option<Certificate>, Problem>;
-    /// Mark a certificate revoked; false if it already was.
+    /// Mark a certificate revoked; false if it already was. With
+    /// `block_key` (the certificate's SPKI hash, for a proven keyCompromise)
+    /// the key is blocked and every other unrevoked certificate of that key
+    /// is revoked for keyCompromise, in the same transaction.
     async fn revoke_certificate(
         &self,
         serial: &str,
         reason: i64,
         now: i64,
+        block_key: Option<&[u8]>,
     ) -> Result<bool, Problem>;
+    /// Whether this SPKI hash was blocked by a keyCompromise revocation.
+    async fn key_blocked(&self, spki_sha256: &[u8]) -> Result<bool, Problem>;
+    /// Certificates matching the query, newest first.
+    async fn find_certificates(&self, q: &CertQuery) -> Result<Vec<Certificate>, Problem>;
+    /// Mark the matching unexpired, unrevoked certificates for early
+    /// renewal (those not marked yet); returns how many were marked.
+    async fn mark_renew_early(&self, q: &CertQuery, now: i64) -> Result<u64, Problem>;
+    /// Whether a certificate with exactly this identifier set (see
+    /// `identifier_set_hash`) was issued at or after `since`.
+    async fn issued_for_set(&self, set_hash: &str, since: i64) -> Result<bool, Problem>;
+
+    /// Revoked certificates whose not_after is after `not_after_after`
+    /// (expired ones leave the CRL), by serial.
+    async fn revoked_certificates(
+        &self,
+        not_after_after: i64,
+    ) -> Result<Vec<RevokedEntry>, Problem>;
+    async fn latest_crl(&self) -> Result<Option<StoredCrl>, Problem>;
+    /// Insert a CRL; false if one with this number exists (another
+    /// instance signed it first).
+    async fn insert_crl(&self, crl: &StoredCrl) -> Result<bool, Problem>;
 }
 
 /// Open the store named by the database URL, running migrations.

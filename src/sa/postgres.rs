@@ -19,11 +19,11 @@
 
 use super::*;
 use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions, PgRow};
-use sqlx::Row;
+use sqlx::{Postgres, QueryBuilder, Row};
 use std::str::FromStr;
 
 pub struct PgStore {
-    pool: PgPool,
+    pub(super) pool: PgPool,
 }
 
 impl PgStore {
@@ -251,17 +251,39 @@ impl Store for PgStore {
 
     async fn create_order(&self, o: NewOrder) -> Result<Order, Problem> {
         let mut tx = self.pool.begin().await?;
+        if let Some(serial) = &o.replaces {
+            // Serialise orders replacing the same certificate: the second
+            // waits here and then sees the first.
+            sqlx::query("SELECT 1 FROM certificates WHERE serial = $1 FOR UPDATE")
+                .bind(serial)
+                .execute(&mut *tx)
+                .await?;
+        }
         let order_id: i64 = sqlx::query_scalar(
-            "INSERT INTO orders (account_id, status, expires, identifiers, created_at, updated_at)
-             VALUES ($1, 'pending', $2, $3, $4, $5) RETURNING id",
+            "INSERT INTO orders (account_id, status, expires, identifiers, created_at, updated_at, replaces)
+             VALUES ($1, 'pending', $2, $3, $4, $5, $6) RETURNING id",
         )
         .bind(o.account_id.0)
         .bind(o.expires)
         .bind(to_json(&o.identifiers)?)
         .bind(o.now)
         .bind(o.now)
+        .bind(&o.replaces)
         .fetch_one(&mut *tx)
         .await?;
+        if let Some(serial) = &o.replaces {
+            let taken: bool = sqlx::query_scalar(LIVE_REPLACEMENT)
+                .bind(serial)
+                .bind(order_id)
+                .bind(o.now)
+                .fetch_one(&mut *tx)
+                .await?;
+            if taken {
+                return Err(Problem::already_replaced(format!(
+                    "certificate {serial} is already being replaced by another order"
+                )));
+            }
+        }
         let mut authz_ids = Vec::with_capacity(o.authzs.len());
         for a in &o.authzs {
             let authz_id = match a {
@@ -312,6 +334,7 @@ impl Store for PgStore {
             authz_ids,
             error: None,
             cert_serial: None,
+            replaces: o.replaces,
             created_at: o.now,
             updated_at: o.now,
         })
@@ -320,7 +343,7 @@ impl Store for PgStore {
     async fn order(&self, id: OrderId) -> Result<Option<Order>, Problem> {
         // One round trip: the order and its authorization ids together.
         let Some(r) = sqlx::query(
-            "SELECT id, account_id, status, expires, identifiers, error, cert_serial, created_at, updated_at,
+            "SELECT id, account_id, status, expires, identifiers, error, cert_serial, replaces, created_at, updated_at,
                     ARRAY(SELECT authz_id FROM order_authzs WHERE order_id = orders.id
                           ORDER BY authz_id) AS authz_ids
              FROM orders WHERE id = $1",
@@ -341,6 +364,7 @@ impl Store for PgStore {
             authz_ids: authz_ids.into_iter().map(AuthzId).collect(),
             error: opt_problem(r.try_get("error")?)?,
             cert_serial: r.try_get("cert_serial")?,
+            replaces: r.try_get("replaces")?,
             created_at: r.try_get("created_at")?,
             updated_at: r.try_get("updated_at")?,
         }))
@@ -599,8 +623,8 @@ impl Store for PgStore {
         // unique index (after waiting for the first to commit), as in SQLite.
         let mut tx = self.pool.begin().await?;
         sqlx::query(
-            "INSERT INTO certificates (serial, account_id, order_id, der, chain_pem, not_before, not_after, issued_at)
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+            "INSERT INTO certificates (serial, account_id, order_id, der, chain_pem, not_before, not_after, issued_at, names, set_hash, spki_sha256)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)",
         )
         .bind(&c.serial)
         .bind(c.account_id.0)
@@ -610,8 +634,20 @@ impl Store for PgStore {
         .bind(c.not_before)
         .bind(c.not_after)
         .bind(c.issued_at)
+        .bind(to_json(&c.names)?)
+        .bind(identifier_set_hash(&c.names))
+        .bind(&c.spki_sha256)
         .execute(&mut *tx)
         .await?;
+        for name in &c.names {
+            sqlx::query(
+                "INSERT INTO certificate_names (name, serial) VALUES ($1, $2) ON CONFLICT DO NOTHING",
+            )
+            .bind(name.to_ascii_lowercase())
+            .bind(&c.serial)
+            .execute(&mut *tx)
+            .await?;
+        }
         let r = sqlx::query(
             "UPDATE orders SET status = 'valid', cert_serial = $1, updated_at = $2 WHERE id = $3 AND status = 'processing'",
         )
@@ -642,29 +678,13 @@ impl Store for PgStore {
     }
 
     async fn certificate(&self, serial: &str) -> Result<Option<Certificate>, Problem> {
-        let Some(r) = sqlx::query(
-            "SELECT serial, account_id, order_id, der, chain_pem, not_before, not_after, issued_at,
-                    revoked_at, revoked_reason
-             FROM certificates WHERE serial = $1",
-        )
+        let r = sqlx::query(&format!(
+            "SELECT {CERT_COLS} FROM certificates WHERE serial = $1"
+        ))
         .bind(serial)
         .fetch_optional(&self.pool)
-        .await?
-        else {
-            return Ok(None);
-        };
-        Ok(Some(Certificate {
-            serial: r.try_get("serial")?,
-            account_id: AccountId(r.try_get("account_id")?),
-            order_id: OrderId(r.try_get("order_id")?),
-            der: r.try_get("der")?,
-            chain_pem: r.try_get("chain_pem")?,
-            not_before: r.try_get("not_before")?,
-            not_after: r.try_get("not_after")?,
-            issued_at: r.try_get("issued_at")?,
-            revoked_at: r.try_get("revoked_at")?,
-            revoked_reason: r.try_get("revoked_reason")?,
-        }))
+        .await?;
+        r.as_ref().map(cert_from_row).transpose()
     }
 
     async fn revoke_certificate(
@@ -672,7 +692,9 @@ impl Store for PgStore {
         serial: &str,
         reason: i64,
         now: i64,
+        block_key: Option<&[u8]>,
     ) -> Result<bool, Problem> {
+        let mut tx = self.pool.begin().await?;
         let r = sqlx::query(
             "UPDATE certificates SET revoked_at = $1, revoked_reason = $2
              WHERE serial = $3 AND revoked_at IS NULL",
@@ -680,8 +702,187 @@ impl Store for PgStore {
         .bind(now)
         .bind(reason)
         .bind(serial)
-        .execute(&self.pool)
+        .execute(&mut *tx)
         .await?;
+        if r.rows_affected() != 1 {
+            return Ok(false);
+        }
+        if let Some(hash) = block_key {
+            sqlx::query(
+                "INSERT INTO blocked_keys (spki_sha256, blocked_at, serial) VALUES ($1, $2, $3)
+                 ON CONFLICT DO NOTHING",
+            )
+            .bind(hash)
+            .bind(now)
+            .bind(serial)
+            .execute(&mut *tx)
+            .await?;
+            sqlx::query(
+                "UPDATE certificates SET revoked_at = $1, revoked_reason = 1
+                 WHERE spki_sha256 = $2 AND revoked_at IS NULL",
+            )
+            .bind(now)
+            .bind(hash)
+            .execute(&mut *tx)
+            .await?;
+        }
+        tx.commit().await?;
+        Ok(true)
+    }
+
+    async fn key_blocked(&self, spki_sha256: &[u8]) -> Result<bool, Problem> {
+        Ok(
+            sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM blocked_keys WHERE spki_sha256 = $1)")
+                .bind(spki_sha256)
+                .fetch_one(&self.pool)
+                .await?,
+        )
+    }
+
+    async fn find_certificates(&self, q: &CertQuery) -> Result<Vec<Certificate>, Problem> {
+        let mut b = QueryBuilder::<Postgres>::new(format!(
+            "SELECT {CERT_COLS} FROM certificates WHERE TRUE"
+        ));
+        push_cert_filters(&mut b, q);
+        b.push(" ORDER BY issued_at DESC, serial LIMIT ");
+        b.push_bind(i64::from(q.limit.max(1)));
+        let rows = b.build().fetch_all(&self.pool).await?;
+        rows.iter().map(cert_from_row).collect()
+    }
+
+    async fn mark_renew_early(&self, q: &CertQuery, now: i64) -> Result<u64, Problem> {
+        let mut b = QueryBuilder::<Postgres>::new("UPDATE certificates SET renew_early_at = ");
+        b.push_bind(now);
+        b.push(" WHERE renew_early_at IS NULL AND revoked_at IS NULL AND not_after > ");
+        b.push_bind(now);
+        push_cert_filters(&mut b, q);
+        Ok(b.build().execute(&self.pool).await?.rows_affected())
+    }
+
+    async fn issued_for_set(&self, set_hash: &str, since: i64) -> Result<bool, Problem> {
+        Ok(sqlx::query_scalar(
+            "SELECT EXISTS (SELECT 1 FROM certificates WHERE set_hash = $1 AND issued_at >= $2)",
+        )
+        .bind(set_hash)
+        .bind(since)
+        .fetch_one(&self.pool)
+        .await?)
+    }
+
+    async fn revoked_certificates(
+        &self,
+        not_after_after: i64,
+    ) -> Result<Vec<RevokedEntry>, Problem> {
+        let rows = sqlx::query(
+            "SELECT serial, revoked_at, revoked_reason FROM certificates
+             WHERE revoked_at IS NOT NULL AND not_after > $1 ORDER BY serial",
+        )
+        .bind(not_after_after)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|r| {
+                Ok(RevokedEntry {
+                    serial: r.try_get("serial")?,
+                    revoked_at: r.try_get("revoked_at")?,
+                    reason: r.try_get::<Option<i64>, _>("revoked_reason")?.unwrap_or(0),
+                })
+            })
+            .collect()
+    }
+
+    async fn latest_crl(&self) -> Result<Option<StoredCrl>, Problem> {
+        let r = sqlx::query(
+            "SELECT number, this_update, next_update, der FROM crls ORDER BY number DESC LIMIT 1",
+        )
+        .fetch_optional(&self.pool)
+        .await?;
+        r.map(|r| {
+            Ok(StoredCrl {
+                number: r.try_get("number")?,
+                this_update: r.try_get("this_update")?,
+                next_update: r.try_get("next_update")?,
+                der: r.try_get("der")?,
+            })
+        })
+        .transpose()
+    }
+
+    async fn insert_crl(&self, crl: &StoredCrl) -> Result<bool, Problem> {
+        let mut tx = self.pool.begin().await?;
+        let r = sqlx::query(
+            "INSERT INTO crls (number, this_update, next_update, der) VALUES ($1, $2, $3, $4)
+             ON CONFLICT DO NOTHING",
+        )
+        .bind(crl.number)
+        .bind(crl.this_update)
+        .bind(crl.next_update)
+        .bind(&crl.der)
+        .execute(&mut *tx)
+        .await?;
+        // Older CRLs are superseded; keep a few for inspection.
+        sqlx::query("DELETE FROM crls WHERE number < $1")
+            .bind(crl.number - CRLS_KEPT)
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
         Ok(r.rows_affected() == 1)
+    }
+}
+
+const CERT_COLS: &str =
+    "serial, account_id, order_id, der, chain_pem, not_before, not_after, issued_at,
+     revoked_at, revoked_reason, names, renew_early_at, spki_sha256";
+
+/// How many superseded CRLs stay in the table.
+const CRLS_KEPT: i64 = 10;
+
+/// An order of another live order (not failed, not expired: the same
+/// derivation the RA makes) that replaces this certificate.
+const LIVE_REPLACEMENT: &str = "SELECT EXISTS (SELECT 1 FROM orders o
+     WHERE o.replaces = $1 AND o.id <> $2 AND (
+        o.status IN ('processing', 'valid')
+        OR (o.status = 'pending' AND o.expires > $3 AND NOT EXISTS (
+            SELECT 1 FROM order_authzs oa JOIN authzs a ON a.id = oa.authz_id
+            WHERE oa.order_id = o.id
+              AND (a.status IN ('invalid', 'deactivated', 'revoked') OR a.expires <= $3)))))";
+
+fn cert_from_row(r: &PgRow) -> Result<Certificate, Problem> {
+    Ok(Certificate {
+        serial: r.try_get("serial")?,
+        account_id: AccountId(r.try_get("account_id")?),
+        order_id: OrderId(r.try_get("order_id")?),
+        der: r.try_get("der")?,
+        chain_pem: r.try_get("chain_pem")?,
+        not_before: r.try_get("not_before")?,
+        not_after: r.try_get("not_after")?,
+        issued_at: r.try_get("issued_at")?,
+        revoked_at: r.try_get("revoked_at")?,
+        revoked_reason: r.try_get("revoked_reason")?,
+        names: from_json(&r.try_get::<String, _>("names")?)?,
+        renew_early_at: r.try_get("renew_early_at")?,
+        spki_sha256: r
+            .try_get::<Option<Vec<u8>>, _>("spki_sha256")?
+            .unwrap_or_default(),
+    })
+}
+
+fn push_cert_filters(b: &mut QueryBuilder<'_, Postgres>, q: &CertQuery) {
+    if let Some(serial) = &q.serial {
+        b.push(" AND serial = ");
+        b.push_bind(serial.clone());
+    }
+    if let Some(name) = &q.name {
+        b.push(" AND serial IN (SELECT serial FROM certificate_names WHERE name = ");
+        b.push_bind(name.to_ascii_lowercase());
+        b.push(")");
+    }
+    if let Some(account) = q.account {
+        b.push(" AND account_id = ");
+        b.push_bind(account.0);
+    }
+    if let Some(before) = q.issued_before {
+        b.push(" AND issued_at < ");
+        b.push_bind(before);
     }
 }

@@ -4,12 +4,12 @@ use super::*;
 use sqlx::sqlite::{
     SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteRow, SqliteSynchronous,
 };
-use sqlx::{Row, SqlitePool};
+use sqlx::{QueryBuilder, Row, Sqlite, SqlitePool};
 use std::str::FromStr;
 use std::time::Duration;
 
 pub struct SqliteStore {
-    pool: SqlitePool,
+    pub(super) pool: SqlitePool,
 }
 
 impl SqliteStore {
@@ -206,18 +206,34 @@ impl Store for SqliteStore {
     }
 
     async fn create_order(&self, o: NewOrder) -> Result<Order, Problem> {
+        // The INSERT comes first: it takes SQLite's write lock, so the
+        // replacement check below cannot race another writer.
         let mut tx = self.pool.begin().await?;
         let order_id: i64 = sqlx::query_scalar(
-            "INSERT INTO orders (account_id, status, expires, identifiers, created_at, updated_at)
-             VALUES (?, 'pending', ?, ?, ?, ?) RETURNING id",
+            "INSERT INTO orders (account_id, status, expires, identifiers, created_at, updated_at, replaces)
+             VALUES (?, 'pending', ?, ?, ?, ?, ?) RETURNING id",
         )
         .bind(o.account_id.0)
         .bind(o.expires)
         .bind(to_json(&o.identifiers)?)
         .bind(o.now)
         .bind(o.now)
+        .bind(&o.replaces)
         .fetch_one(&mut *tx)
         .await?;
+        if let Some(serial) = &o.replaces {
+            let taken: bool = sqlx::query_scalar(LIVE_REPLACEMENT)
+                .bind(serial)
+                .bind(order_id)
+                .bind(o.now)
+                .fetch_one(&mut *tx)
+                .await?;
+            if taken {
+                return Err(Problem::already_replaced(format!(
+                    "certificate {serial} is already being replaced by another order"
+                )));
+            }
+        }
         let mut authz_ids = Vec::with_capacity(o.authzs.len());
         for a in &o.authzs {
             let authz_id = match a {
@@ -264,6 +280,7 @@ impl Store for SqliteStore {
             authz_ids,
             error: None,
             cert_serial: None,
+            replaces: o.replaces,
             created_at: o.now,
             updated_at: o.now,
         })
@@ -272,7 +289,7 @@ impl Store for SqliteStore {
     async fn order(&self, id: OrderId) -> Result<Option<Order>, Problem> {
         // One round trip: the order and its authorization ids together.
         let Some(r) = sqlx::query(
-            "SELECT id, account_id, status, expires, identifiers, error, cert_serial, created_at, updated_at,
+            "SELECT id, account_id, status, expires, identifiers, error, cert_serial, replaces, created_at, updated_at,
                     (SELECT group_concat(authz_id) FROM
                         (SELECT authz_id FROM order_authzs WHERE order_id = orders.id ORDER BY authz_id))
                     AS authz_ids
@@ -305,6 +322,7 @@ impl Store for SqliteStore {
             authz_ids: authz_ids.into_iter().map(AuthzId).collect(),
             error: opt_problem(r.try_get("error")?)?,
             cert_serial: r.try_get("cert_serial")?,
+            replaces: r.try_get("replaces")?,
             created_at: r.try_get("created_at")?,
             updated_at: r.try_get("updated_at")?,
         }))
@@ -513,8 +531,8 @@ impl Store for SqliteStore {
     async fn complete_order(&self, id: OrderId, c: &Certificate, now: i64) -> Result<(), Problem> {
         let mut tx = self.pool.begin().await?;
         sqlx::query(
-            "INSERT INTO certificates (serial, account_id, order_id, der, chain_pem, not_before, not_after, issued_at)
-             VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+            "INSERT INTO certificates (serial, account_id, order_id, der, chain_pem, not_before, not_after, issued_at, names, set_hash, spki_sha256)
+             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
         )
         .bind(&c.serial)
         .bind(c.account_id.0)
@@ -524,8 +542,20 @@ impl Store for SqliteStore {
         .bind(c.not_before)
         .bind(c.not_after)
         .bind(c.issued_at)
+        .bind(to_json(&c.names)?)
+        .bind(identifier_set_hash(&c.names))
+        .bind(&c.spki_sha256)
         .execute(&mut *tx)
         .await?;
+        for name in &c.names {
+            sqlx::query(
+                "INSERT INTO certificate_names (name, serial) VALUES (?, ?) ON CONFLICT DO NOTHING",
+            )
+            .bind(name.to_ascii_lowercase())
+            .bind(&c.serial)
+            .execute(&mut *tx)
+            .await?;
+        }
         let r = sqlx::query(
             "UPDATE orders SET status = 'valid', cert_serial = ?, updated_at = ? WHERE id = ? AND status = 'processing'",
         )
@@ -555,29 +585,13 @@ impl Store for SqliteStore {
     }
 
     async fn certificate(&self, serial: &str) -> Result<Option<Certificate>, Problem> {
-        let Some(r) = sqlx::query(
-            "SELECT serial, account_id, order_id, der, chain_pem, not_before, not_after, issued_at,
-                    revoked_at, revoked_reason
-             FROM certificates WHERE serial = ?",
-        )
+        let r = sqlx::query(&format!(
+            "SELECT {CERT_COLS} FROM certificates WHERE serial = ?"
+        ))
         .bind(serial)
         .fetch_optional(&self.pool)
-        .await?
-        else {
-            return Ok(None);
-        };
-        Ok(Some(Certificate {
-            serial: r.try_get("serial")?,
-            account_id: AccountId(r.try_get("account_id")?),
-            order_id: OrderId(r.try_get("order_id")?),
-            der: r.try_get("der")?,
-            chain_pem: r.try_get("chain_pem")?,
-            not_before: r.try_get("not_before")?,
-            not_after: r.try_get("not_after")?,
-            issued_at: r.try_get("issued_at")?,
-            revoked_at: r.try_get("revoked_at")?,
-            revoked_reason: r.try_get("revoked_reason")?,
-        }))
+        .await?;
+        r.as_ref().map(cert_from_row).transpose()
     }
 
     async fn revoke_certificate(
@@ -585,16 +599,196 @@ impl Store for SqliteStore {
         serial: &str,
         reason: i64,
         now: i64,
+        block_key: Option<&[u8]>,
     ) -> Result<bool, Problem> {
+        let mut tx = self.pool.begin().await?;
         let r = sqlx::query(
-            "UPDATE certificates SET revoked_at = ?1, revoked_reason = ?2
-             WHERE serial = ?3 AND revoked_at IS NULL",
+            "UPDATE certificates SET revoked_at = ?, revoked_reason = ?
+             WHERE serial = ? AND revoked_at IS NULL",
         )
         .bind(now)
         .bind(reason)
         .bind(serial)
-        .execute(&self.pool)
+        .execute(&mut *tx)
         .await?;
+        if r.rows_affected() != 1 {
+            return Ok(false);
+        }
+        if let Some(hash) = block_key {
+            sqlx::query(
+                "INSERT INTO blocked_keys (spki_sha256, blocked_at, serial) VALUES (?, ?, ?)
+                 ON CONFLICT DO NOTHING",
+            )
+            .bind(hash)
+            .bind(now)
+            .bind(serial)
+            .execute(&mut *tx)
+            .await?;
+            sqlx::query(
+                "UPDATE certificates SET revoked_at = ?, revoked_reason = 1
+                 WHERE spki_sha256 = ? AND revoked_at IS NULL",
+            )
+            .bind(now)
+            .bind(hash)
+            .execute(&mut *tx)
+            .await?;
+        }
+        tx.commit().await?;
+        Ok(true)
+    }
+
+    async fn key_blocked(&self, spki_sha256: &[u8]) -> Result<bool, Problem> {
+        Ok(
+            sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM blocked_keys WHERE spki_sha256 = ?)")
+                .bind(spki_sha256)
+                .fetch_one(&self.pool)
+                .await?,
+        )
+    }
+
+    async fn find_certificates(&self, q: &CertQuery) -> Result<Vec<Certificate>, Problem> {
+        let mut b =
+            QueryBuilder::<Sqlite>::new(format!("SELECT {CERT_COLS} FROM certificates WHERE TRUE"));
+        push_cert_filters(&mut b, q);
+        b.push(" ORDER BY issued_at DESC, serial LIMIT ");
+        b.push_bind(i64::from(q.limit.max(1)));
+        let rows = b.build().fetch_all(&self.pool).await?;
+        rows.iter().map(cert_from_row).collect()
+    }
+
+    async fn mark_renew_early(&self, q: &CertQuery, now: i64) -> Result<u64, Problem> {
+        let mut b = QueryBuilder::<Sqlite>::new("UPDATE certificates SET renew_early_at = ");
+        b.push_bind(now);
+        b.push(" WHERE renew_early_at IS NULL AND revoked_at IS NULL AND not_after > ");
+        b.push_bind(now);
+        push_cert_filters(&mut b, q);
+        Ok(b.build().execute(&self.pool).await?.rows_affected())
+    }
+
+    async fn issued_for_set(&self, set_hash: &str, since: i64) -> Result<bool, Problem> {
+        Ok(sqlx::query_scalar(
+            "SELECT EXISTS (SELECT 1 FROM certificates WHERE set_hash = ? AND issued_at >= ?)",
+        )
+        .bind(set_hash)
+        .bind(since)
+        .fetch_one(&self.pool)
+        .await?)
+    }
+
+    async fn revoked_certificates(
+        &self,
+        not_after_after: i64,
+    ) -> Result<Vec<RevokedEntry>, Problem> {
+        let rows = sqlx::query(
+            "SELECT serial, revoked_at, revoked_reason FROM certificates
+             WHERE revoked_at IS NOT NULL AND not_after > ? ORDER BY serial",
+        )
+        .bind(not_after_after)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|r| {
+                Ok(RevokedEntry {
+                    serial: r.try_get("serial")?,
+                    revoked_at: r.try_get("revoked_at")?,
+                    reason: r.try_get::<Option<i64>, _>("revoked_reason")?.unwrap_or(0),
+                })
+            })
+            .collect()
+    }
+
+    async fn latest_crl(&self) -> Result<Option<StoredCrl>, Problem> {
+        let r = sqlx::query(
+            "SELECT number, this_update, next_update, der FROM crls ORDER BY number DESC LIMIT 1",
+        )
+        .fetch_optional(&self.pool)
+        .await?;
+        r.map(|r| {
+            Ok(StoredCrl {
+                number: r.try_get("number")?,
+                this_update: r.try_get("this_update")?,
+                next_update: r.try_get("next_update")?,
+                der: r.try_get("der")?,
+            })
+        })
+        .transpose()
+    }
+
+    async fn insert_crl(&self, crl: &StoredCrl) -> Result<bool, Problem> {
+        let mut tx = self.pool.begin().await?;
+        let r = sqlx::query(
+            "INSERT INTO crls (number, this_update, next_update, der) VALUES (?, ?, ?, ?)
+             ON CONFLICT DO NOTHING",
+        )
+        .bind(crl.number)
+        .bind(crl.this_update)
+        .bind(crl.next_update)
+        .bind(&crl.der)
+        .execute(&mut *tx)
+        .await?;
+        // Older CRLs are superseded; keep a few for inspection.
+        sqlx::query("DELETE FROM crls WHERE number < ?")
+            .bind(crl.number - CRLS_KEPT)
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
         Ok(r.rows_affected() == 1)
+    }
+}
+
+const CERT_COLS: &str =
+    "serial, account_id, order_id, der, chain_pem, not_before, not_after, issued_at,
+     revoked_at, revoked_reason, names, renew_early_at, spki_sha256";
+
+/// How many superseded CRLs stay in the table.
+const CRLS_KEPT: i64 = 10;
+
+/// An order of another live order (not failed, not expired: the same
+/// derivation the RA makes) that replaces this certificate.
+const LIVE_REPLACEMENT: &str = "SELECT EXISTS (SELECT 1 FROM orders o
+     WHERE o.replaces = ? AND o.id <> ? AND (
+        o.status IN ('processing', 'valid')
+        OR (o.status = 'pending' AND o.expires > ? AND NOT EXISTS (
+            SELECT 1 FROM order_authzs oa JOIN authzs a ON a.id = oa.authz_id
+            WHERE oa.order_id = o.id
+              AND (a.status IN ('invalid', 'deactivated', 'revoked') OR a.expires <= ?)))))";
+
+fn cert_from_row(r: &SqliteRow) -> Result<Certificate, Problem> {
+    Ok(Certificate {
+        serial: r.try_get("serial")?,
+        account_id: AccountId(r.try_get("account_id")?),
+        order_id: OrderId(r.try_get("order_id")?),
+        der: r.try_get("der")?,
+        chain_pem: r.try_get("chain_pem")?,
+        not_before: r.try_get("not_before")?,
+        not_after: r.try_get("not_after")?,
+        issued_at: r.try_get("issued_at")?,
+        revoked_at: r.try_get("revoked_at")?,
+        revoked_reason: r.try_get("revoked_reason")?,
+        names: from_json(&r.try_get::<String, _>("names")?)?,
+        renew_early_at: r.try_get("renew_early_at")?,
+        spki_sha256: r
+            .try_get::<Option<Vec<u8>>, _>("spki_sha256")?
+            .unwrap_or_default(),
+    })
+}
+
+fn push_cert_filters(b: &mut QueryBuilder<'_, Sqlite>, q: &CertQuery) {
+    if let Some(serial) = &q.serial {
+        b.push(" AND serial = ");
+        b.push_bind(serial.clone());
+    }
+    if let Some(name) = &q.name {
+        b.push(" AND serial IN (SELECT serial FROM certificate_names WHERE name = ");
+        b.push_bind(name.to_ascii_lowercase());
+        b.push(")");
+    }
+    if let Some(account) = q.account {
+        b.push(" AND account_id = ");
+        b.push_bind(account.0);
+    }
+    if let Some(before) = q.issued_before {
+        b.push(" AND issued_at < ");
+        b.push_bind(before);
     }
 }

@@ -26,6 +26,7 @@ pub async fn directory(State(s): State<AppState>, Extension(base): Extension<Bas
         "newOrder": base.url("/acme/new-order"),
         "keyChange": base.url("/acme/key-change"),
         "revokeCert": base.url("/acme/revoke-cert"),
+        "renewalInfo": base.url("/acme/renewal-info"),
         "meta": meta,
     });
     json_response(StatusCode::OK, &body, vec![])

@@ -4,6 +4,7 @@
 //! `ra` call and never touches SQL.
 
 mod account;
+mod ari;
 mod directory;
 pub mod jws;
 mod nonce;
@@ -59,6 +60,7 @@ pub fn router(state: AppState) -> Router {
         .route("/acme/cert/{serial}", post(order::certificate))
         .route("/acme/revoke-cert", post(order::revoke))
         .route("/acme/issuer/0", get(directory::issuer))
+        .route("/acme/renewal-info/{cert_id}", get(ari::renewal_info))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(axum::middleware::from_fn_with_state(

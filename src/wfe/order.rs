@@ -17,7 +17,7 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64;
 use base64::Engine;
 use serde_json::{json, Value};
 
-fn order_json(base: &Base, o: &Order) -> Value {
+fn order_json(s: &AppState, base: &Base, o: &Order) -> Value {
     let mut v = json!({
         "status": o.status.as_str(),
         "expires": rfc3339(o.expires),
@@ -31,6 +31,9 @@ fn order_json(base: &Base, o: &Order) -> Value {
     if let Some(e) = &o.error {
         v["error"] = serde_json::to_value(e).unwrap_or(Value::Null);
     }
+    if let Some(serial) = &o.replaces {
+        v["replaces"] = json!(s.ra.serial_cert_id(serial));
+    }
     v
 }
 
@@ -39,7 +42,7 @@ fn order_response(s: &AppState, base: &Base, o: &Order, status: StatusCode) -> R
     if o.status == OrderStatus::Processing {
         h.push((header::RETRY_AFTER, s.cfg.acme.retry_after_secs.to_string()));
     }
-    json_response(status, &order_json(base, o), h)
+    json_response(status, &order_json(s, base, o), h)
 }
 
 fn challenge_json(base: &Base, c: &Challenge) -> Value {

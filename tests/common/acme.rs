@@ -141,6 +141,37 @@ impl AcmeKey {
         }
     }
 
+    /// The same key pair again (a client that knows a certificate's key).
+    pub fn clone_key(&self) -> AcmeKey {
+        let signer = match self.kind {
+            KeyKind::Es256 => KeySigner::Jose(Box::new(
+                ES256
+                    .signer_from_pem(&self.private_pem)
+                    .expect("ES256 signer"),
+            )),
+            KeyKind::Es384 => KeySigner::Jose(Box::new(
+                ES384
+                    .signer_from_pem(&self.private_pem)
+                    .expect("ES384 signer"),
+            )),
+            KeyKind::EdDsa => KeySigner::Jose(Box::new(
+                EdDSA
+                    .signer_from_pem(&self.private_pem)
+                    .expect("EdDSA signer"),
+            )),
+            KeyKind::Rs256(_) => KeySigner::Rsa(
+                openssl::pkey::PKey::private_key_from_pem(&self.private_pem).expect("RSA key"),
+            ),
+        };
+        AcmeKey {
+            kind: self.kind,
+            alg: self.alg,
+            jwk: self.jwk.clone(),
+            signer,
+            private_pem: self.private_pem.clone(),
+        }
+    }
+
     /// The JWS `alg` for this key.
     pub fn alg(&self) -> &'static str {
         self.alg
