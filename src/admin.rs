@@ -1,16 +1,25 @@
-//! `cairn admin`: operator controls over issued certificates. `certs list`
-//! finds them, `certs revoke` revokes one and publishes a CRL at once, and
+//! `cairn admin`: operator controls. `certs list` finds issued
+//! certificates, `certs revoke` revokes one and publishes a CRL at once, and
 //! `certs renew-early` moves ARI windows into the past (how a CA handles an
-//! incident without revoking). It opens the same database and CA files as
-//! `cairn serve`, and works while servers run on them.
+//! incident without revoking). `overrides list|set|remove` edits the
+//! rate-limit override file that running servers re-read within
+//! `limits.overrides_reload_secs`, and `unpause` lifts the pauses that
+//! consecutive authorization failures put on an account. It opens the same
+//! database and CA files as `cairn serve`, and works while servers run on
+//! them.
 
 use crate::ca::Ca;
 use crate::clock::Clock;
 use crate::config::{Config, Sources};
-use crate::sa::{self, AccountId, CertQuery, Certificate, DynStore};
+use crate::ratelimit::{
+    go_duration, Limit, LimitName, LimitSet, Limiter, OverrideEntry, Overrides,
+};
+use crate::sa::{self, AccountId, CertQuery, Certificate, DynStore, LimitStore};
 use anyhow::{anyhow, bail, Context};
 use std::fmt::Write as _;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
 use time::format_description::well_known::Rfc3339;
 use time::OffsetDateTime;
 
@@ -36,6 +45,79 @@ pub enum AdminCommand {
     /// Issued certificates: list, revoke, renew early.
     #[command(subcommand)]
     Certs(CertsCommand),
+    /// Per-key rate-limit overrides (newOrdersPerAccount by account id,
+    /// certificatesPerDomain by registered domain); running servers pick up
+    /// changes within `limits.overrides_reload_secs`, without a restart.
+    #[command(subcommand)]
+    Overrides(OverridesCommand),
+    /// Lift the pause that too many consecutive failed authorizations put on
+    /// an account for an identifier, and start its failure count afresh.
+    Unpause(UnpauseArgs),
+}
+
+#[derive(clap::Subcommand)]
+pub enum OverridesCommand {
+    /// The overrides in the override file.
+    List(OverridesListArgs),
+    /// Add or replace the override of one limit for one key.
+    Set(OverrideSetArgs),
+    /// Remove the override of one limit for one key.
+    Remove(OverrideRemoveArgs),
+}
+
+#[derive(clap::Args)]
+pub struct OverridesListArgs {
+    /// One JSON object a line instead of a table.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(clap::Args)]
+pub struct OverrideSetArgs {
+    /// newOrdersPerAccount or certificatesPerDomain.
+    #[arg(long)]
+    pub limit: String,
+    /// An account id (or URL) for newOrdersPerAccount; a registered domain
+    /// (e.g. example.co.uk) for certificatesPerDomain.
+    #[arg(long)]
+    pub key: String,
+    /// Tokens the bucket holds (requests allowed at once).
+    #[arg(long)]
+    pub burst: u64,
+    /// Tokens refilled per period.
+    #[arg(long)]
+    pub count: u64,
+    /// The period: seconds, or a duration such as 3h, 7d, 1h30m.
+    #[arg(long)]
+    pub period: String,
+    /// Why (a ticket number, a customer): kept in the file.
+    #[arg(long, default_value = "")]
+    pub comment: String,
+    /// Keep the bucket's history even when the limit is raised (by default a
+    /// raise resets the bucket so the new numbers apply at once).
+    #[arg(long)]
+    pub no_reset: bool,
+}
+
+#[derive(clap::Args)]
+pub struct OverrideRemoveArgs {
+    /// newOrdersPerAccount or certificatesPerDomain.
+    #[arg(long)]
+    pub limit: String,
+    /// The key the override was set for.
+    #[arg(long)]
+    pub key: String,
+}
+
+#[derive(clap::Args)]
+pub struct UnpauseArgs {
+    /// The account id, or its URL (`.../acme/acct/<id>`).
+    #[arg(long)]
+    pub account: String,
+    /// Only this identifier (default: every identifier the account is
+    /// paused for).
+    #[arg(long)]
+    pub identifier: Option<String>,
 }
 
 #[derive(clap::Subcommand)]
@@ -118,7 +200,11 @@ pub async fn run(args: AdminArgs) -> anyhow::Result<()> {
         file: args.config,
         data_dir: args.data_dir,
     };
-    let AdminCommand::Certs(cmd) = args.command;
+    let cmd = match args.command {
+        AdminCommand::Certs(cmd) => cmd,
+        AdminCommand::Overrides(cmd) => return overrides(&src, cmd).await,
+        AdminCommand::Unpause(a) => return unpause(&src, a).await,
+    };
     // Check the arguments before touching the database: a typo must change
     // nothing.
     match cmd {
@@ -248,6 +334,338 @@ async fn revoke(cfg: &Config, serial: &str, reason: i64) -> anyhow::Result<()> {
             )
         })?;
     println!("published CRL number {}", crl.number);
+    Ok(())
+}
+
+/// `overrides list|set|remove`. The arguments are checked before the file
+/// or the database is touched: a typo changes nothing.
+async fn overrides(src: &Sources, cmd: OverridesCommand) -> anyhow::Result<()> {
+    match cmd {
+        OverridesCommand::List(a) => {
+            let cfg = Config::load(src)?;
+            let path = cfg.limits.overrides_path(&cfg.data_dir);
+            let entries = list_overrides(&path)?;
+            print!("{}", render_overrides(&entries, &path, a.json)?);
+            Ok(())
+        }
+        OverridesCommand::Set(a) => set_override(src, a).await,
+        OverridesCommand::Remove(a) => {
+            let limit = parse_override_limit(&a.limit)?;
+            let key = override_key(limit, &a.key)?;
+            let cfg = Config::load(src)?;
+            let path = cfg.limits.overrides_path(&cfg.data_dir);
+            let removed = Overrides::remove_from_file(&path, limit, &key)
+                .with_context(|| format!("rate-limit overrides {}", path.display()))?;
+            if !removed {
+                bail!(
+                    "there is no override of {limit} for {key} in {}",
+                    path.display()
+                );
+            }
+            println!("removed the override of {limit} for {key}");
+            // No reset: the bucket's history was earned and the limit goes
+            // down, so what was spent keeps counting.
+            let default = match LimitSet::resolve(&cfg.limits).window(limit) {
+                Some(l) => describe(&l),
+                None => "off (this configuration's limit set has no such limit)".into(),
+            };
+            println!(
+                "running servers return to the default ({default}) within {} s",
+                cfg.limits.overrides_reload_secs
+            );
+            Ok(())
+        }
+    }
+}
+
+fn list_overrides(path: &Path) -> anyhow::Result<Vec<OverrideEntry>> {
+    Overrides::list_file(path).with_context(|| format!("rate-limit overrides {}", path.display()))
+}
+
+/// `overrides set`: write the override, then, when it raises the limit,
+/// reset the key's bucket. A bucket's state is a time (its TAT) earned under
+/// the old numbers, so an exhausted bucket can stay exhausted under a raised
+/// limit (e.g. 50/week → 1000/week keeps a full week of debt). The reset
+/// waits until running servers have re-read the file (one reload interval
+/// and a second), so requests in between are judged by the old numbers on
+/// the old history rather than spending a fresh bucket under the old
+/// numbers, which the new ones would then inherit.
+async fn set_override(src: &Sources, a: OverrideSetArgs) -> anyhow::Result<()> {
+    let limit = parse_override_limit(&a.limit)?;
+    let key = override_key(limit, &a.key)?;
+    let period = parse_period(&a.period)?;
+    let new = Limit::new(a.burst, a.count, period).map_err(|e| anyhow!("{limit}: {e}"))?;
+    let cfg = Config::load(src)?;
+    let path = cfg.limits.overrides_path(&cfg.data_dir);
+    // Also refuses to touch a file the servers could not read.
+    let previous = list_overrides(&path)?
+        .into_iter()
+        .find(|e| e.limit == limit.as_str() && e.key == key)
+        .and_then(|e| Limit::new(e.burst, e.count, e.period_secs).ok());
+    let default = LimitSet::resolve(&cfg.limits).window(limit);
+    let store = open_store(&cfg).await?;
+    if limit == LimitName::NewOrdersPerAccount {
+        let id: i64 = key.parse().unwrap_or(0);
+        if store.account(AccountId(id)).await?.is_none() {
+            bail!("there is no account {key} on this CA");
+        }
+    }
+    let entry = Overrides::set_in_file(&path, limit, &key, a.burst, a.count, period, &a.comment)
+        .with_context(|| format!("rate-limit overrides {}", path.display()))?;
+    let was = match (previous, default) {
+        (Some(p), _) => format!("was {} (an override)", describe(&p)),
+        (None, Some(d)) => format!("was {} (the default)", describe(&d)),
+        (None, None) => "the limit is off in this configuration, so the override applies only \
+             on servers where it is on"
+            .to_string(),
+    };
+    println!("set {limit} for {}: {}; {was}", entry.key, describe(&new));
+    let reload = cfg.limits.overrides_reload_secs;
+    println!("running servers load it within {reload} s");
+    let raised = match previous.or(default) {
+        Some(old) => raises(&new, &old),
+        // Unknown here; a reset is harmless where the limit is off.
+        None => true,
+    };
+    if !raised {
+        println!("not a raise: the bucket keeps its history");
+        return Ok(());
+    }
+    if a.no_reset {
+        println!("--no-reset: the bucket keeps its history");
+        return Ok(());
+    }
+    let wait = reload.saturating_add(1);
+    println!(
+        "waiting {wait} s for them, then resetting the bucket so the new numbers apply at once"
+    );
+    tokio::time::sleep(Duration::from_secs(wait)).await;
+    limiter(&cfg, store)
+        .reset_bucket(limit, &entry.key)
+        .await
+        .map_err(|p| {
+            anyhow!(
+                "the override is written, but resetting the bucket failed ({}); the raise \
+                 applies as the bucket refills",
+                p.detail
+            )
+        })?;
+    println!(
+        "reset the bucket {}",
+        crate::ratelimit::bucket_key(limit, &entry.key)
+    );
+    Ok(())
+}
+
+/// `unpause`: lift the account's pauses (one identifier or all) and give
+/// each a fresh consecutive-failure bucket (`Limiter::unpause` does both).
+async fn unpause(src: &Sources, a: UnpauseArgs) -> anyhow::Result<()> {
+    let account = parse_account(&a.account)?;
+    let ident = match a.identifier.as_deref().map(str::trim) {
+        Some("") => bail!("--identifier must name an identifier, e.g. www.example.com"),
+        Some(i) => Some(i.trim_end_matches('.').to_ascii_lowercase()),
+        None => None,
+    };
+    let cfg = Config::load(src)?;
+    let store = open_store(&cfg).await?;
+    if store.account(account).await?.is_none() {
+        bail!("there is no account {account} on this CA");
+    }
+    let done = limiter(&cfg, store)
+        .unpause(account, ident.as_deref())
+        .await?;
+    if done.is_empty() {
+        match &ident {
+            Some(i) => println!("nothing to unpause: account {account} is not paused for {i}"),
+            None => println!("nothing to unpause: account {account} is not paused"),
+        }
+    }
+    for i in &done {
+        println!("unpaused account {account} for {i}");
+    }
+    Ok(())
+}
+
+/// A limiter over the store, for its admin operations (no overrides, no
+/// docs link: nothing here is checked or shown to a client).
+fn limiter(cfg: &Config, store: DynStore) -> Limiter {
+    let store: Arc<dyn LimitStore> = store;
+    Limiter::new(
+        LimitSet::resolve(&cfg.limits),
+        Overrides::empty(),
+        store,
+        Arc::new(Clock::system()),
+        String::new(),
+    )
+}
+
+/// A limit that allows overrides, by its camelCase name.
+fn parse_override_limit(input: &str) -> anyhow::Result<LimitName> {
+    let s = input.trim();
+    let limit = LimitName::parse(s).ok_or_else(|| {
+        anyhow!(
+            "unknown limit {s:?}: overrides exist for newOrdersPerAccount (key: an account \
+             id) and certificatesPerDomain (key: a registered domain)"
+        )
+    })?;
+    if !limit.allows_overrides() {
+        bail!(
+            "{limit} cannot be overridden: overrides exist only for newOrdersPerAccount (key: \
+             an account id) and certificatesPerDomain (key: a registered domain)"
+        );
+    }
+    Ok(limit)
+}
+
+/// The key as the override file stores it. An account may be given by URL;
+/// a registered domain is lower-cased here and fully checked by
+/// `Overrides::set_in_file`.
+fn override_key(limit: LimitName, input: &str) -> anyhow::Result<String> {
+    match limit {
+        LimitName::NewOrdersPerAccount => match parse_account(input) {
+            Ok(AccountId(id)) if id > 0 => Ok(id.to_string()),
+            _ => bail!(
+                "{limit}: the key must be an account id (a positive integer) or account URL, \
+                 not {input:?}"
+            ),
+        },
+        _ => {
+            let d = input.trim().trim_end_matches('.').to_ascii_lowercase();
+            if d.is_empty() {
+                bail!(
+                    "{limit}: the key must be {}, not {input:?}",
+                    limit.override_key_kind()
+                );
+            }
+            Ok(d)
+        }
+    }
+}
+
+/// A period: whole seconds (`10800`), or amounts with units `s`, `m`, `h`,
+/// `d`, `w` (`3h`, `7d`, `1h30m`, Go's `168h0m0s`).
+fn parse_period(input: &str) -> anyhow::Result<u64> {
+    let s = input.trim();
+    let bad = || {
+        anyhow!(
+            "period {input:?} is not a duration: give seconds (10800) or amounts with units \
+             s, m, h, d, w (3h, 7d, 1h30m)"
+        )
+    };
+    if let Ok(n) = s.parse::<u64>() {
+        return if n == 0 {
+            Err(anyhow!("period {input:?} must be longer than 0 seconds"))
+        } else {
+            Ok(n)
+        };
+    }
+    let mut total: u64 = 0;
+    let mut digits = String::new();
+    for c in s.chars() {
+        if c.is_ascii_digit() {
+            digits.push(c);
+            continue;
+        }
+        let unit: u64 = match c {
+            's' => 1,
+            'm' => 60,
+            'h' => 3600,
+            'd' => 86_400,
+            'w' => 7 * 86_400,
+            _ => return Err(bad()),
+        };
+        let n: u64 = digits.parse().map_err(|_| bad())?;
+        digits.clear();
+        total = n
+            .checked_mul(unit)
+            .and_then(|v| total.checked_add(v))
+            .ok_or_else(bad)?;
+    }
+    if !digits.is_empty() || total == 0 {
+        return Err(if total == 0 && digits.is_empty() && !s.is_empty() {
+            anyhow!("period {input:?} must be longer than 0 seconds")
+        } else {
+            bad()
+        });
+    }
+    Ok(total)
+}
+
+/// Whether `new` allows more than `old`: a bigger burst or a faster refill.
+fn raises(new: &Limit, old: &Limit) -> bool {
+    let rate = |l: &Limit, other: &Limit| u128::from(l.count) * u128::from(other.period_secs);
+    new.burst > old.burst || rate(new, old) > rate(old, new)
+}
+
+/// `burst 5, 5 per 3h0m0s`.
+fn describe(l: &Limit) -> String {
+    format!(
+        "burst {}, {} per {}",
+        l.burst,
+        l.count,
+        go_duration(l.period_secs)
+    )
+}
+
+fn render_overrides(entries: &[OverrideEntry], path: &Path, json: bool) -> anyhow::Result<String> {
+    let mut out = String::new();
+    if json {
+        for e in entries {
+            let v = serde_json::json!({
+                "limit": e.limit,
+                "key": e.key,
+                "burst": e.burst,
+                "count": e.count,
+                "period_secs": e.period_secs,
+                "period": go_duration(e.period_secs),
+                "comment": e.comment,
+            });
+            writeln!(out, "{}", serde_json::to_string(&v)?)?;
+        }
+        return Ok(out);
+    }
+    if entries.is_empty() {
+        writeln!(out, "no overrides in {}", path.display())?;
+        return Ok(out);
+    }
+    let rows: Vec<Vec<String>> = entries
+        .iter()
+        .map(|e| {
+            vec![
+                e.limit.clone(),
+                e.key.clone(),
+                e.burst.to_string(),
+                e.count.to_string(),
+                go_duration(e.period_secs),
+                e.comment.clone(),
+            ]
+        })
+        .collect();
+    render_table(
+        &["LIMIT", "KEY", "BURST", "COUNT", "PERIOD", "COMMENT"],
+        &rows,
+        &mut out,
+    )?;
+    Ok(out)
+}
+
+/// Left-aligned columns two spaces apart, trailing blanks trimmed.
+fn render_table(header: &[&str], rows: &[Vec<String>], out: &mut String) -> anyhow::Result<()> {
+    let header: Vec<String> = header.iter().map(|h| h.to_string()).collect();
+    let mut widths: Vec<usize> = header.iter().map(String::len).collect();
+    for row in rows {
+        for (w, cell) in widths.iter_mut().zip(row) {
+            *w = (*w).max(cell.len());
+        }
+    }
+    for row in std::iter::once(&header).chain(rows) {
+        let line: Vec<String> = row
+            .iter()
+            .zip(&widths)
+            .map(|(cell, w)| format!("{cell:<w$}"))
+            .collect();
+        writeln!(out, "{}", line.join("  ").trim_end())?;
+    }
     Ok(())
 }
 
@@ -387,10 +805,10 @@ fn render_list(certs: &[Certificate], now: i64, json: bool) -> anyhow::Result<St
         }
         return Ok(out);
     }
-    let rows: Vec<[String; 5]> = certs
+    let rows: Vec<Vec<String>> = certs
         .iter()
         .map(|c| {
-            [
+            vec![
                 c.serial.clone(),
                 c.account_id.to_string(),
                 c.names.join(","),
@@ -399,21 +817,11 @@ fn render_list(certs: &[Certificate], now: i64, json: bool) -> anyhow::Result<St
             ]
         })
         .collect();
-    let header = ["SERIAL", "ACCOUNT", "NAMES", "NOT_AFTER", "STATUS"].map(String::from);
-    let mut widths = header.clone().map(|h| h.len());
-    for row in &rows {
-        for (w, cell) in widths.iter_mut().zip(row) {
-            *w = (*w).max(cell.len());
-        }
-    }
-    for row in std::iter::once(&header).chain(&rows) {
-        let line: Vec<String> = row
-            .iter()
-            .zip(widths)
-            .map(|(cell, w)| format!("{cell:<w$}"))
-            .collect();
-        writeln!(out, "{}", line.join("  ").trim_end())?;
-    }
+    render_table(
+        &["SERIAL", "ACCOUNT", "NAMES", "NOT_AFTER", "STATUS"],
+        &rows,
+        &mut out,
+    )?;
     Ok(out)
 }
 
@@ -502,5 +910,109 @@ mod tests {
         assert_eq!(v["account"], 3);
         assert_eq!(v["status"], "valid");
         assert_eq!(v["names"][1], "b.example");
+    }
+
+    #[test]
+    fn periods_in_seconds_or_units() {
+        assert_eq!(parse_period("10800").unwrap(), 10_800);
+        assert_eq!(parse_period("3h").unwrap(), 10_800);
+        assert_eq!(parse_period(" 7d ").unwrap(), 604_800);
+        assert_eq!(parse_period("1w").unwrap(), 604_800);
+        assert_eq!(parse_period("1h30m").unwrap(), 5_400);
+        assert_eq!(parse_period("168h0m0s").unwrap(), 604_800);
+        assert_eq!(parse_period("90s").unwrap(), 90);
+        for bad in [
+            "",
+            "h",
+            "3x",
+            "3h5",
+            "-1",
+            "1.5h",
+            "3 h",
+            "99999999999999999999d",
+        ] {
+            let e = parse_period(bad).unwrap_err().to_string();
+            assert!(e.contains("is not a duration"), "{bad:?}: {e}");
+        }
+        for zero in ["0", "0h", "0d0s"] {
+            let e = parse_period(zero).unwrap_err().to_string();
+            assert!(e.contains("longer than 0"), "{zero:?}: {e}");
+        }
+    }
+
+    #[test]
+    fn override_limits_and_keys() {
+        assert_eq!(
+            parse_override_limit("newOrdersPerAccount").unwrap(),
+            LimitName::NewOrdersPerAccount
+        );
+        assert_eq!(
+            parse_override_limit("certificatesPerDomain").unwrap(),
+            LimitName::CertificatesPerDomain
+        );
+        let e = parse_override_limit("certificatesPerFqdnSet")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("cannot be overridden"), "{e}");
+        let e = parse_override_limit("lots").unwrap_err().to_string();
+        assert!(e.contains("unknown limit"), "{e}");
+
+        let orders = LimitName::NewOrdersPerAccount;
+        assert_eq!(override_key(orders, "42").unwrap(), "42");
+        assert_eq!(
+            override_key(orders, "https://localhost:14000/acme/acct/42").unwrap(),
+            "42"
+        );
+        for bad in ["0", "-3", "abc", ""] {
+            let e = override_key(orders, bad).unwrap_err().to_string();
+            assert!(e.contains("account id"), "{bad:?}: {e}");
+        }
+        let domains = LimitName::CertificatesPerDomain;
+        assert_eq!(
+            override_key(domains, " Example.CO.uk. ").unwrap(),
+            "example.co.uk"
+        );
+        assert!(override_key(domains, " ").is_err());
+    }
+
+    #[test]
+    fn raises_means_more_burst_or_faster_refill() {
+        let l = |b, c, p| Limit::new(b, c, p).unwrap();
+        let old = l(2, 300, 10_800);
+        assert!(raises(&l(5, 5, 10_800), &old));
+        assert!(raises(&l(2, 600, 10_800), &old));
+        assert!(raises(&l(2, 300, 3_600), &old));
+        assert!(!raises(&l(2, 300, 10_800), &old));
+        assert!(!raises(&l(1, 300, 10_800), &old));
+        assert!(!raises(&l(2, 300, 21_600), &old));
+        assert_eq!(describe(&old), "burst 2, 300 per 3h0m0s");
+    }
+
+    #[test]
+    fn overrides_render_as_table_or_json() {
+        let path = Path::new("/srv/o.toml");
+        assert_eq!(
+            render_overrides(&[], path, false).unwrap(),
+            "no overrides in /srv/o.toml\n"
+        );
+        assert_eq!(render_overrides(&[], path, true).unwrap(), "");
+        let e = OverrideEntry {
+            limit: "certificatesPerDomain".into(),
+            key: "example.co.uk".into(),
+            burst: 1000,
+            count: 1000,
+            period_secs: 604_800,
+            comment: "ticket 7".into(),
+        };
+        let table = render_overrides(std::slice::from_ref(&e), path, false).unwrap();
+        let lines: Vec<&str> = table.lines().collect();
+        assert!(lines[0].starts_with("LIMIT"), "{table}");
+        assert!(lines[1].starts_with("certificatesPerDomain  example.co.uk"));
+        assert!(lines[1].ends_with("168h0m0s  ticket 7"), "{table}");
+        let v: serde_json::Value =
+            serde_json::from_str(render_overrides(&[e], path, true).unwrap().trim()).unwrap();
+        assert_eq!(v["period_secs"], 604_800);
+        assert_eq!(v["period"], "168h0m0s");
+        assert_eq!(v["key"], "example.co.uk");
     }
 }

@@ -56,6 +56,9 @@ pub struct Problem {
     /// A `Location` header to send with the problem (key-change conflict).
     #[serde(skip)]
     pub location: Option<String>,
+    /// A `Link: <url>;rel="help"` header (rate limits: their documentation).
+    #[serde(skip)]
+    pub help: Option<String>,
     /// RFC 7807 §3.2 extension members of `rateLimited` problems, so a
     /// client need not parse the detail text.
     #[serde(default, flatten, skip_serializing_if = "Option::is_none")]
@@ -99,8 +102,15 @@ impl Problem {
             algorithms: None,
             retry_after: None,
             location: None,
+            help: None,
             rate_limit: None,
         }
+    }
+
+    /// Point the client at documentation (`Link: rel="help"`).
+    pub fn with_help(mut self, url: impl Into<String>) -> Problem {
+        self.help = Some(url.into());
+        self
     }
 
     /// A `rateLimited` problem (429) carrying the extension members `limit`,
@@ -256,6 +266,13 @@ impl IntoResponse for Problem {
             .and_then(|l| HeaderValue::from_str(l).ok())
         {
             h.insert(header::LOCATION, loc);
+        }
+        if let Some(help) = self
+            .help
+            .as_deref()
+            .and_then(|u| HeaderValue::from_str(&format!("<{u}>;rel=\"help\"")).ok())
+        {
+            h.append(header::LINK, help);
         }
         resp
     }

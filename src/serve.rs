@@ -7,6 +7,8 @@ use crate::clock::Clock;
 use crate::config::{ensure_dir, Config};
 use crate::crl::CrlPublisher;
 use crate::ra::Ra;
+use crate::ratelimit::{LimitSet, Limiter, Overrides, RequestRateLimiter, TrustedProxies};
+use crate::sa::DynStore;
 use crate::va::Va;
 use crate::wfe::{self, Nonces, Wfe};
 use anyhow::Context;
@@ -34,6 +36,31 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
     let crl = CrlPublisher::new(store.clone(), ca.clone(), clock.clone(), cfg.clone());
     let va =
         Arc::new(Va::new(&cfg.va, cfg.acme.caa_identities.clone()).context("starting the VA")?);
+    // Rate limits: one limit set, the override file (re-read when it
+    // changes), the issuance windows in the database and the per-IP
+    // request rates in memory.
+    let limit_set =
+        LimitSet::try_resolve(&cfg.limits).map_err(|e| anyhow::anyhow!("limits: {e}"))?;
+    let docs_url = cfg
+        .limits
+        .docs_url_or(&format!("{}/docs/rate-limits", cfg.default_base_url()));
+    let overrides = Overrides::load(&cfg.limits.overrides_path(&cfg.data_dir))
+        .context("loading the rate-limit overrides")?;
+    overrides.spawn_reloader(Duration::from_secs(cfg.limits.overrides_reload_secs.max(1)));
+    let limiter = Arc::new(Limiter::new(
+        limit_set.clone(),
+        overrides,
+        store.clone(),
+        clock.clone(),
+        docs_url.clone(),
+    ));
+    let rates = Arc::new(RequestRateLimiter::new(
+        &limit_set,
+        TrustedProxies::parse(&cfg.limits.trusted_proxies)
+            .map_err(|e| anyhow::anyhow!("limits.trusted_proxies: {e}"))?,
+        clock.clone(),
+        docs_url,
+    ));
     let ra = Ra::new(
         cfg.clone(),
         store.clone(),
@@ -41,12 +68,14 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
         va,
         clock.clone(),
         crl.clone(),
+        limiter.clone(),
     )?;
     let nonces = Nonces::new(store.clone(), clock.clone(), cfg.acme.nonce_lifetime_secs).await?;
     let wfe = Arc::new(Wfe {
         ra: ra.clone(),
         nonces,
         cfg: cfg.clone(),
+        rates: rates.clone(),
     });
 
     let (cert_pem, key_pem) = if cfg.server.tls_cert.is_empty() {
@@ -64,7 +93,8 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
         .context("TLS certificate for the listener")?;
 
     ra.spawn_validation_sweeper();
-    spawn_pruner(wfe.clone());
+    ra.spawn_reservation_sweeper();
+    spawn_pruner(wfe.clone(), store.clone(), clock.clone());
     crl.spawn_updater();
 
     if let Some(addr) = cfg.management_listen() {
@@ -72,7 +102,11 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
             .await
             .with_context(|| format!("binding the management listener {addr}"))?;
         let clock_control = cfg.server.clock_control.then(|| clock.clone());
-        let app = management_router(ca.clone(), crl.clone(), clock_control);
+        let app = management_router(ca.clone(), crl.clone(), clock_control).merge(
+            Router::new()
+                .route("/metrics", get(metrics))
+                .with_state((limiter.clone(), rates.clone())),
+        );
         tracing::info!(
             "management: http://{addr} (roots at /roots/0, intermediates at /intermediates/0, \
              CRL at /crl/0)"
@@ -90,7 +124,9 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
     std_listener.set_nonblocking(true)?;
     tracing::info!("directory: {}/directory", cfg.default_base_url());
     tracing::info!("root certificate: {}", cfg.data_path("root.pem").display());
-    let server = axum_server::from_tcp_rustls(std_listener, tls).serve(app.into_make_service());
+    // Peer addresses reach the handlers: per-IP limits need them.
+    let server = axum_server::from_tcp_rustls(std_listener, tls)
+        .serve(app.into_make_service_with_connect_info::<std::net::SocketAddr>());
     tokio::select! {
         r = server => r.context("ACME listener")?,
         _ = shutdown_signal() => tracing::info!("shutting down"),
@@ -98,7 +134,9 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn spawn_pruner(wfe: Arc<Wfe>) {
+/// Forget what no longer matters: used nonces past their lifetime, and
+/// rate-limit buckets that are full again (they read as missing ones).
+fn spawn_pruner(wfe: Arc<Wfe>, store: DynStore, clock: Arc<Clock>) {
     tokio::spawn(async move {
         let mut tick = tokio::time::interval(Duration::from_secs(60));
         loop {
@@ -106,8 +144,36 @@ fn spawn_pruner(wfe: Arc<Wfe>) {
             if let Err(e) = wfe.nonces.prune().await {
                 tracing::warn!("pruning used nonces: {e}");
             }
+            let now_ns = clock.now().unix_timestamp_nanos() as i64;
+            if let Err(e) = store.prune_buckets(now_ns).await {
+                tracing::warn!("pruning rate-limit buckets: {e}");
+            }
         }
     });
+}
+
+/// `GET /metrics` (Prometheus text format): rate-limit refusals per limit
+/// since start, issuance windows and request rates alike.
+async fn metrics(
+    State((limiter, rates)): State<(Arc<Limiter>, Arc<RequestRateLimiter>)>,
+) -> Response {
+    let mut out = String::from(
+        "# HELP cairn_rate_limit_refusals_total Requests refused by a rate limit since start.\n\
+         # TYPE cairn_rate_limit_refusals_total counter\n",
+    );
+    for (limit, n) in limiter.refusal_counts() {
+        out.push_str(&format!(
+            "cairn_rate_limit_refusals_total{{limit=\"{}\"}} {n}\n",
+            limit.as_str()
+        ));
+    }
+    for (class, n) in rates.refusal_counts() {
+        out.push_str(&format!(
+            "cairn_rate_limit_refusals_total{{limit=\"{}\"}} {n}\n",
+            class.limit_name()
+        ));
+    }
+    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], out).into_response()
 }
 
 async fn shutdown_signal() {

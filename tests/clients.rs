@@ -784,3 +784,81 @@ fn lego_http01_fails_when_the_challenge_is_not_served() {
         "lego stored a certificate for a failed order"
     );
 }
+
+/// A client meeting a limit is told what happened: with certificatesPerDomain
+/// at 1 a week, certbot's second certificate under the same registered
+/// domain is refused, certbot exits non-zero, and what it prints is Cairn's
+/// detail (the limit, the registered domain and when a retry succeeds).
+#[test]
+fn certbot_shows_a_rate_limited_refusal() {
+    let Some(bin) = client_path("CAIRN_TEST_CERTBOT") else {
+        return;
+    };
+    let env = Env::start_with(|o| {
+        o.with_env("CAIRN_LIMITS_PROFILE", "unlimited")
+            .with_env("CAIRN_LIMITS_WINDOWS_CERTIFICATES_PER_DOMAIN_BURST", "1")
+            .with_env("CAIRN_LIMITS_WINDOWS_CERTIFICATES_PER_DOMAIN_COUNT", "1")
+            .with_env(
+                "CAIRN_LIMITS_WINDOWS_CERTIFICATES_PER_DOMAIN_PERIOD_SECS",
+                "604800",
+            )
+    });
+    // Both names count for the registered domain limited-example.org.
+    let domain = "limited-example.org";
+    let issued_at = time::OffsetDateTime::now_utc();
+    certbot_http01(&env, &bin, "first", &["first.limited-example.org"]);
+
+    let port = env.server.http01_port.to_string();
+    let mut cmd = certbot(&env, &bin, "certonly");
+    cmd.args(["--standalone", "--http-01-address", "127.0.0.1"])
+        .args(["--http-01-port", &port])
+        .args(["--cert-name", "second", "-d", "second.limited-example.org"]);
+    let output = env.run_expecting_failure("certbot certonly (rate limited)", cmd);
+    let refused_at = time::OffsetDateTime::now_utc();
+    let log = certbot_log(&env);
+    let context = format!(
+        "certbot said:\n{output}\n--- certbot log ---\n{}",
+        tail(&log, 60)
+    );
+    assert!(
+        log.contains("urn:ietf:params:acme:error:rateLimited"),
+        "certbot did not receive rateLimited; {context}"
+    );
+    // What certbot shows the user (not only its debug log) is Cairn's detail.
+    let line = output
+        .lines()
+        .find(|l| l.contains("too many"))
+        .unwrap_or_else(|| panic!("certbot did not show Cairn's detail; {context}"));
+    eprintln!("certbot showed: {line}");
+    // The registered domain itself, not only inside the requested name.
+    let names_domain = line
+        .match_indices(domain)
+        .any(|(i, _)| !line[..i].ends_with('.'));
+    assert!(
+        names_domain,
+        "the detail does not name the registered domain {domain}: {line}"
+    );
+    let at = line
+        .find("retry after ")
+        .map(|i| &line[i + "retry after ".len()..])
+        .unwrap_or_else(|| panic!("the detail does not say when to retry: {line}"));
+    let when = time::PrimitiveDateTime::parse(
+        at.get(..19).unwrap_or(at),
+        time::macros::format_description!("[year]-[month]-[day] [hour]:[minute]:[second]"),
+    )
+    .unwrap_or_else(|e| panic!("retry time in {line:?}: {e}"))
+    .assume_utc();
+    // One token a week, spent by the first order: a retry succeeds a week
+    // after it (seconds rounded up).
+    let week = time::Duration::days(7);
+    assert!(
+        when >= issued_at + week - time::Duration::seconds(1)
+            && when <= refused_at + week + time::Duration::seconds(1),
+        "retry time {when} is not a week after the first order \
+         ({issued_at} .. {refused_at}): {line}"
+    );
+    assert!(
+        !certbot_live(&env, "second", "fullchain.pem").exists(),
+        "certbot stored a certificate for a refused order"
+    );
+}

@@ -364,6 +364,7 @@ async fn pending_authzs_are_counted(f: &Fixture) {
             authz("b.example", NOW_SECS + 10),
         ],
         replaces: None,
+        reservation: None,
         now: NOW_SECS,
     })
     .await
@@ -617,7 +618,7 @@ async fn limiter_new_order_renewals_and_overrides(f: &Fixture) {
     let www = names(&["www.example.co.uk"]);
     let domain = names(&["example.co.uk"]);
 
-    // First order and issuance for example.co.uk.
+    // First order for example.co.uk: it reserves the domain's token.
     let order = l.check_new_order(acct, &www, &domain, false).await.unwrap();
     let info = order.info.clone().unwrap();
     assert_eq!(info.limit, LimitName::CertificatesPerDomain);
@@ -625,7 +626,6 @@ async fn limiter_new_order_renewals_and_overrides(f: &Fixture) {
         info.policy_header(),
         "\"certificatesPerDomain\";q=1;w=604800"
     );
-    l.spend_issuance(&www, &domain, false).await.unwrap();
 
     // Another name under the same registered domain: refused, per domain.
     let api = names(&["api.example.co.uk", "*.API.example.co.uk"]);
@@ -645,7 +645,6 @@ async fn limiter_new_order_renewals_and_overrides(f: &Fixture) {
 
     // A renewal of the same set skips per-domain and orders-per-account...
     l.check_new_order(acct, &www, &domain, true).await.unwrap();
-    l.spend_issuance(&www, &domain, true).await.unwrap();
     // ...but not the exact set (2 issued: www twice).
     let p = denial(l.check_new_order(acct, &www, &domain, true).await);
     let m = p.rate_limit.unwrap();
@@ -656,12 +655,13 @@ async fn limiter_new_order_renewals_and_overrides(f: &Fixture) {
 
     // An override applies without a restart: example.org gets 10 where the
     // default is 1 (the override file is re-read, not the server restarted).
+    // (Other accounts, so orders per account stay out of it.)
     let org = names(&["example.org"]);
-    l.spend_issuance(&names(&["a.example.org"]), &org, false)
+    l.check_new_order(AccountId(100), &names(&["a.example.org"]), &org, false)
         .await
         .unwrap();
     assert!(l
-        .spend_issuance(&names(&["b.example.org"]), &org, false)
+        .check_new_order(AccountId(101), &names(&["b.example.org"]), &org, false)
         .await
         .is_err());
     for domain in ["example.org", "example.co.uk"] {
@@ -680,14 +680,19 @@ async fn limiter_new_order_renewals_and_overrides(f: &Fixture) {
     // A TAT earned under the old numbers still counts (an exhausted bucket
     // refills faster, but is not full): the admin CLI resets the bucket.
     assert!(l
-        .spend_issuance(&names(&["b.example.org"]), &org, false)
+        .check_new_order(AccountId(102), &names(&["b.example.org"]), &org, false)
         .await
         .is_err());
     l.reset_bucket(LimitName::CertificatesPerDomain, "Example.ORG")
         .await
         .unwrap();
-    for n in ["b.example.org", "c.example.org", "d.example.org"] {
-        l.spend_issuance(&names(&[n]), &org, false).await.unwrap();
+    for (i, n) in ["b.example.org", "c.example.org", "d.example.org"]
+        .iter()
+        .enumerate()
+    {
+        l.check_new_order(AccountId(103 + i as i64), &names(&[n]), &org, false)
+            .await
+            .unwrap();
     }
     l.reset_bucket(LimitName::CertificatesPerDomain, "example.co.uk")
         .await
@@ -707,14 +712,15 @@ async fn limiter_new_order_renewals_and_overrides(f: &Fixture) {
     let p = denial(
         l.check_new_order(
             acct,
-            &names(&["d.example.net"]),
-            &names(&["example.net"]),
+            &names(&["d.example.info"]),
+            &names(&["example.info"]),
             false,
         )
         .await,
     );
     assert_eq!(p.rate_limit.unwrap().limit, "newOrdersPerAccount");
-    // Creating `third` failed: refunded, so one more order fits.
+    // Creating `third` failed: refunded (its order and its domain
+    // reservation), so one more order fits, even for the same domain.
     l.refund(&third).await.unwrap();
     l.check_new_order(
         acct,

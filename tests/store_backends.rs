@@ -138,6 +138,8 @@ contract_tests!(
     replacement_refused_while_another_is_live,
     race_replacement_orders,
     race_insert_crl,
+    reservation_is_taken_once_and_consumed_by_issuance,
+    dead_reservations_are_failed_expired_or_stuck_orders,
 );
 
 /// Several instances migrating one fresh PostgreSQL database at the same
@@ -203,6 +205,7 @@ async fn new_order(s: &dyn Store, account: AccountId, names: &[&str], expires: i
         identifiers: names.iter().map(|n| Identifier::dns(*n)).collect(),
         authzs: names.iter().map(|n| new_authz(n, NOW + DAY)).collect(),
         replaces: None,
+        reservation: None,
         now: NOW,
     })
     .await
@@ -230,6 +233,7 @@ async fn replacing_order(
         identifiers: vec![Identifier::dns("r.example")],
         authzs: vec![new_authz("r.example", NOW + DAY)],
         replaces: Some(serial.to_owned()),
+        reservation: None,
         now: NOW,
     })
     .await
@@ -500,6 +504,7 @@ async fn create_order_with_new_and_reused_authzs(f: &Fixture) {
             identifiers: vec![Identifier::dns("a.example"), Identifier::dns("*.w.example")],
             authzs: vec![new_authz("a.example", NOW + DAY), wildcard],
             replaces: None,
+            reservation: None,
             now: NOW,
         })
         .await
@@ -610,6 +615,7 @@ async fn create_order_with_new_and_reused_authzs(f: &Fixture) {
                 new_authz("b.example", NOW + DAY),
             ],
             replaces: None,
+            reservation: None,
             now: NOW + 5,
         })
         .await
@@ -730,9 +736,10 @@ async fn finish_challenge_valid_updates_authz(f: &Fixture) {
     let c = challenge_of(&*s, authz, ChallengeType::Dns01).await;
 
     // Not started: finishing changes nothing.
-    s.finish_challenge(c, Ok("[]".into()), NOW, NOW + 30 * DAY)
+    assert!(!s
+        .finish_challenge(c, Ok("[]".into()), NOW, NOW + 30 * DAY)
         .await
-        .unwrap();
+        .unwrap());
     assert_eq!(
         s.challenge(c).await.unwrap().unwrap().status,
         ChallengeStatus::Pending
@@ -740,9 +747,10 @@ async fn finish_challenge_valid_updates_authz(f: &Fixture) {
 
     assert!(s.start_challenge(c, NOW).await.unwrap());
     let records = r#"[{"hostname":"a.example"}]"#.to_owned();
-    s.finish_challenge(c, Ok(records.clone()), NOW + 3, NOW + 30 * DAY)
+    assert!(s
+        .finish_challenge(c, Ok(records.clone()), NOW + 3, NOW + 30 * DAY)
         .await
-        .unwrap();
+        .unwrap());
     let done = s.challenge(c).await.unwrap().unwrap();
     assert_eq!(done.status, ChallengeStatus::Valid);
     assert_eq!(done.validated, Some(NOW + 3));
@@ -753,9 +761,10 @@ async fn finish_challenge_valid_updates_authz(f: &Fixture) {
     assert_eq!(authz.expires, NOW + 30 * DAY);
 
     // A second result for the same challenge is ignored.
-    s.finish_challenge(c, Err(Problem::connection("late")), NOW + 9, NOW)
+    assert!(!s
+        .finish_challenge(c, Err(Problem::connection("late")), NOW + 9, NOW)
         .await
-        .unwrap();
+        .unwrap());
     let again = s.challenge(c).await.unwrap().unwrap();
     assert_eq!(again.status, ChallengeStatus::Valid);
     assert_eq!(again.validated, Some(NOW + 3));
@@ -1109,7 +1118,7 @@ async fn race_start_while_finishing(f: &Fixture) {
         if i % 2 == 0 {
             s.finish_challenge(http, Ok("[]".into()), NOW, NOW + DAY)
                 .await
-                .map(|()| false)
+                .map(|_| false)
         } else {
             s.start_challenge(if i % 4 == 1 { http } else { dns }, NOW)
                 .await
@@ -1352,4 +1361,91 @@ async fn race_insert_crl(f: &Fixture) {
     })
     .await;
     assert_eq!(wins, 1);
+}
+
+async fn order_with_reservation(
+    s: &dyn Store,
+    account: AccountId,
+    name: &str,
+    expires: i64,
+) -> Order {
+    s.create_order(NewOrder {
+        account_id: account,
+        expires,
+        identifiers: vec![Identifier::dns(name)],
+        authzs: vec![new_authz(name, expires)],
+        replaces: None,
+        reservation: Some(format!("[\"{name}\"]")),
+        now: NOW,
+    })
+    .await
+    .unwrap()
+}
+
+async fn reservation_is_taken_once_and_consumed_by_issuance(f: &Fixture) {
+    let s = f.open(4).await;
+    let a = new_account(&*s, "tp-a").await;
+    let o = order_with_reservation(&*s, a.id, "a.example", NOW + DAY).await;
+    assert_eq!(
+        s.take_reservation(o.id).await.unwrap().as_deref(),
+        Some("[\"a.example\"]")
+    );
+    assert_eq!(s.take_reservation(o.id).await.unwrap(), None);
+
+    // Issuance uses the reservation: nothing is left to give back.
+    let o = order_with_reservation(&*s, a.id, "b.example", NOW + DAY).await;
+    validate(&*s, o.authz_ids[0], NOW + 30 * DAY).await;
+    assert!(s.begin_finalize(o.id, NOW).await.unwrap());
+    s.complete_order(o.id, &certificate("0b", &o), NOW)
+        .await
+        .unwrap();
+    assert_eq!(s.take_reservation(o.id).await.unwrap(), None);
+    assert!(s
+        .dead_reservations(NOW + 10 * DAY, NOW, 10)
+        .await
+        .unwrap()
+        .is_empty());
+
+    // Concurrent claims: exactly one caller gets the tokens.
+    let o = order_with_reservation(&*s, a.id, "c.example", NOW + DAY).await;
+    let id = o.id;
+    let wins = race(f, 4, 20, move |s, _| async move {
+        Ok(s.take_reservation(id).await?.is_some())
+    })
+    .await;
+    assert_eq!(wins, 1);
+}
+
+async fn dead_reservations_are_failed_expired_or_stuck_orders(f: &Fixture) {
+    let s = f.open(4).await;
+    let a = new_account(&*s, "tp-a").await;
+    let live = order_with_reservation(&*s, a.id, "live.example", NOW + DAY).await;
+    let expiring = order_with_reservation(&*s, a.id, "exp.example", NOW + 100).await;
+    let failed = order_with_reservation(&*s, a.id, "fail.example", NOW + DAY).await;
+    let c = challenge_of(&*s, failed.authz_ids[0], ChallengeType::Http01).await;
+    assert!(s.start_challenge(c, NOW).await.unwrap());
+    assert!(s
+        .finish_challenge(c, Err(Problem::connection("refused")), NOW, NOW)
+        .await
+        .unwrap());
+    let stuck = order_with_reservation(&*s, a.id, "stuck.example", NOW + DAY).await;
+    validate(&*s, stuck.authz_ids[0], NOW + 30 * DAY).await;
+    assert!(s.begin_finalize(stuck.id, NOW).await.unwrap());
+    let errored = order_with_reservation(&*s, a.id, "err.example", NOW + DAY).await;
+    s.fail_order(errored.id, &Problem::malformed("x"), NOW)
+        .await
+        .unwrap();
+
+    let dead = s.dead_reservations(NOW + 50, NOW - 1, 10).await.unwrap();
+    assert_eq!(dead, [failed.id, errored.id]);
+    let dead = s.dead_reservations(NOW + 100, NOW + 1, 10).await.unwrap();
+    assert_eq!(dead, [expiring.id, failed.id, stuck.id, errored.id]);
+    assert_eq!(
+        s.dead_reservations(NOW + 100, NOW + 1, 2)
+            .await
+            .unwrap()
+            .len(),
+        2
+    );
+    let _ = live;
 }

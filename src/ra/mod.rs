@@ -8,10 +8,12 @@ use crate::config::Config;
 use crate::crl::CrlPublisher;
 use crate::policy::{DnsName, Policy};
 use crate::problem::{Identifier, Problem};
+use crate::ratelimit::{LimitError, Limiter, RateLimitInfo, Spent};
 use crate::sa::*;
 use crate::va::{ChallengeType, Va, ValidationRequest};
 use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64;
 use base64::Engine;
+use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -34,6 +36,8 @@ pub struct Ra {
     issuer_key_id: Vec<u8>,
     /// Publishes a fresh CRL after each revocation.
     crl: Arc<CrlPublisher>,
+    /// The issuance-window rate limits (LIMITS.md §2).
+    limiter: Arc<Limiter>,
 }
 
 /// What a client asked of newAccount (RFC 8555 §7.3).
@@ -84,6 +88,7 @@ impl Ra {
         va: Arc<Va>,
         clock: Arc<Clock>,
         crl: Arc<CrlPublisher>,
+        limiter: Arc<Limiter>,
     ) -> anyhow::Result<Arc<Ra>> {
         let policy = Policy::new(&cfg.policy)?;
         let issuer_key_id = subject_key_id(ca.intermediate_der())
@@ -97,19 +102,23 @@ impl Ra {
             clock,
             issuer_key_id,
             crl,
+            limiter,
         }))
     }
 
     // ---- accounts ------------------------------------------------------
 
     /// newAccount: create, or find the account of this key (`false` when it
-    /// existed already).
+    /// existed already). Creating one spends the registration limits of
+    /// `client` (the requester's address); the most constrained of them
+    /// comes back for the response's rate-limit headers.
     pub async fn new_account(
         &self,
         jwk: &str,
         thumbprint: &str,
         req: NewAccountRequest,
-    ) -> Result<(Account, bool), Problem> {
+        client: Option<IpAddr>,
+    ) -> Result<(Account, bool, Option<RateLimitInfo>), Problem> {
         if let Some(existing) = self.store.account_by_thumbprint(thumbprint).await? {
             if existing.status != AccountStatus::Valid {
                 return Err(Problem::unauthorized(format!(
@@ -117,7 +126,7 @@ impl Ra {
                     existing.status.as_str()
                 )));
             }
-            return Ok((existing, false));
+            return Ok((existing, false, None));
         }
         if req.only_return_existing == Some(true) {
             return Err(Problem::account_does_not_exist(
@@ -134,9 +143,23 @@ impl Ra {
         // binding may ignore one; clients configured with EAB still work.
         let _ = req.external_account_binding;
         let contact = self.check_contacts(req.contact.as_deref().unwrap_or_default())?;
-        self.store
+        let spent = match client {
+            Some(ip) => allow(self.limiter.check_new_account(ip).await)?,
+            None => Spent::none(),
+        };
+        let created = self
+            .store
             .create_account(jwk, thumbprint, &contact, self.clock.unix())
-            .await
+            .await;
+        match created {
+            Ok((acct, true)) => Ok((acct, true, spent.info)),
+            // Created concurrently by another request with this key, or
+            // not at all: this request registered nothing.
+            other => {
+                self.refund(&spent).await;
+                other.map(|(acct, _)| (acct, false, None))
+            }
+        }
     }
 
     /// The account named by a `kid`, which must exist and be valid.
@@ -281,11 +304,15 @@ impl Ra {
 
     // ---- orders --------------------------------------------------------
 
+    /// newOrder. Rate limits: an ARI renewal (`replaces`) is exempt from
+    /// all; otherwise the pending-authorization cap, then one batch that
+    /// spends new-orders-per-account (not for a renewal) and reserves the
+    /// certificate tokens the order will use (see `Limiter::check_new_order`).
     pub async fn new_order(
         &self,
         acct: &Account,
         req: NewOrderRequest,
-    ) -> Result<(Order, Vec<Authz>), Problem> {
+    ) -> Result<(Order, Vec<Authz>, Option<RateLimitInfo>), Problem> {
         if req.not_before.as_ref().is_some_and(|v| !v.is_null())
             || req.not_after.as_ref().is_some_and(|v| !v.is_null())
         {
@@ -321,8 +348,13 @@ impl Ra {
                 expires = expires.min(n.expires);
             }
         }
+        let spent = if replaces.is_some() {
+            Spent::none()
+        } else {
+            self.check_order_limits(acct, &names, &authzs, now).await?
+        };
         let identifiers = names.iter().map(|n| Identifier::dns(n.value())).collect();
-        let order = self
+        let created = self
             .store
             .create_order(NewOrder {
                 account_id: acct.id,
@@ -330,18 +362,108 @@ impl Ra {
                 identifiers,
                 authzs,
                 replaces,
+                reservation: spent.reservation(),
                 now,
             })
-            .await?;
+            .await;
+        let order = match created {
+            Ok(o) => o,
+            Err(p) => {
+                self.refund(&spent).await;
+                return Err(p);
+            }
+        };
         let authzs = self.store.authzs(&order.authz_ids).await?;
         // A reused authorization may expire before the order: the order
         // cannot outlive its authorizations' usefulness anyway.
-        Ok(self.refine_order(order, &authzs, now)).map(|o| {
-            (
-                o,
-                authzs.into_iter().map(|a| refine_authz(a, now)).collect(),
-            )
-        })
+        let order = self.refine_order(order, &authzs, now);
+        let authzs = authzs.into_iter().map(|a| refine_authz(a, now)).collect();
+        Ok((order, authzs, spent.info))
+    }
+
+    /// The rate limits of a new order that is not an ARI renewal.
+    async fn check_order_limits(
+        &self,
+        acct: &Account,
+        names: &[DnsName],
+        authzs: &[OrderAuthz],
+        now: i64,
+    ) -> Result<Spent, Problem> {
+        let new_authzs = authzs
+            .iter()
+            .filter(|a| matches!(a, OrderAuthz::New(_)))
+            .count() as u64;
+        self.limiter
+            .check_pending_authzs(acct.id, new_authzs, self.cfg.limits.max_pending_authzs)
+            .await?;
+        let values: Vec<String> = names.iter().map(|n| n.value()).collect();
+        // A renewal: this exact set was certified within a certificate's
+        // lifetime (plus a margin for late renewals).
+        let since = now - self.cfg.ca.cert_validity_secs as i64 - RENEWAL_MARGIN_SECS;
+        let is_renewal = self
+            .store
+            .issued_for_set(&identifier_set_hash(&values), since)
+            .await?;
+        let domains: Vec<String> = names
+            .iter()
+            .map(|n| self.policy.registered_domain(&n.base))
+            .collect();
+        allow(
+            self.limiter
+                .check_new_order(acct.id, &values, &domains, is_renewal)
+                .await,
+        )
+    }
+
+    /// Give back tokens a failed operation spent; a failure to do so is
+    /// logged (the bucket refills on its own).
+    async fn refund(&self, spent: &Spent) {
+        if let Err(e) = self.limiter.refund(spent).await {
+            tracing::warn!("refunding rate-limit tokens: {}", e.detail);
+        }
+    }
+
+    /// Give back the certificate tokens an order reserved, if it still
+    /// holds them (exactly once, whoever calls).
+    async fn release_reservation(&self, order: OrderId) {
+        let r = match self.store.take_reservation(order).await {
+            Ok(Some(json)) => self.limiter.refund_reservation(&json).await,
+            Ok(None) => Ok(()),
+            Err(e) => Err(e),
+        };
+        if let Err(e) = r {
+            tracing::warn!(
+                order = order.0,
+                "returning reserved rate-limit tokens: {}",
+                e.detail
+            );
+        }
+    }
+
+    /// Return the reservations of orders that will never issue (failed,
+    /// expired or abandoned in processing), every couple of seconds, so a
+    /// failed order gives its certificate tokens back promptly.
+    pub fn spawn_reservation_sweeper(self: &Arc<Self>) {
+        let ra = self.clone();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_secs(2));
+            loop {
+                tick.tick().await;
+                let now = ra.clock.unix();
+                match ra
+                    .store
+                    .dead_reservations(now, now - STALE_PROCESSING_SECS, 500)
+                    .await
+                {
+                    Ok(ids) => {
+                        for id in ids {
+                            ra.release_reservation(id).await;
+                        }
+                    }
+                    Err(e) => tracing::warn!("finding orders to refund: {}", e.detail),
+                }
+            }
+        });
     }
 
     fn new_authz(&self, n: &DnsName, now: i64) -> NewAuthz {
@@ -477,8 +599,24 @@ impl Ra {
                 a.status.as_str()
             )));
         }
-        self.store.deactivate_authz(id).await?;
+        if self.store.deactivate_authz(id).await? && a.status == AuthzStatus::Pending {
+            // Boulder counts a pending authorization given up as a failure.
+            self.count_failure(acct.id, &a.identifier).await;
+        }
         self.authz(acct, id).await
+    }
+
+    /// A failed (or abandoned) authorization: spend the failure limits;
+    /// pausing happens inside when the consecutive ones run out.
+    async fn count_failure(&self, account: AccountId, identifier: &str) {
+        if let Err(e) = self.limiter.spend_failed_authz(account, identifier).await {
+            tracing::warn!(
+                account = account.0,
+                identifier,
+                "counting a failed authorization: {}",
+                e.detail
+            );
+        }
     }
 
     /// A challenge and its authorization, if they belong to this account.
@@ -570,9 +708,24 @@ impl Ra {
         tracing::info!(challenge = id.0, kind = c.kind.as_str(), domain = %a.identifier, %outcome, "validation finished");
         let now = self.clock.unix();
         let valid_expires = now + self.cfg.acme.valid_authz_lifetime_secs as i64;
-        self.store
+        let failed = result.is_err();
+        if !self
+            .store
             .finish_challenge(id, result, now, valid_expires)
+            .await?
+        {
+            return Ok(()); // another run recorded it first
+        }
+        if failed {
+            self.count_failure(a.account_id, &a.identifier).await;
+        } else if let Err(e) = self
+            .limiter
+            .reset_pausing(a.account_id, &a.identifier)
             .await
+        {
+            tracing::warn!(identifier = %a.identifier, "resetting the failure count: {}", e.detail);
+        }
+        Ok(())
     }
 
     /// How long a validation may run before another instance (or this one
@@ -690,6 +843,7 @@ impl Ra {
             Ok(c) => c,
             Err(p) => {
                 self.store.fail_order(id, &p, now.unix_timestamp()).await?;
+                self.release_reservation(id).await;
                 return Err(p);
             }
         };
@@ -714,6 +868,7 @@ impl Ra {
             .await
         {
             self.store.fail_order(id, &p, now.unix_timestamp()).await?;
+            self.release_reservation(id).await;
             return Err(p);
         }
         tracing::info!(order = id.0, serial = %issued.serial, names = ?names, "certificate issued");
@@ -836,6 +991,24 @@ impl Ra {
 
     pub fn ca(&self) -> &Ca {
         &self.ca
+    }
+}
+
+/// An order for an identifier set certified this long before the
+/// certificate's lifetime ran out still counts as a renewal.
+const RENEWAL_MARGIN_SECS: i64 = 30 * 86_400;
+
+/// A limiter result as the RA acts on it: a refusal is the client's
+/// problem; a limiter outage lets the request through (as Boulder does),
+/// logged, rather than failing issuance.
+fn allow(r: Result<Spent, LimitError>) -> Result<Spent, Problem> {
+    match r {
+        Ok(s) => Ok(s),
+        Err(LimitError::Unavailable(p)) => {
+            tracing::warn!("rate limits unavailable, request allowed: {}", p.detail);
+            Ok(Spent::none())
+        }
+        Err(e) => Err(e.to_problem()),
     }
 }
 

@@ -2,7 +2,6 @@
 //! that every caller counts the same thing the same way.
 
 use super::LimitName;
-use sha2::{Digest, Sha256};
 use std::net::{IpAddr, Ipv6Addr};
 
 /// The stored key of a bucket: `<limitName>:<id>`.
@@ -48,16 +47,15 @@ pub fn normalize_identifiers<S: AsRef<str>>(names: &[S]) -> Vec<String> {
     v
 }
 
-/// The id of *certificates per exact set of identifiers*: the SHA-256, in
-/// lower-case hex, of the normalised names joined by `,` (Boulder's
-/// `core.HashIdentifiers`), so order and case do not matter.
-pub fn fqdn_set_hash<S: AsRef<str>>(names: &[S]) -> String {
-    hex::encode(Sha256::digest(normalize_identifiers(names).join(",")))
-}
+/// The id of *certificates per exact set of identifiers*: the hash the
+/// store keeps for every certificate (Boulder's `core.HashIdentifiers`), so
+/// order and case do not matter and renewals are found by the same value.
+pub use crate::sa::identifier_set_hash as fqdn_set_hash;
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use sha2::Digest;
 
     #[test]
     fn registration_keys_by_family() {
@@ -97,7 +95,7 @@ mod tests {
         // Boulder's value: sha256("a.example.com,b.example.com").
         assert_eq!(
             h,
-            hex::encode(Sha256::digest("a.example.com,b.example.com"))
+            hex::encode(sha2::Sha256::digest("a.example.com,b.example.com"))
         );
         assert_eq!(h.len(), 64);
         assert_eq!(

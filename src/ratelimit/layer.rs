@@ -222,6 +222,12 @@ impl RequestRateLimiter {
         self.limiters.iter().all(Option::is_none)
     }
 
+    /// The client a request comes from: the peer, or the address a trusted
+    /// proxy forwarded for.
+    pub fn client_ip(&self, peer: IpAddr, headers: &HeaderMap) -> IpAddr {
+        self.proxies.client_ip(peer, headers)
+    }
+
     /// Spend one request of `class` for `client`: `Err(wait)` when refused.
     pub fn check(&self, class: EndpointClass, client: IpAddr) -> Result<(), Duration> {
         let Some(l) = &self.limiters[class.index()] else {
@@ -288,6 +294,7 @@ impl RequestRateLimiter {
                 self.docs_url
             ),
         )
+        .with_help(&self.docs_url)
     }
 
     /// Forget buckets that have refilled (they equal fresh ones).

@@ -98,6 +98,7 @@ impl Denial {
             Some(self.retry_after_secs),
             self.detail(),
         )
+        .with_help(&self.docs_url)
     }
 }
 
@@ -148,6 +149,7 @@ impl LimitError {
                          (fix the validation setup first): see {docs_url}#{anchor}"
                     ),
                 )
+                .with_help(docs_url)
             }
             LimitError::Unavailable(p) => p.clone(),
         }
@@ -218,7 +220,40 @@ pub struct Spent {
     pub info: Option<RateLimitInfo>,
 }
 
+/// One reserved token kind, as an order stores it.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+struct ReservedToken {
+    limit: String,
+    key: String,
+    cost: u64,
+}
+
 impl Spent {
+    /// The certificate tokens (per registered domain, per exact set) this
+    /// spend reserved, as JSON for the order to keep; `None` if none.
+    pub fn reservation(&self) -> Option<String> {
+        let tokens: Vec<ReservedToken> = self
+            .txns
+            .iter()
+            .filter(|t| {
+                matches!(
+                    t.limit,
+                    LimitName::CertificatesPerDomain | LimitName::CertificatesPerFqdnSet
+                )
+            })
+            .map(|t| ReservedToken {
+                limit: t.limit.as_str().to_string(),
+                key: t.key.clone(),
+                cost: t.cost,
+            })
+            .collect();
+        if tokens.is_empty() {
+            None
+        } else {
+            serde_json::to_string(&tokens).ok()
+        }
+    }
+
     /// Nothing spent (e.g. an ARI renewal, exempt from every limit).
     pub fn none() -> Spent {
         Spent::default()
@@ -349,8 +384,15 @@ impl Limiter {
     /// call this). In order: refuse identifiers the account is paused for;
     /// then one batch of *new orders per account* (check+spend, skipped for
     /// a renewal), *authorization failures* per identifier (check-only),
-    /// *certificates per registered domain* per domain (check-only, skipped
-    /// for a renewal) and *exact set* (check-only). `names` are the order's
+    /// *certificates per registered domain* per domain (check+spend, skipped
+    /// for a renewal) and *exact set* (check+spend).
+    ///
+    /// The certificate limits are spent here, as a reservation, rather than
+    /// at issuance: instances racing for the last tokens then never admit
+    /// more orders than the bucket allows, and a client is told at newOrder,
+    /// before any validation work. The order keeps the reservation
+    /// ([`Spent::reservation`]) until its certificate uses it; an order that
+    /// fails or expires gives it back ([`Limiter::refund_reservation`]). `names` are the order's
     /// identifiers (wildcards as `*.name`); `registered_domains` their
     /// registered domains (`Policy::registered_domain`), duplicates allowed.
     /// Refund the result if the order is not created.
@@ -409,31 +451,29 @@ impl Limiter {
             names,
             registered_domains,
             is_renewal,
-            TxnMode::CheckOnly,
+            TxnMode::CheckAndSpend,
         );
         self.transact(txns).await
     }
 
-    /// A certificate is about to be issued: check and spend *certificates
-    /// per registered domain* (skipped for a renewal) and *exact set*. These
-    /// are check+spend (not Boulder's spend-only) so that instances racing
-    /// to finalize never issue more than a bucket allows. Refund the result
-    /// if issuance then fails. Not called for ARI renewals.
-    pub async fn spend_issuance(
-        &self,
-        names: &[String],
-        registered_domains: &[String],
-        is_renewal: bool,
-    ) -> Result<Spent, LimitError> {
-        let mut txns = Vec::new();
-        self.issuance_txns(
-            &mut txns,
-            names,
-            registered_domains,
-            is_renewal,
-            TxnMode::CheckAndSpend,
-        );
-        self.transact(txns).await
+    /// Give back a reservation an order kept (see [`Spent::reservation`]).
+    /// A limit switched off since is skipped.
+    pub async fn refund_reservation(&self, json: &str) -> Result<(), Problem> {
+        let tokens: Vec<ReservedToken> = serde_json::from_str(json)
+            .map_err(|e| Problem::internal(format!("bad reservation in database: {e}")))?;
+        let txns: Vec<BucketTxn> = tokens
+            .into_iter()
+            .filter_map(|t| {
+                let limit = LimitName::parse(&t.limit)?;
+                let id = t.key.strip_prefix(&format!("{}:", limit.as_str()))?;
+                self.txn(limit, id, t.cost, TxnMode::CheckAndSpend)
+            })
+            .collect();
+        if txns.is_empty() {
+            return Ok(());
+        }
+        self.store.refund_buckets(&txns, self.now_ns()).await?;
+        Ok(())
     }
 
     fn issuance_txns(
@@ -598,7 +638,8 @@ impl Limiter {
                      {account}: complete or deactivate some first: see {}#pending-authorizations",
                     self.docs_url
                 ),
-            ));
+            )
+            .with_help(&self.docs_url));
         }
         Ok(())
     }

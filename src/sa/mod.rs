@@ -206,6 +206,9 @@ pub struct NewOrder {
     /// The store refuses it (`alreadyReplaced`) while another live order
     /// replaces the same certificate.
     pub replaces: Option<String>,
+    /// Rate-limit tokens the order reserved (JSON), kept until it issues
+    /// (consumed) or fails (given back).
+    pub reservation: Option<String>,
     pub now: i64,
 }
 
@@ -278,13 +281,14 @@ pub trait Store: LimitStore + Send + Sync {
     /// processing, unless another challenge of it already is. True if moved.
     async fn start_challenge(&self, id: ChallengeId, now: i64) -> Result<bool, Problem>;
     /// Record a validation result on the challenge and its authorization.
+    /// False if another run recorded one first (nothing changed).
     async fn finish_challenge(
         &self,
         id: ChallengeId,
         result: Result<String, Problem>,
         now: i64,
         valid_authz_expires: i64,
-    ) -> Result<(), Problem>;
+    ) -> Result<bool, Problem>;
     /// Take over validations whose lease ran out: challenges processing
     /// since before `stale_before` (their instance died or restarted) get a
     /// new lease from `now`. Each is claimed by exactly one caller.
@@ -305,6 +309,17 @@ pub trait Store: LimitStore + Send + Sync {
         now: i64,
     ) -> Result<(), Problem>;
     async fn fail_order(&self, id: OrderId, error: &Problem, now: i64) -> Result<(), Problem>;
+    /// Claim the order's reserved rate-limit tokens (None if it has none
+    /// or another caller claimed them): exactly one caller gets them.
+    async fn take_reservation(&self, id: OrderId) -> Result<Option<String>, Problem>;
+    /// Orders holding a reservation that will never issue: invalid, failed
+    /// authorizations, expired, or processing since before `stale_before`.
+    async fn dead_reservations(
+        &self,
+        now: i64,
+        stale_before: i64,
+        limit: u32,
+    ) -> Result<Vec<OrderId>, Problem>;
     async fn certificate(&self, serial: &str) -> Result<Option<Certificate>, Problem>;
     /// Mark a certificate revoked; false if it already was. With
     /// `block_key` (the certificate's SPKI hash, for a proven keyCompromise)

@@ -284,6 +284,13 @@ impl Store for PgStore {
                 )));
             }
         }
+        if let Some(tokens) = &o.reservation {
+            sqlx::query("INSERT INTO order_reservations (order_id, tokens) VALUES ($1, $2)")
+                .bind(order_id)
+                .bind(tokens)
+                .execute(&mut *tx)
+                .await?;
+        }
         let mut authz_ids = Vec::with_capacity(o.authzs.len());
         for a in &o.authzs {
             let authz_id = match a {
@@ -519,7 +526,7 @@ impl Store for PgStore {
         result: Result<String, Problem>,
         now: i64,
         valid_authz_expires: i64,
-    ) -> Result<(), Problem> {
+    ) -> Result<bool, Problem> {
         let mut tx = self.pool.begin().await?;
         // Both UPDATEs below are compare-and-sets on their own row (status
         // re-evaluated on the current version), so they are correct without
@@ -568,7 +575,7 @@ impl Store for PgStore {
             }
         }
         tx.commit().await?;
-        Ok(())
+        Ok(authz_id.is_some())
     }
 
     async fn claim_stale_challenges(
@@ -660,6 +667,11 @@ impl Store for PgStore {
             tx.rollback().await?;
             return Err(Problem::internal("order left processing during issuance"));
         }
+        // The certificate uses the tokens the order reserved.
+        sqlx::query("DELETE FROM order_reservations WHERE order_id = $1")
+            .bind(id.0)
+            .execute(&mut *tx)
+            .await?;
         tx.commit().await?;
         Ok(())
     }
@@ -675,6 +687,39 @@ impl Store for PgStore {
         .execute(&self.pool)
         .await?;
         Ok(())
+    }
+
+    async fn take_reservation(&self, id: OrderId) -> Result<Option<String>, Problem> {
+        Ok(sqlx::query_scalar(
+            "DELETE FROM order_reservations WHERE order_id = $1 RETURNING tokens",
+        )
+        .bind(id.0)
+        .fetch_optional(&self.pool)
+        .await?)
+    }
+
+    async fn dead_reservations(
+        &self,
+        now: i64,
+        stale_before: i64,
+        limit: u32,
+    ) -> Result<Vec<OrderId>, Problem> {
+        let ids: Vec<i64> = sqlx::query_scalar(
+            "SELECT r.order_id FROM order_reservations r JOIN orders o ON o.id = r.order_id
+             WHERE o.status = 'invalid'
+                OR (o.status = 'processing' AND o.updated_at < $2)
+                OR (o.status = 'pending' AND (o.expires <= $1 OR EXISTS (
+                    SELECT 1 FROM order_authzs oa JOIN authzs a ON a.id = oa.authz_id
+                    WHERE oa.order_id = o.id
+                      AND (a.status IN ('invalid', 'deactivated', 'revoked') OR a.expires <= $1))))
+             ORDER BY r.order_id LIMIT $3",
+        )
+        .bind(now)
+        .bind(stale_before)
+        .bind(i64::from(limit))
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(ids.into_iter().map(OrderId).collect())
     }
 
     async fn certificate(&self, serial: &str) -> Result<Option<Certificate>, Problem> {

@@ -234,6 +234,13 @@ impl Store for SqliteStore {
                 )));
             }
         }
+        if let Some(tokens) = &o.reservation {
+            sqlx::query("INSERT INTO order_reservations (order_id, tokens) VALUES (?, ?)")
+                .bind(order_id)
+                .bind(tokens)
+                .execute(&mut *tx)
+                .await?;
+        }
         let mut authz_ids = Vec::with_capacity(o.authzs.len());
         for a in &o.authzs {
             let authz_id = match a {
@@ -459,7 +466,7 @@ impl Store for SqliteStore {
         result: Result<String, Problem>,
         now: i64,
         valid_authz_expires: i64,
-    ) -> Result<(), Problem> {
+    ) -> Result<bool, Problem> {
         let mut tx = self.pool.begin().await?;
         let (status, error, records) = match &result {
             Ok(records) => ("valid", None, Some(records.clone())),
@@ -493,7 +500,7 @@ impl Store for SqliteStore {
             }
         }
         tx.commit().await?;
-        Ok(())
+        Ok(authz_id.is_some())
     }
 
     async fn claim_stale_challenges(
@@ -567,6 +574,11 @@ impl Store for SqliteStore {
         if r.rows_affected() != 1 {
             return Err(Problem::internal("order left processing during issuance"));
         }
+        // The certificate uses the tokens the order reserved.
+        sqlx::query("DELETE FROM order_reservations WHERE order_id = ?")
+            .bind(id.0)
+            .execute(&mut *tx)
+            .await?;
         tx.commit().await?;
         Ok(())
     }
@@ -582,6 +594,41 @@ impl Store for SqliteStore {
         .execute(&self.pool)
         .await?;
         Ok(())
+    }
+
+    async fn take_reservation(&self, id: OrderId) -> Result<Option<String>, Problem> {
+        Ok(
+            sqlx::query_scalar(
+                "DELETE FROM order_reservations WHERE order_id = ? RETURNING tokens",
+            )
+            .bind(id.0)
+            .fetch_optional(&self.pool)
+            .await?,
+        )
+    }
+
+    async fn dead_reservations(
+        &self,
+        now: i64,
+        stale_before: i64,
+        limit: u32,
+    ) -> Result<Vec<OrderId>, Problem> {
+        let ids: Vec<i64> = sqlx::query_scalar(
+            "SELECT r.order_id FROM order_reservations r JOIN orders o ON o.id = r.order_id
+             WHERE o.status = 'invalid'
+                OR (o.status = 'processing' AND o.updated_at < ?2)
+                OR (o.status = 'pending' AND (o.expires <= ?1 OR EXISTS (
+                    SELECT 1 FROM order_authzs oa JOIN authzs a ON a.id = oa.authz_id
+                    WHERE oa.order_id = o.id
+                      AND (a.status IN ('invalid', 'deactivated', 'revoked') OR a.expires <= ?1))))
+             ORDER BY r.order_id LIMIT ?3",
+        )
+        .bind(now)
+        .bind(stale_before)
+        .bind(i64::from(limit))
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(ids.into_iter().map(OrderId).collect())
     }
 
     async fn certificate(&self, serial: &str) -> Result<Option<Certificate>, Problem> {
@@ -746,12 +793,12 @@ const CRLS_KEPT: i64 = 10;
 /// An order of another live order (not failed, not expired: the same
 /// derivation the RA makes) that replaces this certificate.
 const LIVE_REPLACEMENT: &str = "SELECT EXISTS (SELECT 1 FROM orders o
-     WHERE o.replaces = ? AND o.id <> ? AND (
+     WHERE o.replaces = ?1 AND o.id <> ?2 AND (
         o.status IN ('processing', 'valid')
-        OR (o.status = 'pending' AND o.expires > ? AND NOT EXISTS (
+        OR (o.status = 'pending' AND o.expires > ?3 AND NOT EXISTS (
             SELECT 1 FROM order_authzs oa JOIN authzs a ON a.id = oa.authz_id
             WHERE oa.order_id = o.id
-              AND (a.status IN ('invalid', 'deactivated', 'revoked') OR a.expires <= ?)))))";
+              AND (a.status IN ('invalid', 'deactivated', 'revoked') OR a.expires <= ?3)))))";
 
 fn cert_from_row(r: &SqliteRow) -> Result<Certificate, Problem> {
     Ok(Certificate {

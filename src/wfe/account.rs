@@ -1,7 +1,7 @@
 //! newAccount, the account resource (read, update, deactivate), its orders
 //! list, and keyChange (RFC 8555 §7.3).
 
-use super::{json_response, jws, path_id, AppState, Base, KeyMode, Signer};
+use super::{json_response, jws, path_id, AppState, Base, ClientAddr, KeyMode, Signer};
 use crate::problem::Problem;
 use crate::ra::{AccountUpdate, NewAccountRequest};
 use crate::sa::{Account, OrderId};
@@ -37,6 +37,7 @@ fn account_headers(s: &AppState, base: &Base, a: &Account) -> Vec<(header::Heade
 pub async fn new_account(
     State(s): State<AppState>,
     Extension(base): Extension<Base>,
+    ClientAddr(client): ClientAddr,
     uri: Uri,
     headers: HeaderMap,
     body: Body,
@@ -49,7 +50,7 @@ pub async fn new_account(
         return Err(Problem::malformed("newAccount must be signed with \"jwk\""));
     };
     let jwk_json = jws::public_json(jwk)?;
-    let (acct, created) = s.ra.new_account(&jwk_json, thumbprint, req).await?;
+    let (acct, created, limits) = s.ra.new_account(&jwk_json, thumbprint, req, client).await?;
     let status = if created {
         StatusCode::CREATED
     } else {
@@ -58,11 +59,15 @@ pub async fn new_account(
     if created {
         tracing::info!(account = acct.id.0, "account created");
     }
-    Ok(json_response(
+    let mut resp = json_response(
         status,
         &account_json(&base, &acct),
         account_headers(&s, &base, &acct),
-    ))
+    );
+    if let Some(info) = limits {
+        info.apply(resp.headers_mut());
+    }
+    Ok(resp)
 }
 
 /// POST-as-GET reads the account; a payload updates contacts or deactivates.

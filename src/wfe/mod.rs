@@ -6,6 +6,7 @@
 mod account;
 mod ari;
 mod directory;
+mod docs;
 pub mod jws;
 mod nonce;
 mod order;
@@ -13,14 +14,18 @@ mod order;
 use crate::config::Config;
 use crate::problem::Problem;
 use crate::ra::Ra;
+use crate::ratelimit::{ClientIp, RequestRateLayer, RequestRateLimiter};
 use crate::sa::{Account, AccountId};
 use axum::body::Body;
+use axum::extract::{ConnectInfo, FromRequestParts};
 use axum::extract::{Request, State};
+use axum::http::request::Parts;
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode, Uri};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::Router;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use time::format_description::well_known::Rfc3339;
 
@@ -30,6 +35,8 @@ pub struct Wfe {
     pub ra: Arc<Ra>,
     pub nonces: Nonces,
     pub cfg: Arc<Config>,
+    /// Per-IP request rates (LIMITS.md §1), also the client-IP rule.
+    pub rates: Arc<RequestRateLimiter>,
 }
 
 pub type AppState = Arc<Wfe>;
@@ -61,13 +68,40 @@ pub fn router(state: AppState) -> Router {
         .route("/acme/revoke-cert", post(order::revoke))
         .route("/acme/issuer/0", get(directory::issuer))
         .route("/acme/renewal-info/{cert_id}", get(ari::renewal_info))
+        .route("/docs/rate-limits", get(docs::rate_limits))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
+        // Inside the common headers: a refusal carries a nonce and Link too.
+        .layer(RequestRateLayer::new(state.rates.clone()))
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),
             common_headers,
         ))
         .with_state(state)
+}
+
+/// The address a request comes from (for per-IP limits): what the
+/// request-rate layer decided, else the peer (or the address a trusted
+/// proxy forwarded for); `None` when the server runs without peer
+/// addresses.
+pub struct ClientAddr(pub Option<IpAddr>);
+
+impl FromRequestParts<AppState> for ClientAddr {
+    type Rejection = std::convert::Infallible;
+
+    async fn from_request_parts(
+        parts: &mut Parts,
+        state: &AppState,
+    ) -> Result<Self, Self::Rejection> {
+        if let Some(ClientIp(ip)) = parts.extensions.get::<ClientIp>() {
+            return Ok(ClientAddr(Some(*ip)));
+        }
+        let peer = parts
+            .extensions
+            .get::<ConnectInfo<SocketAddr>>()
+            .map(|c| state.rates.client_ip(c.0.ip(), &parts.headers));
+        Ok(ClientAddr(peer))
+    }
 }
 
 async fn not_found() -> Problem {

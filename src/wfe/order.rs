@@ -92,8 +92,12 @@ pub async fn new_order(
         .verify_post(&base, &uri, &headers, body, KeyMode::Kid)
         .await?;
     let req: NewOrderRequest = post.json()?;
-    let (order, _) = s.ra.new_order(post.account()?, req).await?;
-    Ok(order_response(&s, &base, &order, StatusCode::CREATED))
+    let (order, _, limits) = s.ra.new_order(post.account()?, req).await?;
+    let mut resp = order_response(&s, &base, &order, StatusCode::CREATED);
+    if let Some(info) = limits {
+        info.apply(resp.headers_mut());
+    }
+    Ok(resp)
 }
 
 pub async fn order(

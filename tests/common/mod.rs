@@ -718,3 +718,117 @@ pub fn client_trusting(root_pem: &[u8], timeout: Duration) -> Option<reqwest::Cl
         .build()
         .ok()
 }
+
+// ---------------------------------------------------------------------------------------
+// Management listener and IPv6 (rate-limit tests)
+// ---------------------------------------------------------------------------------------
+
+/// POSTs a JSON body to a path of the server's management listener (e.g.
+/// `/clock/advance`). Returns the status and the body as JSON (`Null` if it is not).
+pub async fn mgmt_post(
+    server: &Server,
+    path: &str,
+    body: serde_json::Value,
+) -> (u16, serde_json::Value) {
+    let url = format!("{}{path}", server.mgmt_url);
+    let r = reqwest::Client::new()
+        .post(&url)
+        .header("content-type", "application/json")
+        .body(body.to_string())
+        .send()
+        .await
+        .unwrap_or_else(|e| panic!("POST {url}: {e}"));
+    let status = r.status().as_u16();
+    let bytes = r.bytes().await.unwrap_or_default();
+    (
+        status,
+        serde_json::from_slice(&bytes).unwrap_or(serde_json::Value::Null),
+    )
+}
+
+/// GETs a path of the management listener; returns the status and the body text.
+pub async fn mgmt_get(server: &Server, path: &str) -> (u16, String) {
+    let url = format!("{}{path}", server.mgmt_url);
+    let r = reqwest::get(&url)
+        .await
+        .unwrap_or_else(|e| panic!("GET {url}: {e}"));
+    let status = r.status().as_u16();
+    (status, r.text().await.unwrap_or_default())
+}
+
+/// Moves the server's clock forward by `secs` (`POST /clock/advance`, clock control
+/// must be on, as in the `test` preset); panics unless 200. Clients holding a nonce
+/// should `forget_nonce()` after a big advance (nonces age with the clock).
+pub async fn advance_clock(server: &Server, secs: u64) {
+    let (status, v) = mgmt_post(
+        server,
+        "/clock/advance",
+        serde_json::json!({ "seconds": secs }),
+    )
+    .await;
+    assert_eq!(status, 200, "POST /clock/advance {secs}: {v}");
+}
+
+/// The server's clock offset from real time, seconds (`GET /clock`).
+pub async fn clock_offset(server: &Server) -> i64 {
+    let (status, text) = mgmt_get(server, "/clock").await;
+    assert_eq!(status, 200, "GET /clock: {text}");
+    let v: serde_json::Value =
+        serde_json::from_str(&text).unwrap_or_else(|e| panic!("GET /clock: {e}: {text}"));
+    v["offsetSeconds"]
+        .as_i64()
+        .unwrap_or_else(|| panic!("GET /clock without offsetSeconds: {v}"))
+}
+
+impl Server {
+    /// Like `start`, but the ACME listener is on `[::1]` (IPv6 loopback), and
+    /// `base_url`/`dir_url` are `https://[::1]:P`, so clients connect over IPv6
+    /// (the server sees the client as `::1`). The management listener stays on
+    /// 127.0.0.1.
+    pub fn start_ipv6(opts: ServerOpts) -> Server {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let data_dir = tmp.path().join("data");
+        std::fs::create_dir_all(&data_dir).expect("create data dir");
+        let log_path = data_dir.join("server.log");
+        let mut server = Server {
+            dir_url: String::new(),
+            base_url: String::new(),
+            mgmt_url: String::new(),
+            root_pem_path: data_dir.join("root.pem"),
+            data_dir,
+            http01_port: 0,
+            tls_alpn01_port: 0,
+            listen_port: 0,
+            mgmt_port: 0,
+            log_path,
+            opts: opts.clone(),
+            child: None,
+            starts: 0,
+            log_printed: false,
+            database: postgres_backend()
+                .then(|| std::sync::Arc::new(TestDb::create_blocking(&db::admin_url()))),
+            _tmp: tmp,
+        };
+        for attempt in 1..=3 {
+            server.pick_ports();
+            // A port free on 127.0.0.1 a moment ago; `opts.env` is applied after
+            // the harness's own CAIRN_SERVER_LISTEN, so this one wins.
+            server.opts = opts.clone().with_env(
+                "CAIRN_SERVER_LISTEN",
+                &format!("[::1]:{}", server.listen_port),
+            );
+            server.base_url = format!("https://[::1]:{}", server.listen_port);
+            server.dir_url = format!("{}/directory", server.base_url);
+            match server.spawn_and_wait() {
+                Ok(()) => return server,
+                Err(StartError::Exited(why)) if attempt < 3 => {
+                    eprintln!(
+                        "harness: cairn serve exited during start ({why}); retrying on new ports"
+                    );
+                }
+                Err(e) => server.fail_start(e),
+            }
+        }
+        unreachable!("loop returns or panics")
+    }
+}
