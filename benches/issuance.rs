@@ -86,6 +86,10 @@ struct Args {
     /// Keep the temporary data directory (database, server log) of a started server.
     #[arg(long)]
     keep_data: bool,
+    /// Extra `KEY=VALUE` environment for a server the bench starts (repeatable),
+    /// e.g. `CAIRN_LIMITS_PROFILE=unlimited` or `CAIRN_DATABASE_URL=postgres://...`.
+    #[arg(long = "server-env")]
+    server_env: Vec<String>,
     /// Passed by `cargo bench`; ignored.
     #[arg(long, hide = true)]
     bench: bool,
@@ -281,6 +285,7 @@ impl LocalServer {
             )
             .env("CAIRN_VA_ALWAYS_VALID", "true")
             .env("CAIRN_VA_RESOLVER", format!("127.0.0.1:{dead}"))
+            .envs(args.server_env.iter().filter_map(|kv| kv.split_once('=')))
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)
             .stderr(log);

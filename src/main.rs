@@ -21,7 +21,8 @@ enum Command {
     Serve(ConfigArgs),
     /// Run the mock DNS server with its HTTP API (for tests and dns-01 hooks).
     Testdns(cairn::testdns::TestDnsArgs),
-    /// Operator controls: list, revoke and mark certificates for early renewal.
+    /// Operator controls: certificates (list, revoke, renew early), rate-limit
+    /// overrides, and unpausing accounts.
     Admin(cairn::admin::AdminArgs),
 }
 

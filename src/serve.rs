@@ -167,6 +167,10 @@ async fn metrics(
             limit.as_str()
         ));
     }
+    out.push_str(&format!(
+        "cairn_rate_limit_refusals_total{{limit=\"pendingAuthorizationsPerAccount\"}} {}\n",
+        limiter.pending_authz_refusals()
+    ));
     for (class, n) in rates.refusal_counts() {
         out.push_str(&format!(
             "cairn_rate_limit_refusals_total{{limit=\"{}\"}} {n}\n",

@@ -708,15 +708,13 @@ impl Ra {
         tracing::info!(challenge = id.0, kind = c.kind.as_str(), domain = %a.identifier, %outcome, "validation finished");
         let now = self.clock.unix();
         let valid_expires = now + self.cfg.acme.valid_authz_lifetime_secs as i64;
-        let failed = result.is_err();
-        if !self
-            .store
-            .finish_challenge(id, result, now, valid_expires)
-            .await?
-        {
-            return Ok(()); // another run recorded it first
-        }
-        if failed {
+        // Count before recording: a client that sees the authorization
+        // invalid and orders again at once must already meet the failure
+        // limits (and the pause). Only the runner holding the lease gets
+        // here, so a result is counted once in practice (a second run only
+        // happens when a lease ran out under a live runner, and then the
+        // store keeps the first result).
+        if result.is_err() {
             self.count_failure(a.account_id, &a.identifier).await;
         } else if let Err(e) = self
             .limiter
@@ -725,6 +723,9 @@ impl Ra {
         {
             tracing::warn!(identifier = %a.identifier, "resetting the failure count: {}", e.detail);
         }
+        self.store
+            .finish_challenge(id, result, now, valid_expires)
+            .await?;
         Ok(())
     }
 

@@ -280,6 +280,8 @@ pub struct Limiter {
     /// Refusals per limit since start, in `LimitName::ALL` order; paused
     /// refusals count under `consecutiveAuthorizationFailures`.
     refusals: [AtomicU64; 7],
+    /// Refusals by the pending-authorization cap since start.
+    pending_refusals: AtomicU64,
 }
 
 /// The identifier an authorization is for: a wildcard's authorization is
@@ -309,7 +311,13 @@ impl Limiter {
             clock,
             docs_url: docs_url.into(),
             refusals: Default::default(),
+            pending_refusals: AtomicU64::new(0),
         }
+    }
+
+    /// Refusals by the pending-authorization cap since start (for metrics).
+    pub fn pending_authz_refusals(&self) -> u64 {
+        self.pending_refusals.load(Ordering::Relaxed)
     }
 
     /// Refusals per limit since start (for metrics).
@@ -629,13 +637,22 @@ impl Limiter {
             .count_pending_authzs(account, self.clock.unix())
             .await?;
         if pending + new > max {
+            self.pending_refusals.fetch_add(1, Ordering::Relaxed);
+            tracing::info!(
+                limit = "pendingAuthorizationsPerAccount",
+                key = %account,
+                pending,
+                new,
+                "rate limit refused a request"
+            );
             return Err(Problem::rate_limited_for(
                 "pendingAuthorizationsPerAccount",
                 account.to_string(),
                 None,
                 format!(
-                    "too many pending authorizations ({pending}, at most {max}) for account \
-                     {account}: complete or deactivate some first: see {}#pending-authorizations",
+                    "too many pending authorizations for account {account}: it holds {pending} \
+                     and this order needs {new} more, at most {max} are allowed; complete or \
+                     deactivate some first: see {}#pending-authorizations",
                     self.docs_url
                 ),
             )
