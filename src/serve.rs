@@ -76,6 +76,7 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
         nonces,
         cfg: cfg.clone(),
         rates: rates.clone(),
+        verifiers: Default::default(),
     });
 
     let (cert_pem, key_pem) = if cfg.server.tls_cert.is_empty() {

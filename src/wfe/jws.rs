@@ -9,6 +9,7 @@ use josekit::jwk::Jwk;
 use josekit::jws::{EdDSA, JwsVerifier, ES256, ES384, RS256};
 use serde_json::{Map, Value};
 use sha2::{Digest, Sha256};
+use std::sync::Arc;
 
 /// The algorithms a client may sign with, as listed in `badSignatureAlgorithm`.
 pub const ALGORITHMS: &[&str] = &["RS256", "ES256", "ES384", "EdDSA"];
@@ -177,34 +178,55 @@ fn strip_zeros(b: &[u8]) -> &[u8] {
     &b[i..]
 }
 
+/// A key ready to check signatures: the algorithm it fits and its verifier.
+/// Building one costs far more than a verification (OpenSSL decodes the
+/// key), so the WFE keeps them per account key.
+#[derive(Clone)]
+pub struct KeyVerifier {
+    alg: &'static str,
+    verifier: Arc<dyn JwsVerifier>,
+}
+
+impl KeyVerifier {
+    /// The verifier of `jwk`; the algorithm is the one its type allows.
+    pub fn new(jwk: &Jwk) -> Result<KeyVerifier, Problem> {
+        let alg = match (jwk.key_type(), jwk.curve()) {
+            ("RSA", _) => "RS256",
+            ("EC", Some("P-256")) => "ES256",
+            ("EC", Some("P-384")) => "ES384",
+            ("OKP", Some("Ed25519")) => "EdDSA",
+            _ => return Err(Problem::bad_public_key("unsupported key")),
+        };
+        let bad_key = |e: josekit::JoseError| Problem::malformed(format!("unusable JWK: {e}"));
+        let verifier: Arc<dyn JwsVerifier> = match alg {
+            "RS256" => Arc::new(RS256.verifier_from_jwk(jwk).map_err(bad_key)?),
+            "ES256" => Arc::new(ES256.verifier_from_jwk(jwk).map_err(bad_key)?),
+            "ES384" => Arc::new(ES384.verifier_from_jwk(jwk).map_err(bad_key)?),
+            _ => Arc::new(EdDSA.verifier_from_jwk(jwk).map_err(bad_key)?),
+        };
+        Ok(KeyVerifier { alg, verifier })
+    }
+
+    /// Verify the signature; the JWS algorithm must fit the key.
+    pub fn verify(&self, jws: &Jws) -> Result<(), Problem> {
+        if jws.alg != self.alg {
+            return Err(Problem::bad_signature_algorithm(
+                format!(
+                    "JWS algorithm {:?} does not fit the key ({} expected)",
+                    jws.alg, self.alg
+                ),
+                ALGORITHMS,
+            ));
+        }
+        self.verifier
+            .verify(jws.signing_input().as_bytes(), &jws.signature)
+            .map_err(|_| Problem::malformed("JWS signature does not verify"))
+    }
+}
+
 /// Verify the signature with `jwk`; the algorithm must fit the key.
 pub fn verify(jws: &Jws, jwk: &Jwk) -> Result<(), Problem> {
-    let expected = match (jwk.key_type(), jwk.curve()) {
-        ("RSA", _) => "RS256",
-        ("EC", Some("P-256")) => "ES256",
-        ("EC", Some("P-384")) => "ES384",
-        ("OKP", Some("Ed25519")) => "EdDSA",
-        _ => return Err(Problem::bad_public_key("unsupported key")),
-    };
-    if jws.alg != expected {
-        return Err(Problem::bad_signature_algorithm(
-            format!(
-                "JWS algorithm {:?} does not fit the key ({expected} expected)",
-                jws.alg
-            ),
-            ALGORITHMS,
-        ));
-    }
-    let bad_key = |e: josekit::JoseError| Problem::malformed(format!("unusable JWK: {e}"));
-    let verifier: Box<dyn JwsVerifier> = match expected {
-        "RS256" => Box::new(RS256.verifier_from_jwk(jwk).map_err(bad_key)?),
-        "ES256" => Box::new(ES256.verifier_from_jwk(jwk).map_err(bad_key)?),
-        "ES384" => Box::new(ES384.verifier_from_jwk(jwk).map_err(bad_key)?),
-        _ => Box::new(EdDSA.verifier_from_jwk(jwk).map_err(bad_key)?),
-    };
-    verifier
-        .verify(jws.signing_input().as_bytes(), &jws.signature)
-        .map_err(|_| Problem::malformed("JWS signature does not verify"))
+    KeyVerifier::new(jwk)?.verify(jws)
 }
 
 /// RFC 7638 thumbprint: SHA-256 over the required members in lexical order.

@@ -37,6 +37,41 @@ pub struct Wfe {
     pub cfg: Arc<Config>,
     /// Per-IP request rates (LIMITS.md §1), also the client-IP rule.
     pub rates: Arc<RequestRateLimiter>,
+    /// Signature verifiers of account keys, by key thumbprint.
+    pub verifiers: VerifierCache,
+}
+
+/// Account keys' verifiers, built once per key rather than per request (an
+/// OpenSSL key decode costs about three signature checks). Keyed by the
+/// RFC 7638 thumbprint, so a key change simply misses; bounded by clearing
+/// when full, which costs one rebuild per active account.
+#[derive(Default)]
+pub struct VerifierCache(std::sync::Mutex<std::collections::HashMap<String, jws::KeyVerifier>>);
+
+/// Verifiers kept before the cache starts over.
+const VERIFIER_CACHE_MAX: usize = 10_000;
+
+impl VerifierCache {
+    fn get_or_build(&self, acct: &Account) -> Result<jws::KeyVerifier, Problem> {
+        if let Some(v) = self.lock().get(&acct.thumbprint) {
+            return Ok(v.clone());
+        }
+        let jwk = josekit::jwk::Jwk::from_bytes(acct.jwk.as_bytes()).map_err(Problem::internal)?;
+        let v = jws::KeyVerifier::new(&jwk)?;
+        let mut map = self.lock();
+        if map.len() >= VERIFIER_CACHE_MAX {
+            map.clear();
+        }
+        map.insert(acct.thumbprint.clone(), v.clone());
+        Ok(v)
+    }
+
+    fn lock(
+        &self,
+    ) -> std::sync::MutexGuard<'_, std::collections::HashMap<String, jws::KeyVerifier>> {
+        // A panic while holding it cannot leave the map inconsistent.
+        self.0.lock().unwrap_or_else(|e| e.into_inner())
+    }
 }
 
 pub type AppState = Arc<Wfe>;
@@ -251,9 +286,7 @@ impl Wfe {
                 let kid = jws.header_str("kid")?.unwrap_or_default();
                 let id = parse_kid(base, kid)?;
                 let acct = self.ra.account_for_kid(id).await?;
-                let jwk = josekit::jwk::Jwk::from_bytes(acct.jwk.as_bytes())
-                    .map_err(Problem::internal)?;
-                jws::verify(&jws, &jwk)?;
+                self.verifiers.get_or_build(&acct)?.verify(&jws)?;
                 Signer::Account(acct)
             }
             (None, None, KeyMode::Any) => {
