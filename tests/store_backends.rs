@@ -1330,7 +1330,30 @@ async fn replacement_refused_while_another_is_live(f: &Fixture) {
     s.fail_order(second.id, &Problem::malformed("x"), NOW)
         .await
         .unwrap();
-    replacing_order(&*s, a.id, "01").await.unwrap();
+    let third = replacing_order(&*s, a.id, "01").await.unwrap();
+    // Nor does a pending order whose authorization expired (the order
+    // itself has not).
+    s.fail_order(third.id, &Problem::malformed("x"), NOW)
+        .await
+        .unwrap();
+    let short = NewOrder {
+        account_id: a.id,
+        expires: NOW + 2 * DAY,
+        identifiers: vec![Identifier::dns("r.example")],
+        authzs: vec![new_authz("r.example", NOW + 10)],
+        replaces: Some("01".into()),
+        reservation: None,
+        now: NOW,
+    };
+    s.create_order(short.clone()).await.unwrap();
+    let e = s.create_order(short.clone()).await.unwrap_err();
+    assert_eq!(e.short_type(), "alreadyReplaced");
+    s.create_order(NewOrder {
+        now: NOW + 20,
+        ..short
+    })
+    .await
+    .unwrap();
 }
 
 async fn race_replacement_orders(f: &Fixture) {
