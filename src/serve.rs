@@ -93,6 +93,16 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
         .await
         .context("TLS certificate for the listener")?;
 
+    {
+        let ra = ra.clone();
+        tokio::spawn(async move {
+            match ra.backfill_certificate_names().await {
+                Ok(0) => {}
+                Ok(n) => tracing::info!("recorded the names of {n} earlier certificates"),
+                Err(e) => tracing::warn!("recording earlier certificates' names: {}", e.detail),
+            }
+        });
+    }
     ra.spawn_validation_sweeper();
     ra.spawn_reservation_sweeper();
     spawn_pruner(wfe.clone(), store.clone(), clock.clone());

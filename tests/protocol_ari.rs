@@ -249,3 +249,72 @@ async fn key_compromise_claimed_by_the_account_does_not_block_the_key() {
     // Unproven: the same key may be certified again.
     issue_with(&c, &["claim.example.net"], &key).await;
 }
+
+/// Certificates stored before Cairn recorded names and key hashes (schema
+/// 0003) get them at the next start, read from the certificates: then
+/// a proven key compromise revokes them too.
+#[tokio::test]
+async fn certificates_from_before_names_were_recorded_are_backfilled() {
+    let mut server = Server::start(ServerOpts::always_valid());
+    let c = AcmeClient::new(&server, KeyKind::Es256).await;
+    c.register().await;
+    let key = AcmeKey::generate(KeyKind::Es256);
+    let old = issue_with(&c, &["old.example.net"], &key).await;
+
+    // Make the row look like one written by the previous schema.
+    server.stop();
+    let wipe = [
+        "UPDATE certificates SET names = '[]', set_hash = '', spki_sha256 = NULL",
+        "DELETE FROM certificate_names",
+    ];
+    match &server.database {
+        Some(db) => {
+            use sqlx::{Connection, Executor};
+            let mut conn = sqlx::PgConnection::connect(&db.url).await.expect("connect");
+            for q in wipe {
+                conn.execute(q).await.expect(q);
+            }
+        }
+        None => {
+            use sqlx::{Connection, Executor};
+            let url = format!("sqlite://{}", server.data_dir.join("cairn.db").display());
+            let mut conn = sqlx::SqliteConnection::connect(&url)
+                .await
+                .expect("connect");
+            for q in wipe {
+                conn.execute(q).await.expect(q);
+            }
+        }
+    }
+    server.restart();
+    let mut c = c;
+    c.reconnect(&server);
+    c.forget_nonce();
+
+    // A new certificate for the same key, revoked with the key: the old one
+    // goes with it only if its key hash was recorded again.
+    let new = issue_with(&c, &["new.example.net"], &key).await;
+    let by_key = AcmeClient::with_key(&server, key.clone_key()).await;
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    let r = by_key
+        .post_jwk(
+            &c.endpoint("revokeCert"),
+            Some(json!({"certificate": b64u(&new.der)})),
+        )
+        .await;
+    assert_eq!(r.status, 200, "{r}");
+    // Watched through renewalInfo (a revoked certificate's window is in the
+    // past), which changes nothing, unlike a revocation attempt would.
+    loop {
+        let body = renewal_info(&c, &old.cert_id).await.ok().json();
+        let now = OffsetDateTime::now_utc().unix_timestamp();
+        if ts(&body["suggestedWindow"]["end"]) < now {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the old certificate was not revoked with its key: {body}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+}

@@ -774,6 +774,36 @@ impl Ra {
         });
     }
 
+    /// Certificates issued before Cairn recorded their names (schema 0003)
+    /// get them now, read from the certificates themselves, so renewal
+    /// detection, `cairn admin certs list --name` and key blocking cover
+    /// them too. Runs once at start, in batches; idempotent, so instances
+    /// starting together only repeat each other's work.
+    pub async fn backfill_certificate_names(&self) -> Result<u64, Problem> {
+        let mut done = 0;
+        loop {
+            let batch = self.store.certificates_without_names(200).await?;
+            if batch.is_empty() {
+                return Ok(done);
+            }
+            for (serial, der) in batch {
+                let (names, spki) = match x509_parser::parse_x509_certificate(&der) {
+                    Ok((_, cert)) => (dns_names(&cert), spki_hash(cert.public_key().raw)),
+                    Err(e) => {
+                        tracing::warn!(serial = %serial, "stored certificate does not parse: {e}");
+                        (Vec::new(), Vec::new())
+                    }
+                };
+                // An unparsable or nameless certificate still gets a set
+                // hash (of no names), so the backfill ends.
+                self.store
+                    .set_certificate_names(&serial, &names, &spki)
+                    .await?;
+                done += 1;
+            }
+        }
+    }
+
     // ---- finalization and certificates ----------------------------------
 
     /// finalize (RFC 8555 §7.4): check the CSR against the order, issue, and
@@ -1011,6 +1041,21 @@ fn allow(r: Result<Spent, LimitError>) -> Result<Spent, Problem> {
         }
         Err(e) => Err(e.to_problem()),
     }
+}
+
+/// The dNSName SANs of a certificate, as ordered in it.
+fn dns_names(cert: &x509_parser::certificate::X509Certificate<'_>) -> Vec<String> {
+    let Ok(Some(san)) = cert.subject_alternative_name() else {
+        return Vec::new();
+    };
+    san.value
+        .general_names
+        .iter()
+        .filter_map(|n| match n {
+            x509_parser::extensions::GeneralName::DNSName(d) => Some(d.to_ascii_lowercase()),
+            _ => None,
+        })
+        .collect()
 }
 
 /// The subjectKeyIdentifier of a DER certificate.

@@ -339,6 +339,20 @@ pub trait Store: LimitStore + Send + Sync {
     /// Mark the matching unexpired, unrevoked certificates for early
     /// renewal (those not marked yet); returns how many were marked.
     async fn mark_renew_early(&self, q: &CertQuery, now: i64) -> Result<u64, Problem>;
+    /// Certificates stored before names were recorded (schema 0003): up to
+    /// `limit` of (serial, DER), for `set_certificate_names`.
+    async fn certificates_without_names(
+        &self,
+        limit: u32,
+    ) -> Result<Vec<(String, Vec<u8>)>, Problem>;
+    /// Record what an older certificate certifies: its names (and so its
+    /// identifier-set hash and name index) and its key's SPKI hash.
+    async fn set_certificate_names(
+        &self,
+        serial: &str,
+        names: &[String],
+        spki_sha256: &[u8],
+    ) -> Result<(), Problem>;
     /// Whether a certificate with exactly this identifier set (see
     /// `identifier_set_hash`) was issued at or after `since`.
     async fn issued_for_set(&self, set_hash: &str, since: i64) -> Result<bool, Problem>;

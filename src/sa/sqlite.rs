@@ -712,6 +712,48 @@ impl Store for SqliteStore {
         Ok(b.build().execute(&self.pool).await?.rows_affected())
     }
 
+    async fn certificates_without_names(
+        &self,
+        limit: u32,
+    ) -> Result<Vec<(String, Vec<u8>)>, Problem> {
+        let rows = sqlx::query("SELECT serial, der FROM certificates WHERE set_hash = '' LIMIT ?1")
+            .bind(i64::from(limit))
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter()
+            .map(|r| Ok((r.try_get("serial")?, r.try_get("der")?)))
+            .collect()
+    }
+
+    async fn set_certificate_names(
+        &self,
+        serial: &str,
+        names: &[String],
+        spki_sha256: &[u8],
+    ) -> Result<(), Problem> {
+        let mut tx = self.pool.begin().await?;
+        sqlx::query(
+            "UPDATE certificates SET names = ?1, set_hash = ?2, spki_sha256 = ?3 WHERE serial = ?4",
+        )
+        .bind(to_json(&names)?)
+        .bind(identifier_set_hash(names))
+        .bind(spki_sha256)
+        .bind(serial)
+        .execute(&mut *tx)
+        .await?;
+        for name in names {
+            sqlx::query(
+                "INSERT INTO certificate_names (name, serial) VALUES (?1, ?2) ON CONFLICT DO NOTHING",
+            )
+            .bind(name.to_ascii_lowercase())
+            .bind(serial)
+            .execute(&mut *tx)
+            .await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
     async fn issued_for_set(&self, set_hash: &str, since: i64) -> Result<bool, Problem> {
         Ok(sqlx::query_scalar(
             "SELECT EXISTS (SELECT 1 FROM certificates WHERE set_hash = ? AND issued_at >= ?)",
