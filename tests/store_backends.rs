@@ -1470,5 +1470,18 @@ async fn dead_reservations_are_failed_expired_or_stuck_orders(f: &Fixture) {
             .len(),
         2
     );
-    let _ = live;
+    // By authorization: only pending orders (one finalizing keeps its tokens).
+    assert_eq!(
+        s.reservations_of_authz(failed.authz_ids[0]).await.unwrap(),
+        [failed.id]
+    );
+    assert!(s
+        .reservations_of_authz(stuck.authz_ids[0])
+        .await
+        .unwrap()
+        .is_empty());
+    assert_eq!(
+        s.reservations_of_authz(live.authz_ids[0]).await.unwrap(),
+        [live.id]
+    );
 }

@@ -440,6 +440,19 @@ impl Ra {
         }
     }
 
+    /// Give back the reservations of the orders using an authorization that
+    /// just failed or was deactivated (the sweeper would, a little later).
+    async fn release_reservations_of(&self, authz: AuthzId) {
+        match self.store.reservations_of_authz(authz).await {
+            Ok(orders) => {
+                for order in orders {
+                    self.release_reservation(order).await;
+                }
+            }
+            Err(e) => tracing::warn!(authz = authz.0, "finding orders to refund: {}", e.detail),
+        }
+    }
+
     /// Return the reservations of orders that will never issue (failed,
     /// expired or abandoned in processing), every couple of seconds, so a
     /// failed order gives its certificate tokens back promptly.
@@ -599,9 +612,13 @@ impl Ra {
                 a.status.as_str()
             )));
         }
-        if self.store.deactivate_authz(id).await? && a.status == AuthzStatus::Pending {
-            // Boulder counts a pending authorization given up as a failure.
-            self.count_failure(acct.id, &a.identifier).await;
+        if self.store.deactivate_authz(id).await? {
+            if a.status == AuthzStatus::Pending {
+                // Boulder counts a pending authorization given up as a failure.
+                self.count_failure(acct.id, &a.identifier).await;
+            }
+            // Its orders can no longer issue: their tokens come back now.
+            self.release_reservations_of(id).await;
         }
         self.authz(acct, id).await
     }
@@ -723,9 +740,14 @@ impl Ra {
         {
             tracing::warn!(identifier = %a.identifier, "resetting the failure count: {}", e.detail);
         }
+        let failed = result.is_err();
         self.store
             .finish_challenge(id, result, now, valid_expires)
             .await?;
+        if failed {
+            // The authorization is invalid: its orders' tokens come back now.
+            self.release_reservations_of(a.id).await;
+        }
         Ok(())
     }
 

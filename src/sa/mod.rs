@@ -312,6 +312,9 @@ pub trait Store: LimitStore + Send + Sync {
     /// Claim the order's reserved rate-limit tokens (None if it has none
     /// or another caller claimed them): exactly one caller gets them.
     async fn take_reservation(&self, id: OrderId) -> Result<Option<String>, Problem>;
+    /// Pending orders that use this authorization and still hold a
+    /// reservation (one already finalizing keeps its tokens).
+    async fn reservations_of_authz(&self, authz: AuthzId) -> Result<Vec<OrderId>, Problem>;
     /// Orders holding a reservation that will never issue: invalid, failed
     /// authorizations, expired, or processing since before `stale_before`.
     async fn dead_reservations(

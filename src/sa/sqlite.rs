@@ -607,6 +607,19 @@ impl Store for SqliteStore {
         )
     }
 
+    async fn reservations_of_authz(&self, authz: AuthzId) -> Result<Vec<OrderId>, Problem> {
+        let ids: Vec<i64> = sqlx::query_scalar(
+            "SELECT r.order_id FROM order_reservations r
+             JOIN order_authzs oa ON oa.order_id = r.order_id
+             JOIN orders o ON o.id = r.order_id
+             WHERE oa.authz_id = ?1 AND o.status = 'pending' ORDER BY r.order_id",
+        )
+        .bind(authz.0)
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(ids.into_iter().map(OrderId).collect())
+    }
+
     async fn dead_reservations(
         &self,
         now: i64,
