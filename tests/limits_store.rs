@@ -369,20 +369,22 @@ async fn pending_authzs_are_counted(f: &Fixture) {
     })
     .await
     .unwrap();
-    assert_eq!(s.count_pending_authzs(acct.id, NOW_SECS).await.unwrap(), 2);
+    let pending = |account: AccountId, now: i64| {
+        let s = s.clone();
+        async move {
+            s.order_limit_facts(account, &[], "", 0, now)
+                .await
+                .unwrap()
+                .pending_authzs
+        }
+    };
+    assert_eq!(pending(acct.id, NOW_SECS).await, 2);
     assert_eq!(
-        s.count_pending_authzs(acct.id, NOW_SECS + 10)
-            .await
-            .unwrap(),
+        pending(acct.id, NOW_SECS + 10).await,
         1,
         "expired ones do not count"
     );
-    assert_eq!(
-        s.count_pending_authzs(AccountId(999), NOW_SECS)
-            .await
-            .unwrap(),
-        0
-    );
+    assert_eq!(pending(AccountId(999), NOW_SECS).await, 0);
 }
 
 /// 200 concurrent single-token spends, from four instances, against a
@@ -509,7 +511,9 @@ fn limiter(
 
 fn denial(r: Result<cairn::ratelimit::Spent, LimitError>) -> Problem {
     match r {
-        Err(e @ LimitError::Denied(_)) | Err(e @ LimitError::Paused { .. }) => e.to_problem(),
+        Err(
+            e @ (LimitError::Denied(_) | LimitError::Paused { .. } | LimitError::TooManyPending(_)),
+        ) => e.to_problem(),
         Err(LimitError::Unavailable(p)) => panic!("store failed: {p}"),
         Ok(s) => panic!("allowed: {:?}", s.info),
     }
@@ -619,7 +623,7 @@ async fn limiter_new_order_renewals_and_overrides(f: &Fixture) {
     let domain = names(&["example.co.uk"]);
 
     // First order for example.co.uk: it reserves the domain's token.
-    let order = l.check_new_order(acct, &www, &domain, false).await.unwrap();
+    let order = new_order(&l, acct, &www, &domain, false).await.unwrap();
     let info = order.info.clone().unwrap();
     assert_eq!(info.limit, LimitName::CertificatesPerDomain);
     assert_eq!(
@@ -629,7 +633,7 @@ async fn limiter_new_order_renewals_and_overrides(f: &Fixture) {
 
     // Another name under the same registered domain: refused, per domain.
     let api = names(&["api.example.co.uk", "*.API.example.co.uk"]);
-    let p = denial(l.check_new_order(acct, &api, &domain, false).await);
+    let p = denial(new_order(&l, acct, &api, &domain, false).await);
     let m = p.rate_limit.clone().unwrap();
     assert_eq!(
         (m.limit.as_str(), m.key.as_str()),
@@ -644,9 +648,9 @@ async fn limiter_new_order_renewals_and_overrides(f: &Fixture) {
     // The refused order spent nothing: orders per account still has one left.
 
     // A renewal of the same set skips per-domain and orders-per-account...
-    l.check_new_order(acct, &www, &domain, true).await.unwrap();
+    new_order(&l, acct, &www, &domain, true).await.unwrap();
     // ...but not the exact set (2 issued: www twice).
-    let p = denial(l.check_new_order(acct, &www, &domain, true).await);
+    let p = denial(new_order(&l, acct, &www, &domain, true).await);
     let m = p.rate_limit.unwrap();
     assert_eq!(
         (m.limit.as_str(), m.key.as_str()),
@@ -657,13 +661,14 @@ async fn limiter_new_order_renewals_and_overrides(f: &Fixture) {
     // default is 1 (the override file is re-read, not the server restarted).
     // (Other accounts, so orders per account stay out of it.)
     let org = names(&["example.org"]);
-    l.check_new_order(AccountId(100), &names(&["a.example.org"]), &org, false)
+    new_order(&l, AccountId(100), &names(&["a.example.org"]), &org, false)
         .await
         .unwrap();
-    assert!(l
-        .check_new_order(AccountId(101), &names(&["b.example.org"]), &org, false)
-        .await
-        .is_err());
+    assert!(
+        new_order(&l, AccountId(101), &names(&["b.example.org"]), &org, false)
+            .await
+            .is_err()
+    );
     for domain in ["example.org", "example.co.uk"] {
         Overrides::set_in_file(
             &path,
@@ -679,10 +684,11 @@ async fn limiter_new_order_renewals_and_overrides(f: &Fixture) {
     assert!(overrides.reload_if_changed());
     // A TAT earned under the old numbers still counts (an exhausted bucket
     // refills faster, but is not full): the admin CLI resets the bucket.
-    assert!(l
-        .check_new_order(AccountId(102), &names(&["b.example.org"]), &org, false)
-        .await
-        .is_err());
+    assert!(
+        new_order(&l, AccountId(102), &names(&["b.example.org"]), &org, false)
+            .await
+            .is_err()
+    );
     l.reset_bucket(LimitName::CertificatesPerDomain, "Example.ORG")
         .await
         .unwrap();
@@ -690,27 +696,28 @@ async fn limiter_new_order_renewals_and_overrides(f: &Fixture) {
         .iter()
         .enumerate()
     {
-        l.check_new_order(AccountId(103 + i as i64), &names(&[n]), &org, false)
+        new_order(&l, AccountId(103 + i as i64), &names(&[n]), &org, false)
             .await
             .unwrap();
     }
     l.reset_bucket(LimitName::CertificatesPerDomain, "example.co.uk")
         .await
         .unwrap();
-    let second = l.check_new_order(acct, &api, &domain, false).await.unwrap();
+    let second = new_order(&l, acct, &api, &domain, false).await.unwrap();
 
     // Orders per account: 1 (first) + 1 (this one) spent; renewals spent none.
-    let third = l
-        .check_new_order(
-            acct,
-            &names(&["c.example.net"]),
-            &names(&["example.net"]),
-            false,
-        )
-        .await
-        .unwrap();
+    let third = new_order(
+        &l,
+        acct,
+        &names(&["c.example.net"]),
+        &names(&["example.net"]),
+        false,
+    )
+    .await
+    .unwrap();
     let p = denial(
-        l.check_new_order(
+        new_order(
+            &l,
             acct,
             &names(&["d.example.info"]),
             &names(&["example.info"]),
@@ -722,7 +729,8 @@ async fn limiter_new_order_renewals_and_overrides(f: &Fixture) {
     // Creating `third` failed: refunded (its order and its domain
     // reservation), so one more order fits, even for the same domain.
     l.refund(&third).await.unwrap();
-    l.check_new_order(
+    new_order(
+        &l,
         acct,
         &names(&["d.example.net"]),
         &names(&["example.net"]),
@@ -755,10 +763,7 @@ async fn limiter_failures_pause_and_unpause(f: &Fixture) {
         "already paused"
     );
 
-    let p = denial(
-        l.check_new_order(acct, &names(&["*.x.example.com"]), &d, false)
-            .await,
-    );
+    let p = denial(new_order(&l, acct, &names(&["*.x.example.com"]), &d, false).await);
     assert_eq!(p.status, 429);
     assert_eq!(p.retry_after, None, "waiting does not help");
     assert!(
@@ -771,18 +776,16 @@ async fn limiter_failures_pause_and_unpause(f: &Fixture) {
         "consecutiveAuthorizationFailures"
     );
     // Other identifiers and other accounts are not paused.
-    l.check_new_order(acct, &names(&["y.example.com"]), &d, false)
+    new_order(&l, acct, &names(&["y.example.com"]), &d, false)
         .await
         .unwrap();
-    l.check_new_order(AccountId(10), &x, &d, false)
-        .await
-        .unwrap();
+    new_order(&l, AccountId(10), &x, &d, false).await.unwrap();
     assert_eq!(l.paused_identifiers(acct, &x).await.unwrap(), x);
 
     // Unpaused: the failed-authorization window (3 per hour, all spent) is
     // what refuses now, with a Retry-After.
     assert_eq!(l.unpause(acct, None).await.unwrap(), x);
-    let p = denial(l.check_new_order(acct, &x, &d, false).await);
+    let p = denial(new_order(&l, acct, &x, &d, false).await);
     let m = p.rate_limit.clone().unwrap();
     assert_eq!(
         (m.limit.as_str(), m.key.as_str()),
@@ -793,4 +796,19 @@ async fn limiter_failures_pause_and_unpause(f: &Fixture) {
     assert!(!l.spend_failed_authz(acct, "x.example.com").await.unwrap());
     assert!(!l.spend_failed_authz(acct, "x.example.com").await.unwrap());
     assert!(l.spend_failed_authz(acct, "x.example.com").await.unwrap());
+}
+
+/// `Limiter::check_new_order` with the facts read as the RA reads them,
+/// but the renewal decided by the test.
+async fn new_order(
+    l: &Limiter,
+    account: AccountId,
+    names: &[String],
+    domains: &[String],
+    renewal: bool,
+) -> Result<cairn::ratelimit::Spent, LimitError> {
+    let mut facts = l.order_facts(account, names, 0).await?;
+    facts.renewal = renewal;
+    l.check_new_order(account, names, domains, &facts, 0, 300)
+        .await
 }

@@ -1229,13 +1229,18 @@ async fn issued_for_set_ignores_order_and_case(f: &Fixture) {
     let s = f.open(4).await;
     let a = new_account(&*s, "tp-a").await;
     issued(&*s, a.id, "01", &["b.example", "A.example"], NOW).await;
-    let h = identifier_set_hash(&["a.example", "B.EXAMPLE", "a.example"]);
-    assert!(s.issued_for_set(&h, NOW).await.unwrap());
-    assert!(!s.issued_for_set(&h, NOW + 1).await.unwrap());
-    assert!(!s
-        .issued_for_set(&identifier_set_hash(&["a.example"]), 0)
-        .await
-        .unwrap());
+    let renewal = |set: &'static [&'static str], since: i64| {
+        let s = s.clone();
+        async move {
+            s.order_limit_facts(a.id, &[], &identifier_set_hash(set), since, NOW)
+                .await
+                .unwrap()
+                .renewal
+        }
+    };
+    assert!(renewal(&["a.example", "B.EXAMPLE", "a.example"], NOW).await);
+    assert!(!renewal(&["a.example", "b.example"], NOW + 1).await);
+    assert!(!renewal(&["a.example"], 0).await);
 }
 
 async fn key_compromise_blocks_key_and_revokes_its_certificates(f: &Fixture) {

@@ -393,24 +393,30 @@ impl Ra {
             .iter()
             .filter(|a| matches!(a, OrderAuthz::New(_)))
             .count() as u64;
-        self.limiter
-            .check_pending_authzs(acct.id, new_authzs, self.cfg.limits.max_pending_authzs)
-            .await?;
         let values: Vec<String> = names.iter().map(|n| n.value()).collect();
         // A renewal: this exact set was certified within a certificate's
         // lifetime (plus a margin for late renewals).
         let since = now - self.cfg.ca.cert_validity_secs as i64 - RENEWAL_MARGIN_SECS;
-        let is_renewal = self
-            .store
-            .issued_for_set(&identifier_set_hash(&values), since)
-            .await?;
         let domains: Vec<String> = names
             .iter()
             .map(|n| self.policy.registered_domain(&n.base))
             .collect();
+        // Two round trips: what the limits need to know (pending
+        // authorizations, renewal, pauses), then the atomic bucket batch.
+        let facts = match self.limiter.order_facts(acct.id, &values, since).await {
+            Ok(f) => f,
+            Err(e) => return allow(Err(e)),
+        };
         allow(
             self.limiter
-                .check_new_order(acct.id, &values, &domains, is_renewal)
+                .check_new_order(
+                    acct.id,
+                    &values,
+                    &domains,
+                    &facts,
+                    new_authzs,
+                    self.cfg.limits.max_pending_authzs,
+                )
                 .await,
         )
     }

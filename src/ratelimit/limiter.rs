@@ -19,7 +19,7 @@ use super::keys::{bucket_key, normalize_identifiers, registration_ip_key, regist
 use super::{format_utc, fqdn_set_hash, LimitName, LimitSet, Overrides};
 use crate::clock::Clock;
 use crate::problem::Problem;
-use crate::sa::{AccountId, LimitStore};
+use crate::sa::{AccountId, LimitStore, OrderLimitFacts};
 use axum::http::{HeaderMap, HeaderName, HeaderValue};
 use std::net::IpAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -120,6 +120,9 @@ pub enum LimitError {
         identifiers: Vec<String>,
         docs_url: String,
     },
+    /// The account holds too many pending authorizations (the fixed
+    /// limit beside the windows); the problem says how many.
+    TooManyPending(Problem),
     /// The limiter's store failed; the request was neither allowed nor
     /// refused by a limit (Boulder lets such requests through).
     Unavailable(Problem),
@@ -151,7 +154,7 @@ impl LimitError {
                 )
                 .with_help(docs_url)
             }
-            LimitError::Unavailable(p) => p.clone(),
+            LimitError::TooManyPending(p) | LimitError::Unavailable(p) => p.clone(),
         }
     }
 }
@@ -409,7 +412,9 @@ impl Limiter {
         account: AccountId,
         names: &[String],
         registered_domains: &[String],
-        is_renewal: bool,
+        facts: &OrderLimitFacts,
+        new_authzs: u64,
+        max_pending_authzs: u64,
     ) -> Result<Spent, LimitError> {
         let idents = normalize_identifiers(
             &names
@@ -417,26 +422,51 @@ impl Limiter {
                 .map(|n| authz_identifier(n))
                 .collect::<Vec<_>>(),
         );
-        if self
-            .set
-            .window(LimitName::ConsecutiveAuthorizationFailures)
-            .is_some()
+        if !facts.paused.is_empty()
+            && self
+                .set
+                .window(LimitName::ConsecutiveAuthorizationFailures)
+                .is_some()
         {
-            let paused = self.store.paused_identifiers(account, &idents).await?;
-            if !paused.is_empty() {
-                self.count_refusal(LimitName::ConsecutiveAuthorizationFailures);
-                tracing::info!(
-                    limit = LimitName::ConsecutiveAuthorizationFailures.as_str(),
-                    key = %format!("{account}:{}", paused.join(",")),
-                    "paused account refused a new order"
-                );
-                return Err(LimitError::Paused {
-                    account,
-                    identifiers: paused,
-                    docs_url: self.docs_url.clone(),
-                });
-            }
+            self.count_refusal(LimitName::ConsecutiveAuthorizationFailures);
+            tracing::info!(
+                limit = LimitName::ConsecutiveAuthorizationFailures.as_str(),
+                key = %format!("{account}:{}", facts.paused.join(",")),
+                "paused account refused a new order"
+            );
+            return Err(LimitError::Paused {
+                account,
+                identifiers: facts.paused.clone(),
+                docs_url: self.docs_url.clone(),
+            });
         }
+        let pending = facts.pending_authzs;
+        if pending + new_authzs > max_pending_authzs {
+            self.pending_refusals.fetch_add(1, Ordering::Relaxed);
+            tracing::info!(
+                limit = "pendingAuthorizationsPerAccount",
+                key = %account,
+                pending,
+                new = new_authzs,
+                "rate limit refused a request"
+            );
+            return Err(LimitError::TooManyPending(
+                Problem::rate_limited_for(
+                    "pendingAuthorizationsPerAccount",
+                    account.to_string(),
+                    None,
+                    format!(
+                        "too many pending authorizations for account {account}: it holds \
+                         {pending} and this order needs {new_authzs} more, at most \
+                         {max_pending_authzs} are allowed; complete or deactivate some \
+                         first: see {}#pending-authorizations",
+                        self.docs_url
+                    ),
+                )
+                .with_help(&self.docs_url),
+            ));
+        }
+        let is_renewal = facts.renewal;
         let mut txns = Vec::new();
         if !is_renewal {
             txns.extend(self.txn(
@@ -623,42 +653,31 @@ impl Limiter {
         Ok(())
     }
 
-    /// Pending authorizations the account holds against the fixed limit
-    /// (`limits.max_pending_authzs`): refused when creating `new` more
-    /// would exceed `max`.
-    pub async fn check_pending_authzs(
+    /// What [`Limiter::check_new_order`] needs besides the buckets, in one
+    /// store round trip: pending authorizations, whether `names` were
+    /// certified at or after `since` (a renewal), paused identifiers.
+    pub async fn order_facts(
         &self,
         account: AccountId,
-        new: u64,
-        max: u64,
-    ) -> Result<(), Problem> {
-        let pending = self
+        names: &[String],
+        since: i64,
+    ) -> Result<OrderLimitFacts, LimitError> {
+        let idents = normalize_identifiers(
+            &names
+                .iter()
+                .map(|n| authz_identifier(n))
+                .collect::<Vec<_>>(),
+        );
+        Ok(self
             .store
-            .count_pending_authzs(account, self.clock.unix())
-            .await?;
-        if pending + new > max {
-            self.pending_refusals.fetch_add(1, Ordering::Relaxed);
-            tracing::info!(
-                limit = "pendingAuthorizationsPerAccount",
-                key = %account,
-                pending,
-                new,
-                "rate limit refused a request"
-            );
-            return Err(Problem::rate_limited_for(
-                "pendingAuthorizationsPerAccount",
-                account.to_string(),
-                None,
-                format!(
-                    "too many pending authorizations for account {account}: it holds {pending} \
-                     and this order needs {new} more, at most {max} are allowed; complete or \
-                     deactivate some first: see {}#pending-authorizations",
-                    self.docs_url
-                ),
+            .order_limit_facts(
+                account,
+                &idents,
+                &fqdn_set_hash(names),
+                since,
+                self.clock.unix(),
             )
-            .with_help(&self.docs_url));
-        }
-        Ok(())
+            .await?)
     }
 
     /// Run a batch: one atomic round trip. Duplicate keys keep their first

@@ -63,8 +63,28 @@ pub trait LimitStore: Send + Sync {
         now: i64,
     ) -> Result<Vec<String>, Problem>;
 
-    /// The account's pending, unexpired authorizations (`now`: seconds).
-    async fn count_pending_authzs(&self, account: AccountId, now: i64) -> Result<u64, Problem>;
+    /// What newOrder's limits need beyond the buckets, in one statement:
+    /// the account's pending, unexpired authorizations (`now`: seconds),
+    /// whether the identifier set `set_hash` was certified at or after
+    /// `since` (a renewal), and which of `identifiers` the account is
+    /// paused for.
+    async fn order_limit_facts(
+        &self,
+        account: AccountId,
+        identifiers: &[String],
+        set_hash: &str,
+        since: i64,
+        now: i64,
+    ) -> Result<OrderLimitFacts, Problem>;
+}
+
+/// See [`LimitStore::order_limit_facts`].
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct OrderLimitFacts {
+    pub pending_authzs: u64,
+    pub renewal: bool,
+    /// Sorted.
+    pub paused: Vec<String>,
 }
 
 fn require_distinct(txns: &[BucketTxn]) -> Result<(), Problem> {
@@ -272,15 +292,55 @@ impl LimitStore for SqliteStore {
         Ok(v)
     }
 
-    async fn count_pending_authzs(&self, account: AccountId, now: i64) -> Result<u64, Problem> {
-        let n: i64 = sqlx::query_scalar(
-            "SELECT COUNT(*) FROM authzs WHERE account_id = ? AND status = 'pending' AND expires > ?",
-        )
-        .bind(account.0)
-        .bind(now)
-        .fetch_one(&self.pool)
-        .await?;
-        Ok(n.max(0) as u64)
+    async fn order_limit_facts(
+        &self,
+        account: AccountId,
+        identifiers: &[String],
+        set_hash: &str,
+        since: i64,
+        now: i64,
+    ) -> Result<OrderLimitFacts, Problem> {
+        let list = if identifiers.is_empty() {
+            "NULL".to_string()
+        } else {
+            (0..identifiers.len())
+                .map(|i| format!("?{}", i + 5))
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
+        // DNS identifiers hold no commas: a comma list is unambiguous.
+        let sql = format!(
+            "SELECT (SELECT COUNT(*) FROM authzs
+                     WHERE account_id = ?1 AND status = 'pending' AND expires > ?2) AS pending,
+                    EXISTS (SELECT 1 FROM certificates
+                            WHERE set_hash = ?3 AND issued_at >= ?4) AS renewal,
+                    (SELECT group_concat(identifier, ',') FROM
+                        (SELECT identifier FROM rate_limit_paused
+                         WHERE account_id = ?1 AND unpaused_at IS NULL AND identifier IN ({list})
+                         ORDER BY identifier)) AS paused"
+        );
+        let mut q = sqlx::query(&sql)
+            .bind(account.0)
+            .bind(now)
+            .bind(set_hash)
+            .bind(since);
+        for i in identifiers {
+            q = q.bind(i);
+        }
+        let r = q.fetch_one(&self.pool).await?;
+        let paused: Option<String> = r.try_get("paused")?;
+        let mut paused: Vec<String> = paused
+            .unwrap_or_default()
+            .split(',')
+            .filter(|s| !s.is_empty())
+            .map(str::to_string)
+            .collect();
+        paused.sort();
+        Ok(OrderLimitFacts {
+            pending_authzs: r.try_get::<i64, _>("pending")?.max(0) as u64,
+            renewal: r.try_get("renewal")?,
+            paused,
+        })
     }
 }
 
@@ -529,14 +589,34 @@ impl LimitStore for PgStore {
         Ok(v)
     }
 
-    async fn count_pending_authzs(&self, account: AccountId, now: i64) -> Result<u64, Problem> {
-        let n: i64 = sqlx::query_scalar(
-            "SELECT COUNT(*) FROM authzs WHERE account_id = $1 AND status = 'pending' AND expires > $2",
+    async fn order_limit_facts(
+        &self,
+        account: AccountId,
+        identifiers: &[String],
+        set_hash: &str,
+        since: i64,
+        now: i64,
+    ) -> Result<OrderLimitFacts, Problem> {
+        let r = sqlx::query(
+            "SELECT (SELECT COUNT(*) FROM authzs
+                     WHERE account_id = $1 AND status = 'pending' AND expires > $2) AS pending,
+                    EXISTS (SELECT 1 FROM certificates
+                            WHERE set_hash = $3 AND issued_at >= $4) AS renewal,
+                    ARRAY(SELECT identifier FROM rate_limit_paused
+                          WHERE account_id = $1 AND unpaused_at IS NULL AND identifier = ANY($5)
+                          ORDER BY identifier) AS paused",
         )
         .bind(account.0)
         .bind(now)
+        .bind(set_hash)
+        .bind(since)
+        .bind(identifiers)
         .fetch_one(&self.pool)
         .await?;
-        Ok(n.max(0) as u64)
+        Ok(OrderLimitFacts {
+            pending_authzs: r.try_get::<i64, _>("pending")?.max(0) as u64,
+            renewal: r.try_get("renewal")?,
+            paused: r.try_get("paused")?,
+        })
     }
 }

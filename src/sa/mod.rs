@@ -356,10 +356,6 @@ pub trait Store: LimitStore + Send + Sync {
         names: &[String],
         spki_sha256: &[u8],
     ) -> Result<(), Problem>;
-    /// Whether a certificate with exactly this identifier set (see
-    /// `identifier_set_hash`) was issued at or after `since`.
-    async fn issued_for_set(&self, set_hash: &str, since: i64) -> Result<bool, Problem>;
-
     /// Revoked certificates whose not_after is after `not_after_after`
     /// (expired ones leave the CRL), by serial.
     async fn revoked_certificates(

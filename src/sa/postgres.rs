@@ -859,16 +859,6 @@ impl Store for PgStore {
         Ok(())
     }
 
-    async fn issued_for_set(&self, set_hash: &str, since: i64) -> Result<bool, Problem> {
-        Ok(sqlx::query_scalar(
-            "SELECT EXISTS (SELECT 1 FROM certificates WHERE set_hash = $1 AND issued_at >= $2)",
-        )
-        .bind(set_hash)
-        .bind(since)
-        .fetch_one(&self.pool)
-        .await?)
-    }
-
     async fn revoked_certificates(
         &self,
         not_after_after: i64,

@@ -767,16 +767,6 @@ impl Store for SqliteStore {
         Ok(())
     }
 
-    async fn issued_for_set(&self, set_hash: &str, since: i64) -> Result<bool, Problem> {
-        Ok(sqlx::query_scalar(
-            "SELECT EXISTS (SELECT 1 FROM certificates WHERE set_hash = ? AND issued_at >= ?)",
-        )
-        .bind(set_hash)
-        .bind(since)
-        .fetch_one(&self.pool)
-        .await?)
-    }
-
     async fn revoked_certificates(
         &self,
         not_after_after: i64,
