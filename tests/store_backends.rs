@@ -139,6 +139,8 @@ contract_tests!(
     race_replacement_orders,
     race_insert_crl,
     reservation_is_taken_once_and_consumed_by_issuance,
+    account_read_spends_the_nonce_once,
+    race_account_spending_nonce,
     dead_reservations_are_failed_expired_or_stuck_orders,
 );
 
@@ -1489,4 +1491,40 @@ async fn dead_reservations_are_failed_expired_or_stuck_orders(f: &Fixture) {
         s.reservations_of_authz(live.authz_ids[0]).await.unwrap(),
         [live.id]
     );
+}
+
+async fn account_read_spends_the_nonce_once(f: &Fixture) {
+    let s = f.open(4).await;
+    let a = new_account(&*s, "tp-a").await;
+    let (acct, fresh) = s.account_spending_nonce(a.id, b"n1", NOW).await.unwrap();
+    assert_eq!(acct.map(|x| x.id), Some(a.id));
+    assert!(fresh);
+    let (acct, fresh) = s.account_spending_nonce(a.id, b"n1", NOW).await.unwrap();
+    assert!(acct.is_some());
+    assert!(!fresh, "a nonce is spent once");
+    // A missing account still spends the nonce.
+    let (acct, fresh) = s
+        .account_spending_nonce(AccountId(404), b"n2", NOW)
+        .await
+        .unwrap();
+    assert!(acct.is_none());
+    assert!(fresh);
+    assert!(!s.redeem_nonce(b"n2", NOW).await.unwrap());
+    // It is the same record redeem_nonce keeps.
+    assert!(s.redeem_nonce(b"n3", NOW).await.unwrap());
+    let (_, fresh) = s.account_spending_nonce(a.id, b"n3", NOW).await.unwrap();
+    assert!(!fresh);
+}
+
+async fn race_account_spending_nonce(f: &Fixture) {
+    let s = f.open(2).await;
+    let a = new_account(&*s, "tp-a").await;
+    let id = a.id;
+    let wins = race(f, 4, 20, move |s, _| async move {
+        let (acct, fresh) = s.account_spending_nonce(id, b"raced", NOW).await?;
+        assert!(acct.is_some());
+        Ok(fresh)
+    })
+    .await;
+    assert_eq!(wins, 1);
 }

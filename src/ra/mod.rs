@@ -162,19 +162,28 @@ impl Ra {
         }
     }
 
-    /// The account named by a `kid`, which must exist and be valid.
-    pub async fn account_for_kid(&self, id: AccountId) -> Result<Account, Problem> {
+    /// The account named by a `kid`, which must exist and be valid, read
+    /// in the same round trip that spends the request's nonce (checked by
+    /// the WFE, `expires` its memory); also whether the nonce was unused.
+    pub async fn account_for_kid(
+        &self,
+        id: AccountId,
+        nonce: &[u8],
+        expires: i64,
+    ) -> Result<(Account, bool), Problem> {
+        let (acct, fresh) = self
+            .store
+            .account_spending_nonce(id, nonce, expires)
+            .await?;
         let acct =
-            self.store.account(id).await?.ok_or_else(|| {
-                Problem::account_does_not_exist("no account exists with this kid")
-            })?;
+            acct.ok_or_else(|| Problem::account_does_not_exist("no account exists with this kid"))?;
         if acct.status != AccountStatus::Valid {
             return Err(Problem::unauthorized(format!(
                 "account is {}",
                 acct.status.as_str()
             )));
         }
-        Ok(acct)
+        Ok((acct, fresh))
     }
 
     pub async fn update_account(

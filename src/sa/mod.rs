@@ -240,6 +240,16 @@ pub trait Store: LimitStore + Send + Sync {
         now: i64,
     ) -> Result<(Account, bool), Problem>;
     async fn account(&self, id: AccountId) -> Result<Option<Account>, Problem>;
+    /// The account with this id, and whether this call spent the nonce
+    /// (false: it was used before), together: an authenticated POST's one
+    /// round trip before its own work (one statement on PostgreSQL). The
+    /// nonce is spent whether or not the account exists.
+    async fn account_spending_nonce(
+        &self,
+        id: AccountId,
+        nonce: &[u8],
+        expires: i64,
+    ) -> Result<(Option<Account>, bool), Problem>;
     async fn account_by_thumbprint(&self, thumbprint: &str) -> Result<Option<Account>, Problem>;
     async fn update_account_contact(
         &self,

@@ -171,6 +171,37 @@ impl Store for PgStore {
         .transpose()
     }
 
+    async fn account_spending_nonce(
+        &self,
+        id: AccountId,
+        nonce: &[u8],
+        expires: i64,
+    ) -> Result<(Option<Account>, bool), Problem> {
+        // One statement: the nonce insert (as in redeem_nonce: a racing
+        // second insert waits for the first's commit, then conflicts) and
+        // the account, joined to a one-row source so a missing account
+        // still reports the nonce.
+        let r = sqlx::query(
+            "WITH spent AS (
+                 INSERT INTO used_nonces (nonce, expires) VALUES ($2, $3)
+                 ON CONFLICT DO NOTHING RETURNING 1)
+             SELECT (SELECT count(*) FROM spent) AS fresh,
+                    a.id, a.thumbprint, a.jwk, a.contact, a.status, a.created_at
+             FROM (SELECT 1) AS one LEFT JOIN accounts a ON a.id = $1",
+        )
+        .bind(id.0)
+        .bind(nonce)
+        .bind(expires)
+        .fetch_one(&self.pool)
+        .await?;
+        let fresh = r.try_get::<i64, _>("fresh")? == 1;
+        let acct = match r.try_get::<Option<i64>, _>("id")? {
+            Some(_) => Some(account_from_row(&r)?),
+            None => None,
+        };
+        Ok((acct, fresh))
+    }
+
     async fn account_by_thumbprint(&self, thumbprint: &str) -> Result<Option<Account>, Problem> {
         sqlx::query(&format!(
             "SELECT {ACCOUNT_COLS} FROM accounts WHERE thumbprint = $1"

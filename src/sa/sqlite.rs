@@ -132,6 +132,17 @@ impl Store for SqliteStore {
             .transpose()
     }
 
+    async fn account_spending_nonce(
+        &self,
+        id: AccountId,
+        nonce: &[u8],
+        expires: i64,
+    ) -> Result<(Option<Account>, bool), Problem> {
+        // Embedded: two statements cost no network round trip.
+        let acct = self.account(id).await?;
+        Ok((acct, self.redeem_nonce(nonce, expires).await?))
+    }
+
     async fn account_by_thumbprint(&self, thumbprint: &str) -> Result<Option<Account>, Problem> {
         sqlx::query(&format!(
             "SELECT {ACCOUNT_COLS} FROM accounts WHERE thumbprint = ?"

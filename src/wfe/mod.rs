@@ -280,13 +280,20 @@ impl Wfe {
                 let jwk = jws::parse_jwk(v)?;
                 jws::verify(&jws, &jwk)?;
                 let thumbprint = jws::thumbprint(&jwk)?;
+                self.nonces.redeem(&nonce).await?;
                 Signer::Jwk { jwk, thumbprint }
             }
             (None, Some(_), KeyMode::Kid | KeyMode::Any) => {
                 let kid = jws.header_str("kid")?.unwrap_or_default();
                 let id = parse_kid(base, kid)?;
-                let acct = self.ra.account_for_kid(id).await?;
+                // One round trip reads the account and spends the nonce
+                // (checked here first: a forged or stale one costs no I/O).
+                let (body, expires) = self.nonces.check(&nonce)?;
+                let (acct, fresh) = self.ra.account_for_kid(id, &body, expires).await?;
                 self.verifiers.get_or_build(&acct)?.verify(&jws)?;
+                if !fresh {
+                    return Err(nonce::used_nonce());
+                }
                 Signer::Account(acct)
             }
             (None, None, KeyMode::Any) => {
@@ -305,7 +312,6 @@ impl Wfe {
                 ))
             }
         };
-        self.nonces.redeem(&nonce).await?;
         check_url(base, uri, &url)?;
         Ok(Post {
             payload: jws.payload()?,

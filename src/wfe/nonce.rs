@@ -60,32 +60,38 @@ impl Nonces {
         B64.encode(buf)
     }
 
-    /// Check a nonce and spend it. Every failure is `badNonce`.
-    pub async fn redeem(&self, nonce: &str) -> Result<(), Problem> {
-        let bad =
-            |why: &str| Problem::bad_nonce(format!("JWS has an invalid anti-replay nonce: {why}"));
-        let raw = B64.decode(nonce).map_err(|_| bad("not base64url"))?;
+    /// Check a nonce without spending it: issued by this CA (HMAC), not
+    /// from the future, not expired. Returns what to spend (the body) and
+    /// until when it must be remembered as used.
+    pub fn check(&self, nonce: &str) -> Result<(Vec<u8>, i64), Problem> {
+        let raw = B64.decode(nonce).map_err(|_| bad_nonce("not base64url"))?;
         if raw.len() != BODY_LEN + TAG_LEN {
-            return Err(bad("wrong length"));
+            return Err(bad_nonce("wrong length"));
         }
         let (body, tag) = raw.split_at(BODY_LEN);
         let mut mac = self.mac.clone();
         mac.update(body);
         mac.verify_truncated_left(tag)
-            .map_err(|_| bad("not issued by this server"))?;
+            .map_err(|_| bad_nonce("not issued by this server"))?;
         let mut ts = [0u8; 8];
         ts.copy_from_slice(&body[..8]);
         let issued = i64::from_be_bytes(ts);
         let now = self.clock.unix();
         if issued > now + SKEW_SECS {
-            return Err(bad("issued in the future"));
+            return Err(bad_nonce("issued in the future"));
         }
         let expires = issued + self.lifetime;
         if expires < now {
-            return Err(bad("expired"));
+            return Err(bad_nonce("expired"));
         }
-        if !self.store.redeem_nonce(body, expires + SKEW_SECS).await? {
-            return Err(bad("already used"));
+        Ok((body.to_vec(), expires + SKEW_SECS))
+    }
+
+    /// Check and spend a nonce (requests without an account).
+    pub async fn redeem(&self, nonce: &str) -> Result<(), Problem> {
+        let (body, expires) = self.check(nonce)?;
+        if !self.store.redeem_nonce(&body, expires).await? {
+            return Err(used_nonce());
         }
         Ok(())
     }
@@ -94,4 +100,13 @@ impl Nonces {
     pub async fn prune(&self) -> Result<u64, Problem> {
         self.store.prune_nonces(self.clock.unix() - SKEW_SECS).await
     }
+}
+
+fn bad_nonce(why: &str) -> Problem {
+    Problem::bad_nonce(format!("JWS has an invalid anti-replay nonce: {why}"))
+}
+
+/// A nonce spent before.
+pub fn used_nonce() -> Problem {
+    bad_nonce("already used")
 }
