@@ -301,16 +301,27 @@ async fn revoke(cfg: &Config, serial: &str, reason: i64) -> anyhow::Result<()> {
         .certificate(serial)
         .await?
         .ok_or_else(|| anyhow!("no certificate with serial {serial} was issued by this CA"))?;
-    if let Some(at) = cert.revoked_at {
-        bail!(
-            "certificate {serial} is already revoked ({}, at {})",
-            reason_name(cert.revoked_reason.unwrap_or(0)),
-            fmt_time(at)
-        );
-    }
     // Operators are trusted: their keyCompromise blocks the key (and revokes
-    // its other certificates) without a proof of possession.
-    let block_key = (reason == KEY_COMPROMISE).then(|| cert.spki_sha256.clone());
+    // its other certificates) without a proof of possession. The key's hash
+    // comes from the certificate itself, whatever the row holds.
+    let block_key = if reason == KEY_COMPROMISE {
+        let (_, parsed) = x509_parser::parse_x509_certificate(&cert.der).map_err(|e| {
+            anyhow!("certificate {serial} does not parse ({e}): cannot block its key")
+        })?;
+        Some(sa::spki_hash(parsed.public_key().raw))
+    } else {
+        None
+    };
+    if let Some(at) = cert.revoked_at {
+        // Only keyCompromise changes a revoked certificate (and blocks its key).
+        if block_key.is_none() || cert.revoked_reason == Some(KEY_COMPROMISE) {
+            bail!(
+                "certificate {serial} is already revoked ({}, at {})",
+                reason_name(cert.revoked_reason.unwrap_or(0)),
+                fmt_time(at)
+            );
+        }
+    }
     if !store
         .revoke_certificate(serial, reason, clock.unix(), block_key.as_deref())
         .await?

@@ -318,3 +318,36 @@ async fn certificates_from_before_names_were_recorded_are_backfilled() {
         tokio::time::sleep(std::time::Duration::from_millis(200)).await;
     }
 }
+
+/// A certificate revoked for another reason can still be revoked with its
+/// key: the reason becomes keyCompromise and the key is blocked.
+#[tokio::test]
+async fn proven_compromise_of_a_revoked_certificate_blocks_the_key() {
+    let server = Server::start(ServerOpts::always_valid());
+    let c = AcmeClient::new(&server, KeyKind::Es256).await;
+    c.register().await;
+    let key = AcmeKey::generate(KeyKind::Es256);
+    let cert = issue_with(&c, &["late.example.net"], &key).await;
+    let url = c.endpoint("revokeCert");
+    let payload = json!({"certificate": b64u(&cert.der), "reason": 4});
+    assert_eq!(c.post(&url, Some(payload.clone())).await.status, 200);
+    assert_problem(&c.post(&url, Some(payload)).await, 400, "alreadyRevoked");
+
+    let by_key = AcmeClient::with_key(&server, key.clone_key()).await;
+    let signed = json!({"certificate": b64u(&cert.der)});
+    let r = by_key.post_jwk(&url, Some(signed.clone())).await;
+    assert_eq!(r.status, 200, "{r}");
+    // Once keyCompromise, there is nothing more to record.
+    let r = by_key.post_jwk(&url, Some(signed)).await;
+    assert_problem(&r, 400, "alreadyRevoked");
+    // And the key is blocked.
+    let (order_url, order) = c.new_order(&["late2.example.net"]).await;
+    let order = c.authorize_always_valid(&order_url, &order).await;
+    let r = c
+        .finalize(
+            &order,
+            &csr_der(&["late2.example.net"], &key.openssl_pkey()),
+        )
+        .await;
+    assert_problem(&r, 400, "badCSR");
+}

@@ -1361,6 +1361,39 @@ async fn replacement_refused_while_another_is_live(f: &Fixture) {
     })
     .await
     .unwrap();
+    // An order stuck in processing (its instance died mid-issuance) stops
+    // counting once it is stale, as the RA reports it invalid then.
+    let s2 = f.open(2).await;
+    let b = new_account(&*s2, "tp-b").await;
+    issued(&*s2, b.id, "02", &["r2.example"], NOW).await;
+    let stuck = s2
+        .create_order(NewOrder {
+            account_id: b.id,
+            expires: NOW + 2 * DAY,
+            identifiers: vec![Identifier::dns("r2.example")],
+            authzs: vec![new_authz("r2.example", NOW + DAY)],
+            replaces: Some("02".into()),
+            reservation: None,
+            now: NOW,
+        })
+        .await
+        .unwrap();
+    validate(&*s2, stuck.authz_ids[0], NOW + 30 * DAY).await;
+    assert!(s2.begin_finalize(stuck.id, NOW).await.unwrap());
+    let again = |now: i64| NewOrder {
+        account_id: b.id,
+        expires: NOW + 2 * DAY,
+        identifiers: vec![Identifier::dns("r2.example")],
+        authzs: vec![new_authz("r2.example", NOW + DAY)],
+        replaces: Some("02".into()),
+        reservation: None,
+        now,
+    };
+    let e = s2.create_order(again(NOW + 10)).await.unwrap_err();
+    assert_eq!(e.short_type(), "alreadyReplaced");
+    s2.create_order(again(NOW + cairn::sa::STALE_PROCESSING_SECS + 1))
+        .await
+        .unwrap();
 }
 
 async fn race_replacement_orders(f: &Fixture) {

@@ -740,28 +740,28 @@ impl Ra {
         tracing::info!(challenge = id.0, kind = c.kind.as_str(), domain = %a.identifier, %outcome, "validation finished");
         let now = self.clock.unix();
         let valid_expires = now + self.cfg.acme.valid_authz_lifetime_secs as i64;
-        // Count before recording: a client that sees the authorization
-        // invalid and orders again at once must already meet the failure
-        // limits (and the pause). Only the runner holding the lease gets
-        // here, so a result is counted once in practice (a second run only
-        // happens when a lease ran out under a live runner, and then the
-        // store keeps the first result).
-        if result.is_err() {
+        // Only the run that records the result counts it: a validation may
+        // run twice (a restart re-runs every one in flight; a peer's lease
+        // may look stale) and must not count as two failures. A client
+        // re-ordering in the milliseconds between the two is counted late.
+        let failed = result.is_err();
+        if !self
+            .store
+            .finish_challenge(id, result, now, valid_expires)
+            .await?
+        {
+            return Ok(());
+        }
+        if failed {
             self.count_failure(a.account_id, &a.identifier).await;
+            // The authorization is invalid: its orders' tokens come back now.
+            self.release_reservations_of(a.id).await;
         } else if let Err(e) = self
             .limiter
             .reset_pausing(a.account_id, &a.identifier)
             .await
         {
             tracing::warn!(identifier = %a.identifier, "resetting the failure count: {}", e.detail);
-        }
-        let failed = result.is_err();
-        self.store
-            .finish_challenge(id, result, now, valid_expires)
-            .await?;
-        if failed {
-            // The authorization is invalid: its orders' tokens come back now.
-            self.release_reservations_of(a.id).await;
         }
         Ok(())
     }
@@ -825,16 +825,16 @@ impl Ra {
             }
             for (serial, der) in batch {
                 let (names, spki) = match x509_parser::parse_x509_certificate(&der) {
-                    Ok((_, cert)) => (dns_names(&cert), spki_hash(cert.public_key().raw)),
+                    Ok((_, cert)) => (dns_names(&cert), Some(spki_hash(cert.public_key().raw))),
                     Err(e) => {
                         tracing::warn!(serial = %serial, "stored certificate does not parse: {e}");
-                        (Vec::new(), Vec::new())
+                        (Vec::new(), None)
                     }
                 };
                 // An unparsable or nameless certificate still gets a set
                 // hash (of no names), so the backfill ends.
                 self.store
-                    .set_certificate_names(&serial, &names, &spki)
+                    .set_certificate_names(&serial, &names, spki.as_deref())
                     .await?;
                 done += 1;
             }
@@ -1001,7 +1001,10 @@ impl Ra {
                 5
             }
         };
-        if cert.revoked_at.is_some()
+        // Already revoked: only a proof of key compromise changes anything
+        // (the reason becomes keyCompromise and the key is blocked).
+        let upgrade = block_key.is_some() && cert.revoked_reason != Some(recorded);
+        if (cert.revoked_at.is_some() && !upgrade)
             || !self
                 .store
                 .revoke_certificate(&serial, recorded, self.clock.unix(), block_key.as_deref())

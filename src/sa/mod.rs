@@ -220,6 +220,11 @@ pub enum KeyChange {
     InUse(AccountId),
 }
 
+/// An order that stayed `processing` this long was interrupted (a crash
+/// during issuance): it reads as invalid, frees the certificate it
+/// replaces, and gives its reserved rate-limit tokens back.
+pub const STALE_PROCESSING_SECS: i64 = 120;
+
 pub type DynStore = Arc<dyn Store>;
 
 #[async_trait]
@@ -337,7 +342,9 @@ pub trait Store: LimitStore + Send + Sync {
     /// Mark a certificate revoked; false if it already was. With
     /// `block_key` (the certificate's SPKI hash, for a proven keyCompromise)
     /// the key is blocked and every other unrevoked certificate of that key
-    /// is revoked for keyCompromise, in the same transaction.
+    /// is revoked for keyCompromise, in the same transaction; a certificate
+    /// revoked earlier for another reason is then re-revoked with `reason`
+    /// (its revocation time kept), false only if it already had it.
     async fn revoke_certificate(
         &self,
         serial: &str,
@@ -364,7 +371,7 @@ pub trait Store: LimitStore + Send + Sync {
         &self,
         serial: &str,
         names: &[String],
-        spki_sha256: &[u8],
+        spki_sha256: Option<&[u8]>,
     ) -> Result<(), Problem>;
     /// Revoked certificates whose not_after is after `not_after_after`
     /// (expired ones leave the CRL), by serial.

@@ -237,6 +237,7 @@ impl Store for SqliteStore {
                 .bind(serial)
                 .bind(order_id)
                 .bind(o.now)
+                .bind(o.now - STALE_PROCESSING_SECS)
                 .fetch_one(&mut *tx)
                 .await?;
             if taken {
@@ -673,13 +674,19 @@ impl Store for SqliteStore {
         block_key: Option<&[u8]>,
     ) -> Result<bool, Problem> {
         let mut tx = self.pool.begin().await?;
+        // A proven compromise also turns an earlier revocation's reason
+        // into keyCompromise (its time kept), so the key gets blocked.
         let r = sqlx::query(
-            "UPDATE certificates SET revoked_at = ?, revoked_reason = ?
-             WHERE serial = ? AND revoked_at IS NULL",
+            "UPDATE certificates
+             SET revoked_at = COALESCE(revoked_at, ?1), revoked_reason = ?2
+             WHERE serial = ?3
+               AND (revoked_at IS NULL
+                    OR (?4 AND revoked_reason IS DISTINCT FROM ?2))",
         )
         .bind(now)
         .bind(reason)
         .bind(serial)
+        .bind(block_key.is_some())
         .execute(&mut *tx)
         .await?;
         if r.rows_affected() != 1 {
@@ -753,7 +760,7 @@ impl Store for SqliteStore {
         &self,
         serial: &str,
         names: &[String],
-        spki_sha256: &[u8],
+        spki_sha256: Option<&[u8]>,
     ) -> Result<(), Problem> {
         let mut tx = self.pool.begin().await?;
         sqlx::query(
@@ -846,11 +853,12 @@ const CERT_COLS: &str =
 /// How many superseded CRLs stay in the table.
 const CRLS_KEPT: i64 = 10;
 
-/// An order of another live order (not failed, not expired: the same
-/// derivation the RA makes) that replaces this certificate.
+/// Another live order (not failed, not expired, not stuck in processing:
+/// the same derivation the RA makes) that replaces this certificate.
 const LIVE_REPLACEMENT: &str = "SELECT EXISTS (SELECT 1 FROM orders o
      WHERE o.replaces = ?1 AND o.id <> ?2 AND (
-        o.status IN ('processing', 'valid')
+        o.status = 'valid'
+        OR (o.status = 'processing' AND o.updated_at >= ?4)
         OR (o.status = 'pending' AND o.expires > ?3 AND NOT EXISTS (
             SELECT 1 FROM order_authzs oa JOIN authzs a ON a.id = oa.authz_id
             WHERE oa.order_id = o.id
