@@ -261,16 +261,6 @@ impl Spent {
     pub fn none() -> Spent {
         Spent::default()
     }
-
-    /// True when there is nothing to refund.
-    pub fn is_empty(&self) -> bool {
-        self.txns.is_empty()
-    }
-
-    /// The transactions that were written.
-    pub fn txns(&self) -> &[BucketTxn] {
-        &self.txns
-    }
 }
 
 /// The issuance-window limiter: the limit set, the overrides and the store.
@@ -333,10 +323,6 @@ impl Limiter {
 
     fn count_refusal(&self, limit: LimitName) {
         self.refusals[limit as usize].fetch_add(1, Ordering::Relaxed);
-    }
-
-    pub fn limits(&self) -> &LimitSet {
-        &self.set
     }
 
     pub fn overrides(&self) -> &Arc<Overrides> {
@@ -597,21 +583,6 @@ impl Limiter {
             .reset_buckets(&[bucket_key(LimitName::ConsecutiveAuthorizationFailures, &id)])
             .await?;
         Ok(())
-    }
-
-    /// The identifiers among `identifiers` the account is paused for.
-    pub async fn paused_identifiers(
-        &self,
-        account: AccountId,
-        identifiers: &[String],
-    ) -> Result<Vec<String>, Problem> {
-        let idents = normalize_identifiers(
-            &identifiers
-                .iter()
-                .map(|n| authz_identifier(n))
-                .collect::<Vec<_>>(),
-        );
-        self.store.paused_identifiers(account, &idents).await
     }
 
     /// Unpause the account for one identifier, or for all (admin CLI), and

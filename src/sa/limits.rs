@@ -47,13 +47,6 @@ pub trait LimitStore: Send + Sync {
     /// it was not paused already.
     async fn pause(&self, account: AccountId, identifier: &str, now: i64) -> Result<bool, Problem>;
 
-    /// The identifiers among `identifiers` the account is paused for.
-    async fn paused_identifiers(
-        &self,
-        account: AccountId,
-        identifiers: &[String],
-    ) -> Result<Vec<String>, Problem>;
-
     /// Lift the pause for one identifier, or all of the account's. Returns
     /// the identifiers that were paused, sorted.
     async fn unpause(
@@ -248,27 +241,6 @@ impl LimitStore for SqliteStore {
         .execute(&self.pool)
         .await?;
         Ok(r.rows_affected() == 1)
-    }
-
-    async fn paused_identifiers(
-        &self,
-        account: AccountId,
-        identifiers: &[String],
-    ) -> Result<Vec<String>, Problem> {
-        if identifiers.is_empty() {
-            return Ok(Vec::new());
-        }
-        let sql = format!(
-            "SELECT identifier FROM rate_limit_paused \
-             WHERE account_id = ? AND unpaused_at IS NULL AND identifier IN ({}) \
-             ORDER BY identifier",
-            placeholders(identifiers.len())
-        );
-        let mut q = sqlx::query_scalar(&sql).bind(account.0);
-        for i in identifiers {
-            q = q.bind(i);
-        }
-        Ok(q.fetch_all(&self.pool).await?)
     }
 
     async fn unpause(
@@ -547,25 +519,6 @@ impl LimitStore for PgStore {
         .execute(&self.pool)
         .await?;
         Ok(r.rows_affected() == 1)
-    }
-
-    async fn paused_identifiers(
-        &self,
-        account: AccountId,
-        identifiers: &[String],
-    ) -> Result<Vec<String>, Problem> {
-        if identifiers.is_empty() {
-            return Ok(Vec::new());
-        }
-        Ok(sqlx::query_scalar(
-            "SELECT identifier FROM rate_limit_paused \
-             WHERE account_id = $1 AND unpaused_at IS NULL AND identifier = ANY($2) \
-             ORDER BY identifier",
-        )
-        .bind(account.0)
-        .bind(identifiers)
-        .fetch_all(&self.pool)
-        .await?)
     }
 
     async fn unpause(
