@@ -20,7 +20,7 @@ use cairn::ratelimit::{
 };
 use cairn::sa::{AccountId, DynStore, LimitStore, NewAuthz, NewOrder, OrderAuthz};
 use cairn::va::ChallengeType;
-use common::TestDb;
+use common::{contract_tests, Fixture};
 use std::net::IpAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -30,73 +30,6 @@ use tokio::sync::Barrier;
 const S: i64 = 1_000_000_000;
 const NOW: i64 = 1_700_000_000 * S;
 const NOW_SECS: i64 = 1_700_000_000;
-
-struct Fixture {
-    url: String,
-    _sqlite_dir: Option<tempfile::TempDir>,
-    _pg_db: Option<TestDb>,
-}
-
-impl Fixture {
-    async fn sqlite() -> Fixture {
-        let dir = tempfile::tempdir().expect("temporary directory");
-        let url = format!("sqlite://{}", dir.path().join("cairn.db").display());
-        Fixture {
-            url,
-            _sqlite_dir: Some(dir),
-            _pg_db: None,
-        }
-    }
-
-    async fn postgres() -> Option<Fixture> {
-        let Ok(admin_url) = std::env::var("CAIRN_TEST_DATABASE_URL") else {
-            if std::env::var("CAIRN_TEST_SKIP_POSTGRES").as_deref() == Ok("1") {
-                eprintln!("CAIRN_TEST_SKIP_POSTGRES=1: skipping the PostgreSQL half");
-                return None;
-            }
-            panic!(
-                "CAIRN_TEST_DATABASE_URL is not set, so the PostgreSQL limit store cannot be \
-                 tested. Start a server with `url=$(scripts/pg-cluster start)` and run with \
-                 CAIRN_TEST_DATABASE_URL=$url, or set CAIRN_TEST_SKIP_POSTGRES=1 to skip."
-            );
-        };
-        let db = TestDb::create(&admin_url).await;
-        Some(Fixture {
-            url: db.url.clone(),
-            _sqlite_dir: None,
-            _pg_db: Some(db),
-        })
-    }
-
-    async fn open(&self, max_connections: u32) -> DynStore {
-        cairn::sa::open(&self.url, max_connections)
-            .await
-            .unwrap_or_else(|e| panic!("open {}: {e:#}", self.url))
-    }
-}
-
-macro_rules! contract_tests {
-    ($($name:ident),* $(,)?) => {
-        mod sqlite {
-            $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn $name() {
-                    let f = super::Fixture::sqlite().await;
-                    super::$name(&f).await;
-                }
-            )*
-        }
-        mod postgres {
-            $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn $name() {
-                    let Some(f) = super::Fixture::postgres().await else { return };
-                    super::$name(&f).await;
-                }
-            )*
-        }
-    };
-}
 
 contract_tests!(
     spend_until_empty_then_refill,

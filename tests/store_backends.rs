@@ -18,7 +18,7 @@ use cairn::sa::{
     OrderAuthz, OrderId, OrderStatus, RevokedEntry, Store, StoredCrl,
 };
 use cairn::va::ChallengeType;
-use common::TestDb;
+use common::{contract_tests, Fixture};
 use std::sync::Arc;
 use tokio::sync::Barrier;
 
@@ -27,81 +27,7 @@ use tokio::sync::Barrier;
 const NOW: i64 = 1_700_000_000;
 const DAY: i64 = 86_400;
 
-// ------------------------------------------------------------- fixtures ---
-
-/// One backend's database for one test; `open` makes stores on it (one per
-/// simulated instance). Stores must be dropped before the fixture, which
-/// locals declared after it are.
-struct Fixture {
-    url: String,
-    _sqlite_dir: Option<tempfile::TempDir>,
-    _pg_db: Option<TestDb>,
-}
-
-impl Fixture {
-    async fn sqlite() -> Fixture {
-        let dir = tempfile::tempdir().expect("temporary directory");
-        let url = format!("sqlite://{}", dir.path().join("cairn.db").display());
-        Fixture {
-            url,
-            _sqlite_dir: Some(dir),
-            _pg_db: None,
-        }
-    }
-
-    /// None when PostgreSQL is skipped on purpose.
-    async fn postgres() -> Option<Fixture> {
-        let Ok(admin_url) = std::env::var("CAIRN_TEST_DATABASE_URL") else {
-            if std::env::var("CAIRN_TEST_SKIP_POSTGRES").as_deref() == Ok("1") {
-                eprintln!("CAIRN_TEST_SKIP_POSTGRES=1: skipping the PostgreSQL half");
-                return None;
-            }
-            panic!(
-                "CAIRN_TEST_DATABASE_URL is not set, so the PostgreSQL store cannot be tested. \
-                 Start a server with `url=$(scripts/pg-cluster start)` and run with \
-                 CAIRN_TEST_DATABASE_URL=$url (a user that may CREATE DATABASE), or set \
-                 CAIRN_TEST_SKIP_POSTGRES=1 to skip these tests deliberately."
-            );
-        };
-        let db = TestDb::create(&admin_url).await;
-        Some(Fixture {
-            url: db.url.clone(),
-            _sqlite_dir: None,
-            _pg_db: Some(db),
-        })
-    }
-
-    /// A store on this fixture's database, as one instance would open it.
-    async fn open(&self, max_connections: u32) -> DynStore {
-        cairn::sa::open(&self.url, max_connections)
-            .await
-            .unwrap_or_else(|e| panic!("open {}: {e:#}", self.url))
-    }
-}
-
-/// Each behaviour becomes `sqlite::<name>` and `postgres::<name>`.
-macro_rules! contract_tests {
-    ($($name:ident),* $(,)?) => {
-        mod sqlite {
-            $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn $name() {
-                    let f = super::Fixture::sqlite().await;
-                    super::$name(&f).await;
-                }
-            )*
-        }
-        mod postgres {
-            $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn $name() {
-                    let Some(f) = super::Fixture::postgres().await else { return };
-                    super::$name(&f).await;
-                }
-            )*
-        }
-    };
-}
+// ------------------------------------------------ one test per backend ---
 
 contract_tests!(
     nonce_redeemed_once,

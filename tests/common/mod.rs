@@ -13,14 +13,17 @@
 #![allow(dead_code, unused_imports)]
 
 pub mod acme;
+pub mod admin;
 pub mod certs;
 pub mod db;
 pub mod http01;
 pub mod tlsalpn;
 
 pub use acme::*;
+pub use admin::*;
 pub use certs::*;
-pub use db::{postgres_backend, TestDb};
+pub(crate) use db::contract_tests;
+pub use db::{postgres_backend, Fixture, TestDb};
 pub use http01::*;
 pub use tlsalpn::*;
 
