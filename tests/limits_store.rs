@@ -162,6 +162,8 @@ async fn check_only_never_writes(f: &Fixture) {
         .unwrap();
     assert_eq!(remaining(&s, &t, NOW).await, 2);
     assert_eq!(remaining(&s, &spend, NOW).await, 1);
+    // Nor is a row made for it: pruning far ahead finds only the spent one.
+    assert_eq!(s.prune_buckets(NOW + 10 * 3600 * S).await.unwrap(), 1);
 }
 
 async fn refunds_never_exceed_the_burst(f: &Fixture) {
