@@ -466,6 +466,18 @@ impl Server {
     /// answers over HTTPS, trusting `<data_dir>/root.pem`. Panics with the server's log
     /// if it does not.
     pub fn start(opts: ServerOpts) -> Server {
+        Server::start_on(opts, false)
+    }
+
+    /// Like `start`, but the ACME listener is on `[::1]` (IPv6 loopback), and
+    /// `base_url`/`dir_url` are `https://[::1]:P`, so clients connect over IPv6
+    /// (the server sees the client as `::1`). The management listener stays on
+    /// 127.0.0.1.
+    pub fn start_ipv6(opts: ServerOpts) -> Server {
+        Server::start_on(opts, true)
+    }
+
+    fn start_on(opts: ServerOpts, ipv6: bool) -> Server {
         let tmp = tempfile::tempdir().expect("tempdir");
         let data_dir = tmp.path().join("data");
         std::fs::create_dir_all(&data_dir).expect("create data dir");
@@ -482,7 +494,7 @@ impl Server {
             listen_port: 0,
             mgmt_port: 0,
             log_path,
-            opts,
+            opts: opts.clone(),
             child: None,
             starts: 0,
             log_printed: false,
@@ -492,6 +504,16 @@ impl Server {
         };
         for attempt in 1..=3 {
             server.pick_ports();
+            if ipv6 {
+                // A port free on 127.0.0.1 a moment ago; `opts.env` is applied
+                // after the harness's own CAIRN_SERVER_LISTEN, so this one wins.
+                server.opts = opts.clone().with_env(
+                    "CAIRN_SERVER_LISTEN",
+                    &format!("[::1]:{}", server.listen_port),
+                );
+                server.base_url = format!("https://[::1]:{}", server.listen_port);
+                server.dir_url = format!("{}/directory", server.base_url);
+            }
             match server.spawn_and_wait() {
                 Ok(()) => return server,
                 Err(StartError::Exited(why)) if attempt < 3 => {
@@ -781,57 +803,4 @@ pub async fn clock_offset(server: &Server) -> i64 {
     v["offsetSeconds"]
         .as_i64()
         .unwrap_or_else(|| panic!("GET /clock without offsetSeconds: {v}"))
-}
-
-impl Server {
-    /// Like `start`, but the ACME listener is on `[::1]` (IPv6 loopback), and
-    /// `base_url`/`dir_url` are `https://[::1]:P`, so clients connect over IPv6
-    /// (the server sees the client as `::1`). The management listener stays on
-    /// 127.0.0.1.
-    pub fn start_ipv6(opts: ServerOpts) -> Server {
-        let tmp = tempfile::tempdir().expect("tempdir");
-        let data_dir = tmp.path().join("data");
-        std::fs::create_dir_all(&data_dir).expect("create data dir");
-        let log_path = data_dir.join("server.log");
-        let mut server = Server {
-            dir_url: String::new(),
-            base_url: String::new(),
-            mgmt_url: String::new(),
-            root_pem_path: data_dir.join("root.pem"),
-            data_dir,
-            http01_port: 0,
-            tls_alpn01_port: 0,
-            listen_port: 0,
-            mgmt_port: 0,
-            log_path,
-            opts: opts.clone(),
-            child: None,
-            starts: 0,
-            log_printed: false,
-            database: postgres_backend()
-                .then(|| std::sync::Arc::new(TestDb::create_blocking(&db::admin_url()))),
-            _tmp: tmp,
-        };
-        for attempt in 1..=3 {
-            server.pick_ports();
-            // A port free on 127.0.0.1 a moment ago; `opts.env` is applied after
-            // the harness's own CAIRN_SERVER_LISTEN, so this one wins.
-            server.opts = opts.clone().with_env(
-                "CAIRN_SERVER_LISTEN",
-                &format!("[::1]:{}", server.listen_port),
-            );
-            server.base_url = format!("https://[::1]:{}", server.listen_port);
-            server.dir_url = format!("{}/directory", server.base_url);
-            match server.spawn_and_wait() {
-                Ok(()) => return server,
-                Err(StartError::Exited(why)) if attempt < 3 => {
-                    eprintln!(
-                        "harness: cairn serve exited during start ({why}); retrying on new ports"
-                    );
-                }
-                Err(e) => server.fail_start(e),
-            }
-        }
-        unreachable!("loop returns or panics")
-    }
 }
