@@ -627,6 +627,60 @@ async fn pending_authorizations_per_account() {
         .await;
 }
 
+/// The refusal says when room comes back by itself: when enough pending
+/// authorizations expire for the order to fit (the test preset keeps a
+/// pending authorization 3,600 s).
+#[tokio::test]
+async fn pending_authorizations_refusal_says_when_room_comes_back() {
+    let server = Server::start(
+        ServerOpts::always_valid()
+            .with_env("CAIRN_LIMITS_PROFILE", "unlimited")
+            .with_env("CAIRN_LIMITS_MAX_PENDING_AUTHZS", "3"),
+    );
+    let (c, _) = account(&server).await;
+    // Two authorizations expiring at t0 + 3600, one at t0 + 1000 + 3600.
+    c.new_order(&["q1.example.com", "q2.example.com"]).await;
+    advance(&server, 1000, &[&c]).await;
+    c.new_order(&["q3.example.com"]).await;
+
+    let retry_after = |r: &AcmeResponse| -> u64 {
+        let p = assert_problem(r, 429, "rateLimited");
+        let ra: u64 = r
+            .retry_after()
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or_else(|| panic!("a pending-authorization refusal without Retry-After:\n{r}"));
+        assert_eq!(
+            p["retryAfter"].as_u64(),
+            Some(ra),
+            "retryAfter member:\n{r}"
+        );
+        assert_eq!(p["limit"], "pendingAuthorizationsPerAccount", "{r}");
+        assert!(
+            p["detail"]
+                .as_str()
+                .unwrap_or_default()
+                .contains(&format!("in {ra} s")),
+            "the detail must say when room comes back:\n{r}"
+        );
+        ra
+    };
+    // One more needs one to expire: the oldest, 2,600 s from now.
+    let ra = retry_after(&order(&c, &["q4.example.com"]).await);
+    assert!(
+        (2595..=2600).contains(&ra),
+        "Retry-After {ra}, expected 2600"
+    );
+    // Three more need all three to expire: the newest of them, 3,600 s.
+    let ra = retry_after(&order(&c, &["q4.example.com", "q5.example.com", "q6.example.com"]).await);
+    assert!(
+        (3595..=3600).contains(&ra),
+        "Retry-After {ra}, expected 3600"
+    );
+    // And it is true: once the oldest two expire, two fit without any action.
+    advance(&server, 2600, &[&c]).await;
+    c.new_order(&["q4.example.com", "q5.example.com"]).await;
+}
+
 // ---------------------------------------------------------------------------------------
 // 3. Registered domains by the Public Suffix List
 // ---------------------------------------------------------------------------------------

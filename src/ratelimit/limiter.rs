@@ -140,15 +140,16 @@ impl LimitError {
             } => {
                 let list = identifiers.join(", ");
                 let anchor = LimitName::ConsecutiveAuthorizationFailures.doc_anchor();
-                // No Retry-After: waiting does not help, an unpause does.
+                // No Retry-After, as Let's Encrypt's: waiting does not
+                // help, an unpause does (the detail says so).
                 Problem::rate_limited_for(
                     LimitName::ConsecutiveAuthorizationFailures.as_str(),
                     identifiers.first().cloned().unwrap_or_default(),
                     None,
                     format!(
                         "account {account} is paused for {list} after too many consecutive \
-                         failed authorizations: new orders for these identifiers are refused \
-                         until the CA's operator runs `cairn admin unpause --account {account}` \
+                         failed authorizations: new orders for these identifiers are refused, \
+                         however long you wait, until the CA's operator runs `cairn admin unpause --account {account}` \
                          (fix the validation setup first): see {docs_url}#{anchor}"
                     ),
                 )
@@ -436,16 +437,34 @@ impl Limiter {
                 new = new_authzs,
                 "rate limit refused a request"
             );
+            // Room comes back by itself when enough of the pending
+            // authorizations expire: the `excess`-th earliest expiry.
+            let excess = pending + new_authzs - max_pending_authzs;
+            let now = self.clock.unix();
+            let room_at = match self.store.pending_authz_expiry(account, excess, now).await {
+                Ok(at) => at,
+                Err(e) => {
+                    tracing::warn!("reading pending authorizations' expiry: {}", e.detail);
+                    None
+                }
+            };
+            let retry_after = room_at.map(|at| at.saturating_sub(now).max(1) as u64);
+            let when = match retry_after {
+                Some(secs) => {
+                    format!("; without that, room comes back in {secs} s, when the oldest expire")
+                }
+                None => String::new(),
+            };
             return Err(LimitError::TooManyPending(
                 Problem::rate_limited_for(
                     "pendingAuthorizationsPerAccount",
                     account.to_string(),
-                    None,
+                    retry_after,
                     format!(
                         "too many pending authorizations for account {account}: it holds \
                          {pending} and this order needs {new_authzs} more, at most \
                          {max_pending_authzs} are allowed; complete or deactivate some \
-                         first: see {}#pending-authorizations",
+                         first{when}: see {}#pending-authorizations",
                         self.docs_url
                     ),
                 )

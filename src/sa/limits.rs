@@ -69,6 +69,16 @@ pub trait LimitStore: Send + Sync {
         since: i64,
         now: i64,
     ) -> Result<OrderLimitFacts, Problem>;
+
+    /// When the account's `nth` earliest-expiring pending authorization
+    /// expires (Unix seconds), if it holds that many unexpired at `now`:
+    /// the moment `nth` pending authorizations' room comes back by itself.
+    async fn pending_authz_expiry(
+        &self,
+        account: AccountId,
+        nth: u64,
+        now: i64,
+    ) -> Result<Option<i64>, Problem>;
 }
 
 /// See [`LimitStore::order_limit_facts`].
@@ -313,6 +323,26 @@ impl LimitStore for SqliteStore {
             renewal: r.try_get("renewal")?,
             paused,
         })
+    }
+    async fn pending_authz_expiry(
+        &self,
+        account: AccountId,
+        nth: u64,
+        now: i64,
+    ) -> Result<Option<i64>, Problem> {
+        let Some(offset) = nth.checked_sub(1).and_then(|o| i64::try_from(o).ok()) else {
+            return Ok(None);
+        };
+        Ok(sqlx::query_scalar(
+            "SELECT expires FROM authzs
+             WHERE account_id = ?1 AND status = 'pending' AND expires > ?2
+             ORDER BY expires LIMIT 1 OFFSET ?3",
+        )
+        .bind(account.0)
+        .bind(now)
+        .bind(offset)
+        .fetch_optional(&self.pool)
+        .await?)
     }
 }
 
@@ -571,5 +601,26 @@ impl LimitStore for PgStore {
             renewal: r.try_get("renewal")?,
             paused: r.try_get("paused")?,
         })
+    }
+
+    async fn pending_authz_expiry(
+        &self,
+        account: AccountId,
+        nth: u64,
+        now: i64,
+    ) -> Result<Option<i64>, Problem> {
+        let Some(offset) = nth.checked_sub(1).and_then(|o| i64::try_from(o).ok()) else {
+            return Ok(None);
+        };
+        Ok(sqlx::query_scalar(
+            "SELECT expires FROM authzs
+             WHERE account_id = $1 AND status = 'pending' AND expires > $2
+             ORDER BY expires LIMIT 1 OFFSET $3",
+        )
+        .bind(account.0)
+        .bind(now)
+        .bind(offset)
+        .fetch_optional(&self.pool)
+        .await?)
     }
 }

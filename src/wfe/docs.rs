@@ -221,7 +221,8 @@ fn render(cfg: &crate::config::Config, base: &Base) -> String {
          <p><code>\"limit\": \"pendingAuthorizationsPerAccount\"</code></p>\n\
          <p>An account may hold at most <strong>{}</strong> pending authorizations. A new order \
          that would create more is refused; complete or deactivate pending authorizations (or \
-         let them expire) first.</p>\n</section>\n\
+         let them expire) first. The refusal's <code>Retry-After</code> is when enough of them \
+         expire for the order to fit.</p>\n</section>\n\
          <section id=\"names-per-order\">\n<h3>Identifiers per order</h3>\n\
          <p>An order (and so a certificate) has at most <strong>{}</strong> names; more is a \
          <code>rejectedIdentifier</code> error, not a rate limit.</p>\n</section>\n",
