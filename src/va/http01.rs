@@ -138,8 +138,19 @@ impl Va {
         }
     }
 
+    /// The ports a redirect may name: 80 and 443, and the validation ports
+    /// that stand in for them where a preset moved them (the test preset's
+    /// http-01 and tls-alpn-01 ports, as Pebble follows redirects to its
+    /// httpPort and tlsPort).
+    fn redirect_ports(&self) -> Vec<u16> {
+        let mut ports = vec![80, 443, self.cfg.http01_port, self.cfg.tls_alpn01_port];
+        ports.sort_unstable();
+        ports.dedup();
+        ports
+    }
+
     /// Checks a redirect's Location: http or https only, a domain name, and
-    /// port 80, 443 or the configured http-01 port.
+    /// one of [`Self::redirect_ports`].
     fn redirect_target(&self, from: &Url, location: &str) -> Result<Url, Problem> {
         let target = from.join(location).map_err(|e| {
             Problem::connection(format!(
@@ -154,15 +165,13 @@ impl Va {
             )));
         }
         let port = target.port_or_known_default().unwrap_or(0);
-        if port != 80 && port != 443 && port != self.cfg.http01_port {
+        let allowed = self.redirect_ports();
+        if !allowed.contains(&port) {
+            let list: Vec<String> = allowed.iter().map(u16::to_string).collect();
             return Err(Problem::connection(format!(
-                "Fetching {from}: invalid port in redirect target {:?}: only ports 80, 443{} are allowed",
+                "Fetching {from}: invalid port in redirect target {:?}: only ports {} are allowed",
                 sanitize(target.as_str(), 128),
-                if [80, 443].contains(&self.cfg.http01_port) {
-                    String::new()
-                } else {
-                    format!(" and {}", self.cfg.http01_port)
-                }
+                list.join(", ")
             )));
         }
         if !matches!(target.host(), Some(url::Host::Domain(_))) {

@@ -200,6 +200,78 @@ async fn http01_outcomes() {
     assert_problem(&p, "connection", "only http and https");
 }
 
+/// An HTTPS http-01 responder (self-signed: the VA does not check the
+/// certificate, as Let's Encrypt's does not) answering `ka` to every token.
+async fn https_server(ka: &'static str) -> u16 {
+    let cert = rcgen::generate_simple_self_signed(vec!["hop.example".to_string()]).unwrap();
+    let tls = axum_server::tls_rustls::RustlsConfig::from_pem(
+        cert.cert.pem().into_bytes(),
+        cert.signing_key.serialize_pem().into_bytes(),
+    )
+    .await
+    .unwrap();
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    listener.set_nonblocking(true).unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let app = Router::new().route(
+        "/.well-known/acme-challenge/{token}",
+        get(move || async move { ka }),
+    );
+    tokio::spawn(axum_server::from_tcp_rustls(listener, tls).serve(app.into_make_service()));
+    port
+}
+
+/// Where a preset moves the validation ports (the test preset: 5002 and
+/// 5001), a redirect may name either, as it may name 80 and 443: an
+/// http-to-https redirect onto the TLS port is followed. Any other port is
+/// still refused, and the refusal lists the allowed ones.
+#[tokio::test]
+async fn http01_redirect_to_the_moved_tls_port() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let h = dns().await;
+    let tls_port = https_server("tok.thumb").await;
+    let port = http_server(|port| {
+        vec![
+            (
+                "to-https",
+                302,
+                String::new(),
+                Some(format!("https://hop.example:{tls_port}{}", path("x"))),
+            ),
+            (
+                "elsewhere",
+                302,
+                String::new(),
+                Some(format!("https://hop.example:{}{}", port + 1, path("x"))),
+            ),
+        ]
+    })
+    .await;
+    let mut c = cfg(&h);
+    c.http01_port = port;
+    c.tls_alpn01_port = tls_port;
+    let va = va(&c);
+    let h01 = |t: &str| req("web.example", ChallengeType::Http01, t, "tok.thumb");
+
+    let recs = va.validate(&h01("to-https")).await.unwrap();
+    assert_eq!(recs.len(), 2, "{recs:?}");
+    assert_eq!(recs[1].port.as_deref(), Some(tls_port.to_string().as_str()));
+    assert!(recs[1]
+        .url
+        .as_deref()
+        .unwrap()
+        .starts_with("https://hop.example"));
+
+    if port + 1 != tls_port {
+        let p = va.validate(&h01("elsewhere")).await.unwrap_err();
+        assert_problem(&p, "connection", "invalid port");
+        let mut allowed = [80, 443, port, tls_port];
+        allowed.sort_unstable();
+        let list = allowed.map(|p| p.to_string()).join(", ");
+        assert_problem(&p, "connection", &format!("only ports {list} are allowed"));
+    }
+}
+
 #[tokio::test]
 async fn http01_connection_and_dns_failures() {
     let h = dns().await;
