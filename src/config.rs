@@ -84,11 +84,16 @@ pub struct CaConfig {
     pub crl_lifetime_secs: u64,
 }
 
+/// `acme.terms_of_service` naming Cairn's own terms page, served at this
+/// path of the ACME listener.
+pub const BUILTIN_TERMS: &str = "/terms";
+
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct AcmeConfig {
     /// Terms-of-service URL shown in the directory; empty means none, and then
-    /// agreement is not required.
+    /// agreement is not required. [`BUILTIN_TERMS`] (`"/terms"`) means Cairn's
+    /// own short terms page, served at that path of this server.
     pub terms_of_service: String,
     pub website: String,
     pub caa_identities: Vec<String>,
@@ -231,6 +236,16 @@ impl Config {
         }
         if !self.va.resolver.is_empty() && self.va.resolver.parse::<SocketAddr>().is_err() {
             bail!("va.resolver: {:?} is not ip:port", self.va.resolver);
+        }
+        let tos = &self.acme.terms_of_service;
+        if !tos.is_empty()
+            && tos != BUILTIN_TERMS
+            && !(tos.starts_with("https://") || tos.starts_with("http://"))
+        {
+            bail!(
+                "acme.terms_of_service: {tos:?} is neither an http(s) URL nor {BUILTIN_TERMS:?} \
+                 (Cairn's own page)"
+            );
         }
         if self.acme.external_account_required {
             bail!("acme.external_account_required: external account binding is not supported yet");

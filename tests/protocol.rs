@@ -41,10 +41,11 @@ async fn directory_lists_absolute_urls_and_meta() {
     }
     let meta = &dir["meta"];
     assert!(meta.is_object(), "directory without meta: {dir}");
-    // test preset: no terms of service, the project website, caaIdentities, no EAB.
-    assert!(
-        meta.get("termsOfService").is_none(),
-        "unexpected termsOfService: {meta}"
+    // test preset: Cairn's own terms page, the project website, caaIdentities, no EAB.
+    assert_eq!(
+        meta["termsOfService"],
+        format!("{}/terms", server.base_url),
+        "{meta}"
     );
     assert_eq!(
         meta["website"], "https://github.com/cairn-ca/cairn",
@@ -267,6 +268,62 @@ async fn terms_of_service_required_when_configured() {
     let r = c.new_account_payload(json!({"contact": []})).await;
     assert_problem(&r, 400, "malformed");
     let r = c.new_account(&[], true).await;
+    assert_eq!(r.status, 201, "{r}");
+}
+
+/// The test preset advertises Cairn's own terms page, as Pebble advertises
+/// its own: it is served, agreement is required, and the account's
+/// `Link: rel="terms-of-service"` names it.
+#[tokio::test]
+async fn builtin_terms_of_service_are_served_and_required() {
+    let server = Server::start(ServerOpts::test());
+    let c = AcmeClient::new(&server, KeyKind::Es256).await;
+    let tos = c.directory()["meta"]["termsOfService"]
+        .as_str()
+        .unwrap_or_else(|| panic!("no termsOfService: {}", c.directory()))
+        .to_string();
+    let resp = server.http_client().get(&tos).send().await.unwrap();
+    assert_eq!(resp.status(), 200, "GET {tos}");
+    let ct = resp.headers()["content-type"].to_str().unwrap().to_string();
+    assert!(ct.starts_with("text/html"), "{ct}");
+    let page = resp.text().await.unwrap();
+    assert!(page.contains("Terms of service"), "{page}");
+
+    let r = c.new_account(&[], false).await;
+    let p = assert_problem(&r, 400, "malformed");
+    assert!(
+        p["detail"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("terms of service"),
+        "{r}"
+    );
+    let r = c.new_account(&[], true).await;
+    assert_eq!(r.status, 201, "{r}");
+    assert!(
+        r.links("terms-of-service").contains(&tos),
+        "newAccount must link the terms: {r}"
+    );
+}
+
+/// Without terms configured there is no terms page and no agreement to give.
+#[tokio::test]
+async fn no_terms_of_service_when_unset() {
+    let server = Server::start(ServerOpts::test().with_env("CAIRN_ACME_TERMS_OF_SERVICE", ""));
+    let c = AcmeClient::new(&server, KeyKind::Es256).await;
+    assert!(
+        c.directory()["meta"].get("termsOfService").is_none(),
+        "{}",
+        c.directory()
+    );
+    let resp = server
+        .http_client()
+        .get(format!("{}/terms", server.base_url))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 404);
+    let r = c.new_account(&[], false).await;
     assert_eq!(r.status, 201, "{r}");
 }
 

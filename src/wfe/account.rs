@@ -25,11 +25,8 @@ fn account_json(base: &Base, a: &Account) -> Value {
 
 fn account_headers(s: &AppState, base: &Base, a: &Account) -> Vec<(header::HeaderName, String)> {
     let mut h = vec![(header::LOCATION, base.url(&format!("/acme/acct/{}", a.id)))];
-    if !s.cfg.acme.terms_of_service.is_empty() {
-        h.push((
-            header::LINK,
-            format!("<{}>;rel=\"terms-of-service\"", s.cfg.acme.terms_of_service),
-        ));
+    if let Some(tos) = base.terms_url(&s.cfg) {
+        h.push((header::LINK, format!("<{tos}>;rel=\"terms-of-service\"")));
     }
     h
 }

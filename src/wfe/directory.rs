@@ -14,8 +14,8 @@ pub async fn directory(State(s): State<AppState>, Extension(base): Extension<Bas
         "caaIdentities": a.caa_identities,
         "externalAccountRequired": a.external_account_required,
     });
-    if !a.terms_of_service.is_empty() {
-        meta["termsOfService"] = json!(a.terms_of_service);
+    if let Some(tos) = base.terms_url(&s.cfg) {
+        meta["termsOfService"] = json!(tos);
     }
     if !a.website.is_empty() {
         meta["website"] = json!(a.website);

@@ -1,4 +1,5 @@
-//! `GET /docs/rate-limits`: the page every `rateLimited` problem links to.
+//! `GET /docs/rate-limits`: the page every `rateLimited` problem links to;
+//! and `GET /terms`, Cairn's own terms of service when configured.
 //!
 //! One static HTML page (no script, a little inline CSS) describing each
 //! limit of LIMITS.md §1 and §2 with the numbers this server enforces, taken
@@ -9,6 +10,7 @@
 //! they are one customer's business.
 
 use super::{AppState, Base};
+use crate::problem::Problem;
 use crate::ratelimit::{go_duration, EndpointClass, Limit, LimitName, LimitSet};
 use axum::extract::State;
 use axum::http::{header, StatusCode};
@@ -20,6 +22,32 @@ use std::fmt::Write as _;
 /// URLs in the example).
 pub async fn rate_limits(State(s): State<AppState>, Extension(base): Extension<Base>) -> Response {
     let html = render(&s.cfg, &base);
+    (
+        StatusCode::OK,
+        [(header::CONTENT_TYPE, "text/html; charset=utf-8")],
+        html,
+    )
+        .into_response()
+}
+
+/// Cairn's own terms of service (`acme.terms_of_service = "/terms"`): short,
+/// but real, so that clients' agreement path runs as against a public CA.
+/// Served only when configured; otherwise the path does not exist.
+pub async fn terms(State(s): State<AppState>) -> Response {
+    if s.cfg.acme.terms_of_service != crate::config::BUILTIN_TERMS {
+        return Problem::not_found("no such resource").into_response();
+    }
+    let html = "<!doctype html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">\
+        <title>Cairn: terms of service</title></head><body>\n\
+        <h1>Terms of service</h1>\n\
+        <p>This is a Cairn test or development certificate authority. Its certificates \
+        are for testing: nothing outside the systems that trust this CA's own root will \
+        trust them, and the CA may be reset, with every account, order and certificate \
+        in it, at any time.</p>\n\
+        <p>By creating an account you agree to request certificates only for names you \
+        control or are allowed to test with, to keep your account key private, and to \
+        respect the rate limits (<a href=\"/docs/rate-limits\">/docs/rate-limits</a>).</p>\n\
+        <p>There is no warranty of any kind.</p>\n</body></html>\n";
     (
         StatusCode::OK,
         [(header::CONTENT_TYPE, "text/html; charset=utf-8")],

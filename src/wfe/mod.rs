@@ -84,6 +84,16 @@ impl Base {
     pub fn url(&self, path: &str) -> String {
         format!("{}{}", self.0, path)
     }
+
+    /// The terms-of-service URL to advertise, if any: Cairn's own page is a
+    /// path of this server.
+    pub fn terms_url(&self, cfg: &Config) -> Option<String> {
+        match cfg.acme.terms_of_service.as_str() {
+            "" => None,
+            crate::config::BUILTIN_TERMS => Some(self.url(crate::config::BUILTIN_TERMS)),
+            url => Some(url.to_string()),
+        }
+    }
 }
 
 pub fn router(state: AppState) -> Router {
@@ -104,6 +114,7 @@ pub fn router(state: AppState) -> Router {
         .route("/acme/issuer/0", get(directory::issuer))
         .route("/acme/renewal-info/{cert_id}", get(ari::renewal_info))
         .route("/docs/rate-limits", get(docs::rate_limits))
+        .route(crate::config::BUILTIN_TERMS, get(docs::terms))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         // Inside the common headers: a refusal carries a nonce and Link too.
