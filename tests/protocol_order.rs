@@ -216,6 +216,55 @@ async fn new_order_unsupported_identifier_type() {
     );
 }
 
+/// `xn--` labels must be A-labels of valid IDNA2008 U-labels (RFC 5891, the
+/// Baseline Requirements' P-Label): bad Punycode, a decoded emoji, mixed
+/// scripts and non-NFC results are refused with a subproblem naming the
+/// label; real IDNs are accepted.
+#[tokio::test]
+async fn new_order_refuses_malformed_idns() {
+    let server = Server::start(ServerOpts::test());
+    let c = client(&server).await;
+    for (name, label, why) in [
+        ("xn--a.test", "xn--a", "IDNA2008"),
+        ("xn--ls8h.test", "xn--ls8h", "U+1F4A9"),
+        ("xn--zz.example.com", "xn--zz", "Punycode"),
+        ("www.xn--pple-43d.com", "xn--pple-43d", "mixes scripts"),
+        (
+            "xn--ex-8tb.example.com",
+            "xn--ex-8tb",
+            "Normalization Form C",
+        ),
+        (
+            "xn--109-3veba6djs1bfxlfmx6c9g.xn--f1awi.xn--p1ai",
+            "xn--109-3veba6djs1bfxlfmx6c9g",
+            "Normalization Form C",
+        ),
+    ] {
+        let r = c.new_order_raw(AcmeClient::order_payload(&[name])).await;
+        let p = assert_problem(&r, 400, "rejectedIdentifier");
+        let subs = p["subproblems"]
+            .as_array()
+            .unwrap_or_else(|| panic!("no subproblems: {r}"));
+        let sub = subs
+            .iter()
+            .find(|s| s["identifier"]["value"] == name)
+            .unwrap_or_else(|| panic!("no subproblem for {name}: {r}"));
+        assert_eq!(
+            sub["type"],
+            format!("{ERR_NS}rejectedIdentifier"),
+            "{name}: {sub}"
+        );
+        let detail = sub["detail"].as_str().unwrap_or_default();
+        assert!(
+            detail.contains(label) && detail.contains(why),
+            "{name}: the detail must name {label:?} and say {why:?}: {sub}"
+        );
+    }
+    // Real IDNs, and a label that merely looks reserved elsewhere, pass.
+    c.new_order(&["xn--bcher-kva.example.com", "xn--mnchen-3ya.example.com"])
+        .await;
+}
+
 /// Names the CA will not issue for → 400 rejectedIdentifier, with one subproblem per bad
 /// identifier (RFC 8555 §6.7.1).
 #[tokio::test]

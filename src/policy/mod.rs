@@ -1,6 +1,9 @@
 //! Identifier policy: which names may be ordered. Syntax (RFC 1035 LDH labels,
-//! wildcards only as the whole leftmost label), the Public Suffix List (a bare
+//! wildcards only as the whole leftmost label, `xn--` labels only as valid
+//! IDNA2008 A-labels: `idn.rs`), the Public Suffix List (a bare
 //! ICANN public suffix is never issued for), and configured blocked names.
+
+mod idn;
 
 use crate::config::PolicyConfig;
 use crate::problem::{Identifier, Problem, Subproblem};
@@ -126,6 +129,11 @@ impl Policy {
         well_formed(base).map_err(|why| {
             Problem::rejected_identifier(format!("invalid domain name {value:?}: {why}"))
         })?;
+        for label in base.split('.').filter(|l| l.starts_with("xn--")) {
+            idn::check_a_label(label).map_err(|why| {
+                Problem::rejected_identifier(format!("invalid domain name {value:?}: {why}"))
+            })?;
+        }
         if let Some(suffix) = self.psl.suffix(base.as_bytes()) {
             if suffix.is_known()
                 && suffix.typ() == Some(publicsuffix::Type::Icann)
