@@ -5,6 +5,9 @@
 use std::sync::atomic::{AtomicI64, Ordering};
 use time::{Duration, OffsetDateTime};
 
+/// How far ahead of the system clock the clock may be moved: 100 years.
+pub const MAX_OFFSET_SECS: i64 = 100 * 366 * 86_400;
+
 /// System time plus an offset that only moves forward.
 #[derive(Debug, Default)]
 pub struct Clock {
@@ -30,8 +33,16 @@ impl Clock {
         self.offset_secs.load(Ordering::Relaxed)
     }
 
-    /// Move the clock forward by `secs` seconds.
-    pub fn advance(&self, secs: i64) {
-        self.offset_secs.fetch_add(secs.max(0), Ordering::Relaxed);
+    /// Move the clock forward by `secs` seconds, unless that would put it
+    /// more than [`MAX_OFFSET_SECS`] ahead of the system clock (time
+    /// arithmetic past year 9999 panics; certificates cannot say it).
+    /// Returns the new offset, or the current one when refused.
+    pub fn advance(&self, secs: i64) -> Result<i64, i64> {
+        let secs = secs.max(0);
+        self.offset_secs
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |off| {
+                off.checked_add(secs).filter(|o| *o <= MAX_OFFSET_SECS)
+            })
+            .map(|old| old + secs)
     }
 }

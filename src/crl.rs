@@ -316,7 +316,7 @@ mod tests {
         let checked = publishers[1].publish_if_due().await.unwrap();
         assert_eq!(checked.number, latest.number);
         // Once the clock passes the update interval, the check publishes.
-        clock.advance(300);
+        clock.advance(300).unwrap();
         let renewed = publishers[1].publish_if_due().await.unwrap();
         assert_eq!(renewed.number, latest.number + 1);
         assert!(renewed.this_update >= latest.this_update + 300);

@@ -249,15 +249,19 @@ async fn clock_advance(State(clock): State<Arc<Clock>>, body: axum::body::Bytes)
         seconds: i64,
     }
     match serde_json::from_slice::<Advance>(&body) {
-        Ok(a) if (0..=10 * 366 * 86_400).contains(&a.seconds) => {
-            clock.advance(a.seconds);
-            tracing::info!(
-                seconds = a.seconds,
-                offset = clock.offset(),
-                "clock advanced"
-            );
-            clock_json(&clock)
-        }
+        Ok(a) if (0..=10 * 366 * 86_400).contains(&a.seconds) => match clock.advance(a.seconds) {
+            Ok(offset) => {
+                tracing::info!(seconds = a.seconds, offset, "clock advanced");
+                clock_json(&clock)
+            }
+            Err(offset) => crate::problem::Problem::malformed(format!(
+                "advancing {} s would put the clock more than {} s (100 years) ahead of the \
+                 system clock; it is {offset} s ahead now",
+                a.seconds,
+                crate::clock::MAX_OFFSET_SECS
+            ))
+            .into_response(),
+        },
         Ok(_) => crate::problem::Problem::malformed(
             "\"seconds\" must be between 0 and 316224000 (10 years)",
         )

@@ -44,6 +44,49 @@ async fn advancing_the_clock_expires_an_order() {
     assert_eq!(r.json()["status"], "invalid", "{r}");
 }
 
+/// The clock moves at most 100 years ahead in all: an advance past that is
+/// refused (it used to push time past year 9999 and panic every request).
+#[tokio::test]
+async fn the_clock_stops_100_years_ahead() {
+    let server = Server::start(ServerOpts::test());
+    let ten_years: i64 = 10 * 366 * 86_400;
+    for _ in 0..10 {
+        let (status, v) = post(
+            &server,
+            "/clock/advance",
+            &format!(r#"{{"seconds": {ten_years}}}"#),
+        )
+        .await;
+        assert_eq!(status, 200, "{v}");
+    }
+    for _ in 0..3 {
+        let (status, v) = post(
+            &server,
+            "/clock/advance",
+            &format!(r#"{{"seconds": {ten_years}}}"#),
+        )
+        .await;
+        assert_eq!(status, 400, "{v}");
+        assert_eq!(v["type"], "urn:ietf:params:acme:error:malformed", "{v}");
+        assert!(
+            v["detail"]
+                .as_str()
+                .unwrap_or_default()
+                .contains("100 years"),
+            "{v}"
+        );
+    }
+    let r = reqwest::get(format!("{}/clock", server.mgmt_url))
+        .await
+        .expect("GET /clock");
+    let v: Value = serde_json::from_slice(&r.bytes().await.expect("body")).expect("JSON");
+    assert_eq!(v["offsetSeconds"], 10 * ten_years);
+    // The server still works a century on: an account, an order.
+    let c = AcmeClient::new(&server, KeyKind::Es256).await;
+    c.register().await;
+    c.new_order(&["century.example.com"]).await;
+}
+
 #[tokio::test]
 async fn bad_advances_are_refused_and_change_nothing() {
     let server = Server::start(ServerOpts::test());

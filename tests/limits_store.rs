@@ -502,7 +502,7 @@ async fn limiter_new_account_denial_refund_and_refill(f: &Fixture) {
     drop(again);
 
     // After Retry-After seconds exactly one more is allowed.
-    clock.advance(wait as i64);
+    clock.advance(wait as i64).unwrap();
     l.check_new_account(ip).await.unwrap();
     assert!(l.check_new_account(ip).await.is_err());
     // Another address is another bucket.
