@@ -39,6 +39,16 @@ pub struct Config {
 pub struct ServerConfig {
     /// HTTPS listener for the ACME API.
     pub listen: SocketAddr,
+    /// The ACME API's externally visible base URL (`https://acme.example.com`,
+    /// no path): every URL Cairn renders (directory, Location, Link, `kid`,
+    /// the JWS `url` check) starts with it. Empty: taken from each request's
+    /// `Host`, which only `trust_host_header` allows.
+    pub external_url: String,
+    /// Render URLs from the request's `Host` when `external_url` is empty,
+    /// so `localhost`, `127.0.0.1` and `[::1]` all work (`dev`, `test`).
+    /// Off in `staging` and `production`: a client must not choose the URLs
+    /// a shared CA hands out, so `external_url` is required there.
+    pub trust_host_header: bool,
     /// Plain-HTTP management listener (roots, intermediates); empty disables it.
     pub management_listen: String,
     /// PEM certificate chain and key for the HTTPS listener. Empty: Cairn
@@ -250,6 +260,31 @@ impl Config {
         if self.acme.external_account_required {
             bail!("acme.external_account_required: external account binding is not supported yet");
         }
+        let ext = &self.server.external_url;
+        if ext.is_empty() {
+            if !self.server.trust_host_header {
+                bail!(
+                    "server.external_url is required (e.g. \"https://acme.example.com\") when \
+                     server.trust_host_header is false, as in the staging and production presets"
+                );
+            }
+        } else {
+            let u = url::Url::parse(ext)
+                .map_err(|e| anyhow!("server.external_url: {ext:?} is not a URL: {e}"))?;
+            if u.scheme() != "https"
+                || u.host_str().is_none()
+                || u.path() != "/"
+                || u.query().is_some()
+                || u.fragment().is_some()
+                || !u.username().is_empty()
+                || ext.ends_with('/')
+            {
+                bail!(
+                    "server.external_url: {ext:?} must be https://HOST[:PORT], with no path, \
+                     query or trailing slash"
+                );
+            }
+        }
         if self.server.tls_cert.is_empty() != self.server.tls_key.is_empty() {
             bail!("server.tls_cert and server.tls_key must be set together");
         }
@@ -288,8 +323,12 @@ impl Config {
     }
 
     /// The ACME base URL used where no request is at hand (CAA accounturi,
-    /// logs): `https://localhost:<port>` for loopback or unspecified listeners.
+    /// logs): `server.external_url`, else `https://localhost:<port>` for
+    /// loopback or unspecified listeners.
     pub fn default_base_url(&self) -> String {
+        if !self.server.external_url.is_empty() {
+            return self.server.external_url.clone();
+        }
         let a = self.server.listen;
         if a.ip().is_loopback() || a.ip().is_unspecified() {
             format!("https://localhost:{}", a.port())
@@ -400,11 +439,48 @@ mod tests {
         )
     }
 
+    const EXTERNAL: (&str, &str) = ("CAIRN_SERVER_EXTERNAL_URL", "https://acme.example.com");
+
     #[test]
     fn every_preset_loads() {
         for (name, _) in PRESETS {
-            load(name, &[]).unwrap_or_else(|e| panic!("preset {name}: {e:#}"));
+            load(name, &[EXTERNAL]).unwrap_or_else(|e| panic!("preset {name}: {e:#}"));
         }
+    }
+
+    /// dev and test render URLs from the request's Host; staging and
+    /// production only from `server.external_url`, which they require.
+    #[test]
+    fn shared_presets_require_an_external_url() {
+        for name in ["dev", "test"] {
+            let c = load(name, &[]).unwrap_or_else(|e| panic!("preset {name}: {e:#}"));
+            assert!(c.server.trust_host_header && c.server.external_url.is_empty());
+        }
+        for name in ["staging", "production"] {
+            let e = load(name, &[]).unwrap_err().to_string();
+            assert!(e.contains("server.external_url is required"), "{name}: {e}");
+            let c = load(name, &[EXTERNAL]).unwrap();
+            assert!(!c.server.trust_host_header);
+            assert_eq!(c.default_base_url(), "https://acme.example.com");
+        }
+        for bad in [
+            "http://acme.example.com",
+            "https://acme.example.com/",
+            "https://acme.example.com/acme",
+            "https://acme.example.com?x=1",
+            "https://user:pw@acme.example.com",
+            "acme.example.com",
+        ] {
+            let e = load("production", &[("CAIRN_SERVER_EXTERNAL_URL", bad)])
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains("server.external_url"), "{bad}: {e}");
+        }
+        load(
+            "production",
+            &[("CAIRN_SERVER_EXTERNAL_URL", "https://[::1]:8443")],
+        )
+        .unwrap();
     }
 
     #[test]

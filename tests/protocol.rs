@@ -58,6 +58,86 @@ async fn directory_lists_absolute_urls_and_meta() {
     );
 }
 
+/// Where the Host header is trusted (dev, test), URLs follow it; with
+/// `server.external_url` they never do, whatever Host a client sends.
+#[tokio::test]
+async fn urls_follow_host_only_where_trusted() {
+    async fn directory_with_host(server: &Server, host: &str) -> Value {
+        let resp = server
+            .http_client()
+            .get(&server.dir_url)
+            .header("host", host)
+            .send()
+            .await
+            .expect("GET directory");
+        let r = AcmeResponse::read("GET", &server.dir_url, resp).await;
+        assert_eq!(r.status, 200, "{r}");
+        r.json()
+    }
+    let server = Server::start(ServerOpts::test());
+    let dir = directory_with_host(&server, "other.example:8443").await;
+    assert_eq!(
+        dir["newNonce"], "https://other.example:8443/acme/new-nonce",
+        "{dir}"
+    );
+
+    let server = Server::start(
+        ServerOpts::test()
+            .with_env("CAIRN_SERVER_TRUST_HOST_HEADER", "false")
+            .with_env("CAIRN_SERVER_EXTERNAL_URL", "https://acme.cairn.example"),
+    );
+    for host in ["evil.example", "localhost"] {
+        let dir = directory_with_host(&server, host).await;
+        assert_eq!(
+            dir["newNonce"], "https://acme.cairn.example/acme/new-nonce",
+            "{dir}"
+        );
+        assert_eq!(
+            dir["meta"]["termsOfService"], "https://acme.cairn.example/terms",
+            "{dir}"
+        );
+    }
+}
+
+/// The staging and production presets refuse to start without
+/// `server.external_url`, naming the key.
+#[test]
+fn shared_presets_refuse_to_start_without_an_external_url() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    for preset in ["staging", "production"] {
+        let mut cmd = std::process::Command::new(cairn_bin());
+        scrub_env(&mut cmd);
+        let mut child = cmd
+            .args(["serve", "--preset", preset, "--data-dir"])
+            .arg(dir.path())
+            .env("CAIRN_SERVER_LISTEN", format!("127.0.0.1:{}", free_port()))
+            .env("CAIRN_SERVER_MANAGEMENT_LISTEN", "")
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("spawn cairn");
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+        let status = loop {
+            if let Some(s) = child.try_wait().expect("wait") {
+                break s;
+            }
+            if std::time::Instant::now() > deadline {
+                let _ = child.kill();
+                panic!("{preset}: cairn serve started without server.external_url");
+            }
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        };
+        let mut err = String::new();
+        std::io::Read::read_to_string(&mut child.stderr.take().expect("stderr"), &mut err)
+            .expect("stderr");
+        assert!(!status.success(), "{preset}: {err}");
+        assert!(
+            err.contains("server.external_url is required"),
+            "{preset}: {err}"
+        );
+    }
+}
+
 /// Some clients send `Content-Type: application/jose+json` on GET and HEAD (CLIENTS.md).
 #[tokio::test]
 async fn directory_and_nonce_ignore_content_type_on_get() {

@@ -582,7 +582,11 @@ mod preset_tests {
             ("staging", Profile::Staging),
             ("production", Profile::Production),
         ] {
-            let c = load(preset, &[]).unwrap();
+            let c = load(
+                preset,
+                &[("CAIRN_SERVER_EXTERNAL_URL", "https://ca.example")],
+            )
+            .unwrap();
             assert_eq!(c.limits.profile, profile, "{preset}");
             assert_eq!(c.limits.max_pending_authzs, 300);
         }

@@ -179,10 +179,15 @@ async fn common_headers(State(state): State<AppState>, mut req: Request, next: N
     resp
 }
 
-/// `https://` plus the request's Host, so URLs match what the client used
-/// (localhost, 127.0.0.1 or [::1]). A Host that is not a plausible authority
-/// falls back to the configured default.
+/// `server.external_url` when set; else (only where `trust_host_header`
+/// allows, which config validation guarantees) `https://` plus the request's
+/// Host, so URLs match what the client used (localhost, 127.0.0.1 or
+/// [::1]). A Host that is not a plausible authority falls back to the
+/// configured default.
 fn base_url(headers: &HeaderMap, cfg: &Config) -> String {
+    if !cfg.server.external_url.is_empty() || !cfg.server.trust_host_header {
+        return cfg.default_base_url();
+    }
     let host = headers
         .get(header::HOST)
         .and_then(|h| h.to_str().ok())

@@ -149,7 +149,7 @@ pub fn log_tail(path: &Path, max: usize) -> String {
 
 /// Removes every `CAIRN_*` variable the test process inherited (except the log filter),
 /// so a developer's shell cannot change what the tests run against.
-fn scrub_env(cmd: &mut Command) {
+pub fn scrub_env(cmd: &mut Command) {
     for (k, _) in std::env::vars_os() {
         if let Some(k) = k.to_str() {
             if k.starts_with("CAIRN_") && k != "CAIRN_LOG" {
