@@ -271,7 +271,7 @@ async fn open_store(cfg: &Config) -> anyhow::Result<DynStore> {
     }
     sa::open(&url, 2)
         .await
-        .with_context(|| format!("opening the database {url}"))
+        .with_context(|| format!("opening the database {}", crate::config::redact_url(&url)))
 }
 
 /// Load the server's CA (needed to sign the CRL), refusing to create one:

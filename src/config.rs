@@ -416,8 +416,45 @@ fn parse_like(current: &toml::Value, raw: &str) -> anyhow::Result<toml::Value> {
 }
 
 /// Ensure a directory exists (used for the data directory at start).
+/// A URL fit for messages and logs: any password (in the authority, or a
+/// `password`/`sslpassword` query parameter) replaced by `***`. A string that
+/// does not parse as a URL is shown only up to its scheme.
+pub fn redact_url(raw: &str) -> String {
+    let Ok(mut u) = url::Url::parse(raw) else {
+        return match raw.split_once(':') {
+            Some((scheme, _)) => format!("{scheme}:***"),
+            None => "***".into(),
+        };
+    };
+    if u.password().is_some() {
+        let _ = u.set_password(Some("***"));
+    }
+    if u.query().is_some() {
+        let pairs: Vec<(String, String)> = u
+            .query_pairs()
+            .map(|(k, v)| {
+                let secret =
+                    k.eq_ignore_ascii_case("password") || k.eq_ignore_ascii_case("sslpassword");
+                (
+                    k.into_owned(),
+                    if secret { "***".into() } else { v.into_owned() },
+                )
+            })
+            .collect();
+        u.query_pairs_mut().clear().extend_pairs(pairs);
+    }
+    u.to_string()
+}
+
+/// Create a directory (and its parents) if missing; a directory this creates
+/// is owner-only (0700): the data directory holds keys and the database.
 pub fn ensure_dir(p: &Path) -> anyhow::Result<()> {
-    std::fs::create_dir_all(p).with_context(|| format!("creating {}", p.display()))
+    let mut b = std::fs::DirBuilder::new();
+    b.recursive(true);
+    #[cfg(unix)]
+    std::os::unix::fs::DirBuilderExt::mode(&mut b, 0o700);
+    b.create(p)
+        .with_context(|| format!("creating {}", p.display()))
 }
 
 #[cfg(test)]

@@ -29,7 +29,12 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
     let clock = Arc::new(Clock::system());
     let store = crate::sa::open(&cfg.database_url(), cfg.database.max_connections)
         .await
-        .with_context(|| format!("opening the database {}", cfg.database_url()))?;
+        .with_context(|| {
+            format!(
+                "opening the database {}",
+                crate::config::redact_url(&cfg.database_url())
+            )
+        })?;
     let ca = Arc::new(Ca::load_or_create(&cfg).context("loading the CA")?);
     // The RA publishes through this after each revocation; the updater and
     // the management listener share it.

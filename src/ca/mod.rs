@@ -112,8 +112,7 @@ impl Ca {
     /// production notes): an exclusive lock on `ca/.lock` makes the first
     /// to start create the hierarchy and every other one load it.
     pub fn load_or_create(cfg: &Config) -> anyhow::Result<Ca> {
-        std::fs::create_dir_all(&cfg.data_dir)
-            .with_context(|| format!("creating {}", cfg.data_dir.display()))?;
+        crate::config::ensure_dir(&cfg.data_dir)?;
         store::create_private_dir(&cfg.data_dir.join("ca"))?;
         let _lock = lock_file(&cfg.data_dir.join("ca").join(".lock"))?;
         Self::load_or_create_locked(cfg)

@@ -392,7 +392,10 @@ pub async fn open(url: &str, max_connections: u32) -> anyhow::Result<DynStore> {
     } else if url.starts_with("postgres://") || url.starts_with("postgresql://") {
         Ok(Arc::new(PgStore::open(url, max_connections).await?))
     } else {
-        anyhow::bail!("database.url {url:?}: expected sqlite:, postgres:// or postgresql://")
+        anyhow::bail!(
+            "database.url {:?}: expected sqlite:, postgres:// or postgresql://",
+            crate::config::redact_url(url)
+        )
     }
 }
 

@@ -19,7 +19,7 @@
 
 use super::*;
 use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions, PgRow};
-use sqlx::{Postgres, QueryBuilder, Row};
+use sqlx::{ConnectOptions, Connection, Postgres, QueryBuilder, Row};
 use std::str::FromStr;
 
 pub struct PgStore {
@@ -38,6 +38,10 @@ impl PgStore {
     /// lock, then finds every migration applied and does nothing.
     pub async fn open(url: &str, max_connections: u32) -> anyhow::Result<PgStore> {
         let opts = PgConnectOptions::from_str(url)?.application_name("cairn");
+        // One plain connection first: a server that is down or refuses us
+        // fails the start at once with its real cause, where the pool would
+        // wait 30 s and report only a timeout.
+        opts.connect().await?.close().await?;
         let pool = PgPoolOptions::new()
             .max_connections(max_connections.max(1))
             .connect_with(opts)

@@ -14,7 +14,9 @@ pub struct SqliteStore {
 
 impl SqliteStore {
     pub async fn open(url: &str, max_connections: u32) -> anyhow::Result<SqliteStore> {
-        let opts = SqliteConnectOptions::from_str(url)?
+        let opts = SqliteConnectOptions::from_str(url)?;
+        restrict_database_files(opts.get_filename())?;
+        let opts = opts
             .create_if_missing(true)
             .journal_mode(SqliteJournalMode::Wal)
             // FULL: an acknowledged write survives power loss, not only a crash.
@@ -28,6 +30,43 @@ impl SqliteStore {
         sqlx::migrate!("migrations/sqlite").run(&pool).await?;
         Ok(SqliteStore { pool })
     }
+}
+
+/// The database holds the nonce HMAC key and every account: owner-only.
+/// Create the file 0600 before SQLite does (its `-wal` and `-shm` files take
+/// the database file's mode), and narrow existing files to 0600.
+fn restrict_database_files(db: &std::path::Path) -> anyhow::Result<()> {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+        if db.as_os_str().is_empty() || db.as_os_str() == ":memory:" {
+            return Ok(());
+        }
+        match std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(db)
+        {
+            Ok(_) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+            Err(e) => return Err(anyhow::anyhow!("creating {}: {e}", db.display())),
+        }
+        for suffix in ["", "-wal", "-shm"] {
+            let mut p = db.as_os_str().to_owned();
+            p.push(suffix);
+            let p = std::path::PathBuf::from(p);
+            if let Ok(meta) = std::fs::metadata(&p) {
+                if meta.permissions().mode() & 0o077 != 0 {
+                    std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o600))
+                        .map_err(|e| anyhow::anyhow!("making {} owner-only: {e}", p.display()))?;
+                }
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = db;
+    Ok(())
 }
 
 fn account_from_row(r: &SqliteRow) -> Result<Account, Problem> {
