@@ -95,6 +95,7 @@ pub fn parse(body: &[u8]) -> Result<Jws, Problem> {
             ALGORITHMS,
         ));
     }
+    check_no_extensions(&header)?;
     Ok(Jws {
         protected_b64,
         payload_b64,
@@ -102,6 +103,25 @@ pub fn parse(body: &[u8]) -> Result<Jws, Problem> {
         header,
         alg,
     })
+}
+
+/// RFC 7515 §4.1.11: a JWS whose `crit` names an extension the recipient
+/// does not understand is invalid. ACME defines none and Cairn understands
+/// none (and `crit` may be neither empty nor list registered names), so any
+/// `crit` is refused. RFC 7797's unencoded payload (`"b64": false`) is such
+/// an extension; `"b64": true` is the default and harmless.
+fn check_no_extensions(header: &Map<String, Value>) -> Result<(), Problem> {
+    if let Some(crit) = header.get("crit") {
+        return Err(Problem::malformed(format!(
+            "JWS \"crit\" ({crit}) is not accepted: Cairn understands no JWS extensions (RFC 7515 §4.1.11)"
+        )));
+    }
+    match header.get("b64") {
+        None | Some(Value::Bool(true)) => Ok(()),
+        Some(_) => Err(Problem::malformed(
+            "JWS unencoded payloads (RFC 7797 \"b64\": false) are not accepted; ACME payloads are base64url",
+        )),
+    }
 }
 
 /// Parse the embedded `jwk` and check it is a public key Cairn accepts.
