@@ -1027,8 +1027,11 @@ impl Ra {
             ));
         }
         tracing::info!(serial = %serial, reason = recorded, "certificate revoked");
-        // The revocation is recorded; a CRL that fails to publish now is
-        // published by the updater on its schedule.
+        test_fault("crash-after-revoke-commit");
+        // The revocation is recorded; a CRL that fails to publish now (or a
+        // process that dies here) is caught up by the CRL updater, which
+        // publishes whenever the newest CRL does not cover the stored
+        // revocations.
         if let Err(e) = self.crl.publish_now().await {
             tracing::warn!(serial = %serial, "publishing the CRL after a revocation: {}", e.detail);
         }
@@ -1119,6 +1122,20 @@ fn subject_key_id(der: &[u8]) -> Option<Vec<u8>> {
             x509_parser::extensions::ParsedExtension::SubjectKeyIdentifier(k) => Some(k.0.to_vec()),
             _ => None,
         })
+}
+
+/// Crash tests' fault hook: when the operator's environment has
+/// `CAIRN_TEST_FAULT=<name>`, the process aborts at the point called `name`
+/// (as a `kill -9` would stop it there). Only the process environment can
+/// arm it, never a request. Points: `crash-after-revoke-commit` (a
+/// revocation is committed, its CRL not yet signed).
+fn test_fault(name: &str) {
+    static FAULT: std::sync::OnceLock<Option<String>> = std::sync::OnceLock::new();
+    let armed = FAULT.get_or_init(|| std::env::var("CAIRN_TEST_FAULT").ok());
+    if armed.as_deref() == Some(name) {
+        eprintln!("CAIRN_TEST_FAULT={name}: aborting");
+        std::process::abort();
+    }
 }
 
 /// Revocation reasons a subscriber may give (RFC 5280 §5.3.1): unspecified,
