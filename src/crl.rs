@@ -18,7 +18,7 @@ use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::Router;
-use std::collections::HashSet;
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 use time::OffsetDateTime;
@@ -77,7 +77,7 @@ pub async fn publish(
             return Ok(crl);
         }
         if let Some(winner) = store.latest_crl().await? {
-            if lists_all(&winner, &entries) {
+            if covers(&winner, &entries) {
                 return Ok(winner);
             }
         }
@@ -87,16 +87,23 @@ pub async fn publish(
     )))
 }
 
-/// Whether the stored CRL names every serial in `entries`.
-fn lists_all(crl: &StoredCrl, entries: &[RevokedEntry]) -> bool {
+/// Whether the stored CRL lists every entry in `entries` with its reason
+/// (RFC 5280 §5.3.1: unspecified, 0, is written as no reason at all). It
+/// may list more: certificates that have expired since.
+fn covers(crl: &StoredCrl, entries: &[RevokedEntry]) -> bool {
     let Ok((_, parsed)) = CertificateRevocationList::from_der(&crl.der) else {
         return false;
     };
-    let listed: HashSet<String> = parsed
+    let listed: HashMap<String, i64> = parsed
         .iter_revoked_certificates()
-        .map(|r| hex::encode(r.raw_serial()))
+        .map(|r| {
+            let reason = r.reason_code().map_or(0, |(_, c)| i64::from(c.0));
+            (hex::encode(r.raw_serial()), reason)
+        })
         .collect();
-    entries.iter().all(|e| listed.contains(&e.serial))
+    entries
+        .iter()
+        .all(|e| listed.get(&e.serial) == Some(&e.reason))
 }
 
 /// Whether `latest` must be replaced at `now`: it is older than
@@ -154,19 +161,33 @@ impl CrlPublisher {
     }
 
     /// Publish unless the latest CRL (perhaps a peer's, perhaps signed while
-    /// we waited for the lock) is recent enough; returns the CRL in force.
+    /// we waited for the lock) is recent enough and lists every stored
+    /// revocation; returns the CRL in force.
+    ///
+    /// Checking the stored revocations is what makes publication follow
+    /// from the database rather than from the request that revoked: a
+    /// process that died between a revocation's commit and its CRL (or
+    /// whose publication failed) leaves a revocation the newest CRL does not
+    /// cover, and the next check, at start or within `MAX_CHECK_INTERVAL`,
+    /// publishes it. It costs one read of the revoked, unexpired rows and
+    /// one CRL parse per check.
     async fn publish_if_due(&self) -> Result<StoredCrl, Problem> {
         let _one_at_a_time = self.publishing.lock().await;
         let now = self.clock.unix();
-        match self.store.latest_crl().await? {
-            Some(latest) if !due(&latest, now, &self.cfg) => Ok(latest),
-            _ => publish(&*self.store, &self.ca, now, &self.cfg).await,
+        if let Some(latest) = self.store.latest_crl().await? {
+            if !due(&latest, now, &self.cfg)
+                && covers(&latest, &self.store.revoked_certificates(now).await?)
+            {
+                return Ok(latest);
+            }
         }
+        publish(&*self.store, &self.ca, now, &self.cfg).await
     }
 
-    /// Keep the CRL fresh: every few seconds, publish a new one if none
-    /// exists or the latest is older than `ca.crl_update_secs`. Runs until
-    /// the process ends; failures are logged and retried on the next tick.
+    /// Keep the CRL fresh: at start and every few seconds, publish a new one
+    /// if none exists, the latest is older than `ca.crl_update_secs`, or it
+    /// misses a stored revocation. Runs until the process ends; failures are
+    /// logged and retried on the next tick.
     pub fn spawn_updater(self: &Arc<Self>) -> tokio::task::JoinHandle<()> {
         let publisher = self.clone();
         let every = Duration::from_secs(publisher.cfg.ca.crl_update_secs).min(MAX_CHECK_INTERVAL);

@@ -510,6 +510,58 @@ async fn extra_header_parameters_ignored() {
     assert_eq!(r.status, 201, "{r}");
 }
 
+/// RFC 7515 §4.1.11: a `crit` extension the server does not understand makes the JWS
+/// invalid, and Cairn understands none; `crit` must not be empty or list registered
+/// names. RFC 7797 unencoded payloads (`"b64": false`) are not ACME. All `malformed`,
+/// for the outer JWS and for keyChange's inner one.
+#[tokio::test]
+async fn crit_and_unencoded_payloads_refused() {
+    let (_server, c) = setup().await;
+    let url = c.endpoint("newOrder");
+    let key = c.key();
+    let cases = [
+        json!({"crit": ["x"], "x": 1}),
+        json!({"crit": []}),
+        json!({"crit": ["nonce"]}),
+        json!({"crit": "x"}),
+        json!({"b64": false, "crit": ["b64"]}),
+        json!({"b64": false}),
+        json!({"b64": "false"}),
+    ];
+    for extra in &cases {
+        let mut h = c.header_kid(&url).await;
+        for (k, v) in extra.as_object().expect("object") {
+            h[k] = v.clone();
+        }
+        let payload = AcmeClient::order_payload(&["crit.example.com"]).to_string();
+        let r = c.post_raw(&url, h, payload.as_bytes(), &key).await;
+        assert_problem(&r, 400, "malformed");
+    }
+
+    let ku = c.endpoint("keyChange");
+    let new_key = AcmeKey::generate(KeyKind::Es256);
+    for extra in &cases {
+        let mut ih = json!({"alg": new_key.alg(), "jwk": new_key.jwk(), "url": ku});
+        for (k, v) in extra.as_object().expect("object") {
+            ih[k] = v.clone();
+        }
+        let inner = jws(
+            &ih,
+            json!({"account": c.account_url(), "oldKey": key.jwk()})
+                .to_string()
+                .as_bytes(),
+            &new_key,
+        );
+        let h = c.header_kid(&ku).await;
+        let r = c.post_raw(&ku, h, inner.to_string().as_bytes(), &key).await;
+        assert_problem(&r, 400, "malformed");
+    }
+    // Nothing was created or changed.
+    c.post_as_get(&c.account_url()).await.expect_status(200);
+    let (_, order) = c.new_order(&["crit.example.com"]).await;
+    assert_eq!(order["status"], "pending");
+}
+
 /// Unknown paths and wrong methods: clean 4xx, never 5xx.
 #[tokio::test]
 async fn unknown_paths_and_methods() {

@@ -696,7 +696,7 @@ async fn authz_update_rules() {
     assert_eq!(r.json()["status"], "deactivated", "{r}");
 }
 
-/// Every kind of bad CSR → badCSR (a weak key: badPublicKey or badCSR), and the order
+/// Every kind of bad CSR, a key Cairn will not certify included → badCSR, and the order
 /// stays ready so a good CSR still works.
 #[tokio::test]
 async fn finalize_refuses_bad_csrs() {
@@ -739,10 +739,30 @@ async fn finalize_refuses_bad_csrs() {
         assert_eq!(r.status, 400, "CSR case {label:?}: {r}");
         assert_problem(&r, 400, "badCSR");
     }
-    let r = c
-        .finalize(&order, &csr_der(&names, &gen_cert_key(CertKey::Rsa(1024))))
-        .await;
-    assert_problem_any(&r, &[(400, "badPublicKey"), (400, "badCSR")]);
+    // A key Cairn will not certify makes the CSR unacceptable (RFC 8555 §7.4:
+    // badCSR); badPublicKey is for the JWS key.
+    let p521 = {
+        let group =
+            openssl::ec::EcGroup::from_curve_name(openssl::nid::Nid::SECP521R1).expect("P-521");
+        openssl::pkey::PKey::from_ec_key(openssl::ec::EcKey::generate(&group).expect("key"))
+            .expect("PKey")
+    };
+    let e3 = openssl::pkey::PKey::from_rsa(
+        openssl::rsa::Rsa::generate_with_e(2048, &openssl::bn::BigNum::from_u32(3).expect("3"))
+            .expect("RSA e=3"),
+    )
+    .expect("PKey");
+    let weak_keys = [
+        ("RSA-1024", gen_cert_key(CertKey::Rsa(1024))),
+        ("P-521", p521),
+        ("RSA e=3", e3),
+        ("Ed25519", gen_cert_key(CertKey::Ed25519)),
+    ];
+    for (label, key) in weak_keys {
+        let r = c.finalize(&order, &csr_der(&names, &key)).await;
+        assert_eq!(r.status, 400, "{label}: {r}");
+        assert_problem(&r, 400, "badCSR");
+    }
 
     // Not base64url, missing, wrong type.
     for payload in [

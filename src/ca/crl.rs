@@ -221,10 +221,12 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let ca = ca(dir.path(), "ecdsa-p256");
         let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
+        let spki_der = rcgen::PublicKeyData::subject_public_key_info(&key);
         let csr = crate::ca::Csr {
             names: vec!["crl.example.com".into()],
             common_name: None,
-            spki_der: rcgen::PublicKeyData::subject_public_key_info(&key),
+            key: crate::key::PublicKey::from_spki_der(&spki_der).unwrap(),
+            spki_der,
         };
         let issued = ca
             .issue(&csr, &csr.names, OffsetDateTime::now_utc())

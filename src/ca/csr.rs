@@ -3,29 +3,18 @@
 //! is a `Problem` naming what was wrong, never a panic.
 
 use super::Csr;
+use crate::key::{Curve, KeyError, PublicKey};
 use crate::problem::Problem;
-use base64::Engine;
 use rcgen::{PublicKeyData, SignatureAlgorithm};
 use std::net::IpAddr;
 use x509_parser::certification_request::X509CertificationRequest;
 use x509_parser::cri_attributes::ParsedCriAttribute;
 use x509_parser::extensions::{GeneralName, ParsedExtension};
 use x509_parser::oid_registry::{
-    OID_EC_P256, OID_KEY_TYPE_DSA, OID_KEY_TYPE_EC_PUBLIC_KEY, OID_NIST_EC_P384, OID_NIST_EC_P521,
-    OID_PKCS1_RSAENCRYPTION, OID_PKCS1_RSASSAPSS, OID_PKCS1_SHA1WITHRSA, OID_SHA1_WITH_RSA,
-    OID_SIG_ED25519, OID_SIG_ED448, OID_X509_EXT_SUBJECT_ALT_NAME,
+    OID_PKCS1_SHA1WITHRSA, OID_SHA1_WITH_RSA, OID_X509_EXT_SUBJECT_ALT_NAME,
 };
 use x509_parser::prelude::FromDer;
-use x509_parser::public_key::PublicKey;
 use x509_parser::x509::SubjectPublicKeyInfo;
-
-/// The key types we certify.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum KeyKind {
-    Rsa { bits: usize },
-    P256,
-    P384,
-}
 
 /// A subject public key taken from a CSR, handed to rcgen as is.
 ///
@@ -40,7 +29,7 @@ pub(crate) struct SpkiKey {
     spki: Vec<u8>,
     key: Vec<u8>,
     alg: &'static SignatureAlgorithm,
-    pub(crate) kind: KeyKind,
+    pub(crate) public_key: PublicKey,
 }
 
 impl PublicKeyData for SpkiKey {
@@ -77,119 +66,38 @@ impl PublicKeyData for RcgenEncoding<'_> {
 }
 
 impl SpkiKey {
-    /// Classify a DER SubjectPublicKeyInfo: `badPublicKey` for any key type or
-    /// size we do not certify, `badCSR` for bytes that are not an SPKI.
+    /// A CSR's key, through the key policy (`crate::key`): `badCSR` for any
+    /// key Cairn does not certify and for bytes that are not a canonical SPKI.
     pub(crate) fn from_spki_der(der: &[u8]) -> Result<SpkiKey, Problem> {
-        let (rest, spki) = SubjectPublicKeyInfo::from_der(der)
+        let key = PublicKey::from_spki_der(der).map_err(KeyError::for_csr)?;
+        key.check_certifiable().map_err(KeyError::for_csr)?;
+        let alg = match &key {
+            PublicKey::Rsa { .. } => &rcgen::PKCS_RSA_SHA256,
+            PublicKey::Ec {
+                curve: Curve::P256, ..
+            } => &rcgen::PKCS_ECDSA_P256_SHA256,
+            PublicKey::Ec {
+                curve: Curve::P384, ..
+            } => &rcgen::PKCS_ECDSA_P384_SHA384,
+            PublicKey::Ed25519(_) => {
+                return Err(Problem::internal("an Ed25519 key passed check_certifiable"))
+            }
+        };
+        let (_, spki) = SubjectPublicKeyInfo::from_der(der)
             .map_err(|e| Problem::bad_csr(format!("unparsable SubjectPublicKeyInfo: {e}")))?;
-        if !rest.is_empty() {
+        let raw = spki.subject_public_key.data.to_vec();
+        if (RcgenEncoding { key: &raw, alg }).subject_public_key_info() != der {
+            // PublicKey checked the DER is canonical: rcgen must write the same.
             return Err(Problem::bad_csr(
-                "trailing bytes after SubjectPublicKeyInfo",
-            ));
-        }
-        let (kind, alg) = classify_key(&spki)?;
-        let key = spki.subject_public_key.data.to_vec();
-        let reencoded = RcgenEncoding { key: &key, alg }.subject_public_key_info();
-        if reencoded != der {
-            // e.g. RSA without the NULL parameters, or a non-minimal length:
-            // we would certify different bytes than the client asked for.
-            return Err(Problem::bad_public_key(
                 "the SubjectPublicKeyInfo is not in canonical DER form",
             ));
         }
         Ok(SpkiKey {
             spki: der.to_vec(),
-            key,
+            key: raw,
             alg,
-            kind,
+            public_key: key,
         })
-    }
-}
-
-fn classify_key(
-    spki: &SubjectPublicKeyInfo<'_>,
-) -> Result<(KeyKind, &'static SignatureAlgorithm), Problem> {
-    let alg = &spki.algorithm.algorithm;
-    if *alg == OID_PKCS1_RSAENCRYPTION {
-        let Ok(PublicKey::RSA(rsa)) = spki.parsed() else {
-            return Err(Problem::bad_public_key("malformed RSA public key"));
-        };
-        let bits = bit_length(rsa.modulus);
-        if !matches!(bits, 2048 | 3072 | 4096) {
-            return Err(Problem::bad_public_key(format!(
-                "RSA {bits}-bit keys are not accepted; use 2048, 3072 or 4096 bits"
-            )));
-        }
-        let e = strip_leading_zeros(rsa.exponent);
-        // Exponents above 64 bits are legal but absurd; refusing them keeps
-        // the check simple and rejects nothing real clients generate.
-        let odd_above_one = e.len() <= 8
-            && e.last().is_some_and(|b| b & 1 == 1)
-            && e.iter().fold(0u64, |acc, b| (acc << 8) | u64::from(*b)) > 1;
-        if !odd_above_one {
-            return Err(Problem::bad_public_key(
-                "RSA public exponent must be odd and greater than 1 (65537 recommended)",
-            ));
-        }
-        return Ok((KeyKind::Rsa { bits }, &rcgen::PKCS_RSA_SHA256));
-    }
-    if *alg == OID_KEY_TYPE_EC_PUBLIC_KEY {
-        let curve = spki
-            .algorithm
-            .parameters
-            .as_ref()
-            .and_then(|p| p.as_oid().ok())
-            .ok_or_else(|| {
-                Problem::bad_public_key("EC key without a named curve is not accepted")
-            })?;
-        let point = &spki.subject_public_key.data;
-        let (kind, alg, point_len, name) = if curve == OID_EC_P256 {
-            (KeyKind::P256, &rcgen::PKCS_ECDSA_P256_SHA256, 65, "P-256")
-        } else if curve == OID_NIST_EC_P384 {
-            (KeyKind::P384, &rcgen::PKCS_ECDSA_P384_SHA384, 97, "P-384")
-        } else if curve == OID_NIST_EC_P521 {
-            return Err(Problem::bad_public_key(
-                "ECDSA P-521 keys are not accepted; use P-256 or P-384",
-            ));
-        } else {
-            return Err(Problem::bad_public_key(format!(
-                "EC curve {curve} is not accepted; use P-256 or P-384"
-            )));
-        };
-        // Uncompressed form only: it is what every client sends and all
-        // verifiers (ring among them) can read.
-        if point.len() != point_len || point.first() != Some(&4) {
-            return Err(Problem::bad_public_key(format!(
-                "{name} public key must be an uncompressed point of {point_len} bytes"
-            )));
-        }
-        return Ok((kind, alg));
-    }
-    let name = if *alg == OID_SIG_ED25519 {
-        "Ed25519".to_string()
-    } else if *alg == OID_SIG_ED448 {
-        "Ed448".to_string()
-    } else if *alg == OID_KEY_TYPE_DSA {
-        "DSA".to_string()
-    } else if *alg == OID_PKCS1_RSASSAPSS {
-        "RSASSA-PSS".to_string()
-    } else {
-        format!("key algorithm {alg}")
-    };
-    Err(Problem::bad_public_key(format!(
-        "{name} keys are not accepted; use RSA (2048, 3072 or 4096 bits), ECDSA P-256 or P-384"
-    )))
-}
-
-fn strip_leading_zeros(b: &[u8]) -> &[u8] {
-    let first = b.iter().position(|x| *x != 0).unwrap_or(b.len());
-    &b[first..]
-}
-
-fn bit_length(b: &[u8]) -> usize {
-    match strip_leading_zeros(b) {
-        [] => 0,
-        [first, rest @ ..] => rest.len() * 8 + (8 - first.leading_zeros() as usize),
     }
 }
 
@@ -203,8 +111,8 @@ pub(crate) fn parse(der: &[u8]) -> Result<Csr, Problem> {
     }
     let info = &csr.certification_request_info;
     let spki_der = info.subject_pki.raw.to_vec();
-    // The key first: an unacceptable key is `badPublicKey` whatever else is wrong.
-    SpkiKey::from_spki_der(&spki_der)?;
+    // The key first: a key Cairn does not certify is named whatever else is wrong.
+    let key = SpkiKey::from_spki_der(&spki_der)?.public_key;
 
     let sig_alg = &csr.signature_algorithm.algorithm;
     // ring would verify sha1WithRSA ("legacy use"); we do not accept it.
@@ -268,6 +176,7 @@ pub(crate) fn parse(der: &[u8]) -> Result<Csr, Problem> {
         names,
         common_name,
         spki_der,
+        key,
     })
 }
 
@@ -312,95 +221,4 @@ fn checked_name(s: &str, what: &str) -> Result<String, Problem> {
         )));
     }
     Ok(s.to_ascii_lowercase())
-}
-
-/// Whether a SubjectPublicKeyInfo is the JWK's key. See [`super::spki_matches_jwk`].
-pub(crate) fn spki_matches_jwk(spki_der: &[u8], jwk: &josekit::jwk::Jwk) -> bool {
-    let Ok((_, spki)) = SubjectPublicKeyInfo::from_der(spki_der) else {
-        return false;
-    };
-    let param = |name: &str| -> Option<Vec<u8>> {
-        let s = jwk.parameter(name)?.as_str()?;
-        base64::engine::general_purpose::URL_SAFE_NO_PAD
-            .decode(s.trim_end_matches('='))
-            .ok()
-    };
-    let same_int = |a: &[u8], b: &[u8]| strip_leading_zeros(a) == strip_leading_zeros(b);
-    match (jwk.key_type(), spki.parsed()) {
-        ("RSA", Ok(PublicKey::RSA(rsa))) => match (param("n"), param("e")) {
-            (Some(n), Some(e)) => same_int(&n, rsa.modulus) && same_int(&e, rsa.exponent),
-            _ => false,
-        },
-        ("EC", Ok(PublicKey::EC(point))) => {
-            let Some(csr_curve) = spki
-                .algorithm
-                .parameters
-                .as_ref()
-                .and_then(|p| p.as_oid().ok())
-            else {
-                return false;
-            };
-            let (want, size) = if csr_curve == OID_EC_P256 {
-                ("P-256", 32)
-            } else if csr_curve == OID_NIST_EC_P384 {
-                ("P-384", 48)
-            } else if csr_curve == OID_NIST_EC_P521 {
-                ("P-521", 66)
-            } else {
-                return false;
-            };
-            if jwk.curve() != Some(want) {
-                return false;
-            }
-            let data = point.data();
-            let (Some(x), Some(y)) = (param("x"), param("y")) else {
-                return false;
-            };
-            data.len() == 1 + 2 * size
-                && data[0] == 4
-                && same_int(&x, &data[1..1 + size])
-                && same_int(&y, &data[1 + size..])
-        }
-        _ => false,
-    }
-}
-
-/// The DER SubjectPublicKeyInfo of an RSA or EC public JWK, as OpenSSL
-/// encodes it (what CSRs carry): blocked-key checks on account keys.
-pub(crate) fn jwk_spki_der(jwk: &josekit::jwk::Jwk) -> Option<Vec<u8>> {
-    use openssl::bn::{BigNum, BigNumContext};
-    use openssl::ec::{EcGroup, EcKey};
-    use openssl::nid::Nid;
-    use openssl::pkey::PKey;
-    use openssl::rsa::Rsa;
-    let param = |name: &str| -> Option<BigNum> {
-        let s = jwk.parameter(name)?.as_str()?;
-        let b = base64::engine::general_purpose::URL_SAFE_NO_PAD
-            .decode(s.trim_end_matches('='))
-            .ok()?;
-        BigNum::from_slice(&b).ok()
-    };
-    let pkey = match jwk.key_type() {
-        "RSA" => {
-            PKey::from_rsa(Rsa::from_public_components(param("n")?, param("e")?).ok()?).ok()?
-        }
-        "EC" => {
-            let nid = match jwk.curve()? {
-                "P-256" => Nid::X9_62_PRIME256V1,
-                "P-384" => Nid::SECP384R1,
-                "P-521" => Nid::SECP521R1,
-                _ => return None,
-            };
-            let group = EcGroup::from_curve_name(nid).ok()?;
-            let mut ctx = BigNumContext::new().ok()?;
-            let mut point = openssl::ec::EcPoint::new(&group).ok()?;
-            let (x, y) = (param("x")?, param("y")?);
-            point
-                .set_affine_coordinates_gfp(&group, &x, &y, &mut ctx)
-                .ok()?;
-            PKey::from_ec_key(EcKey::from_public_key(&group, &point).ok()?).ok()?
-        }
-        _ => return None,
-    };
-    pkey.public_key_to_der().ok()
 }

@@ -11,6 +11,7 @@ mod csr;
 mod store;
 
 use crate::config::Config;
+use crate::key::PublicKey;
 use crate::problem::Problem;
 use anyhow::{anyhow, bail, Context};
 use rcgen::{
@@ -23,7 +24,7 @@ use time::{Duration, OffsetDateTime};
 use x509_parser::certificate::X509Certificate;
 use x509_parser::prelude::FromDer;
 
-use csr::{KeyKind, SpkiKey};
+use csr::SpkiKey;
 use store::{CERT_MODE, KEY_MODE};
 
 /// Lifetime of the generated root.
@@ -47,6 +48,8 @@ pub struct Csr {
     pub common_name: Option<String>,
     /// The CSR's SubjectPublicKeyInfo, byte for byte.
     pub spki_der: Vec<u8>,
+    /// The same key, canonical (`crate::key`), for comparisons.
+    pub key: PublicKey,
 }
 
 /// A certificate just issued.
@@ -395,7 +398,7 @@ impl Ca {
         params.not_after = not_after;
         params.is_ca = IsCa::ExplicitNoCa;
         params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
-        if matches!(key.kind, KeyKind::Rsa { .. }) {
+        if matches!(key.public_key, PublicKey::Rsa { .. }) {
             // TLS 1.2 RSA key exchange encrypts to the certificate's key.
             params.key_usages.push(KeyUsagePurpose::KeyEncipherment);
         }
@@ -438,31 +441,15 @@ impl Ca {
 }
 
 /// Parse a DER CSR, verify its signature and key: `badCSR` for anything
-/// malformed or unsigned, `badPublicKey` for keys other than RSA 2048–4096,
-/// P-256 and P-384.
+/// malformed or unsigned and for keys Cairn does not certify (the key
+/// policy, `crate::key`: RSA 2048, 3072 or 4096 bits with e = 65537, P-256,
+/// P-384).
 ///
 /// Names are the dNSName SANs plus the subject CN, lower-cased, sorted and
 /// de-duplicated; any other kind of SAN is `badCSR`. CSRs signed with SHA-1
 /// are refused.
 pub fn parse_csr(der: &[u8]) -> Result<Csr, Problem> {
     csr::parse(der)
-}
-
-/// Whether the CSR's key is the same key as this JWK (account key reuse).
-pub fn csr_key_matches_jwk(csr: &Csr, jwk: &josekit::jwk::Jwk) -> bool {
-    csr::spki_matches_jwk(&csr.spki_der, jwk)
-}
-
-/// The DER SubjectPublicKeyInfo of a JWK (None for key types Cairn does
-/// not accept): blocked-key checks on account keys.
-pub fn jwk_spki_der(jwk: &josekit::jwk::Jwk) -> Option<Vec<u8>> {
-    csr::jwk_spki_der(jwk)
-}
-
-/// Whether a DER SubjectPublicKeyInfo (e.g. a certificate's) is this JWK's
-/// key: revocation signed with the certificate's own key.
-pub fn spki_matches_jwk(spki_der: &[u8], jwk: &josekit::jwk::Jwk) -> bool {
-    csr::spki_matches_jwk(spki_der, jwk)
 }
 
 const OID_AUTHORITY_INFO_ACCESS: &[u64] = &[1, 3, 6, 1, 5, 5, 7, 1, 1];

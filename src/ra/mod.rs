@@ -6,6 +6,7 @@ use crate::ca::{self, Ca};
 use crate::clock::Clock;
 use crate::config::Config;
 use crate::crl::CrlPublisher;
+use crate::key::{KeyError, PublicKey};
 use crate::policy::{DnsName, Policy};
 use crate::problem::{Identifier, Problem};
 use crate::ratelimit::{LimitError, Limiter, RateLimitInfo, Spent};
@@ -114,12 +115,12 @@ impl Ra {
     /// comes back for the response's rate-limit headers.
     pub async fn new_account(
         &self,
-        jwk: &str,
-        thumbprint: &str,
+        key: &PublicKey,
         req: NewAccountRequest,
         client: Option<IpAddr>,
     ) -> Result<(Account, bool, Option<RateLimitInfo>), Problem> {
-        if let Some(existing) = self.store.account_by_thumbprint(thumbprint).await? {
+        let thumbprint = key.thumbprint();
+        if let Some(existing) = self.store.account_by_thumbprint(&thumbprint).await? {
             if existing.status != AccountStatus::Valid {
                 return Err(Problem::unauthorized(format!(
                     "the account of this key is {}",
@@ -133,7 +134,7 @@ impl Ra {
                 "no account exists with the provided key",
             ));
         }
-        self.check_account_key_not_blocked(jwk).await?;
+        self.check_account_key_not_blocked(key).await?;
         if !self.cfg.acme.terms_of_service.is_empty() && req.terms_of_service_agreed != Some(true) {
             return Err(Problem::malformed(
                 "you must agree to the terms of service (termsOfServiceAgreed: true)",
@@ -149,7 +150,12 @@ impl Ra {
         };
         let created = self
             .store
-            .create_account(jwk, thumbprint, &contact, self.clock.unix())
+            .create_account(
+                &key.to_jwk().to_string(),
+                &thumbprint,
+                &contact,
+                self.clock.unix(),
+            )
             .await;
         match created {
             Ok((acct, true)) => Ok((acct, true, spent.info)),
@@ -215,11 +221,12 @@ impl Ra {
     pub async fn change_key(
         &self,
         acct: &Account,
-        old_key_thumbprint: &str,
-        new_jwk: &str,
-        new_thumbprint: &str,
+        old_key: &PublicKey,
+        new_key: &PublicKey,
     ) -> Result<Account, Problem> {
-        if old_key_thumbprint != acct.thumbprint {
+        // Keys are compared by their canonical thumbprints: a key has one.
+        let new_thumbprint = new_key.thumbprint();
+        if old_key.thumbprint() != acct.thumbprint {
             return Err(Problem::malformed(
                 "inner JWS oldKey is not the account's current key",
             ));
@@ -230,10 +237,15 @@ impl Ra {
             p.location = Some(format!("{}", acct.id.0));
             return Err(p);
         }
-        self.check_account_key_not_blocked(new_jwk).await?;
+        self.check_account_key_not_blocked(new_key).await?;
         match self
             .store
-            .change_account_key(acct.id, &acct.thumbprint, new_jwk, new_thumbprint)
+            .change_account_key(
+                acct.id,
+                &acct.thumbprint,
+                &new_key.to_jwk().to_string(),
+                &new_thumbprint,
+            )
             .await?
         {
             KeyChange::Changed => self
@@ -250,14 +262,12 @@ impl Ra {
     }
 
     /// A key revoked for keyCompromise cannot hold an account.
-    async fn check_account_key_not_blocked(&self, jwk: &str) -> Result<(), Problem> {
-        let jwk = josekit::jwk::Jwk::from_bytes(jwk.as_bytes()).map_err(Problem::internal)?;
-        if let Some(spki) = ca::jwk_spki_der(&jwk) {
-            if self.store.key_blocked(&spki_hash(&spki)).await? {
-                return Err(Problem::bad_public_key(
-                    "this key was revoked for keyCompromise and is blocked",
-                ));
-            }
+    async fn check_account_key_not_blocked(&self, key: &PublicKey) -> Result<(), Problem> {
+        let spki = key.spki_der().map_err(KeyError::for_jws)?;
+        if self.store.key_blocked(&spki_hash(&spki)).await? {
+            return Err(Problem::bad_public_key(
+                "this key was revoked for keyCompromise and is blocked",
+            ));
         }
         Ok(())
     }
@@ -866,8 +876,10 @@ impl Ra {
                 "the CSR's public key was revoked for keyCompromise and is blocked",
             ));
         }
-        let jwk = josekit::jwk::Jwk::from_bytes(acct.jwk.as_bytes()).map_err(Problem::internal)?;
-        if ca::csr_key_matches_jwk(&csr, &jwk) {
+        let account_key = serde_json::from_str(&acct.jwk)
+            .ok()
+            .and_then(|v| PublicKey::from_jwk(&v).ok());
+        if account_key.as_ref() == Some(&csr.key) {
             return Err(Problem::bad_csr(
                 "the certificate's public key must differ from the account key",
             ));
@@ -982,8 +994,8 @@ impl Ra {
         // given, and the key is blocked (Let's Encrypt CP/CPS §4.9.3).
         let mut block_key = None;
         let recorded = match by {
-            RevokeBy::Key(jwk) => {
-                if !ca::spki_matches_jwk(parsed.public_key().raw, jwk) {
+            RevokeBy::Key(key) => {
+                if PublicKey::from_spki_der(parsed.public_key().raw).as_ref() != Ok(key) {
                     return Err(Problem::unauthorized(
                         "the JWS key is not the certificate's key",
                     ));
@@ -1015,8 +1027,11 @@ impl Ra {
             ));
         }
         tracing::info!(serial = %serial, reason = recorded, "certificate revoked");
-        // The revocation is recorded; a CRL that fails to publish now is
-        // published by the updater on its schedule.
+        test_fault("crash-after-revoke-commit");
+        // The revocation is recorded; a CRL that fails to publish now (or a
+        // process that dies here) is caught up by the CRL updater, which
+        // publishes whenever the newest CRL does not cover the stored
+        // revocations.
         if let Err(e) = self.crl.publish_now().await {
             tracing::warn!(serial = %serial, "publishing the CRL after a revocation: {}", e.detail);
         }
@@ -1109,6 +1124,20 @@ fn subject_key_id(der: &[u8]) -> Option<Vec<u8>> {
         })
 }
 
+/// Crash tests' fault hook: when the operator's environment has
+/// `CAIRN_TEST_FAULT=<name>`, the process aborts at the point called `name`
+/// (as a `kill -9` would stop it there). Only the process environment can
+/// arm it, never a request. Points: `crash-after-revoke-commit` (a
+/// revocation is committed, its CRL not yet signed).
+fn test_fault(name: &str) {
+    static FAULT: std::sync::OnceLock<Option<String>> = std::sync::OnceLock::new();
+    let armed = FAULT.get_or_init(|| std::env::var("CAIRN_TEST_FAULT").ok());
+    if armed.as_deref() == Some(name) {
+        eprintln!("CAIRN_TEST_FAULT={name}: aborting");
+        std::process::abort();
+    }
+}
+
 /// Revocation reasons a subscriber may give (RFC 5280 §5.3.1): unspecified,
 /// keyCompromise, affiliationChanged, superseded, cessationOfOperation.
 const USER_REVOCATION_REASONS: &[i64] = &[0, 1, 3, 4, 5];
@@ -1116,7 +1145,7 @@ const USER_REVOCATION_REASONS: &[i64] = &[0, 1, 3, 4, 5];
 /// Who signed a revocation request.
 pub enum RevokeBy<'a> {
     Account(&'a Account),
-    Key(&'a josekit::jwk::Jwk),
+    Key(&'a PublicKey),
 }
 
 /// The identifier as ordered: `*.base` for wildcard authorizations.

@@ -2,6 +2,7 @@
 //! list, and keyChange (RFC 8555 §7.3).
 
 use super::{json_response, jws, path_id, AppState, Base, ClientAddr, KeyMode, Signer};
+use crate::key::PublicKey;
 use crate::problem::Problem;
 use crate::ra::{AccountUpdate, NewAccountRequest};
 use crate::sa::{Account, OrderId};
@@ -43,11 +44,10 @@ pub async fn new_account(
         .verify_post(&base, &uri, &headers, body, KeyMode::Jwk)
         .await?;
     let req: NewAccountRequest = post.json()?;
-    let Signer::Jwk { jwk, thumbprint } = &post.signer else {
+    let Signer::Jwk(key) = &post.signer else {
         return Err(Problem::malformed("newAccount must be signed with \"jwk\""));
     };
-    let jwk_json = jws::public_json(jwk)?;
-    let (acct, created, limits) = s.ra.new_account(&jwk_json, thumbprint, req, client).await?;
+    let (acct, created, limits) = s.ra.new_account(key, req, client).await?;
     let status = if created {
         StatusCode::CREATED
     } else {
@@ -181,13 +181,13 @@ pub async fn key_change(
             "keyChange inner JWS \"url\" must equal the outer \"url\"",
         ));
     }
-    let new_jwk = jws::parse_jwk(
+    let new_key = jws::parse_jwk(
         inner
             .header
             .get("jwk")
             .ok_or_else(|| Problem::malformed("keyChange inner JWS has no \"jwk\""))?,
     )?;
-    jws::verify(&inner, &new_jwk)?;
+    jws::verify(&inner, &new_key)?;
     #[derive(serde::Deserialize)]
     #[serde(rename_all = "camelCase")]
     struct Inner {
@@ -201,19 +201,9 @@ pub async fn key_change(
             "keyChange inner payload \"account\" is not the signer's account",
         ));
     }
-    let old = josekit::jwk::Jwk::from_map(match payload.old_key {
-        Value::Object(m) => m,
-        _ => {
-            return Err(Problem::malformed(
-                "keyChange \"oldKey\" must be a JWK object",
-            ))
-        }
-    })
-    .map_err(|e| Problem::malformed(format!("keyChange \"oldKey\": {e}")))?;
-    let old_tp = jws::thumbprint(&old)?;
-    let new_tp = jws::thumbprint(&new_jwk)?;
-    let new_json = jws::public_json(&new_jwk)?;
-    match s.ra.change_key(acct, &old_tp, &new_json, &new_tp).await {
+    let old_key = PublicKey::from_jwk(&payload.old_key)
+        .map_err(|e| Problem::malformed(format!("keyChange \"oldKey\": {}", e.for_jws().detail)))?;
+    match s.ra.change_key(acct, &old_key, &new_key).await {
         Ok(a) => Ok(json_response(
             StatusCode::OK,
             &account_json(&base, &a),

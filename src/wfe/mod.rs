@@ -12,6 +12,7 @@ mod nonce;
 mod order;
 
 use crate::config::Config;
+use crate::key::{KeyError, PublicKey};
 use crate::problem::Problem;
 use crate::ra::Ra;
 use crate::ratelimit::{ClientIp, RequestRateLayer, RequestRateLimiter};
@@ -56,8 +57,7 @@ impl VerifierCache {
         if let Some(v) = self.lock().get(&acct.thumbprint) {
             return Ok(v.clone());
         }
-        let jwk = josekit::jwk::Jwk::from_bytes(acct.jwk.as_bytes()).map_err(Problem::internal)?;
-        let v = jws::KeyVerifier::new(&jwk)?;
+        let v = jws::KeyVerifier::new(&account_key(acct)?)?;
         let mut map = self.lock();
         if map.len() >= VERIFIER_CACHE_MAX {
             map.clear();
@@ -72,6 +72,17 @@ impl VerifierCache {
         // A panic while holding it cannot leave the map inconsistent.
         self.0.lock().unwrap_or_else(|e| e.into_inner())
     }
+}
+
+/// An account's stored key, read through the key policy like any `jwk`: a
+/// key stored before the policy refused it (a huge RSA exponent, a
+/// small-order Ed25519 point) signs nothing any more.
+fn account_key(acct: &Account) -> Result<PublicKey, Problem> {
+    let v: serde_json::Value = serde_json::from_str(&acct.jwk).map_err(Problem::internal)?;
+    PublicKey::from_jwk(&v).map_err(|e| {
+        let (KeyError::Encoding(d) | KeyError::Policy(d)) = e;
+        Problem::bad_public_key(format!("this account's key is no longer accepted: {d}"))
+    })
 }
 
 pub type AppState = Arc<Wfe>;
@@ -216,10 +227,8 @@ pub struct Post {
 }
 
 pub enum Signer {
-    Jwk {
-        jwk: josekit::jwk::Jwk,
-        thumbprint: String,
-    },
+    /// A `jwk` that passed the key policy.
+    Jwk(PublicKey),
     Account(Account),
 }
 
@@ -227,7 +236,7 @@ impl Post {
     pub fn account(&self) -> Result<&Account, Problem> {
         match &self.signer {
             Signer::Account(a) => Ok(a),
-            Signer::Jwk { .. } => Err(Problem::malformed("this request must be signed with kid")),
+            Signer::Jwk(_) => Err(Problem::malformed("this request must be signed with kid")),
         }
     }
 
@@ -293,11 +302,10 @@ impl Wfe {
                 ))
             }
             (Some(v), None, KeyMode::Jwk | KeyMode::Any) => {
-                let jwk = jws::parse_jwk(v)?;
-                jws::verify(&jws, &jwk)?;
-                let thumbprint = jws::thumbprint(&jwk)?;
+                let key = jws::parse_jwk(v)?;
+                jws::verify(&jws, &key)?;
                 self.nonces.redeem(&nonce).await?;
-                Signer::Jwk { jwk, thumbprint }
+                Signer::Jwk(key)
             }
             (None, Some(_), KeyMode::Kid | KeyMode::Any) => {
                 let kid = jws.header_str("kid")?.unwrap_or_default();

@@ -267,7 +267,7 @@ pub async fn revoke(
         .map_err(|_| Problem::malformed("\"certificate\" is not base64url-encoded DER"))?;
     let by = match &post.signer {
         Signer::Account(a) => RevokeBy::Account(a),
-        Signer::Jwk { jwk, .. } => RevokeBy::Key(jwk),
+        Signer::Jwk(key) => RevokeBy::Key(key),
     };
     s.ra.revoke(by, &der, r.reason).await?;
     Ok(StatusCode::OK.into_response())

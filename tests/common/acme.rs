@@ -141,6 +141,32 @@ impl AcmeKey {
         }
     }
 
+    /// An RS256 key from an openssl RSA key of any shape (a weak size, an odd
+    /// exponent): what a hostile client could sign with.
+    pub fn from_rsa(rsa: openssl::rsa::Rsa<openssl::pkey::Private>) -> AcmeKey {
+        let jwk = json!({
+            "e": b64u(rsa.e().to_vec()),
+            "kty": "RSA",
+            "n": b64u(rsa.n().to_vec()),
+        });
+        let pkey = openssl::pkey::PKey::from_rsa(rsa).expect("PKey");
+        let private_pem = pkey.private_key_to_pem_pkcs8().expect("PKCS#8");
+        AcmeKey {
+            kind: KeyKind::Rs256(pkey.bits()),
+            alg: "RS256",
+            jwk,
+            signer: KeySigner::Rsa(pkey),
+            private_pem,
+        }
+    }
+
+    /// The same key pair, announcing `jwk` as its public key (e.g. the same key
+    /// written in a non-canonical form).
+    pub fn with_jwk(mut self, jwk: Value) -> AcmeKey {
+        self.jwk = jwk;
+        self
+    }
+
     /// The same key pair again (a client that knows a certificate's key).
     pub fn clone_key(&self) -> AcmeKey {
         let signer = match self.kind {
