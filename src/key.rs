@@ -183,7 +183,10 @@ impl PublicKey {
     pub fn from_spki_der(der: &[u8]) -> Result<PublicKey, KeyError> {
         let (rest, spki) = match SubjectPublicKeyInfo::from_der(der) {
             Ok(parsed) => parsed,
-            Err(e) => return encoding(format!("unparsable SubjectPublicKeyInfo: {e}")),
+            Err(e) => {
+                tracing::debug!("SubjectPublicKeyInfo parse: {e}");
+                return encoding("the SubjectPublicKeyInfo is not valid DER");
+            }
         };
         if !rest.is_empty() {
             return encoding("trailing bytes after the SubjectPublicKeyInfo");

@@ -83,8 +83,10 @@ impl SpkiKey {
                 return Err(Problem::internal("an Ed25519 key passed check_certifiable"))
             }
         };
-        let (_, spki) = SubjectPublicKeyInfo::from_der(der)
-            .map_err(|e| Problem::bad_csr(format!("unparsable SubjectPublicKeyInfo: {e}")))?;
+        let (_, spki) = SubjectPublicKeyInfo::from_der(der).map_err(|e| {
+            tracing::debug!("CSR SubjectPublicKeyInfo: {e}");
+            Problem::bad_csr("the CSR's SubjectPublicKeyInfo is not valid DER")
+        })?;
         let raw = spki.subject_public_key.data.to_vec();
         if (RcgenEncoding { key: &raw, alg }).subject_public_key_info() != der {
             // PublicKey checked the DER is canonical: rcgen must write the same.
@@ -104,8 +106,11 @@ impl SpkiKey {
 /// Parse a DER CSR, check its key, verify its self-signature and collect its
 /// names. See [`super::parse_csr`].
 pub(crate) fn parse(der: &[u8]) -> Result<Csr, Problem> {
-    let (rest, csr) = X509CertificationRequest::from_der(der)
-        .map_err(|e| Problem::bad_csr(format!("CSR is not a valid PKCS#10 request: {e}")))?;
+    let (rest, csr) = X509CertificationRequest::from_der(der).map_err(|e| {
+        // The parser's own words (nom/DER internals) are logged only.
+        tracing::debug!("CSR parse: {e}");
+        Problem::bad_csr("CSR is not a valid DER-encoded PKCS#10 request")
+    })?;
     if !rest.is_empty() {
         return Err(Problem::bad_csr("trailing bytes after the CSR"));
     }
@@ -122,9 +127,9 @@ pub(crate) fn parse(der: &[u8]) -> Result<Csr, Problem> {
         ));
     }
     csr.verify_signature().map_err(|e| {
+        tracing::debug!("CSR signature: {e}");
         Problem::bad_csr(format!(
-            "CSR signature ({}) does not verify with the CSR's public key: {e}",
-            sig_alg
+            "CSR signature ({sig_alg}) does not verify with the CSR's public key"
         ))
     })?;
 

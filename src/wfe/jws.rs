@@ -164,8 +164,12 @@ impl KeyVerifier {
                     _ => return Err(Problem::internal("a JWK is an object")),
                 })
                 .map_err(Problem::internal)?;
-                let unusable =
-                    |e: josekit::JoseError| Problem::bad_public_key(format!("unusable key: {e}"));
+                // The library's message (OpenSSL's, underneath) is logged,
+                // not echoed.
+                let unusable = |e: josekit::JoseError| {
+                    tracing::debug!("JWS key refused by josekit: {e}");
+                    Problem::bad_public_key(format!("the key cannot verify {alg} signatures"))
+                };
                 let v: Arc<dyn JwsVerifier> = match alg {
                     "RS256" => Arc::new(RS256.verifier_from_jwk(&jwk).map_err(unusable)?),
                     "ES256" => Arc::new(ES256.verifier_from_jwk(&jwk).map_err(unusable)?),

@@ -514,7 +514,32 @@ pub fn assert_problem_shape(r: &AcmeResponse) -> Value {
         "problem status member:\n{r}"
     );
     assert!(p["detail"].is_string(), "problem without detail:\n{r}");
+    let detail = p["detail"].as_str().unwrap_or_default();
+    assert!(
+        !leaks_library_internals(detail),
+        "problem detail echoes a library's internals:\n{r}"
+    );
     p
+}
+
+/// OpenSSL error strings (`error:1E08010C:DECODER routines::unsupported`),
+/// Rust error type names and parser internals have no place in a detail.
+pub fn leaks_library_internals(detail: &str) -> bool {
+    let openssl_code = detail.match_indices("error:").any(|(i, _)| {
+        let code = &detail.as_bytes()[i + 6..];
+        code.len() > 8 && code[..8].iter().all(u8::is_ascii_hexdigit) && code[8] == b':'
+    });
+    openssl_code
+        || [
+            "routines:",
+            "ErrorStack",
+            "JoseError",
+            "Parsing Error",
+            "BerError",
+            "Der(",
+        ]
+        .iter()
+        .any(|m| detail.contains(m))
 }
 
 /// Asserts a `Link: <dir_url>;rel="index"` header (RFC 8555 §7.1).
