@@ -33,7 +33,7 @@ pub async fn directory(State(s): State<AppState>, Extension(base): Extension<Bas
 }
 
 /// RFC 8555 §7.2: HEAD answers 200, GET 204; the nonce itself is added by
-/// the common-headers layer, as on every response.
+/// the common-headers layer.
 pub async fn new_nonce(method: Method) -> Response {
     if method == Method::HEAD {
         StatusCode::OK.into_response()

@@ -1,6 +1,6 @@
 //! Web front end: the axum router for the ACME API, JWS authentication,
-//! nonces, and the headers every response carries (`Replay-Nonce`,
-//! `Link: rel="index"`, `Cache-Control`). It turns each request into one
+//! nonces, and the common headers (`Link: rel="index"`, `Cache-Control`,
+//! and `Replay-Nonce` on newNonce and POST responses). It turns each request into one
 //! `ra` call and never touches SQL.
 
 mod account;
@@ -20,7 +20,7 @@ use axum::body::Body;
 use axum::extract::{ConnectInfo, FromRequestParts};
 use axum::extract::{Request, State};
 use axum::http::request::Parts;
-use axum::http::{header, HeaderMap, HeaderValue, StatusCode, Uri};
+use axum::http::{header, HeaderMap, HeaderValue, Method, StatusCode, Uri};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -158,17 +158,23 @@ async fn method_not_allowed() -> Problem {
     Problem::method_not_allowed()
 }
 
-/// Headers on every response: a fresh `Replay-Nonce` (RFC 8555 §6.5: also
-/// on errors, clients take their next nonce from it), `Link: rel="index"`,
-/// and `Cache-Control: no-store` (nothing here may be cached).
+/// Headers on every response: `Link: rel="index"`, `Cache-Control:
+/// no-store` (nothing here may be cached), and a fresh `Replay-Nonce` on
+/// newNonce and on every response to a POST (RFC 8555 §6.5: errors too,
+/// clients take their next nonce from them). A plain GET gets none, as
+/// from Boulder: Ruby's acme-client fetches the directory through a
+/// connection without a nonce pool and crashes on one.
 async fn common_headers(State(state): State<AppState>, mut req: Request, next: Next) -> Response {
     let base = base_url(req.headers(), &state.cfg);
     req.extensions_mut().insert(Base(base.clone()));
     let is_directory = req.uri().path() == "/directory";
+    let wants_nonce = req.method() == Method::POST || req.uri().path() == "/acme/new-nonce";
     let mut resp = next.run(req).await;
     let h = resp.headers_mut();
-    if let Ok(v) = HeaderValue::from_str(&state.nonces.issue()) {
-        h.insert("replay-nonce", v);
+    if wants_nonce {
+        if let Ok(v) = HeaderValue::from_str(&state.nonces.issue()) {
+            h.insert("replay-nonce", v);
+        }
     }
     if !is_directory {
         if let Ok(v) = HeaderValue::from_str(&format!("<{base}/directory>;rel=\"index\"")) {
