@@ -267,6 +267,7 @@ async fn replay_nonce_only_on_new_nonce_and_posts() {
         server.dir_url.clone(),
         format!("{}/acme/issuer/0", server.base_url),
         format!("{}/docs/rate-limits", server.base_url),
+        format!("{}/terms", server.base_url),
         format!("{}/acme/renewal-info/AAAA.AAAA", server.base_url),
         format!("{}/nope", server.base_url),
         c.endpoint("newOrder"),

@@ -17,7 +17,7 @@ use crate::ra::Ra;
 use crate::ratelimit::{ClientIp, RequestRateLayer, RequestRateLimiter};
 use crate::sa::{Account, AccountId};
 use axum::body::Body;
-use axum::extract::{ConnectInfo, FromRequestParts};
+use axum::extract::{ConnectInfo, FromRequest, FromRequestParts};
 use axum::extract::{Request, State};
 use axum::http::request::Parts;
 use axum::http::{header, HeaderMap, HeaderValue, Method, StatusCode, Uri};
@@ -98,7 +98,13 @@ impl Base {
 
 pub fn router(state: AppState) -> Router {
     Router::new()
-        .route("/directory", get(directory::directory))
+        // Link targets (rel="index", "up", "help", "terms-of-service") and
+        // anything a client may GET are also read with POST-as-GET: see
+        // `PublicRead`.
+        .route(
+            "/directory",
+            get(directory::directory).post(directory::directory),
+        )
         .route("/acme/new-nonce", get(directory::new_nonce))
         .route("/acme/new-acct", post(account::new_account))
         .route("/acme/acct/{id}", post(account::account))
@@ -111,10 +117,19 @@ pub fn router(state: AppState) -> Router {
         .route("/acme/chall/{id}", post(order::challenge))
         .route("/acme/cert/{serial}", post(order::certificate))
         .route("/acme/revoke-cert", post(order::revoke))
-        .route("/acme/issuer/0", get(directory::issuer))
+        .route(
+            "/acme/issuer/0",
+            get(directory::issuer).post(directory::issuer),
+        )
         .route("/acme/renewal-info/{cert_id}", get(ari::renewal_info))
-        .route("/docs/rate-limits", get(docs::rate_limits))
-        .route(crate::config::BUILTIN_TERMS, get(docs::terms))
+        .route(
+            "/docs/rate-limits",
+            get(docs::rate_limits).post(docs::rate_limits),
+        )
+        .route(
+            crate::config::BUILTIN_TERMS,
+            get(docs::terms).post(docs::terms),
+        )
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         // Inside the common headers: a refusal carries a nonce and Link too.
@@ -201,6 +216,34 @@ fn base_url(headers: &HeaderMap, cfg: &Config) -> String {
     match host {
         Some(h) => format!("https://{h}"),
         None => cfg.default_base_url(),
+    }
+}
+
+/// A read of a resource served to anyone: a GET or HEAD as it comes, or a
+/// POST-as-GET (RFC 8555 §6.3), verified like every POST (`kid`, nonce,
+/// `url`, empty payload). Every URL Cairn puts in a `Link` header must
+/// answer POST-as-GET: Caddy reads a certificate's `rel="up"` that way (and
+/// retried forever on a 405), and Boulder serves the directory and its
+/// issuers for both.
+pub struct PublicRead;
+
+impl FromRequest<AppState> for PublicRead {
+    type Rejection = Problem;
+
+    async fn from_request(req: Request, state: &AppState) -> Result<Self, Problem> {
+        if req.method() != Method::POST {
+            return Ok(PublicRead);
+        }
+        let (parts, body) = req.into_parts();
+        let base = parts
+            .extensions
+            .get::<Base>()
+            .ok_or_else(|| Problem::internal("no Base: the common-headers layer is missing"))?;
+        state
+            .verify_post(base, &parts.uri, &parts.headers, body, KeyMode::Kid)
+            .await?
+            .require_post_as_get()?;
+        Ok(PublicRead)
     }
 }
 
