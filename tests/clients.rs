@@ -1,17 +1,21 @@
 //! Real ACME clients against the real `cairn` binary on loopback: certbot
 //! (PyPI) with http-01 and dns-01, lego (Debian) with http-01, tls-alpn-01 and
-//! dns-01, wildcards included, each issuing and (most) renewing; every
-//! certificate is verified up to the server's root and must name exactly what
-//! was asked. One test makes validation fail on purpose, so the suite cannot
-//! pass against a server that skips validation. Both clients revoke (the
-//! result checked with `cairn admin certs list` and a second, refused
-//! attempt), and certbot's ARI check is driven by `cairn admin certs
+//! dns-01, wildcards included, Caddy (Debian) obtaining its own certificates
+//! over http-01 and tls-alpn-01 on its own listeners, and Ruby's acme-client
+//! gem (Debian, driven by `tests/clients/acme_client.rb`) over http-01; each
+//! issuing and (most) renewing; every certificate is verified up to the
+//! server's root and must name exactly what was asked. One test makes
+//! validation fail on purpose, so the suite cannot pass against a server
+//! that skips validation. certbot, lego and the gem revoke (the result
+//! checked with `cairn admin certs list`, and for certbot and lego a second,
+//! refused attempt), and certbot's ARI check is driven by `cairn admin certs
 //! renew-early`.
 //!
-//! `scripts/test` installs both clients and points `CAIRN_TEST_CERTBOT` and
-//! `CAIRN_TEST_LEGO` at them. A test whose client is not configured panics,
-//! so CI can never pass while skipping them; `CAIRN_TEST_SKIP_CLIENTS=1`
-//! skips them on purpose for quick local runs.
+//! `scripts/test` installs the clients and points `CAIRN_TEST_CERTBOT`,
+//! `CAIRN_TEST_LEGO`, `CAIRN_TEST_CADDY` and `CAIRN_TEST_RUBY` (a `ruby`
+//! that loads the gem) at them. A test whose client is not configured
+//! panics, so CI can never pass while skipping them;
+//! `CAIRN_TEST_SKIP_CLIENTS=1` skips them on purpose for quick local runs.
 //!
 //! Every test starts its own `cairn testdns` and `cairn serve` on free ports
 //! and keeps the client's state in its own temporary directory, so the tests
@@ -46,9 +50,9 @@ fn client_path(var: &str) -> Option<PathBuf> {
     match std::env::var_os(var) {
         Some(path) if !path.is_empty() => Some(PathBuf::from(path)),
         _ => panic!(
-            "{var} is not set: run the suite through scripts/test, which installs certbot \
-             and lego and exports their paths, or set CAIRN_TEST_SKIP_CLIENTS=1 to skip the \
-             real-client tests"
+            "{var} is not set: run the suite through scripts/test, which installs the ACME \
+             clients (certbot, lego, Caddy, Ruby's acme-client) and exports their paths, or \
+             set CAIRN_TEST_SKIP_CLIENTS=1 to skip the real-client tests"
         ),
     }
 }
@@ -861,4 +865,299 @@ fn certbot_shows_a_rate_limited_refusal() {
         !certbot_live(&env, "second", "fullchain.pem").exists(),
         "certbot stored a certificate for a refused order"
     );
+}
+
+/// Asserts the server validated `name` with `kind` (its log line per
+/// validation), so a client cannot pass on a challenge type it was not
+/// meant to use.
+fn assert_validated_with(env: &Env, name: &str, kind: &str) {
+    // The server colours its log's fields: drop the escape sequences.
+    let mut log = String::new();
+    let mut in_escape = false;
+    for c in env.server.log().chars() {
+        match c {
+            '\x1b' => in_escape = true,
+            'm' if in_escape => in_escape = false,
+            c if !in_escape => log.push(c),
+            _ => {}
+        }
+    }
+    let line = format!("kind=\"{kind}\" domain={name} outcome=valid");
+    assert!(
+        log.contains(&line),
+        "the server did not validate {name} with {kind}; its validations:\n{}",
+        log.lines()
+            .filter(|l| l.contains("validation finished"))
+            .collect::<Vec<_>>()
+            .join("\n")
+    );
+}
+
+// -------------------------------------------------------------------- Caddy
+
+/// How long Caddy may take to obtain its certificates: it needs about a
+/// second on loopback. A failed attempt ends the wait at once (Caddy would
+/// retry a minute later, and again, for days).
+const CADDY_TIMEOUT: Duration = Duration::from_secs(45);
+
+/// The challenge Caddy may use; the other one is disabled.
+#[derive(Clone, Copy)]
+enum CaddyChallenge {
+    Http01,
+    TlsAlpn01,
+}
+
+/// Caddy (`caddy run`) serving sites for `names`, with Cairn as its only CA
+/// (`acme_ca`, Cairn's root as `acme_ca_root`), one challenge type, and
+/// its own listeners (on loopback) on the ports Cairn dials: `http_port`
+/// answers http-01, `https_port` tls-alpn-01. No admin endpoint; storage,
+/// configuration and log in the test's directory. Killed on drop.
+struct Caddy {
+    child: std::process::Child,
+    log: PathBuf,
+    storage: PathBuf,
+}
+
+impl Caddy {
+    fn start(env: &Env, bin: &Path, challenge: CaddyChallenge, names: &[&str]) -> Caddy {
+        let dir = env.dir().join("caddy");
+        fs::create_dir_all(&dir).expect("create Caddy's directory");
+        let (http_port, https_port, disabled) = match challenge {
+            CaddyChallenge::Http01 => (
+                env.server.http01_port,
+                common::free_port(),
+                "disable_tlsalpn_challenge",
+            ),
+            CaddyChallenge::TlsAlpn01 => (
+                common::free_port(),
+                env.server.tls_alpn01_port,
+                "disable_http_challenge",
+            ),
+        };
+        let storage = dir.join("storage");
+        let caddyfile = dir.join("Caddyfile");
+        fs::write(
+            &caddyfile,
+            format!(
+                "{{
+\tadmin off
+\tdefault_bind 127.0.0.1
+\tstorage file_system {storage}
+\thttp_port {http_port}
+\thttps_port {https_port}
+\tacme_ca {dir_url}
+\tacme_ca_root {root}
+\temail test@example.com
+\tskip_install_trust
+\tocsp_stapling off
+}}
+
+{sites} {{
+\ttls {{
+\t\tissuer acme {{
+\t\t\t{disabled}
+\t\t}}
+\t}}
+\trespond \"served by Caddy\"
+}}
+",
+                storage = storage.display(),
+                dir_url = env.server.dir_url,
+                root = env.server.root_pem_path.display(),
+                sites = names.join(", "),
+            ),
+        )
+        .expect("write the Caddyfile");
+        let log = dir.join("caddy.log");
+        let out = fs::File::create(&log).expect("create Caddy's log");
+        let mut cmd = Command::new(bin);
+        cmd.args(["run", "--adapter", "caddyfile", "--config"])
+            .arg(&caddyfile)
+            // Caddy keeps its autosaved configuration and data under these.
+            .env("HOME", &dir)
+            .env("XDG_CONFIG_HOME", dir.join("config"))
+            .env("XDG_DATA_HOME", dir.join("data"))
+            .stdin(Stdio::null())
+            .stdout(out.try_clone().expect("clone Caddy's log handle"))
+            .stderr(out);
+        for var in ["http_proxy", "https_proxy", "HTTP_PROXY", "HTTPS_PROXY"] {
+            cmd.env_remove(var);
+        }
+        let child = cmd
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start {}: {e}", bin.display()));
+        Caddy {
+            child,
+            log,
+            storage,
+        }
+    }
+
+    /// Waits (at most `CADDY_TIMEOUT`, and no longer than Caddy's first
+    /// failed attempt) until Caddy has stored a certificate for each name
+    /// (it obtains one per name), then checks each chains to the server's
+    /// root and names exactly its name.
+    fn wait_for_certificates(&mut self, env: &Env, names: &[&str]) -> Vec<Issued> {
+        let started = Instant::now();
+        loop {
+            // certmagic writes the key, the certificate, then the metadata
+            // (`.json`): once that is there, the `.crt` is complete.
+            let found: Option<Vec<PathBuf>> = names
+                .iter()
+                .map(|name| {
+                    let crt = find_file(&self.storage, &format!("{name}.crt"))?;
+                    crt.with_extension("json").exists().then_some(crt)
+                })
+                .collect();
+            if let Some(paths) = found {
+                eprintln!("Caddy obtained {names:?} in {:?}", started.elapsed());
+                return names
+                    .iter()
+                    .zip(paths)
+                    .map(|(name, path)| verify_issued(env, &path, &[name]))
+                    .collect();
+            }
+            if let Ok(Some(status)) = self.child.try_wait() {
+                self.fail(env, &format!("exited with {status}"));
+            }
+            let log = fs::read_to_string(&self.log).unwrap_or_default();
+            if log.contains(r#""msg":"will retry""#) {
+                self.fail(env, "failed to obtain a certificate");
+            }
+            if started.elapsed() > CADDY_TIMEOUT {
+                self.fail(
+                    env,
+                    &format!("had no certificate for {names:?} after {CADDY_TIMEOUT:?}"),
+                );
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    fn fail(&self, env: &Env, why: &str) -> ! {
+        let log = fs::read_to_string(&self.log).unwrap_or_default();
+        panic!(
+            "Caddy {why}\n--- Caddy log (tail) ---\n{}\n\
+             --- server log: {} (its tail follows) ---",
+            tail(&log, 60),
+            env.server.log_path.display(),
+        );
+    }
+}
+
+impl Drop for Caddy {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The first file called `name` under `dir`, at any depth.
+fn find_file(dir: &Path, name: &str) -> Option<PathBuf> {
+    for entry in fs::read_dir(dir).ok()?.flatten() {
+        let path = entry.path();
+        if path.is_dir() {
+            if let Some(found) = find_file(&path, name) {
+                return Some(found);
+            }
+        } else if entry.file_name() == name {
+            return Some(path);
+        }
+    }
+    None
+}
+
+/// Caddy gets a certificate for each of two sites over http-01, answered by
+/// its own HTTP listener. Before Cairn answered POST-as-GET on its issuer,
+/// Caddy never finished: it follows the certificate's `Link: rel="up"` that
+/// way, and retried the whole issuance on the 405.
+#[test]
+fn caddy_http01_obtains_certificates() {
+    let Some(bin) = client_path("CAIRN_TEST_CADDY") else {
+        return;
+    };
+    let env = Env::start();
+    let names = ["caddy.example.com", "www.caddy.example.com"];
+    let mut caddy = Caddy::start(&env, &bin, CaddyChallenge::Http01, &names);
+    caddy.wait_for_certificates(&env, &names);
+    for name in names {
+        assert_validated_with(&env, name, "http-01");
+    }
+}
+
+/// Caddy gets a certificate over tls-alpn-01, answered by its own HTTPS
+/// listener.
+#[test]
+fn caddy_tls_alpn01_obtains_a_certificate() {
+    let Some(bin) = client_path("CAIRN_TEST_CADDY") else {
+        return;
+    };
+    let env = Env::start();
+    let names = ["alpn.caddy.example.com"];
+    let mut caddy = Caddy::start(&env, &bin, CaddyChallenge::TlsAlpn01, &names);
+    caddy.wait_for_certificates(&env, &names);
+    assert_validated_with(&env, names[0], "tls-alpn-01");
+}
+
+// ------------------------------------------------------- Ruby's acme-client
+
+/// `tests/clients/acme_client.rb <step>` run by `ruby`, with the account key
+/// in the test's directory.
+fn ruby_acme_client(env: &Env, ruby: &Path, step: &str) -> Command {
+    let mut cmd = Command::new(ruby);
+    cmd.arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/clients/acme_client.rb"))
+        .arg(step)
+        .arg(&env.server.dir_url)
+        .arg(&env.server.root_pem_path)
+        .arg(env.dir());
+    cmd
+}
+
+/// The gem issues over http-01 (the script answers it), renews in a new
+/// run that finds the account by its key alone, and revokes the first
+/// certificate. Before Cairn stopped sending `Replay-Nonce` on GETs, the gem
+/// crashed on its first request (the directory).
+#[test]
+fn ruby_acme_client_issues_renews_and_revokes() {
+    let Some(ruby) = client_path("CAIRN_TEST_RUBY") else {
+        return;
+    };
+    let env = Env::start();
+    let names = ["ruby.example.com", "gem.example.com"];
+    let issue = |label: &str, out: &str| {
+        let mut cmd = ruby_acme_client(&env, &ruby, "issue");
+        cmd.arg(env.server.http01_port.to_string())
+            .arg(env.dir().join(out))
+            .args(names);
+        let run = env.run(label, cmd);
+        let account = run
+            .stdout
+            .lines()
+            .find_map(|l| l.strip_prefix("account: "))
+            .unwrap_or_else(|| panic!("{label}: no account line in:\n{}", run.stdout))
+            .to_string();
+        (account, verify_issued(&env, &env.dir().join(out), &names))
+    };
+
+    let (account, first) = issue("acme-client issuance", "first.pem");
+    assert!(account.ends_with(" (created)"), "{account}");
+    for name in names {
+        assert_validated_with(&env, name, "http-01");
+    }
+    let (again, renewed) = issue("acme-client renewal", "renewed.pem");
+    assert_eq!(
+        again,
+        account.replace("(created)", "(existing)"),
+        "the renewal did not find the account by its key"
+    );
+    assert_ne!(
+        first.serial, renewed.serial,
+        "renewal returned the same certificate"
+    );
+
+    let mut cmd = ruby_acme_client(&env, &ruby, "revoke");
+    cmd.arg(env.dir().join("first.pem")).arg("4");
+    env.run("acme-client revoke", cmd);
+    assert_eq!(admin_status(&env, &first), "revoked(superseded)");
+    assert_eq!(admin_status(&env, &renewed), "valid");
 }

@@ -203,6 +203,122 @@ async fn new_nonce_head_and_get() {
     }
 }
 
+/// RFC 8555 §6.5: `Replay-Nonce` on newNonce and on every response to a POST
+/// (successes, problems, 404, 405 and rate-limit refusals), and on no plain
+/// GET or HEAD: directory, issuer, renewalInfo, docs, unknown paths, a GET of
+/// a POST-only resource, a refused GET, and nothing on the management
+/// listener. Ruby's acme-client crashes on a nonce from the directory.
+#[tokio::test]
+async fn replay_nonce_only_on_new_nonce_and_posts() {
+    // One request a second, burst 1, for newAccount and renewalInfo: a quick
+    // second request of each is refused by the request-rate layer.
+    let server = Server::start(
+        ServerOpts::always_valid()
+            .with_env("CAIRN_LIMITS_REQUESTS_NEW_ACCOUNT_PER_SECOND", "1")
+            .with_env("CAIRN_LIMITS_REQUESTS_NEW_ACCOUNT_BURST", "1")
+            .with_env("CAIRN_LIMITS_REQUESTS_RENEWAL_INFO_PER_SECOND", "1")
+            .with_env("CAIRN_LIMITS_REQUESTS_RENEWAL_INFO_BURST", "1"),
+    );
+    let http = server.http_client();
+    let send = |method: reqwest::Method, url: String| {
+        let http = http.clone();
+        async move {
+            let resp = http
+                .request(method.clone(), &url)
+                .header("content-type", "application/jose+json")
+                .body(if method == reqwest::Method::POST {
+                    "{}"
+                } else {
+                    ""
+                })
+                .send()
+                .await
+                .unwrap_or_else(|e| panic!("{method} {url}: {e}"));
+            AcmeResponse::read(method.as_str(), &url, resp).await
+        }
+    };
+    let c = AcmeClient::new(&server, KeyKind::Es256).await;
+    let account = c.new_account(&[], true).await;
+    assert_eq!(account.status, 201, "{account}");
+    let (csr, _) = make_csr(&["nonce.example.com"], CertKey::P256);
+    let (_, order, _) = c.issue_always_valid(&["nonce.example.com"], &csr).await;
+    let cert_url = order["certificate"].as_str().expect("certificate URL");
+    let cert = c.download_cert(cert_url).await.expect_status(200);
+    let cert_id = cairn::ra::cert_id(&pem_to_ders(&cert.text())[0]).expect("certID");
+    let renewal_info = format!("{}/{cert_id}", c.endpoint("renewalInfo"));
+
+    // renewalInfo first: the requests below spend its one-request burst.
+    let info = send(reqwest::Method::GET, renewal_info.clone()).await;
+    let mut checked = vec![account, cert, info.expect_status(200)];
+    // POSTs: successes and every kind of refusal.
+    checked.push(c.post_as_get(&c.account_url()).await.expect_status(200));
+    checked.push(send(reqwest::Method::POST, c.endpoint("newOrder")).await);
+    checked.push(send(reqwest::Method::POST, format!("{}/nope", server.base_url)).await);
+    checked.push(send(reqwest::Method::POST, renewal_info.clone()).await);
+    checked.push(
+        c.post_body(&c.endpoint("newOrder"), "text/plain", "{}")
+            .await,
+    );
+    // newNonce, and GETs of everything else.
+    let new_nonce = c.endpoint("newNonce");
+    checked.push(send(reqwest::Method::HEAD, new_nonce.clone()).await);
+    checked.push(send(reqwest::Method::GET, new_nonce).await);
+    for url in [
+        server.dir_url.clone(),
+        format!("{}/acme/issuer/0", server.base_url),
+        format!("{}/docs/rate-limits", server.base_url),
+        format!("{}/terms", server.base_url),
+        format!("{}/acme/renewal-info/AAAA.AAAA", server.base_url),
+        format!("{}/nope", server.base_url),
+        c.endpoint("newOrder"),
+        cert_url.to_string(),
+    ] {
+        for method in [reqwest::Method::GET, reqwest::Method::HEAD] {
+            checked.push(send(method, url.clone()).await);
+        }
+    }
+    // Refusals of the request-rate layer, of a POST and of a GET.
+    let mut refused = |r: AcmeResponse| {
+        let done = r.status == 429;
+        checked.push(r);
+        done
+    };
+    for _ in 0..20 {
+        if refused(send(reqwest::Method::POST, c.endpoint("newAccount")).await) {
+            break;
+        }
+    }
+    for _ in 0..20 {
+        if refused(send(reqwest::Method::GET, renewal_info.clone()).await) {
+            break;
+        }
+    }
+    // The management listener is not ACME: no nonces at all.
+    for path in [
+        "/roots/0",
+        "/intermediates/0",
+        "/crl/0",
+        "/metrics",
+        "/clock",
+    ] {
+        checked.push(send(reqwest::Method::GET, format!("{}{path}", server.mgmt_url)).await);
+    }
+
+    let statuses: std::collections::BTreeSet<u16> = checked.iter().map(|r| r.status).collect();
+    for status in [200, 201, 204, 400, 404, 405, 415, 429] {
+        assert!(
+            statuses.contains(&status),
+            "no {status} among the checked responses: {statuses:?}"
+        );
+    }
+    let broken: Vec<String> = checked.iter().filter_map(nonce_rule_broken).collect();
+    assert!(
+        broken.is_empty(),
+        "Replay-Nonce belongs on newNonce and POST responses only:\n{}",
+        broken.join("\n")
+    );
+}
+
 /// newAccount: 201 + Location for a new key, 200 + the same Location for a known key.
 #[tokio::test]
 async fn new_account_then_same_key_returns_existing() {

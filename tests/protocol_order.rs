@@ -1055,3 +1055,124 @@ async fn issuer_and_roots_are_served() {
         "Link rel=up does not lead to the issuer: {up}"
     );
 }
+
+/// RFC 8555 §6.3: a client reads every resource with POST-as-GET, so every
+/// URL Cairn puts in a `Link` header must answer one (Caddy follows the
+/// certificate's `rel="up"` that way, and retried forever on a 405). A full
+/// issuance, with enough orders to page the account's list, collects every
+/// link (`index`, `up`, `next`, `terms-of-service`); each is then read with
+/// POST-as-GET, and the links of those answers too, and must answer 200.
+#[tokio::test]
+async fn every_link_answers_post_as_get() {
+    let server = Server::start(ServerOpts::always_valid());
+    let c = AcmeClient::new(&server, KeyKind::Es256).await;
+    let names = ["links.example.com"];
+    let mut seen = vec![c.new_account(&[], true).await.expect_status(201)];
+    let r = c
+        .new_order_raw(AcmeClient::order_payload(&names))
+        .await
+        .expect_status(201);
+    let order_url = r.location().expect("order Location");
+    let order = r.json();
+    seen.push(r);
+    for authz_url in AcmeClient::authz_urls(&order) {
+        let r = c.post_as_get(&authz_url).await.expect_status(200);
+        let ch = AcmeClient::challenge(&r.json(), "http-01")
+            .expect("an http-01 challenge")
+            .clone();
+        seen.push(r);
+        let url = ch["url"].as_str().expect("challenge url");
+        seen.push(c.post(url, Some(json!({}))).await.expect_status(200));
+        seen.push(c.post_as_get(url).await.expect_status(200));
+    }
+    c.wait_status(&order_url, &["ready"], T).await;
+    let (csr, _) = make_csr(&names, CertKey::P256);
+    let r = c.finalize(&order, &csr).await.expect_status(200);
+    seen.push(r);
+    let order = c.wait_status(&order_url, &["valid"], T).await;
+    seen.push(c.post_as_get(&order_url).await.expect_status(200));
+    let cert_url = order["certificate"].as_str().expect("certificate URL");
+    let cert = c.download_cert(cert_url).await.expect_status(200);
+    let chain = pem_to_ders(&cert.text());
+    seen.push(cert);
+    // The test preset pages orders by 3: four orders make a second page.
+    for i in 0..3 {
+        c.new_order(&[&format!("page{i}.example.com")]).await;
+    }
+    let account = c.post_as_get(&c.account_url()).await.expect_status(200);
+    let orders_url = account.json()["orders"]
+        .as_str()
+        .expect("account orders URL")
+        .to_string();
+    seen.push(account);
+    seen.push(c.post_as_get(&orders_url).await.expect_status(200));
+
+    // Follow every link, and every link of what they answer, once each.
+    let mut rels_seen = std::collections::BTreeSet::new();
+    let mut followed = std::collections::BTreeSet::new();
+    let mut failures = vec![];
+    while let Some(r) = seen.pop() {
+        for (url, rels) in r.header_all("link").iter().flat_map(|h| parse_links(h)) {
+            rels_seen.extend(rels.iter().cloned());
+            if !followed.insert(url.clone()) {
+                continue;
+            }
+            let answer = c.post_as_get(&url).await;
+            if answer.status == 200 {
+                seen.push(answer);
+            } else {
+                failures.push(format!("{rels:?} from {} {}:\n{answer}", r.method, r.url));
+            }
+        }
+    }
+    assert!(
+        failures.is_empty(),
+        "links that do not answer POST-as-GET:\n{}",
+        failures.join("\n")
+    );
+    for rel in ["index", "up", "next", "terms-of-service"] {
+        assert!(
+            rels_seen.contains(rel),
+            "no rel={rel:?} link seen (followed {followed:?})"
+        );
+    }
+
+    // What the directory and the issuer answer is what a GET gets.
+    let http = server.http_client();
+    let get = |url: String| {
+        let http = http.clone();
+        async move {
+            let resp = http
+                .get(&url)
+                .send()
+                .await
+                .unwrap_or_else(|e| panic!("GET {url}: {e}"));
+            AcmeResponse::read("GET", &url, resp).await
+        }
+    };
+    let dir = c.post_as_get(&server.dir_url).await.expect_status(200);
+    assert_eq!(dir.json(), *c.directory(), "POST-as-GET of the directory");
+    let issuer_url = format!("{}/acme/issuer/0", server.base_url);
+    let issuer = c.post_as_get(&issuer_url).await.expect_status(200);
+    assert_eq!(
+        issuer.content_type().as_deref(),
+        Some("application/pem-certificate-chain"),
+        "{issuer}"
+    );
+    assert_eq!(pem_to_ders(&issuer.text()), vec![chain[1].clone()]);
+    assert_eq!(get(issuer_url.clone()).await.body, issuer.body);
+
+    // A POST there is still authenticated and still a read.
+    let r = c.post(&issuer_url, Some(json!({}))).await;
+    assert_problem(&r, 400, "malformed");
+    let r = c.post_jwk(&server.dir_url, None).await;
+    assert_problem(&r, 400, "malformed");
+    let mut forged = jws(
+        &json!({"alg": "ES256", "kid": c.account_url(), "nonce": c.nonce().await, "url": issuer_url}),
+        b"",
+        &c.key(),
+    );
+    corrupt_signature(&mut forged);
+    let r = c.post_jws(&issuer_url, &forged).await;
+    assert_problem_any(&r, &[(400, "malformed"), (403, "unauthorized")]);
+}

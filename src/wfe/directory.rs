@@ -1,6 +1,6 @@
 //! The directory, newNonce and the issuer certificate.
 
-use super::{json_response, AppState, Base};
+use super::{json_response, AppState, Base, PublicRead};
 use axum::extract::State;
 use axum::http::{header, Method, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -8,7 +8,11 @@ use axum::Extension;
 use serde_json::json;
 
 /// RFC 8555 §7.1.1. All URLs absolute, built from the request's Host.
-pub async fn directory(State(s): State<AppState>, Extension(base): Extension<Base>) -> Response {
+pub async fn directory(
+    State(s): State<AppState>,
+    Extension(base): Extension<Base>,
+    _: PublicRead,
+) -> Response {
     let a = &s.cfg.acme;
     let mut meta = json!({
         "caaIdentities": a.caa_identities,
@@ -33,7 +37,7 @@ pub async fn directory(State(s): State<AppState>, Extension(base): Extension<Bas
 }
 
 /// RFC 8555 §7.2: HEAD answers 200, GET 204; the nonce itself is added by
-/// the common-headers layer, as on every response.
+/// the common-headers layer.
 pub async fn new_nonce(method: Method) -> Response {
     if method == Method::HEAD {
         StatusCode::OK.into_response()
@@ -43,7 +47,7 @@ pub async fn new_nonce(method: Method) -> Response {
 }
 
 /// The intermediate, the `rel="up"` target of certificates.
-pub async fn issuer(State(s): State<AppState>) -> Response {
+pub async fn issuer(State(s): State<AppState>, _: PublicRead) -> Response {
     (
         [(header::CONTENT_TYPE, "application/pem-certificate-chain")],
         s.ra.ca().intermediate_pem().to_string(),

@@ -9,7 +9,7 @@
 //! `#pending-authorizations`). Per-key overrides are deliberately not shown:
 //! they are one customer's business.
 
-use super::{AppState, Base};
+use super::{AppState, Base, PublicRead};
 use crate::problem::Problem;
 use crate::ratelimit::{go_duration, EndpointClass, Limit, LimitName, LimitSet};
 use axum::extract::State;
@@ -20,7 +20,11 @@ use std::fmt::Write as _;
 
 /// The page, rendered per request (it is small, and the Host decides the
 /// URLs in the example).
-pub async fn rate_limits(State(s): State<AppState>, Extension(base): Extension<Base>) -> Response {
+pub async fn rate_limits(
+    State(s): State<AppState>,
+    Extension(base): Extension<Base>,
+    _: PublicRead,
+) -> Response {
     let html = render(&s.cfg, &base);
     (
         StatusCode::OK,
@@ -33,7 +37,7 @@ pub async fn rate_limits(State(s): State<AppState>, Extension(base): Extension<B
 /// Cairn's own terms of service (`acme.terms_of_service = "/terms"`): short,
 /// but real, so that clients' agreement path runs as against a public CA.
 /// Served only when configured; otherwise the path does not exist.
-pub async fn terms(State(s): State<AppState>) -> Response {
+pub async fn terms(State(s): State<AppState>, _: PublicRead) -> Response {
     if s.cfg.acme.terms_of_service != crate::config::BUILTIN_TERMS {
         return Problem::not_found("no such resource").into_response();
     }

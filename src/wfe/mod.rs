@@ -1,6 +1,6 @@
 //! Web front end: the axum router for the ACME API, JWS authentication,
-//! nonces, and the headers every response carries (`Replay-Nonce`,
-//! `Link: rel="index"`, `Cache-Control`). It turns each request into one
+//! nonces, and the common headers (`Link: rel="index"`, `Cache-Control`,
+//! and `Replay-Nonce` on newNonce and POST responses). It turns each request into one
 //! `ra` call and never touches SQL.
 
 mod account;
@@ -18,10 +18,10 @@ use crate::ra::Ra;
 use crate::ratelimit::{ClientIp, RequestRateLayer, RequestRateLimiter};
 use crate::sa::{Account, AccountId};
 use axum::body::Body;
-use axum::extract::{ConnectInfo, FromRequestParts};
+use axum::extract::{ConnectInfo, FromRequest, FromRequestParts};
 use axum::extract::{Request, State};
 use axum::http::request::Parts;
-use axum::http::{header, HeaderMap, HeaderValue, StatusCode, Uri};
+use axum::http::{header, HeaderMap, HeaderValue, Method, StatusCode, Uri};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -109,7 +109,13 @@ impl Base {
 
 pub fn router(state: AppState) -> Router {
     Router::new()
-        .route("/directory", get(directory::directory))
+        // Link targets (rel="index", "up", "help", "terms-of-service") and
+        // anything a client may GET are also read with POST-as-GET: see
+        // `PublicRead`.
+        .route(
+            "/directory",
+            get(directory::directory).post(directory::directory),
+        )
         .route("/acme/new-nonce", get(directory::new_nonce))
         .route("/acme/new-acct", post(account::new_account))
         .route("/acme/acct/{id}", post(account::account))
@@ -122,10 +128,19 @@ pub fn router(state: AppState) -> Router {
         .route("/acme/chall/{id}", post(order::challenge))
         .route("/acme/cert/{serial}", post(order::certificate))
         .route("/acme/revoke-cert", post(order::revoke))
-        .route("/acme/issuer/0", get(directory::issuer))
+        .route(
+            "/acme/issuer/0",
+            get(directory::issuer).post(directory::issuer),
+        )
         .route("/acme/renewal-info/{cert_id}", get(ari::renewal_info))
-        .route("/docs/rate-limits", get(docs::rate_limits))
-        .route(crate::config::BUILTIN_TERMS, get(docs::terms))
+        .route(
+            "/docs/rate-limits",
+            get(docs::rate_limits).post(docs::rate_limits),
+        )
+        .route(
+            crate::config::BUILTIN_TERMS,
+            get(docs::terms).post(docs::terms),
+        )
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         // Inside the common headers: a refusal carries a nonce and Link too.
@@ -169,17 +184,23 @@ async fn method_not_allowed() -> Problem {
     Problem::method_not_allowed()
 }
 
-/// Headers on every response: a fresh `Replay-Nonce` (RFC 8555 §6.5: also
-/// on errors, clients take their next nonce from it), `Link: rel="index"`,
-/// and `Cache-Control: no-store` (nothing here may be cached).
+/// Headers on every response: `Link: rel="index"`, `Cache-Control:
+/// no-store` (nothing here may be cached), and a fresh `Replay-Nonce` on
+/// newNonce and on every response to a POST (RFC 8555 §6.5: errors too,
+/// clients take their next nonce from them). A plain GET gets none, as
+/// from Boulder: Ruby's acme-client fetches the directory through a
+/// connection without a nonce pool and crashes on one.
 async fn common_headers(State(state): State<AppState>, mut req: Request, next: Next) -> Response {
     let base = base_url(req.headers(), &state.cfg);
     req.extensions_mut().insert(Base(base.clone()));
     let is_directory = req.uri().path() == "/directory";
+    let wants_nonce = req.method() == Method::POST || req.uri().path() == "/acme/new-nonce";
     let mut resp = next.run(req).await;
     let h = resp.headers_mut();
-    if let Ok(v) = HeaderValue::from_str(&state.nonces.issue()) {
-        h.insert("replay-nonce", v);
+    if wants_nonce {
+        if let Ok(v) = HeaderValue::from_str(&state.nonces.issue()) {
+            h.insert("replay-nonce", v);
+        }
     }
     if !is_directory {
         if let Ok(v) = HeaderValue::from_str(&format!("<{base}/directory>;rel=\"index\"")) {
@@ -206,6 +227,34 @@ fn base_url(headers: &HeaderMap, cfg: &Config) -> String {
     match host {
         Some(h) => format!("https://{h}"),
         None => cfg.default_base_url(),
+    }
+}
+
+/// A read of a resource served to anyone: a GET or HEAD as it comes, or a
+/// POST-as-GET (RFC 8555 §6.3), verified like every POST (`kid`, nonce,
+/// `url`, empty payload). Every URL Cairn puts in a `Link` header must
+/// answer POST-as-GET: Caddy reads a certificate's `rel="up"` that way (and
+/// retried forever on a 405), and Boulder serves the directory and its
+/// issuers for both.
+pub struct PublicRead;
+
+impl FromRequest<AppState> for PublicRead {
+    type Rejection = Problem;
+
+    async fn from_request(req: Request, state: &AppState) -> Result<Self, Problem> {
+        if req.method() != Method::POST {
+            return Ok(PublicRead);
+        }
+        let (parts, body) = req.into_parts();
+        let base = parts
+            .extensions
+            .get::<Base>()
+            .ok_or_else(|| Problem::internal("no Base: the common-headers layer is missing"))?;
+        state
+            .verify_post(base, &parts.uri, &parts.headers, body, KeyMode::Kid)
+            .await?
+            .require_post_as_get()?;
+        Ok(PublicRead)
     }
 }
 

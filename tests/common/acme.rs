@@ -464,7 +464,8 @@ pub fn parse_links(header: &str) -> Vec<(String, Vec<String>)> {
 
 /// Asserts an RFC 7807 problem: the HTTP status, `Content-Type:
 /// application/problem+json`, `type` = `urn:ietf:params:acme:error:<kind>`, a `status`
-/// member equal to the HTTP status, a `detail` string, and a `Replay-Nonce` header.
+/// member equal to the HTTP status, a `detail` string, and a `Replay-Nonce` header
+/// exactly when the request was a POST (`assert_nonce_rule`).
 /// Returns the problem document.
 pub fn assert_problem(r: &AcmeResponse, status: u16, kind: &str) -> Value {
     assert_problem_any(r, &[(status, kind)])
@@ -483,11 +484,35 @@ pub fn assert_problem_any(r: &AcmeResponse, allowed: &[(u16, &str)]) -> Value {
         "expected one of {allowed:?}, got {} {ty}:\n{r}",
         r.status
     );
-    assert!(
-        r.nonce().is_some_and(|n| !n.is_empty()),
-        "problem response without Replay-Nonce:\n{r}"
-    );
+    assert_nonce_rule(r);
     p
+}
+
+/// RFC 8555 §6.5, as Boulder does it: a `Replay-Nonce` on every response to
+/// a POST (errors included) and from newNonce, on nothing else. Ruby's
+/// acme-client reads the directory through a connection without a nonce
+/// pool, and crashes on a nonce there.
+pub fn assert_nonce_rule(r: &AcmeResponse) {
+    if let Some(why) = nonce_rule_broken(r) {
+        panic!("{why}:\n{r}");
+    }
+}
+
+/// How `r` breaks the rule of `assert_nonce_rule`, if it does.
+pub fn nonce_rule_broken(r: &AcmeResponse) -> Option<String> {
+    let wanted = r.method == "POST" || r.url.contains("/acme/new-nonce");
+    match r.nonce() {
+        Some(n) if wanted && n.is_empty() => Some("empty Replay-Nonce".into()),
+        None if wanted => Some(format!(
+            "{} {} -> {} has no Replay-Nonce",
+            r.method, r.url, r.status
+        )),
+        Some(_) if !wanted => Some(format!(
+            "{} {} -> {} has a Replay-Nonce",
+            r.method, r.url, r.status
+        )),
+        _ => None,
+    }
 }
 
 /// Checks what every error response must have (never 500, problem+json, a `type`, a
