@@ -8,6 +8,7 @@
 //! - `sa`: storage authority: the only code that speaks SQL.
 //! - `ca`: certificate authority: the hierarchy and issuance.
 //! - [`crl`]: CRL publication (schedule, after revocations) and serving.
+//! - [`listener`]: connections: TLS, per-phase timeouts, the connection cap.
 //! - `va`: validation authority: http-01, dns-01, tls-alpn-01, CAA.
 //! - `policy`: which identifiers may be issued for.
 //! - [`testdns`]: the mock DNS server of `cairn testdns`.
@@ -22,6 +23,7 @@ pub mod ca;
 pub mod clock;
 pub mod config;
 pub mod crl;
+pub mod listener;
 pub mod policy;
 pub mod problem;
 pub mod ra;
