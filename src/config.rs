@@ -55,8 +55,39 @@ pub struct ServerConfig {
     /// issues one from its own root for localhost, 127.0.0.1 and ::1.
     pub tls_cert: String,
     pub tls_key: String,
-    /// Largest accepted request body, in bytes.
+    /// Largest accepted request body, in bytes. A larger `Content-Length`
+    /// is refused (413) before any of the body is read.
     pub max_body_bytes: usize,
+    /// Longest accepted request target (path and query), bytes (414 above).
+    pub max_uri_bytes: usize,
+    /// Largest accepted header fields of a request, bytes in total (431
+    /// above). hyper refuses heads over twice `max_uri_bytes +
+    /// max_header_bytes` itself, with an empty 431.
+    pub max_header_bytes: usize,
+    /// Open connections, both listeners together. At the cap the
+    /// connection that has waited on its client the longest is closed for
+    /// a new one. Lowered at start to the open-file limit less 128.
+    pub max_connections: usize,
+    /// Seconds for a TLS handshake, from accept to finished.
+    pub tls_handshake_timeout_secs: u64,
+    /// Seconds from the first byte of an HTTP/1 request head to its end.
+    pub header_read_timeout_secs: u64,
+    /// Seconds from a request's head to the end of its body.
+    pub body_timeout_secs: u64,
+    /// Seconds a connection may sit with no request in progress (after
+    /// the handshake, between keep-alive requests, HTTP/2 with no stream)
+    /// before it is closed.
+    pub idle_timeout_secs: u64,
+    /// HTTP/2: concurrent streams per connection.
+    pub h2_max_concurrent_streams: u32,
+    /// HTTP/2: flow-control windows, bytes: what a client may send on one
+    /// stream, and on one connection, before the server reads it.
+    pub h2_stream_window_bytes: u32,
+    pub h2_connection_window_bytes: u32,
+    /// Request bodies all connections together may have in memory, bytes.
+    /// Each request reserves its `Content-Length` (or `max_body_bytes`)
+    /// before reading; past this, requests get 503 with `Retry-After`.
+    pub max_buffered_body_bytes: usize,
     /// Serve `POST /clock/advance {"seconds": N}` on the management listener,
     /// which moves this instance's clock forward (rehearsing rate-limit
     /// windows and expiry). On in the `test` preset only.
@@ -285,6 +316,7 @@ impl Config {
                 );
             }
         }
+        self.validate_connection_limits()?;
         if self.server.tls_cert.is_empty() != self.server.tls_key.is_empty() {
             bail!("server.tls_cert and server.tls_key must be set together");
         }
@@ -294,6 +326,37 @@ impl Config {
             && !self.database.url.starts_with("postgresql://")
         {
             bail!("database.url must start with sqlite: or postgres://");
+        }
+        Ok(())
+    }
+
+    fn validate_connection_limits(&self) -> anyhow::Result<()> {
+        let s = &self.server;
+        for (name, v) in [
+            ("tls_handshake_timeout_secs", s.tls_handshake_timeout_secs),
+            ("header_read_timeout_secs", s.header_read_timeout_secs),
+            ("body_timeout_secs", s.body_timeout_secs),
+            ("idle_timeout_secs", s.idle_timeout_secs),
+        ] {
+            if v == 0 || v > 3600 {
+                bail!("server.{name} must be between 1 and 3600");
+            }
+        }
+        if s.max_connections == 0 || s.h2_max_concurrent_streams == 0 {
+            bail!("server.max_connections and server.h2_max_concurrent_streams must be at least 1");
+        }
+        if s.max_uri_bytes < 256 || s.max_header_bytes < 1024 {
+            bail!("server.max_uri_bytes must be at least 256 and server.max_header_bytes at least 1024");
+        }
+        // RFC 9113 §6.9.1: windows above 2^31-1 are a protocol error.
+        let window = 16_384..=0x7fff_ffff;
+        if !window.contains(&s.h2_stream_window_bytes)
+            || !window.contains(&s.h2_connection_window_bytes)
+        {
+            bail!("server.h2_stream_window_bytes and h2_connection_window_bytes must be between 16384 and 2147483647");
+        }
+        if s.max_buffered_body_bytes < s.max_body_bytes {
+            bail!("server.max_buffered_body_bytes must be at least server.max_body_bytes");
         }
         Ok(())
     }

@@ -11,9 +11,9 @@
 use crate::ca::Ca;
 use crate::clock::Clock;
 use crate::config::Config;
-use crate::problem::Problem;
+use crate::problem::{Path, Problem};
 use crate::sa::{DynStore, RevokedEntry, Store, StoredCrl};
-use axum::extract::{Path, State};
+use axum::extract::State;
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;

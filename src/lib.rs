@@ -9,6 +9,7 @@
 //! - `ca`: certificate authority: the hierarchy and issuance.
 //! - [`crl`]: CRL publication (schedule, after revocations) and serving.
 //! - [`key`]: key policy and canonical keys, for account keys and CSR keys alike.
+//! - [`listener`]: connections: TLS, per-phase timeouts, the connection cap.
 //! - `va`: validation authority: http-01, dns-01, tls-alpn-01, CAA.
 //! - `policy`: which identifiers may be issued for.
 //! - [`testdns`]: the mock DNS server of `cairn testdns`.
@@ -24,6 +25,7 @@ pub mod clock;
 pub mod config;
 pub mod crl;
 pub mod key;
+pub mod listener;
 pub mod policy;
 pub mod problem;
 pub mod ra;

@@ -5,6 +5,7 @@
 //! Internal errors are logged with an id and answered as `serverInternal`
 //! without leaking details.
 
+use axum::extract::rejection::{PathRejection, QueryRejection};
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use serde::Serialize;
@@ -179,6 +180,31 @@ impl Problem {
         Problem::new("malformed", StatusCode::PAYLOAD_TOO_LARGE, detail)
     }
 
+    /// 408: the request body did not arrive in time.
+    pub fn request_timeout(detail: impl Into<String>) -> Problem {
+        Problem::new("malformed", StatusCode::REQUEST_TIMEOUT, detail)
+    }
+
+    /// 414 for a request target above `server.max_uri_bytes`.
+    pub fn uri_too_long(detail: impl Into<String>) -> Problem {
+        Problem::new("malformed", StatusCode::URI_TOO_LONG, detail)
+    }
+
+    /// 431 for header fields above `server.max_header_bytes`.
+    pub fn header_too_large(detail: impl Into<String>) -> Problem {
+        Problem::new(
+            "malformed",
+            StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+            detail,
+        )
+    }
+
+    /// 503 with `Retry-After`: the server is at a capacity limit (not the
+    /// client's fault, not a bug); a retry shortly succeeds.
+    pub fn unavailable(detail: impl Into<String>) -> Problem {
+        Problem::new("serverInternal", StatusCode::SERVICE_UNAVAILABLE, detail).with_retry_after(1)
+    }
+
     /// RFC 8555 §6.2: the JWS algorithm is not supported; lists what is.
     pub fn bad_signature_algorithm(detail: impl Into<String>, allowed: &[&str]) -> Problem {
         let mut p = Problem::new("badSignatureAlgorithm", StatusCode::BAD_REQUEST, detail);
@@ -279,6 +305,34 @@ impl IntoResponse for Problem {
 }
 
 pub type Result<T, E = Problem> = std::result::Result<T, E>;
+
+/// axum's `Path`, refusing what it cannot decode (`%FF`) with a problem
+/// document rather than axum's `400 text/plain`.
+#[derive(axum::extract::FromRequestParts)]
+#[from_request(via(axum::extract::Path), rejection(Problem))]
+pub struct Path<T>(pub T);
+
+/// axum's `Query`, refusing what it cannot deserialize (a repeated
+/// parameter) with a problem document.
+#[derive(axum::extract::FromRequestParts)]
+#[from_request(via(axum::extract::Query), rejection(Problem))]
+pub struct Query<T>(pub T);
+
+impl From<PathRejection> for Problem {
+    fn from(r: PathRejection) -> Problem {
+        match r {
+            // A route whose handler wants a parameter it does not have: a bug.
+            PathRejection::MissingPathParams(e) => Problem::internal(e),
+            r => Problem::malformed(r.body_text()),
+        }
+    }
+}
+
+impl From<QueryRejection> for Problem {
+    fn from(r: QueryRejection) -> Problem {
+        Problem::malformed(r.body_text())
+    }
+}
 
 #[cfg(test)]
 mod tests {

@@ -6,18 +6,19 @@ use crate::ca::Ca;
 use crate::clock::Clock;
 use crate::config::{ensure_dir, Config};
 use crate::crl::CrlPublisher;
+use crate::listener::{self, Connections, Limits};
+use crate::problem::Path;
 use crate::ra::Ra;
 use crate::ratelimit::{LimitSet, Limiter, Overrides, RequestRateLimiter, TrustedProxies};
 use crate::sa::DynStore;
 use crate::va::Va;
 use crate::wfe::{self, Nonces, Wfe};
 use anyhow::Context;
-use axum::extract::{Path, State};
+use axum::extract::State;
 use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::Router;
-use axum_server::tls_rustls::RustlsConfig;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -82,6 +83,7 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
         cfg: cfg.clone(),
         rates: rates.clone(),
         verifiers: Default::default(),
+        bodies: wfe::BodyBudget::new(cfg.server.max_buffered_body_bytes),
     });
 
     let (cert_pem, key_pem) = if cfg.server.tls_cert.is_empty() {
@@ -94,9 +96,15 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
                 .with_context(|| format!("server.tls_key {}", cfg.server.tls_key))?,
         )
     };
-    let tls = RustlsConfig::from_pem(cert_pem.into_bytes(), key_pem.into_bytes())
-        .await
-        .context("TLS certificate for the listener")?;
+    let tls = tls_acceptor(&cert_pem, &key_pem).context("TLS certificate for the listener")?;
+    let conns = Connections::new(listener::connection_cap(cfg.server.max_connections));
+    if conns.cap() < cfg.server.max_connections {
+        tracing::warn!(
+            "server.max_connections lowered to {} by the open-file limit",
+            conns.cap()
+        );
+    }
+    let limits = Arc::new(Limits::new(&cfg.server));
 
     {
         let ra = ra.clone();
@@ -127,27 +135,41 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
             "management: http://{addr} (roots at /roots/0, intermediates at /intermediates/0, \
              CRL at /crl/0)"
         );
-        tokio::spawn(async move {
-            if let Err(e) = axum::serve(listener, app).await {
-                tracing::error!("management listener failed: {e}");
-            }
-        });
+        tokio::spawn(listener::serve(
+            listener,
+            None,
+            app,
+            conns.clone(),
+            limits.clone(),
+        ));
     }
 
     let app = wfe::router(wfe);
-    let std_listener = std::net::TcpListener::bind(cfg.server.listen)
+    let acme_listener = tokio::net::TcpListener::bind(cfg.server.listen)
+        .await
         .with_context(|| format!("binding the ACME listener {}", cfg.server.listen))?;
-    std_listener.set_nonblocking(true)?;
     tracing::info!("directory: {}/directory", cfg.default_base_url());
     tracing::info!("root certificate: {}", cfg.data_path("root.pem").display());
-    // Peer addresses reach the handlers: per-IP limits need them.
-    let server = axum_server::from_tcp_rustls(std_listener, tls)
-        .serve(app.into_make_service_with_connect_info::<std::net::SocketAddr>());
     tokio::select! {
-        r = server => r.context("ACME listener")?,
+        _ = listener::serve(acme_listener, Some(tls), app, conns, limits) => {}
         _ = shutdown_signal() => tracing::info!("shutting down"),
     }
     Ok(())
+}
+
+/// The ACME listener's TLS: the PEM chain and key, ALPN `h2` and `http/1.1`.
+fn tls_acceptor(cert_pem: &str, key_pem: &str) -> anyhow::Result<tokio_rustls::TlsAcceptor> {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+    let chain = CertificateDer::pem_slice_iter(cert_pem.as_bytes())
+        .collect::<Result<Vec<_>, _>>()
+        .context("reading the certificate chain")?;
+    let key = PrivateKeyDer::from_pem_slice(key_pem.as_bytes()).context("reading the key")?;
+    let mut cfg = rustls::ServerConfig::builder()
+        .with_no_client_auth()
+        .with_single_cert(chain, key)?;
+    cfg.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    Ok(tokio_rustls::TlsAcceptor::from(Arc::new(cfg)))
 }
 
 /// Forget what no longer matters: used nonces past their lifetime, and

@@ -594,6 +594,51 @@ async fn unknown_paths_and_methods() {
     assert!((200..500).contains(&r.status), "{r}");
 }
 
+/// Paths and queries the router cannot decode are problem documents too,
+/// not the extractors' `400 text/plain` (issue 10).
+#[tokio::test]
+async fn undecodable_paths_and_queries_get_problems() {
+    let (server, c) = setup().await;
+    let b = &server.base_url;
+    let r = c.get(&format!("{b}/acme/renewal-info/%FF")).await;
+    assert_problem(&r, 400, "malformed");
+    for path in [
+        "/acme/acct/%FF",
+        "/acme/acct/%FF/orders",
+        "/acme/order/%FF",
+        "/acme/finalize/%FF",
+        "/acme/authz/%FF",
+        "/acme/chall/%FF",
+        "/acme/cert/%FF",
+    ] {
+        let r = c.post_as_get(&format!("{b}{path}")).await;
+        assert_problem(&r, 400, "malformed");
+    }
+    let url = format!("{}/orders?cursor=1&cursor=2", c.account_url());
+    let r = c.post_as_get(&url).await;
+    assert_problem(&r, 400, "malformed");
+}
+
+/// A request target above server.max_uri_bytes gets 414 and header fields
+/// above server.max_header_bytes 431, as problem documents (issue 10).
+#[tokio::test]
+async fn long_paths_and_large_headers_get_problems() {
+    let (server, _c) = setup().await;
+    let http = server.http_client();
+    let url = format!("{}/acme/order/{}", server.base_url, "1".repeat(8 * 1024));
+    let resp = http.get(&url).send().await.expect("GET a long path");
+    let r = AcmeResponse::read("GET", &url, resp).await;
+    assert_problem(&r, 414, "malformed");
+    let resp = http
+        .get(&server.dir_url)
+        .header("x-large", "a".repeat(24 * 1024))
+        .send()
+        .await
+        .expect("GET with a large header");
+    let r = AcmeResponse::read("GET", &server.dir_url, resp).await;
+    assert_problem(&r, 431, "malformed");
+}
+
 /// The same nonce in several requests at once: exactly one is accepted (single use is
 /// enforced atomically, not check-then-insert).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -3,11 +3,11 @@
 
 use super::{json_response, jws, path_id, AppState, Base, ClientAddr, KeyMode, Signer};
 use crate::key::PublicKey;
-use crate::problem::Problem;
+use crate::problem::{Path, Problem, Query};
 use crate::ra::{AccountUpdate, NewAccountRequest};
 use crate::sa::{Account, OrderId};
 use axum::body::Body;
-use axum::extract::{Path, Query, State};
+use axum::extract::State;
 use axum::http::{header, HeaderMap, StatusCode, Uri};
 use axum::response::Response;
 use axum::Extension;

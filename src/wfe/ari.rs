@@ -1,8 +1,8 @@
 //! renewalInfo (RFC 9773 §4): an unauthenticated GET, one indexed lookup.
 
 use super::{json_response, AppState};
-use crate::problem::Problem;
-use axum::extract::{Path, State};
+use crate::problem::{Path, Problem};
+use axum::extract::State;
 use axum::http::{header, StatusCode};
 use axum::response::Response;
 use serde_json::json;

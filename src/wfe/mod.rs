@@ -40,6 +40,41 @@ pub struct Wfe {
     pub rates: Arc<RequestRateLimiter>,
     /// Signature verifiers of account keys, by key thumbprint.
     pub verifiers: VerifierCache,
+    /// Request bodies in memory, all connections together.
+    pub bodies: BodyBudget,
+}
+
+/// Bytes of request bodies that may be in memory at once
+/// (`server.max_buffered_body_bytes`). A request reserves what it may
+/// read before reading any of it, so a flood of unfinished bodies (many
+/// HTTP/2 streams) is refused up front instead of growing memory.
+pub struct BodyBudget(std::sync::atomic::AtomicUsize);
+
+impl BodyBudget {
+    pub fn new(bytes: usize) -> BodyBudget {
+        BodyBudget(std::sync::atomic::AtomicUsize::new(bytes))
+    }
+
+    fn reserve(&self, n: usize) -> Option<BodyReservation<'_>> {
+        use std::sync::atomic::Ordering;
+        self.0
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |left| {
+                left.checked_sub(n)
+            })
+            .ok()
+            .map(|_| BodyReservation(self, n))
+    }
+}
+
+/// Bytes of the budget held until dropped.
+struct BodyReservation<'a>(&'a BodyBudget, usize);
+
+impl Drop for BodyReservation<'_> {
+    fn drop(&mut self) {
+        self.0
+             .0
+            .fetch_add(self.1, std::sync::atomic::Ordering::AcqRel);
+    }
 }
 
 /// Account keys' verifiers, built once per key rather than per request (an
@@ -195,7 +230,10 @@ async fn common_headers(State(state): State<AppState>, mut req: Request, next: N
     req.extensions_mut().insert(Base(base.clone()));
     let is_directory = req.uri().path() == "/directory";
     let wants_nonce = req.method() == Method::POST || req.uri().path() == "/acme/new-nonce";
-    let mut resp = next.run(req).await;
+    let mut resp = match check_head(&req, &state.cfg) {
+        Ok(()) => next.run(req).await,
+        Err(p) => p.into_response(),
+    };
     let h = resp.headers_mut();
     if wants_nonce {
         if let Ok(v) = HeaderValue::from_str(&state.nonces.issue()) {
@@ -209,6 +247,32 @@ async fn common_headers(State(state): State<AppState>, mut req: Request, next: N
     }
     h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
     resp
+}
+
+/// The request target and header fields within `server.max_uri_bytes` and
+/// `server.max_header_bytes`. hyper's own limits are twice these, so what
+/// lies between gets a problem document rather than hyper's empty answer.
+fn check_head(req: &Request, cfg: &Config) -> Result<(), Problem> {
+    let target = req.uri().path_and_query().map_or(0, |p| p.as_str().len());
+    if target > cfg.server.max_uri_bytes {
+        return Err(Problem::uri_too_long(format!(
+            "the request target is {target} bytes, more than {}",
+            cfg.server.max_uri_bytes
+        )));
+    }
+    // As on the wire: "name: value\r\n".
+    let fields: usize = req
+        .headers()
+        .iter()
+        .map(|(n, v)| n.as_str().len() + v.len() + 4)
+        .sum();
+    if fields > cfg.server.max_header_bytes {
+        return Err(Problem::header_too_large(format!(
+            "the header fields are {fields} bytes, more than {}",
+            cfg.server.max_header_bytes
+        )));
+    }
+    Ok(())
 }
 
 /// `server.external_url` when set; else (only where `trust_host_header`
@@ -327,14 +391,7 @@ impl Wfe {
         mode: KeyMode,
     ) -> Result<Post, Problem> {
         check_content_type(headers)?;
-        let bytes = axum::body::to_bytes(body, self.cfg.server.max_body_bytes)
-            .await
-            .map_err(|_| {
-                Problem::too_large(format!(
-                    "request body is larger than {} bytes",
-                    self.cfg.server.max_body_bytes
-                ))
-            })?;
+        let bytes = self.read_body(headers, body).await?;
         let jws = jws::parse(&bytes)?;
         let nonce = jws
             .header_str("nonce")?
@@ -391,6 +448,53 @@ impl Wfe {
             signer,
         })
     }
+}
+
+impl Wfe {
+    /// The request body, up to `server.max_body_bytes`. A larger
+    /// `Content-Length` is refused from the header alone; the bytes it may
+    /// take are reserved from the body budget before any is read.
+    async fn read_body(&self, headers: &HeaderMap, body: Body) -> Result<bytes::Bytes, Problem> {
+        let max = self.cfg.server.max_body_bytes;
+        let too_large = || Problem::too_large(format!("request body is larger than {max} bytes"));
+        let declared = match headers.get(header::CONTENT_LENGTH) {
+            None => None,
+            Some(v) => Some(
+                v.to_str()
+                    .ok()
+                    .and_then(|v| v.parse::<u64>().ok())
+                    .ok_or_else(|| Problem::malformed("Content-Length is not a number"))?,
+            ),
+        };
+        if declared.is_some_and(|n| n > max as u64) {
+            return Err(too_large());
+        }
+        let limit = declared.map_or(max, |n| n as usize);
+        let _reserved = self.bodies.reserve(limit).ok_or_else(|| {
+            Problem::unavailable("too many request bodies in progress; retry shortly")
+        })?;
+        axum::body::to_bytes(body, limit).await.map_err(|e| {
+            if caused_by::<crate::listener::BodyTimeout>(&e) {
+                Problem::request_timeout(e.to_string())
+            } else if caused_by::<http_body_util::LengthLimitError>(&e) {
+                too_large()
+            } else {
+                Problem::malformed(format!("reading the request body: {e}"))
+            }
+        })
+    }
+}
+
+/// Whether `e` or an error in its source chain is a `T`.
+fn caused_by<T: std::error::Error + 'static>(e: &(dyn std::error::Error + 'static)) -> bool {
+    let mut cur = Some(e);
+    while let Some(err) = cur {
+        if err.is::<T>() {
+            return true;
+        }
+        cur = err.source();
+    }
+    false
 }
 
 /// RFC 8555 §6.2: POSTs carry `application/jose+json`.

@@ -2,14 +2,14 @@
 //! download (RFC 8555 §7.4, §7.5).
 
 use super::{json_response, path_id, rfc3339, AppState, Base, KeyMode, Signer};
-use crate::problem::Problem;
+use crate::problem::{Path, Problem};
 use crate::ra::{NewOrderRequest, RevokeBy};
 use crate::sa::{
     Authz, AuthzId, AuthzStatus, Challenge, ChallengeId, ChallengeStatus, Order, OrderId,
     OrderStatus,
 };
 use axum::body::Body;
-use axum::extract::{Path, State};
+use axum::extract::State;
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
 use axum::Extension;

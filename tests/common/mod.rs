@@ -393,6 +393,8 @@ pub struct ServerOpts {
     /// loopback port where nothing listens, so a test without `TestDns` never reaches a
     /// shared DNS server on 8053.
     pub dns: Option<SocketAddr>,
+    /// Open-file limit (soft and hard) of the server process, if lowered.
+    pub nofile_limit: Option<u64>,
 }
 
 impl Default for ServerOpts {
@@ -401,6 +403,7 @@ impl Default for ServerOpts {
             preset: "test".into(),
             env: Vec::new(),
             dns: None,
+            nofile_limit: None,
         }
     }
 }
@@ -420,6 +423,11 @@ impl ServerOpts {
     }
     pub fn with_dns(mut self, dns: SocketAddr) -> ServerOpts {
         self.dns = Some(dns);
+        self
+    }
+    /// Starts the server with at most `n` open files (RLIMIT_NOFILE, soft and hard).
+    pub fn with_nofile_limit(mut self, n: u64) -> ServerOpts {
+        self.nofile_limit = Some(n);
         self
     }
     pub fn with_preset(mut self, preset: &str) -> ServerOpts {
@@ -630,6 +638,21 @@ impl Server {
         }
         for (k, v) in &self.opts.env {
             cmd.env(k, v);
+        }
+        if let Some(n) = self.opts.nofile_limit {
+            use std::os::unix::process::CommandExt;
+            let limit = rustix::process::Rlimit {
+                current: Some(n),
+                maximum: Some(n),
+            };
+            // SAFETY: between fork and exec only setrlimit(2) runs, which is
+            // async-signal-safe and allocates nothing.
+            unsafe {
+                cmd.pre_exec(move || {
+                    rustix::process::setrlimit(rustix::process::Resource::Nofile, limit)
+                        .map_err(std::io::Error::from)
+                });
+            }
         }
         cmd.stdin(Stdio::null()).stdout(out).stderr(err);
         let child = cmd
