@@ -9,16 +9,23 @@
 //! are parsed and built with hickory-proto, so malformed packets are dropped
 //! or answered FORMERR, never trusted.
 //!
+//! The API can throttle writes (`--write-rate`, `--write-scope`) the way a
+//! DNS provider's API does, answering 429 with `Retry-After`, and has a bulk
+//! endpoint (`/bulk-txt`) that a throttle counts once: dns-01 clients and
+//! their hooks meet a provider's limits here before production.
+//!
 //! [`start`] binds everything (port 0 works, for tests) and returns the bound
 //! addresses; [`run`] is `start` plus waiting forever.
 
 use std::collections::{HashMap, HashSet};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use axum::extract::State;
-use axum::http::StatusCode;
+use axum::http::header::{AUTHORIZATION, RETRY_AFTER};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
 use axum::routing::post;
 use axum::Router;
 use hickory_proto::op::{Edns, Message, MessageType, OpCode, Query, ResponseCode};
@@ -29,6 +36,10 @@ use serde::Deserialize;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream, UdpSocket};
 use tokio::task::JoinHandle;
+
+use crate::config::PolicyConfig;
+use crate::policy::Policy;
+use crate::ratelimit::gcra::{self, Limit};
 
 #[derive(Debug, Clone, clap::Args)]
 pub struct TestDnsArgs {
@@ -52,6 +63,25 @@ pub struct TestDnsArgs {
     /// AAAA answer for names with no AAAA record set (none by default).
     #[arg(long, env = "CAIRN_TESTDNS_DEFAULT_IPV6")]
     pub default_ipv6: Option<Ipv6Addr>,
+    /// Throttle the API's writes: at most N at once, refilled at N per
+    /// second, minute or hour (`6/s`, `60/m`, `1000/h`). Repeat it (or
+    /// separate with commas) for several rates, all enforced. Off by default.
+    #[arg(
+        long,
+        value_name = "N/s|N/m|N/h",
+        env = "CAIRN_TESTDNS_WRITE_RATE",
+        value_delimiter = ','
+    )]
+    pub write_rate: Vec<WriteRate>,
+    /// Who shares a throttle bucket: each registered domain written to, or
+    /// each API token (`Authorization: Bearer <token>`).
+    #[arg(
+        long,
+        value_enum,
+        default_value_t = WriteScope::Domain,
+        env = "CAIRN_TESTDNS_WRITE_SCOPE"
+    )]
+    pub write_scope: WriteScope,
 }
 
 impl TestDnsArgs {
@@ -62,6 +92,8 @@ impl TestDnsArgs {
             api_listen: SocketAddr::from((Ipv4Addr::LOCALHOST, 0)),
             default_ipv4: Ipv4Addr::LOCALHOST,
             default_ipv6: None,
+            write_rate: Vec::new(),
+            write_scope: WriteScope::Domain,
         }
     }
 }
@@ -155,6 +187,13 @@ impl Drop for TestDnsHandle {
 
 /// Binds the DNS (UDP+TCP) and API listeners and starts serving.
 pub async fn start(args: TestDnsArgs) -> anyhow::Result<TestDnsHandle> {
+    let throttle = Throttle::new(&args.write_rate, args.write_scope)?;
+    // The snapshot of the Public Suffix List compiled into Cairn, as its
+    // rate limits use by default.
+    let psl = Policy::new(&PolicyConfig {
+        blocked_names: Vec::new(),
+        public_suffix_list: String::new(),
+    })?;
     let zone: Shared = Arc::new(Mutex::new(Zone {
         default_ipv4: Some(args.default_ipv4),
         default_ipv6: args.default_ipv6,
@@ -172,7 +211,11 @@ pub async fn start(args: TestDnsArgs) -> anyhow::Result<TestDnsHandle> {
     let mut tasks = Vec::new();
     tasks.push(tokio::spawn(serve_udp(udp, zone.clone())));
     tasks.push(tokio::spawn(serve_tcp(tcp, zone.clone())));
-    let app = router(zone);
+    let app = router(Api {
+        zone,
+        psl: Arc::new(psl),
+        throttle: throttle.map(Arc::new),
+    });
     tasks.push(tokio::spawn(async move {
         axum::serve(api, app).await?;
         Ok(())
@@ -186,9 +229,24 @@ pub async fn start(args: TestDnsArgs) -> anyhow::Result<TestDnsHandle> {
 
 /// `cairn testdns`: start, log the addresses, serve until an error.
 pub async fn run(args: TestDnsArgs) -> anyhow::Result<()> {
+    let throttle = match args.write_rate.as_slice() {
+        [] => "writes not throttled".to_string(),
+        rates => format!(
+            "writes throttled to {} per {}",
+            rates
+                .iter()
+                .map(WriteRate::to_string)
+                .collect::<Vec<_>>()
+                .join(" and "),
+            match args.write_scope {
+                WriteScope::Domain => "registered domain",
+                WriteScope::Token => "API token",
+            }
+        ),
+    };
     let handle = start(args).await?;
     tracing::info!(
-        "testdns: DNS on {} (udp+tcp), API on http://{}",
+        "testdns: DNS on {} (udp+tcp), API on http://{} ({throttle})",
         handle.dns_addr,
         handle.api_addr
     );
@@ -478,10 +536,48 @@ fn caa_rdata(p: &CaaPolicy) -> Option<RData> {
 
 // ---------------------------------------------------------------- HTTP API
 
-fn router(zone: Shared) -> Router {
+/// What the API handlers share: the zone, the Public Suffix List (to find a
+/// record's registered domain) and the write throttle, if one is configured.
+#[derive(Clone)]
+struct Api {
+    zone: Shared,
+    psl: Arc<Policy>,
+    throttle: Option<Arc<Throttle>>,
+}
+
+impl Api {
+    /// Spends one write for a request that would change records of `host`
+    /// (a bulk request passes its domain), or refuses it. Only called once
+    /// the request is known to be valid: a refused or malformed request
+    /// costs nothing.
+    fn admit(&self, headers: &HeaderMap, host: &str) -> Result<(), ApiError> {
+        let Some(throttle) = &self.throttle else {
+            return Ok(());
+        };
+        let key = match throttle.scope {
+            WriteScope::Token => bearer_token(headers)?,
+            WriteScope::Domain => self.psl.registered_domain(host),
+        };
+        throttle.spend(&key, throttle.now_ns()).map_err(|wait_ns| {
+            let secs = gcra::retry_after_secs(wait_ns).max(1);
+            match throttle.scope {
+                WriteScope::Domain => {
+                    tracing::info!("testdns: throttled a write to {key} ({secs} s)")
+                }
+                WriteScope::Token => {
+                    tracing::info!("testdns: throttled a token's write ({secs} s)")
+                }
+            }
+            ApiError::Throttled { secs }
+        })
+    }
+}
+
+fn router(api: Api) -> Router {
     Router::new()
         .route("/set-txt", post(set_txt))
         .route("/clear-txt", post(clear_txt))
+        .route("/bulk-txt", post(bulk_txt))
         .route("/add-a", post(add_a))
         .route("/clear-a", post(clear_a))
         .route("/add-aaaa", post(add_aaaa))
@@ -494,38 +590,92 @@ fn router(zone: Shared) -> Router {
         .route("/clear-cname", post(clear_cname))
         .route("/set-servfail", post(set_servfail))
         .route("/clear-servfail", post(clear_servfail))
-        .with_state(zone)
+        .with_state(api)
 }
 
-type ApiResult = Result<StatusCode, (StatusCode, String)>;
+/// The API's one error type: a bad request (plain text, as the challenge
+/// test server answers), or the throttle's refusal, worded and shaped as
+/// deSEC's API words it (Django REST framework's throttling): 429, whole
+/// seconds in `Retry-After`, the same number in a JSON `detail`.
+#[derive(Debug)]
+enum ApiError {
+    BadRequest(String),
+    Throttled { secs: u64 },
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        match self {
+            ApiError::BadRequest(why) => (StatusCode::BAD_REQUEST, why).into_response(),
+            ApiError::Throttled { secs } => {
+                let unit = if secs == 1 { "second" } else { "seconds" };
+                let detail = format!("Request was throttled. Expected available in {secs} {unit}.");
+                (
+                    StatusCode::TOO_MANY_REQUESTS,
+                    [(RETRY_AFTER, secs.to_string())],
+                    axum::Json(serde_json::json!({ "detail": detail })),
+                )
+                    .into_response()
+            }
+        }
+    }
+}
+
+fn bad(why: impl Into<String>) -> ApiError {
+    ApiError::BadRequest(why.into())
+}
+
+type ApiResult = Result<StatusCode, ApiError>;
 
 /// A JSON body whatever its Content-Type: the challenge test server's
 /// clients (and `curl -d`) often send none or a form type.
 struct AnyJson<T>(Result<T, String>);
 
 impl<S: Send + Sync, T: serde::de::DeserializeOwned> axum::extract::FromRequest<S> for AnyJson<T> {
-    type Rejection = (StatusCode, String);
+    type Rejection = ApiError;
 
     async fn from_request(req: axum::extract::Request, state: &S) -> Result<Self, Self::Rejection> {
         let bytes = axum::body::Bytes::from_request(req, state)
             .await
-            .map_err(|e| (StatusCode::BAD_REQUEST, format!("{}\n", e.body_text())))?;
+            .map_err(|e| bad(format!("{}\n", e.body_text())))?;
         Ok(AnyJson(
             serde_json::from_slice(&bytes).map_err(|e| format!("invalid JSON body: {e}\n")),
         ))
     }
 }
 
-fn body<T>(b: AnyJson<T>) -> Result<T, (StatusCode, String)> {
-    b.0.map_err(|e| (StatusCode::BAD_REQUEST, e))
+fn body<T>(b: AnyJson<T>) -> Result<T, ApiError> {
+    b.0.map_err(ApiError::BadRequest)
 }
 
-fn host_key(host: &str) -> Result<String, (StatusCode, String)> {
+fn host_key(host: &str) -> Result<String, ApiError> {
     let k = key(host);
     if k.is_empty() {
-        return Err((StatusCode::BAD_REQUEST, "empty host\n".into()));
+        return Err(bad("empty host\n"));
     }
     Ok(k)
+}
+
+/// The token of `Authorization: Bearer <token>`, the throttle's key in the
+/// token scope; a request without the header is one more key of its own
+/// (the empty string, which no token can be).
+fn bearer_token(headers: &HeaderMap) -> Result<String, ApiError> {
+    let Some(value) = headers.get(AUTHORIZATION) else {
+        return Ok(String::new());
+    };
+    let token = value
+        .to_str()
+        .ok()
+        .and_then(|v| v.trim().split_once(' '))
+        .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
+        .map(|(_, token)| token.trim())
+        .filter(|token| !token.is_empty());
+    match token {
+        Some(t) => Ok(t.to_string()),
+        None => Err(bad(
+            "the Authorization header must be \"Bearer <token>\" (or absent)\n",
+        )),
+    }
 }
 
 #[derive(Deserialize)]
@@ -562,39 +712,153 @@ struct CnameBody {
     target: String,
 }
 
-async fn set_txt(State(z): State<Shared>, b: AnyJson<TxtBody>) -> ApiResult {
+async fn set_txt(State(api): State<Api>, headers: HeaderMap, b: AnyJson<TxtBody>) -> ApiResult {
     let b = body(b)?;
     let k = host_key(&b.host)?;
-    let mut zone = lock(&z);
-    let vals = zone.txt.entry(k).or_default();
-    if !vals.contains(&b.value) {
-        vals.push(b.value);
+    api.admit(&headers, &k)?;
+    add_txt(&mut lock(&api.zone), k, b.value);
+    Ok(StatusCode::OK)
+}
+
+/// Adds a TXT value; several values for one name coexist.
+fn add_txt(zone: &mut Zone, host: String, value: String) {
+    let vals = zone.txt.entry(host).or_default();
+    if !vals.contains(&value) {
+        vals.push(value);
+    }
+}
+
+async fn clear_txt(State(api): State<Api>, headers: HeaderMap, b: AnyJson<HostBody>) -> ApiResult {
+    let k = host_key(&body(b)?.host)?;
+    api.admit(&headers, &k)?;
+    lock(&api.zone).txt.remove(&k);
+    Ok(StatusCode::OK)
+}
+
+/// Most records one bulk request may carry.
+const MAX_BULK_RECORDS: usize = 1000;
+
+/// `/bulk-txt`: TXT records of one registered domain set and cleared in
+/// one request, as a DNS provider's bulk endpoint does (deSEC's counts
+/// once against its write limit, and so does this one).
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct BulkTxtBody {
+    /// A registered domain (eTLD+1 by the Public Suffix List), e.g.
+    /// `example.com`; every host must have it as its registered domain.
+    domain: String,
+    #[serde(default)]
+    set: Vec<TxtBody>,
+    #[serde(default)]
+    clear: Vec<HostBody>,
+}
+
+/// A bulk request that passed every check: names normalised.
+struct BulkTxt {
+    domain: String,
+    set: Vec<(String, String)>,
+    clear: Vec<String>,
+}
+
+/// Checks a whole bulk request before anything is applied, and reports
+/// every bad record (by its place in `set` or `clear`) at once.
+fn check_bulk(psl: &Policy, b: BulkTxtBody) -> Result<BulkTxt, ApiError> {
+    let domain = key(&b.domain);
+    if let Err(p) = psl.check_name(&domain) {
+        return Err(bad(format!(
+            "domain {:?} is not a registered domain: {}\n",
+            b.domain, p.detail
+        )));
+    }
+    let registered = psl.registered_domain(&domain);
+    if registered != domain {
+        return Err(bad(format!(
+            "domain {:?} is not a registered domain: it is under {registered}; name that \
+             instead\n",
+            b.domain
+        )));
+    }
+    let records = b.set.len() + b.clear.len();
+    if records == 0 {
+        return Err(bad("nothing to set or clear\n"));
+    }
+    if records > MAX_BULK_RECORDS {
+        return Err(bad(format!(
+            "{records} records: at most {MAX_BULK_RECORDS} in one request\n"
+        )));
+    }
+    let mut errors = String::new();
+    let mut check_host = |field: &str, i: usize, host: &str| -> Option<String> {
+        let k = key(host);
+        let why = if k.is_empty() {
+            "empty host".to_string()
+        } else if fqdn(&k).is_none() {
+            "not a DNS name".to_string()
+        } else {
+            let theirs = psl.registered_domain(&k);
+            if theirs == domain {
+                return Some(k);
+            }
+            format!("not in domain {domain} (its registered domain is {theirs})")
+        };
+        errors.push_str(&format!("{field}[{i}]: host {host:?}: {why}\n"));
+        None
+    };
+    let set: Vec<(String, String)> = b
+        .set
+        .into_iter()
+        .enumerate()
+        .filter_map(|(i, r)| Some((check_host("set", i, &r.host)?, r.value)))
+        .collect();
+    let clear: Vec<String> = b
+        .clear
+        .iter()
+        .enumerate()
+        .filter_map(|(i, r)| check_host("clear", i, &r.host))
+        .collect();
+    if !errors.is_empty() {
+        return Err(bad(format!("nothing was changed:\n{errors}")));
+    }
+    Ok(BulkTxt { domain, set, clear })
+}
+
+async fn bulk_txt(
+    State(api): State<Api>,
+    headers: HeaderMap,
+    b: AnyJson<BulkTxtBody>,
+) -> ApiResult {
+    let bulk = check_bulk(&api.psl, body(b)?)?;
+    api.admit(&headers, &bulk.domain)?;
+    // All under one lock: a DNS query sees the zone before or after, never
+    // halfway. Clears go first, so a host in both lists ends up with exactly
+    // the values set.
+    let mut zone = lock(&api.zone);
+    for host in &bulk.clear {
+        zone.txt.remove(host);
+    }
+    for (host, value) in bulk.set {
+        add_txt(&mut zone, host, value);
     }
     Ok(StatusCode::OK)
 }
 
-async fn clear_txt(State(z): State<Shared>, b: AnyJson<HostBody>) -> ApiResult {
-    let k = host_key(&body(b)?.host)?;
-    lock(&z).txt.remove(&k);
-    Ok(StatusCode::OK)
-}
-
-fn parse_addrs<T: std::str::FromStr>(addrs: &[String]) -> Result<Vec<T>, (StatusCode, String)> {
+fn parse_addrs<T: std::str::FromStr>(addrs: &[String]) -> Result<Vec<T>, ApiError> {
     addrs
         .iter()
         .map(|a| {
             a.trim()
                 .parse::<T>()
-                .map_err(|_| (StatusCode::BAD_REQUEST, format!("bad address {a:?}\n")))
+                .map_err(|_| bad(format!("bad address {a:?}\n")))
         })
         .collect()
 }
 
-async fn add_a(State(z): State<Shared>, b: AnyJson<AddrBody>) -> ApiResult {
+async fn add_a(State(api): State<Api>, headers: HeaderMap, b: AnyJson<AddrBody>) -> ApiResult {
     let b = body(b)?;
     let k = host_key(&b.host)?;
     let addrs: Vec<Ipv4Addr> = parse_addrs(&b.addresses)?;
-    let mut zone = lock(&z);
+    api.admit(&headers, &k)?;
+    let mut zone = lock(&api.zone);
     let v = zone.a.entry(k).or_default();
     for a in addrs {
         if !v.contains(&a) {
@@ -604,17 +868,19 @@ async fn add_a(State(z): State<Shared>, b: AnyJson<AddrBody>) -> ApiResult {
     Ok(StatusCode::OK)
 }
 
-async fn clear_a(State(z): State<Shared>, b: AnyJson<HostBody>) -> ApiResult {
+async fn clear_a(State(api): State<Api>, headers: HeaderMap, b: AnyJson<HostBody>) -> ApiResult {
     let k = host_key(&body(b)?.host)?;
-    lock(&z).a.remove(&k);
+    api.admit(&headers, &k)?;
+    lock(&api.zone).a.remove(&k);
     Ok(StatusCode::OK)
 }
 
-async fn add_aaaa(State(z): State<Shared>, b: AnyJson<AddrBody>) -> ApiResult {
+async fn add_aaaa(State(api): State<Api>, headers: HeaderMap, b: AnyJson<AddrBody>) -> ApiResult {
     let b = body(b)?;
     let k = host_key(&b.host)?;
     let addrs: Vec<Ipv6Addr> = parse_addrs(&b.addresses)?;
-    let mut zone = lock(&z);
+    api.admit(&headers, &k)?;
+    let mut zone = lock(&api.zone);
     let v = zone.aaaa.entry(k).or_default();
     for a in addrs {
         if !v.contains(&a) {
@@ -624,99 +890,243 @@ async fn add_aaaa(State(z): State<Shared>, b: AnyJson<AddrBody>) -> ApiResult {
     Ok(StatusCode::OK)
 }
 
-async fn clear_aaaa(State(z): State<Shared>, b: AnyJson<HostBody>) -> ApiResult {
+async fn clear_aaaa(State(api): State<Api>, headers: HeaderMap, b: AnyJson<HostBody>) -> ApiResult {
     let k = host_key(&body(b)?.host)?;
-    lock(&z).aaaa.remove(&k);
+    api.admit(&headers, &k)?;
+    lock(&api.zone).aaaa.remove(&k);
     Ok(StatusCode::OK)
 }
 
 /// An empty `ip` clears the default.
-fn parse_default_ip(ip: &str) -> Result<Option<IpAddr>, (StatusCode, String)> {
+fn parse_default_ip(ip: &str) -> Result<Option<IpAddr>, ApiError> {
     let ip = ip.trim();
     if ip.is_empty() {
         return Ok(None);
     }
     ip.parse::<IpAddr>()
         .map(Some)
-        .map_err(|_| (StatusCode::BAD_REQUEST, format!("bad address {ip:?}\n")))
+        .map_err(|_| bad(format!("bad address {ip:?}\n")))
 }
 
-async fn set_default_ipv4(State(z): State<Shared>, b: AnyJson<IpBody>) -> ApiResult {
+// The defaults configure the mock itself, not any domain's records (a DNS
+// provider has nothing like them): never throttled.
+async fn set_default_ipv4(State(api): State<Api>, b: AnyJson<IpBody>) -> ApiResult {
     match parse_default_ip(&body(b)?.ip)? {
-        None => lock(&z).default_ipv4 = None,
-        Some(IpAddr::V4(ip)) => lock(&z).default_ipv4 = Some(ip),
-        Some(IpAddr::V6(_)) => {
-            return Err((StatusCode::BAD_REQUEST, "not an IPv4 address\n".into()))
-        }
+        None => lock(&api.zone).default_ipv4 = None,
+        Some(IpAddr::V4(ip)) => lock(&api.zone).default_ipv4 = Some(ip),
+        Some(IpAddr::V6(_)) => return Err(bad("not an IPv4 address\n")),
     }
     Ok(StatusCode::OK)
 }
 
-async fn set_default_ipv6(State(z): State<Shared>, b: AnyJson<IpBody>) -> ApiResult {
+async fn set_default_ipv6(State(api): State<Api>, b: AnyJson<IpBody>) -> ApiResult {
     match parse_default_ip(&body(b)?.ip)? {
-        None => lock(&z).default_ipv6 = None,
-        Some(IpAddr::V6(ip)) => lock(&z).default_ipv6 = Some(ip),
-        Some(IpAddr::V4(_)) => {
-            return Err((StatusCode::BAD_REQUEST, "not an IPv6 address\n".into()))
-        }
+        None => lock(&api.zone).default_ipv6 = None,
+        Some(IpAddr::V6(ip)) => lock(&api.zone).default_ipv6 = Some(ip),
+        Some(IpAddr::V4(_)) => return Err(bad("not an IPv6 address\n")),
     }
     Ok(StatusCode::OK)
 }
 
-async fn add_caa(State(z): State<Shared>, b: AnyJson<CaaBody>) -> ApiResult {
+async fn add_caa(State(api): State<Api>, headers: HeaderMap, b: AnyJson<CaaBody>) -> ApiResult {
     let b = body(b)?;
     let k = host_key(&b.host)?;
     for p in &b.policies {
         if caa_rdata(p).is_none() {
-            return Err((
-                StatusCode::BAD_REQUEST,
-                format!(
-                    "bad CAA policy: tag {:?} must be 1-15 letters or digits\n",
-                    p.tag
-                ),
-            ));
+            return Err(bad(format!(
+                "bad CAA policy: tag {:?} must be 1-15 letters or digits\n",
+                p.tag
+            )));
         }
     }
-    lock(&z).caa.entry(k).or_default().extend(b.policies);
+    api.admit(&headers, &k)?;
+    lock(&api.zone).caa.entry(k).or_default().extend(b.policies);
     Ok(StatusCode::OK)
 }
 
-async fn clear_caa(State(z): State<Shared>, b: AnyJson<HostBody>) -> ApiResult {
+async fn clear_caa(State(api): State<Api>, headers: HeaderMap, b: AnyJson<HostBody>) -> ApiResult {
     let k = host_key(&body(b)?.host)?;
-    lock(&z).caa.remove(&k);
+    api.admit(&headers, &k)?;
+    lock(&api.zone).caa.remove(&k);
     Ok(StatusCode::OK)
 }
 
-async fn set_cname(State(z): State<Shared>, b: AnyJson<CnameBody>) -> ApiResult {
+async fn set_cname(State(api): State<Api>, headers: HeaderMap, b: AnyJson<CnameBody>) -> ApiResult {
     let b = body(b)?;
     let k = host_key(&b.host)?;
     let target = host_key(&b.target)?;
     if fqdn(&target).is_none() {
-        return Err((
-            StatusCode::BAD_REQUEST,
-            format!("bad target {:?}\n", b.target),
-        ));
+        return Err(bad(format!("bad target {:?}\n", b.target)));
     }
-    lock(&z).cname.insert(k, target);
+    api.admit(&headers, &k)?;
+    lock(&api.zone).cname.insert(k, target);
     Ok(StatusCode::OK)
 }
 
-async fn clear_cname(State(z): State<Shared>, b: AnyJson<HostBody>) -> ApiResult {
+async fn clear_cname(
+    State(api): State<Api>,
+    headers: HeaderMap,
+    b: AnyJson<HostBody>,
+) -> ApiResult {
     let k = host_key(&body(b)?.host)?;
-    lock(&z).cname.remove(&k);
+    api.admit(&headers, &k)?;
+    lock(&api.zone).cname.remove(&k);
     Ok(StatusCode::OK)
 }
 
-async fn set_servfail(State(z): State<Shared>, b: AnyJson<HostBody>) -> ApiResult {
+async fn set_servfail(
+    State(api): State<Api>,
+    headers: HeaderMap,
+    b: AnyJson<HostBody>,
+) -> ApiResult {
     let k = host_key(&body(b)?.host)?;
-    lock(&z).servfail.insert(k);
+    api.admit(&headers, &k)?;
+    lock(&api.zone).servfail.insert(k);
     Ok(StatusCode::OK)
 }
 
-async fn clear_servfail(State(z): State<Shared>, b: AnyJson<HostBody>) -> ApiResult {
+async fn clear_servfail(
+    State(api): State<Api>,
+    headers: HeaderMap,
+    b: AnyJson<HostBody>,
+) -> ApiResult {
     let k = host_key(&body(b)?.host)?;
-    lock(&z).servfail.remove(&k);
+    api.admit(&headers, &k)?;
+    lock(&api.zone).servfail.remove(&k);
     Ok(StatusCode::OK)
+}
+
+// ----------------------------------------------------------- write throttle
+
+/// Who shares a throttle bucket.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum WriteScope {
+    /// One bucket per API token (`Authorization: Bearer <token>`), as deSEC
+    /// first limited writes per account; requests without a token share one.
+    Token,
+    /// One bucket per registered domain of the record written (Public
+    /// Suffix List), as deSEC limits writes now.
+    Domain,
+}
+
+/// A write rate, `N/s`, `N/m` or `N/h`: a bucket of `N` writes refilled at
+/// `N` per second, minute or hour.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct WriteRate {
+    pub count: u32,
+    pub period_secs: u32,
+}
+
+impl std::str::FromStr for WriteRate {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<WriteRate, String> {
+        let wrong = || format!("{s:?} is not a rate such as 6/s, 60/m or 1000/h");
+        let (count, unit) = s.trim().split_once('/').ok_or_else(wrong)?;
+        let count: u32 = count.trim().parse().map_err(|_| wrong())?;
+        let period_secs = match unit.trim() {
+            "s" => 1,
+            "m" => 60,
+            "h" => 3600,
+            _ => return Err(wrong()),
+        };
+        if count == 0 {
+            return Err(format!(
+                "{s:?}: a rate of zero writes would refuse every write"
+            ));
+        }
+        Ok(WriteRate { count, period_secs })
+    }
+}
+
+impl std::fmt::Display for WriteRate {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let unit = match self.period_secs {
+            1 => "s",
+            60 => "m",
+            _ => "h",
+        };
+        write!(f, "{}/{unit}", self.count)
+    }
+}
+
+impl WriteRate {
+    fn limit(&self) -> Result<Limit, String> {
+        let n = u64::from(self.count);
+        Limit::new(n, n, u64::from(self.period_secs))
+    }
+}
+
+/// Keyed GCRA buckets (the arithmetic of `crate::ratelimit::gcra`, which the
+/// CA's own limits use), one per configured rate, in memory.
+///
+/// A write is admitted only if every rate admits it, and then spends from
+/// each; a refused write spends nothing. Buckets only refill with time, so
+/// the longest wait among the refusing rates is exactly when this write
+/// would be admitted: that, rounded up to whole seconds, is `Retry-After`.
+struct Throttle {
+    limits: Vec<Limit>,
+    scope: WriteScope,
+    /// The buckets run on a monotonic clock: nanoseconds since this instant.
+    epoch: Instant,
+    /// Each key's TATs, one per limit. A std mutex: held for a few map
+    /// operations, never across an await.
+    buckets: Mutex<HashMap<String, Vec<i64>>>,
+}
+
+/// Above this many keys, buckets that have refilled (and so equal fresh
+/// ones) are dropped before a new key is added.
+const MAX_IDLE_BUCKETS: usize = 10_000;
+
+impl Throttle {
+    fn new(rates: &[WriteRate], scope: WriteScope) -> anyhow::Result<Option<Throttle>> {
+        if rates.is_empty() {
+            return Ok(None);
+        }
+        let limits = rates
+            .iter()
+            .map(|r| r.limit().map_err(|e| anyhow::anyhow!("--write-rate: {e}")))
+            .collect::<anyhow::Result<_>>()?;
+        Ok(Some(Throttle {
+            limits,
+            scope,
+            epoch: Instant::now(),
+            buckets: Mutex::new(HashMap::new()),
+        }))
+    }
+
+    fn now_ns(&self) -> i64 {
+        i64::try_from(self.epoch.elapsed().as_nanos()).unwrap_or(i64::MAX)
+    }
+
+    /// Spends one write for `key` at `now_ns`, or returns how many
+    /// nanoseconds until it would be admitted.
+    fn spend(&self, key: &str, now_ns: i64) -> Result<(), i64> {
+        let mut buckets = self.buckets.lock().unwrap_or_else(|e| e.into_inner());
+        let tats = buckets.get(key);
+        let decisions: Vec<gcra::Decision> = self
+            .limits
+            .iter()
+            .enumerate()
+            .map(|(i, l)| gcra::spend(l, tats.and_then(|t| t.get(i).copied()), 1, now_ns))
+            .collect();
+        if let Some(wait) = decisions
+            .iter()
+            .filter(|d| !d.allowed)
+            .map(|d| d.retry_in_ns)
+            .max()
+        {
+            return Err(wait);
+        }
+        if tats.is_none() && buckets.len() >= MAX_IDLE_BUCKETS {
+            buckets.retain(|_, tats| tats.iter().any(|t| *t > now_ns));
+        }
+        buckets.insert(
+            key.to_string(),
+            decisions.iter().map(|d| d.new_tat_ns).collect(),
+        );
+        Ok(())
+    }
 }
 
 #[cfg(test)]
@@ -972,6 +1382,114 @@ mod tests {
         drop(s);
         let m = udp_ask(h.dns_addr, "ok.example.", RecordType::A).await;
         assert_eq!(m.answers().len(), 1);
+    }
+
+    const SEC: i64 = 1_000_000_000;
+
+    fn throttle(rates: &[&str]) -> Throttle {
+        let rates: Vec<WriteRate> = rates.iter().map(|r| r.parse().unwrap()).collect();
+        Throttle::new(&rates, WriteScope::Domain).unwrap().unwrap()
+    }
+
+    #[test]
+    fn write_rates_parse() {
+        let r = |s: &str| s.parse::<WriteRate>();
+        assert_eq!(
+            r("6/s"),
+            Ok(WriteRate {
+                count: 6,
+                period_secs: 1
+            })
+        );
+        assert_eq!(
+            r(" 60 / m "),
+            Ok(WriteRate {
+                count: 60,
+                period_secs: 60
+            })
+        );
+        assert_eq!(
+            r("1000/h"),
+            Ok(WriteRate {
+                count: 1000,
+                period_secs: 3600
+            })
+        );
+        assert_eq!(r("60/m").unwrap().to_string(), "60/m");
+        for bad in [
+            "", "6", "6/", "/s", "6/x", "6/sec", "-1/s", "six/s", "0/s", "6/s/s",
+        ] {
+            assert!(r(bad).is_err(), "{bad:?} parsed");
+        }
+    }
+
+    #[test]
+    fn throttle_admits_a_burst_then_says_exactly_when() {
+        let t = throttle(&["6/s"]);
+        for _ in 0..6 {
+            assert_eq!(t.spend("example.com", 0), Ok(()));
+        }
+        // One token every 1/6 s: the seventh write waits exactly that.
+        let ei = SEC / 6;
+        assert_eq!(t.spend("example.com", 0), Err(ei));
+        assert_eq!(t.spend("example.com", ei - 1), Err(1));
+        assert_eq!(gcra::retry_after_secs(ei), 1);
+        // A refusal spent nothing: the token is there on time.
+        assert_eq!(t.spend("example.com", ei), Ok(()));
+        // Other keys have their own buckets.
+        assert_eq!(t.spend("example.org", ei), Ok(()));
+    }
+
+    #[test]
+    fn throttle_with_several_rates_waits_for_the_slowest() {
+        let t = throttle(&["6/s", "8/m"]);
+        for _ in 0..6 {
+            assert_eq!(t.spend("k", 0), Ok(()));
+        }
+        // 6/s refuses; 8/m would admit, but a refused write spends nothing.
+        assert_eq!(t.spend("k", 0), Err(SEC / 6));
+        assert_eq!(t.spend("k", SEC), Ok(()));
+        assert_eq!(t.spend("k", SEC), Ok(()));
+        // 8/m is empty: its next token comes 7.5 s after the start.
+        assert_eq!(t.spend("k", SEC), Err(7 * SEC + SEC / 2 - SEC));
+        assert_eq!(gcra::retry_after_secs(6 * SEC + SEC / 2), 7);
+        assert_eq!(t.spend("k", 7 * SEC + SEC / 2), Ok(()));
+    }
+
+    #[test]
+    fn throttle_forgets_refilled_buckets_when_crowded() {
+        let t = throttle(&["1/s"]);
+        for i in 0..MAX_IDLE_BUCKETS {
+            assert_eq!(t.spend(&format!("d{i}.example"), 0), Ok(()));
+        }
+        assert_eq!(t.spend("busy.example", SEC / 2), Ok(()));
+        // All earlier buckets were full again at 1 s: only they go.
+        assert_eq!(t.spend("new.example", SEC), Ok(()));
+        assert_eq!(t.buckets.lock().unwrap().len(), 2);
+        assert_eq!(t.spend("busy.example", SEC), Err(SEC / 2));
+    }
+
+    #[test]
+    fn bearer_tokens() {
+        let h = |v: Option<&str>| {
+            let mut m = HeaderMap::new();
+            if let Some(v) = v {
+                m.insert(AUTHORIZATION, v.parse().unwrap());
+            }
+            bearer_token(&m).map_err(|e| format!("{e:?}"))
+        };
+        assert_eq!(h(None), Ok(String::new()));
+        assert_eq!(h(Some("Bearer abc")), Ok("abc".into()));
+        assert_eq!(h(Some("bearer  abc ")), Ok("abc".into()));
+        for bad in [
+            "Basic dXNlcjpwYXNz",
+            "Bearer",
+            "Bearer   ",
+            "Token abc",
+            "abc",
+        ] {
+            assert!(h(Some(bad)).is_err(), "{bad:?} accepted");
+        }
     }
 
     #[tokio::test]

@@ -9,7 +9,10 @@
 //! that skips validation. certbot, lego and the gem revoke (the result
 //! checked with `cairn admin certs list`, and for certbot and lego a second,
 //! refused attempt), and certbot's ARI check is driven by `cairn admin certs
-//! renew-early`.
+//! renew-early`. lego's dns-01 also runs against a mock DNS whose API
+//! throttles writes (issue 16's forum thread): with a hook that gives up on a
+//! 429 it fails as users saw it fail; with a hook that waits `Retry-After`,
+//! or with `EXEC_SEQUENCE_INTERVAL`, it issues.
 //!
 //! `scripts/test` installs the clients and points `CAIRN_TEST_CERTBOT`,
 //! `CAIRN_TEST_LEGO`, `CAIRN_TEST_CADDY` and `CAIRN_TEST_RUBY` (a `ruby`
@@ -73,7 +76,11 @@ impl Env {
 
     /// Like `start`, with the server's options adjusted by `opts`.
     fn start_with(opts: impl FnOnce(ServerOpts) -> ServerOpts) -> Env {
-        let dns = TestDns::start();
+        Env::start_with_dns(TestDns::start(), opts)
+    }
+
+    /// Like `start_with`, with a mock DNS of the caller's (e.g. throttled).
+    fn start_with_dns(dns: TestDns, opts: impl FnOnce(ServerOpts) -> ServerOpts) -> Env {
         let server = Server::start(opts(ServerOpts::test().with_dns(dns.dns_addr)));
         let tmp = tempfile::Builder::new()
             .prefix("cairn-clients-")
@@ -728,6 +735,122 @@ fn lego_dns01_wildcard_issues_and_renews() {
     assert_ne!(
         first.serial, renewed.serial,
         "renewal returned the same certificate"
+    );
+}
+
+/// The seven names of the forum thread's certificate: one registered domain.
+const SEVEN_NAMES: [&str; 7] = [
+    "a.example.com",
+    "b.example.com",
+    "c.example.com",
+    "d.example.com",
+    "e.example.com",
+    "f.example.com",
+    "g.example.com",
+];
+
+/// What lego's users saw in the forum thread of issue 16, from deSEC's API.
+const THROTTLED: &str = "Request was throttled. Expected available in 1 second.";
+
+/// lego with `SEVEN_NAMES` over dns-01 through its `exec` provider and the
+/// curl hook the README gives (`scripts/testdns-dns01-hook`), against a mock DNS whose API takes one write per second per
+/// registered domain.
+///
+/// Why one per second: lego solves an `exec` provider's challenges one at a
+/// time (present, wait for propagation, validate, clean up, then sleep
+/// `EXEC_SEQUENCE_INTERVAL`), so its writes come in pairs: a name's cleanup
+/// and the next name's present, milliseconds apart. That pair is what a
+/// per-second limit refuses; deSEC's lego provider, which presents every
+/// name at once, met a limit of 3 or 6 per second the same way. At 6/s this
+/// run sees no 429 at all.
+fn lego_against_throttled_dns(
+    bin: &Path,
+    retries: &str,
+    sequence_interval: &str,
+) -> (Env, Command) {
+    let dns = TestDns::start_with(&["--write-rate", "1/s", "--write-scope", "domain"], &[]);
+    let env = Env::start_with_dns(dns, |opts| opts);
+    let hook = Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/testdns-dns01-hook");
+    let mut cmd = lego(&env, bin, "ec256", &SEVEN_NAMES);
+    cmd.args(["--dns", "exec", "--dns.resolvers"])
+        .arg(env.dns.dns_addr.to_string())
+        .arg("--dns.disable-cp")
+        .env("EXEC_PATH", &hook)
+        .env("TESTDNS_API", &env.dns.api_url)
+        .env("TESTDNS_RETRY", retries)
+        // lego sleeps this long before its first propagation check, so a
+        // name's cleanup always comes a second or more after its present.
+        .env("EXEC_POLLING_INTERVAL", "1")
+        .env("EXEC_PROPAGATION_TIMEOUT", "30")
+        .env("EXEC_SEQUENCE_INTERVAL", sequence_interval)
+        .env_remove("EXEC_MODE")
+        .arg("run");
+    (env, cmd)
+}
+
+/// How many writes the mock DNS refused.
+fn throttled_writes(env: &Env) -> usize {
+    env.dns.log().matches("testdns: throttled a write").count()
+}
+
+#[test]
+fn lego_dns01_hook_that_gives_up_on_429_fails_like_the_forum_thread() {
+    let Some(bin) = client_path("CAIRN_TEST_LEGO") else {
+        return;
+    };
+    let (env, cmd) = lego_against_throttled_dns(&bin, "0", "0");
+    let out = env.run_expecting_failure("lego dns-01, 7 names, hook gives up on 429", cmd);
+    assert!(
+        out.contains(THROTTLED),
+        "lego should log the API's refusal; it said:\n{out}"
+    );
+    assert!(
+        out.contains("[b.example.com] acme: error presenting token"),
+        "lego should fail the second name's present; it said:\n{out}"
+    );
+    assert!(!lego_cert(&env, SEVEN_NAMES[0]).exists());
+    let error = out
+        .find("error: one or more domains")
+        .map_or("", |i| &out[i..]);
+    eprintln!(
+        "what users saw ({} writes refused):\n{}\n...\n{error}",
+        throttled_writes(&env),
+        out.lines()
+            .find(|l| l.contains(THROTTLED))
+            .unwrap_or_default()
+    );
+}
+
+#[test]
+fn lego_dns01_hook_that_honours_retry_after_issues() {
+    let Some(bin) = client_path("CAIRN_TEST_LEGO") else {
+        return;
+    };
+    let (env, cmd) = lego_against_throttled_dns(&bin, "5", "0");
+    env.run("lego dns-01, 7 names, TESTDNS_RETRY=5", cmd);
+    verify_issued(&env, &lego_cert(&env, SEVEN_NAMES[0]), &SEVEN_NAMES);
+    let refused = throttled_writes(&env);
+    eprintln!("{refused} writes refused, each retried after Retry-After");
+    assert!(
+        refused > 0,
+        "the API never throttled lego: nothing was tested"
+    );
+}
+
+#[test]
+fn lego_dns01_with_a_sequence_interval_issues() {
+    let Some(bin) = client_path("CAIRN_TEST_LEGO") else {
+        return;
+    };
+    // A second between one name's cleanup and the next name's present: the
+    // plain hook is never refused.
+    let (env, cmd) = lego_against_throttled_dns(&bin, "0", "1");
+    env.run("lego dns-01, 7 names, EXEC_SEQUENCE_INTERVAL=1", cmd);
+    verify_issued(&env, &lego_cert(&env, SEVEN_NAMES[0]), &SEVEN_NAMES);
+    assert_eq!(
+        throttled_writes(&env),
+        0,
+        "the sequence interval was not enough"
     );
 }
 

@@ -198,6 +198,12 @@ impl TestDns {
     /// (up to 10 s per attempt; a start that fails, e.g. on a taken port, is retried on
     /// new ports).
     pub fn start() -> TestDns {
+        TestDns::start_with(&[], &[])
+    }
+
+    /// Like `start`, with extra command-line arguments and environment (e.g. the
+    /// write throttle: `--write-rate 6/s`).
+    pub fn start_with(args: &[&str], env: &[(&str, &str)]) -> TestDns {
         let dir = tempfile::tempdir().expect("tempdir");
         let log_path = dir.path().join("testdns.log");
         let mut errors = Vec::new();
@@ -212,6 +218,8 @@ impl TestDns {
                 .arg(dns_addr.to_string())
                 .arg("--api-listen")
                 .arg(api_addr.to_string())
+                .args(args)
+                .envs(env.iter().copied())
                 .stdin(Stdio::null())
                 .stdout(out)
                 .stderr(err);
