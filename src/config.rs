@@ -55,6 +55,9 @@ pub struct ServerConfig {
     /// issues one from its own root for localhost, 127.0.0.1 and ::1.
     pub tls_cert: String,
     pub tls_key: String,
+    /// On SIGTERM/SIGINT: stop accepting, then wait at most this long for
+    /// requests in flight to finish before closing the rest.
+    pub shutdown_grace_secs: u64,
     /// Largest accepted request body, in bytes. A larger `Content-Length`
     /// is refused (413) before any of the body is read.
     pub max_body_bytes: usize,
