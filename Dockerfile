@@ -15,5 +15,10 @@ WORKDIR /var/lib/cairn
 ENV CAIRN_SERVER_LISTEN=0.0.0.0:14000 CAIRN_SERVER_MANAGEMENT_LISTEN=0.0.0.0:15000
 EXPOSE 14000 15000
 VOLUME /var/lib/cairn/data
+# /ready on the management listener: the database answers, the CA is loaded.
+HEALTHCHECK --interval=30s --timeout=10s --start-period=30s --retries=3 \
+    CMD ["cairn", "healthcheck", "--url", "http://127.0.0.1:15000"]
+# SIGTERM drains in-flight requests for server.shutdown_grace_secs (10 s).
+STOPSIGNAL SIGTERM
 ENTRYPOINT ["cairn"]
 CMD ["serve"]

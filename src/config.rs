@@ -486,6 +486,9 @@ fn parse_like(current: &toml::Value, raw: &str) -> anyhow::Result<toml::Value> {
 /// `password`/`sslpassword` query parameter) replaced by `***`. A string that
 /// does not parse as a URL is shown only up to its scheme.
 pub fn redact_url(raw: &str) -> String {
+    if raw.is_empty() {
+        return String::new();
+    }
     let Ok(mut u) = url::Url::parse(raw) else {
         return match raw.split_once(':') {
             Some((scheme, _)) => format!("{scheme}:***"),
