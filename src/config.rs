@@ -55,6 +55,9 @@ pub struct ServerConfig {
     /// issues one from its own root for localhost, 127.0.0.1 and ::1.
     pub tls_cert: String,
     pub tls_key: String,
+    /// On SIGTERM/SIGINT: stop accepting, then wait at most this long for
+    /// requests in flight to finish before closing the rest.
+    pub shutdown_grace_secs: u64,
     /// Largest accepted request body, in bytes. A larger `Content-Length`
     /// is refused (413) before any of the body is read.
     pub max_body_bytes: usize,
@@ -483,6 +486,9 @@ fn parse_like(current: &toml::Value, raw: &str) -> anyhow::Result<toml::Value> {
 /// `password`/`sslpassword` query parameter) replaced by `***`. A string that
 /// does not parse as a URL is shown only up to its scheme.
 pub fn redact_url(raw: &str) -> String {
+    if raw.is_empty() {
+        return String::new();
+    }
     let Ok(mut u) = url::Url::parse(raw) else {
         return match raw.split_once(':') {
             Some((scheme, _)) => format!("{scheme}:***"),

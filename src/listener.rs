@@ -86,7 +86,16 @@ pub struct Connections {
     epoch: std::time::Instant,
     next_id: AtomicU64,
     open: Mutex<HashMap<u64, Arc<ConnState>>>,
+    /// Shutting down: accept nothing new, close each connection once it
+    /// has no request in flight (HTTP/1 answers say `Connection: close`).
+    draining: AtomicBool,
+    /// Woken when draining starts.
+    drain_started: Notify,
 }
+
+/// A connection with nothing in flight is closed this long after its last
+/// answer once draining: its response has long been written by then.
+const DRAIN_SETTLE: Duration = Duration::from_millis(100);
 
 impl Connections {
     pub fn new(cap: usize) -> Arc<Connections> {
@@ -95,7 +104,28 @@ impl Connections {
             epoch: std::time::Instant::now(),
             next_id: AtomicU64::new(0),
             open: Mutex::new(HashMap::new()),
+            draining: AtomicBool::new(false),
+            drain_started: Notify::new(),
         })
+    }
+
+    /// Start a graceful shutdown: the listeners stop accepting, and every
+    /// connection closes once it has nothing in flight.
+    pub fn drain(&self) {
+        self.draining.store(true, Ordering::Release);
+        self.drain_started.notify_waiters();
+        for c in self.lock().values() {
+            c.changed.notify_one();
+        }
+    }
+
+    fn draining(&self) -> bool {
+        self.draining.load(Ordering::Acquire)
+    }
+
+    /// Connections still open.
+    pub fn open_count(&self) -> usize {
+        self.lock().len()
     }
 
     pub fn cap(&self) -> usize {
@@ -225,7 +255,17 @@ pub async fn serve(
     limits: Arc<Limits>,
 ) {
     loop {
-        let (stream, peer) = match listener.accept().await {
+        let drain = conns.drain_started.notified();
+        tokio::pin!(drain);
+        drain.as_mut().enable();
+        if conns.draining() {
+            return;
+        }
+        let accepted = tokio::select! {
+            a = listener.accept() => a,
+            _ = drain => return,
+        };
+        let (stream, peer) = match accepted {
             Ok(accepted) => accepted,
             Err(e) => {
                 // Out of file descriptors despite the reserve (or another
@@ -349,7 +389,18 @@ impl Conn {
     async fn watch<F: Future>(&self, served: F) -> Option<F::Output> {
         tokio::pin!(served);
         loop {
-            let deadline = self.state.deadline_ms(&self.limits);
+            let mut deadline = self.state.deadline_ms(&self.limits);
+            if self.conns.draining()
+                && self.state.requests.load(Ordering::Acquire) == 0
+                && self.state.head_since.load(Ordering::Acquire) == 0
+            {
+                let settle =
+                    self.state.idle_since.load(Ordering::Acquire) + DRAIN_SETTLE.as_millis() as u64;
+                if settle <= self.conns.now_ms() {
+                    return None;
+                }
+                deadline = Some(deadline.map_or(settle, |d| d.min(settle)));
+            }
             let sleep = async {
                 match deadline {
                     Some(ms) => tokio::time::sleep_until(self.conns.instant(ms)).await,
@@ -365,6 +416,7 @@ impl Conn {
                     if self.state.deadline_ms(&self.limits).is_some_and(|d| d <= now) {
                         return None;
                     }
+                    // Draining: the loop's top decides.
                 }
             }
         }
@@ -390,6 +442,7 @@ impl Conn {
             let req = hyper::Request::from_parts(parts, axum::body::Body::new(body));
             let response = conn.app.clone().oneshot(req);
             let state = conn.state.clone();
+            let conns = conn.conns.clone();
             async move {
                 let mut r = response.await;
                 drop(running);
@@ -398,7 +451,8 @@ impl Conn {
                 // would reuse it and see its next request fail. (HTTP/2
                 // resets just the stream, and forbids the header.)
                 if let Ok(resp) = &mut r {
-                    if http1 && state.body_abandoned.swap(false, Ordering::AcqRel) {
+                    let draining = conns.draining();
+                    if http1 && (state.body_abandoned.swap(false, Ordering::AcqRel) || draining) {
                         resp.headers_mut().insert(
                             http::header::CONNECTION,
                             http::HeaderValue::from_static("close"),

@@ -24,6 +24,31 @@ enum Command {
     /// Operator controls: certificates (list, revoke, renew early), rate-limit
     /// overrides, and unpausing accounts.
     Admin(cairn::admin::AdminArgs),
+    /// Check or print the configuration without starting anything.
+    #[command(subcommand)]
+    Config(ConfigCommand),
+    /// Exit 0 if a running server's management listener says it is ready
+    /// (`GET /ready`), 1 otherwise: a container HEALTHCHECK.
+    Healthcheck {
+        /// The management listener's URL.
+        #[arg(long, default_value = "http://127.0.0.1:15000")]
+        url: String,
+    },
+}
+
+#[derive(Subcommand)]
+enum ConfigCommand {
+    /// Validate the preset plus FILE (and CAIRN_* variables) as `serve`
+    /// would load them; print "ok" or what is wrong, with the key.
+    Check {
+        /// The TOML file to check (applied on top of the preset).
+        file: PathBuf,
+        /// Preset: dev (default), test, staging, production.
+        #[arg(long)]
+        preset: Option<String>,
+    },
+    /// Print the effective configuration as TOML (passwords masked).
+    Show(ConfigArgs),
 }
 
 #[derive(clap::Args)]
@@ -37,6 +62,24 @@ struct ConfigArgs {
     /// Data directory (database, CA keys); overrides the configuration.
     #[arg(long)]
     data_dir: Option<PathBuf>,
+}
+
+async fn healthcheck(url: &str) -> anyhow::Result<()> {
+    let url = format!("{}/ready", url.trim_end_matches('/'));
+    let resp = reqwest::Client::builder()
+        .timeout(std::time::Duration::from_secs(5))
+        .build()?
+        .get(&url)
+        .send()
+        .await
+        .map_err(|e| anyhow::anyhow!("GET {url}: {e}"))?;
+    let status = resp.status();
+    let body = resp.text().await.unwrap_or_default();
+    if status.is_success() {
+        Ok(())
+    } else {
+        anyhow::bail!("GET {url}: {status}: {body}")
+    }
 }
 
 impl ConfigArgs {
@@ -56,13 +99,26 @@ fn main() -> std::process::ExitCode {
         Command::Admin(_) => "warn",
         _ => "info",
     };
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("CAIRN_LOG")
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_filter)),
-        )
-        .with_writer(std::io::stderr)
-        .init();
+    let filter = tracing_subscriber::EnvFilter::try_from_env("CAIRN_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_filter));
+    // Human-readable by default; `CAIRN_LOG_FORMAT=json` gives one JSON
+    // object per line (fields flattened) for log collectors.
+    match std::env::var("CAIRN_LOG_FORMAT").as_deref() {
+        Ok("json") => tracing_subscriber::fmt()
+            .json()
+            .flatten_event(true)
+            .with_env_filter(filter)
+            .with_writer(std::io::stderr)
+            .init(),
+        Ok("text") | Ok("") | Err(_) => tracing_subscriber::fmt()
+            .with_env_filter(filter)
+            .with_writer(std::io::stderr)
+            .init(),
+        Ok(other) => {
+            eprintln!("cairn: CAIRN_LOG_FORMAT={other:?}: expected \"text\" or \"json\"");
+            return std::process::ExitCode::FAILURE;
+        }
+    }
     let rt = match tokio::runtime::Runtime::new() {
         Ok(rt) => rt,
         Err(e) => {
@@ -75,6 +131,28 @@ fn main() -> std::process::ExitCode {
             Command::Serve(args) => cairn::serve::run(args.load()?).await,
             Command::Testdns(args) => cairn::testdns::run(args).await,
             Command::Admin(args) => cairn::admin::run(args).await,
+            Command::Config(ConfigCommand::Check { file, preset }) => {
+                let preset_name = preset.clone().unwrap_or_else(|| "dev".into());
+                let cfg = Config::load(&Sources {
+                    preset,
+                    file: Some(file.clone()),
+                    data_dir: None,
+                })?;
+                println!(
+                    "ok: {} is valid (preset {}, database {})",
+                    file.display(),
+                    preset_name,
+                    cairn::config::redact_url(&cfg.database_url())
+                );
+                Ok(())
+            }
+            Command::Config(ConfigCommand::Show(args)) => {
+                let mut cfg = args.load()?;
+                cfg.database.url = cairn::config::redact_url(&cfg.database.url);
+                print!("{}", toml::to_string_pretty(&cfg)?);
+                Ok(())
+            }
+            Command::Healthcheck { url } => healthcheck(&url).await,
         }
     });
     match result {

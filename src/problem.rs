@@ -214,12 +214,14 @@ impl Problem {
 
     /// An internal error: logged with an id, answered without internals.
     pub fn internal(err: impl std::fmt::Display) -> Problem {
-        let id: u64 = rand::random();
-        tracing::error!(error_id = %format!("{id:016x}"), "internal error: {err}");
+        // The request's id when there is one: the same id is on the
+        // request's log line, so the detail leads an operator to both.
+        let id = crate::request::id().unwrap_or_else(|| format!("{:016x}", rand::random::<u64>()));
+        tracing::error!(request_id = %id, "internal error: {err}");
         let mut p = Problem::new(
             "serverInternal",
             StatusCode::INTERNAL_SERVER_ERROR,
-            format!("internal error (id {id:016x})"),
+            format!("internal error (request id {id})"),
         );
         p.retry_after = Some(60);
         p

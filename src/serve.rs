@@ -26,6 +26,13 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
     // One crypto provider for every rustls user in the process.
     let _ = rustls::crypto::ring::default_provider().install_default();
     ensure_dir(&cfg.data_dir)?;
+    let metrics_handle = match crate::metrics::install() {
+        Ok(h) => Some(h),
+        Err(e) => {
+            tracing::warn!("metrics recorder not installed: {e}");
+            None
+        }
+    };
     let cfg = Arc::new(cfg);
     let clock = Arc::new(Clock::system());
     let store = crate::sa::open(&cfg.database_url(), cfg.database.max_connections)
@@ -126,10 +133,18 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
             .await
             .with_context(|| format!("binding the management listener {addr}"))?;
         let clock_control = cfg.server.clock_control.then(|| clock.clone());
+        let observed = Observed {
+            limiter: limiter.clone(),
+            rates: rates.clone(),
+            metrics: metrics_handle.clone(),
+            store: store.clone(),
+        };
         let app = management_router(ca.clone(), crl.clone(), clock_control).merge(
             Router::new()
                 .route("/metrics", get(metrics))
-                .with_state((limiter.clone(), rates.clone())),
+                .route("/health", get(health))
+                .route("/ready", get(ready))
+                .with_state(observed),
         );
         tracing::info!(
             "management: http://{addr} (roots at /roots/0, intermediates at /intermediates/0, \
@@ -150,10 +165,36 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
         .with_context(|| format!("binding the ACME listener {}", cfg.server.listen))?;
     tracing::info!("directory: {}/directory", cfg.default_base_url());
     tracing::info!("root certificate: {}", cfg.data_path("root.pem").display());
-    tokio::select! {
-        _ = listener::serve(acme_listener, Some(tls), app, conns, limits) => {}
-        _ = shutdown_signal() => tracing::info!("shutting down"),
+    let acme = tokio::spawn(listener::serve(
+        acme_listener,
+        Some(tls),
+        app,
+        conns.clone(),
+        limits,
+    ));
+    shutdown_signal().await;
+    // Graceful: accept nothing new, let what is in flight finish (HTTP/1
+    // answers say `Connection: close`), then close the database. A
+    // validation still running is left `processing` under its lease: the
+    // next start, or another instance, runs it again.
+    let grace = Duration::from_secs(cfg.server.shutdown_grace_secs);
+    tracing::info!(
+        open_connections = conns.open_count(),
+        grace_secs = grace.as_secs(),
+        "shutting down: draining connections"
+    );
+    conns.drain();
+    let deadline = tokio::time::Instant::now() + grace;
+    while conns.open_count() > 0 && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
     }
+    let left = conns.open_count();
+    if left > 0 {
+        tracing::warn!(connections = left, "grace period over: closing the rest");
+    }
+    acme.abort();
+    store.close().await;
+    tracing::info!("shut down");
     Ok(())
 }
 
@@ -190,12 +231,53 @@ fn spawn_pruner(wfe: Arc<Wfe>, store: DynStore, clock: Arc<Clock>) {
     });
 }
 
-/// `GET /metrics` (Prometheus text format): rate-limit refusals per limit
-/// since start, issuance windows and request rates alike.
-async fn metrics(
-    State((limiter, rates)): State<(Arc<Limiter>, Arc<RequestRateLimiter>)>,
-) -> Response {
-    let mut out = String::from(
+/// What the management listener's `/metrics`, `/health` and `/ready` read.
+#[derive(Clone)]
+struct Observed {
+    limiter: Arc<Limiter>,
+    rates: Arc<RequestRateLimiter>,
+    metrics: Option<metrics_exporter_prometheus::PrometheusHandle>,
+    store: DynStore,
+}
+
+/// `GET /health`: the process is up and answering.
+async fn health() -> Response {
+    axum::Json(serde_json::json!({"status": "ok"})).into_response()
+}
+
+/// `GET /ready`: this instance can serve ACME requests: the database
+/// answers (its migrations ran when it was opened, before the listeners
+/// started) and the CA keys are loaded (they are before any listener
+/// starts). 503 with the reason otherwise; load balancers route on it.
+async fn ready(State(o): State<Observed>) -> Response {
+    let check = tokio::time::timeout(Duration::from_secs(5), o.store.ping()).await;
+    let (status, body) = match check {
+        Ok(Ok(())) => (
+            StatusCode::OK,
+            serde_json::json!({"status": "ready", "database": "ok", "ca": "loaded"}),
+        ),
+        Ok(Err(e)) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            serde_json::json!({"status": "unavailable", "database": e.detail}),
+        ),
+        Err(_) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            serde_json::json!({"status": "unavailable", "database": "no answer within 5 s"}),
+        ),
+    };
+    (status, axum::Json(body)).into_response()
+}
+
+/// `GET /metrics` (Prometheus text format): the `cairn_*` series the code
+/// counts (requests, latency, issuances, validations, nonces, the database
+/// pool, build info), and rate-limit refusals per limit since start,
+/// issuance windows and request rates alike.
+async fn metrics(State(o): State<Observed>) -> Response {
+    let (limiter, rates) = (&o.limiter, &o.rates);
+    let (open, idle) = o.store.pool_stats();
+    crate::metrics::db_pool(open, idle);
+    let mut out = o.metrics.as_ref().map(|m| m.render()).unwrap_or_default();
+    out.push_str(
         "# HELP cairn_rate_limit_refusals_total Requests refused by a rate limit since start.\n\
          # TYPE cairn_rate_limit_refusals_total counter\n",
     );
@@ -215,7 +297,14 @@ async fn metrics(
             class.limit_name()
         ));
     }
-    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], out).into_response()
+    (
+        [(
+            header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        out,
+    )
+        .into_response()
 }
 
 async fn shutdown_signal() {

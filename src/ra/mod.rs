@@ -733,6 +733,7 @@ impl Ra {
             account_uri: format!("{}/acme/acct/{}", self.cfg.default_base_url(), acct.id.0),
         };
         // Bound the whole validation so a challenge never stays processing.
+        let started = std::time::Instant::now();
         let limit = Duration::from_secs(self.validation_limit_secs());
         let result = match tokio::time::timeout(limit, self.va.validate(&req)).await {
             Ok(Ok(records)) => Ok(serde_json::to_string(&records).map_err(Problem::internal)?),
@@ -746,6 +747,13 @@ impl Ra {
         let outcome = match &result {
             Ok(_) => "valid".to_string(),
             Err(p) => p.to_string(),
+        };
+        let metric_result = match &result {
+            Ok(_) => "valid".to_string(),
+            Err(p) => p
+                .kind
+                .trim_start_matches(crate::problem::ACME_ERROR_NS)
+                .to_string(),
         };
         tracing::info!(challenge = id.0, kind = c.kind.as_str(), domain = %a.identifier, %outcome, "validation finished");
         let now = self.clock.unix();
@@ -762,6 +770,11 @@ impl Ra {
         {
             return Ok(());
         }
+        crate::metrics::validation(
+            c.kind.as_str(),
+            &metric_result,
+            started.elapsed().as_secs_f64(),
+        );
         if failed {
             self.count_failure(a.account_id, &a.identifier).await;
             // The authorization is invalid: its orders' tokens come back now.
@@ -952,6 +965,7 @@ impl Ra {
             return Err(p);
         }
         tracing::info!(order = id.0, serial = %issued.serial, names = ?names, "certificate issued");
+        crate::metrics::issuance();
         self.order(acct, id).await
     }
 

@@ -229,6 +229,12 @@ pub type DynStore = Arc<dyn Store>;
 
 #[async_trait]
 pub trait Store: LimitStore + Send + Sync {
+    /// One trivial round trip: is the database there (`/ready`)?
+    async fn ping(&self) -> Result<(), Problem>;
+    /// The connection pool: (open connections, idle ones).
+    fn pool_stats(&self) -> (u32, usize);
+    /// Close every pooled connection (at shutdown), waiting for those in use.
+    async fn close(&self);
     /// Record a nonce as used; false if it was used before.
     async fn redeem_nonce(&self, nonce: &[u8], expires: i64) -> Result<bool, Problem>;
     async fn prune_nonces(&self, now: i64) -> Result<u64, Problem>;

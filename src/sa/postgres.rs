@@ -102,6 +102,19 @@ const LOCK_CHALLENGE_AUTHZ: &str = "SELECT a.id FROM authzs a
 
 #[async_trait]
 impl Store for PgStore {
+    async fn ping(&self) -> Result<(), Problem> {
+        sqlx::query("SELECT 1").execute(&self.pool).await?;
+        Ok(())
+    }
+
+    fn pool_stats(&self) -> (u32, usize) {
+        (self.pool.size(), self.pool.num_idle())
+    }
+
+    async fn close(&self) {
+        self.pool.close().await;
+    }
+
     async fn redeem_nonce(&self, nonce: &[u8], expires: i64) -> Result<bool, Problem> {
         // Two instances inserting the same nonce: the second waits for the
         // first's commit, then conflicts and inserts nothing: one use only.

@@ -104,6 +104,19 @@ const CHALLENGE_COLS: &str = "id, authz_id, type, token, status, validated, erro
 
 #[async_trait]
 impl Store for SqliteStore {
+    async fn ping(&self) -> Result<(), Problem> {
+        sqlx::query("SELECT 1").execute(&self.pool).await?;
+        Ok(())
+    }
+
+    fn pool_stats(&self) -> (u32, usize) {
+        (self.pool.size(), self.pool.num_idle())
+    }
+
+    async fn close(&self) {
+        self.pool.close().await;
+    }
+
     async fn redeem_nonce(&self, nonce: &[u8], expires: i64) -> Result<bool, Problem> {
         let r = sqlx::query(
             "INSERT INTO used_nonces (nonce, expires) VALUES (?, ?) ON CONFLICT DO NOTHING",

@@ -226,14 +226,37 @@ async fn method_not_allowed() -> Problem {
 /// from Boulder: Ruby's acme-client fetches the directory through a
 /// connection without a nonce pool and crashes on one.
 async fn common_headers(State(state): State<AppState>, mut req: Request, next: Next) -> Response {
+    let started = std::time::Instant::now();
     let base = base_url(req.headers(), &state.cfg);
     req.extensions_mut().insert(Base(base.clone()));
     let is_directory = req.uri().path() == "/directory";
     let wants_nonce = req.method() == Method::POST || req.uri().path() == "/acme/new-nonce";
+    let method = req.method().clone();
+    let endpoint = crate::metrics::endpoint(req.uri().path());
+    let current = crate::request::Request::new();
     let mut resp = match check_head(&req, &state.cfg) {
-        Ok(()) => next.run(req).await,
+        Ok(()) => crate::request::scope(current.clone(), next.run(req)).await,
         Err(p) => p.into_response(),
     };
+    let elapsed = started.elapsed();
+    crate::metrics::request(
+        endpoint,
+        method.as_str(),
+        resp.status().as_u16(),
+        elapsed.as_secs_f64(),
+    );
+    // One line per request: the route (not the path, which may carry
+    // anything a client sent), never the JWS or its key.
+    tracing::info!(
+        target: "cairn::request",
+        request_id = %current.id,
+        method = %method,
+        endpoint,
+        status = resp.status().as_u16(),
+        latency_ms = format!("{:.3}", elapsed.as_secs_f64() * 1000.0),
+        account = current.account(),
+        "request"
+    );
     let h = resp.headers_mut();
     if wants_nonce {
         if let Ok(v) = HeaderValue::from_str(&state.nonces.issue()) {
@@ -420,10 +443,12 @@ impl Wfe {
                 // (checked here first: a forged or stale one costs no I/O).
                 let (body, expires) = self.nonces.check(&nonce)?;
                 let (acct, fresh) = self.ra.account_for_kid(id, &body, expires).await?;
+                crate::request::set_account(acct.id.0);
                 self.verifiers.get_or_build(&acct)?.verify(&jws)?;
                 if !fresh {
                     return Err(nonce::used_nonce());
                 }
+                crate::metrics::nonce("redeemed");
                 Signer::Account(acct)
             }
             (None, None, KeyMode::Any) => {

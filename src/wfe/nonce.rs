@@ -64,25 +64,27 @@ impl Nonces {
     /// from the future, not expired. Returns what to spend (the body) and
     /// until when it must be remembered as used.
     pub fn check(&self, nonce: &str) -> Result<(Vec<u8>, i64), Problem> {
-        let raw = B64.decode(nonce).map_err(|_| bad_nonce("not base64url"))?;
+        let raw = B64
+            .decode(nonce)
+            .map_err(|_| refused("malformed", "not base64url"))?;
         if raw.len() != BODY_LEN + TAG_LEN {
-            return Err(bad_nonce("wrong length"));
+            return Err(refused("malformed", "wrong length"));
         }
         let (body, tag) = raw.split_at(BODY_LEN);
         let mut mac = self.mac.clone();
         mac.update(body);
         mac.verify_truncated_left(tag)
-            .map_err(|_| bad_nonce("not issued by this server"))?;
+            .map_err(|_| refused("foreign", "not issued by this server"))?;
         let mut ts = [0u8; 8];
         ts.copy_from_slice(&body[..8]);
         let issued = i64::from_be_bytes(ts);
         let now = self.clock.unix();
         if issued > now + SKEW_SECS {
-            return Err(bad_nonce("issued in the future"));
+            return Err(refused("future", "issued in the future"));
         }
         let expires = issued + self.lifetime;
         if expires < now {
-            return Err(bad_nonce("expired"));
+            return Err(refused("expired", "expired"));
         }
         Ok((body.to_vec(), expires + SKEW_SECS))
     }
@@ -93,6 +95,7 @@ impl Nonces {
         if !self.store.redeem_nonce(&body, expires).await? {
             return Err(used_nonce());
         }
+        crate::metrics::nonce("redeemed");
         Ok(())
     }
 
@@ -102,11 +105,13 @@ impl Nonces {
     }
 }
 
-fn bad_nonce(why: &str) -> Problem {
+/// A refused nonce, counted by why (`cairn_nonces_total{result}`).
+fn refused(result: &'static str, why: &str) -> Problem {
+    crate::metrics::nonce(result);
     Problem::bad_nonce(format!("JWS has an invalid anti-replay nonce: {why}"))
 }
 
 /// A nonce spent before.
 pub fn used_nonce() -> Problem {
-    bad_nonce("already used")
+    refused("used", "already used")
 }

@@ -86,6 +86,38 @@ impl Drop for TestDb {
 }
 
 impl TestDb {
+    /// Make the database unreachable for the server (refuse new sessions,
+    /// end the open ones) or reachable again.
+    pub async fn block_connections(&self, block: bool) {
+        let mut admin = PgConnection::connect(&self.admin_url)
+            .await
+            .unwrap_or_else(|e| panic!("connect to {}: {e}", self.admin_url));
+        admin
+            .execute(
+                format!(
+                    "ALTER DATABASE \"{}\" ALLOW_CONNECTIONS {block_not}",
+                    self.name,
+                    block_not = !block
+                )
+                .as_str(),
+            )
+            .await
+            .expect("ALTER DATABASE");
+        if block {
+            admin
+                .execute(
+                    format!(
+                        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = '{}'",
+                        self.name
+                    )
+                    .as_str(),
+                )
+                .await
+                .expect("terminate sessions");
+        }
+        let _ = admin.close().await;
+    }
+
     /// `create` from synchronous code (the process-control harness).
     pub fn create_blocking(admin_url: &str) -> TestDb {
         let admin_url = admin_url.to_owned();
