@@ -644,6 +644,11 @@ impl Server {
         if let Some(db) = &self.database {
             cmd.env("CAIRN_DATABASE_URL", &db.url);
         }
+        // The shared presets render every URL from server.external_url and
+        // refuse to start without one: here it is this listener.
+        if ["staging", "production"].contains(&self.opts.preset.as_str()) {
+            cmd.env("CAIRN_SERVER_EXTERNAL_URL", &self.base_url);
+        }
         for (k, v) in &self.opts.env {
             cmd.env(k, v);
         }
