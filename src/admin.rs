@@ -212,6 +212,7 @@ pub async fn run(args: AdminArgs) -> anyhow::Result<()> {
             let q = CertQuery {
                 serial: a.serial.as_deref().map(normalize_serial).transpose()?,
                 name: a.name.map(|n| n.to_ascii_lowercase()),
+                domain: None,
                 account: a.account.as_deref().map(parse_account).transpose()?,
                 issued_before: None,
                 limit: a.limit.max(1),
@@ -233,6 +234,7 @@ pub async fn run(args: AdminArgs) -> anyhow::Result<()> {
             let q = CertQuery {
                 serial: a.serial.as_deref().map(normalize_serial).transpose()?,
                 name: a.name.map(|n| n.to_ascii_lowercase()),
+                domain: None,
                 account: None,
                 issued_before: a.issued_before.as_deref().map(parse_time).transpose()?,
                 limit: 0,

@@ -10,6 +10,8 @@
 //! - [`crl`]: CRL publication (schedule, after revocations) and serving.
 //! - [`key`]: key policy and canonical keys, for account keys and CSR keys alike.
 //! - [`listener`]: connections: TLS, per-phase timeouts, the connection cap.
+//! - [`lookup`]: the management listener's status page (issued certificates, limits).
+//! - [`metrics`]: Prometheus series; [`request`]: the request being answered (id, account).
 //! - `va`: validation authority: http-01, dns-01, tls-alpn-01, CAA.
 //! - `policy`: which identifiers may be issued for.
 //! - [`testdns`]: the mock DNS server of `cairn testdns`.
@@ -26,6 +28,7 @@ pub mod config;
 pub mod crl;
 pub mod key;
 pub mod listener;
+pub mod lookup;
 pub mod metrics;
 pub mod policy;
 pub mod problem;

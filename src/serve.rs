@@ -139,13 +139,15 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
             metrics: metrics_handle.clone(),
             store: store.clone(),
         };
-        let app = management_router(ca.clone(), crl.clone(), clock_control).merge(
-            Router::new()
-                .route("/metrics", get(metrics))
-                .route("/health", get(health))
-                .route("/ready", get(ready))
-                .with_state(observed),
-        );
+        let app = management_router(ca.clone(), crl.clone(), clock_control)
+            .merge(
+                Router::new()
+                    .route("/metrics", get(metrics))
+                    .route("/health", get(health))
+                    .route("/ready", get(ready))
+                    .with_state(observed),
+            )
+            .merge(crate::lookup::router(ra.clone()));
         tracing::info!(
             "management: http://{addr} (roots at /roots/0, intermediates at /intermediates/0, \
              CRL at /crl/0)"

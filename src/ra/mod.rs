@@ -19,6 +19,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 mod ari;
+pub mod status;
 pub use ari::{cert_id, window, RenewalInfo};
 
 /// An order that stayed `processing` this long was interrupted (a crash

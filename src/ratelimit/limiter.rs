@@ -636,6 +636,31 @@ impl Limiter {
     /// after `overrides set`, because a bucket's TAT was earned under the
     /// old parameters: an exhausted bucket stays exhausted under a raised
     /// limit (only refilling faster) until it is reset.
+    /// A bucket's state now, read with the same arithmetic that decides
+    /// (a check-only transaction of one token, nothing written): the
+    /// limit in force for `id` (overrides included) and the decision.
+    /// `None` when the limit is off for this set or key.
+    pub async fn bucket_state(
+        &self,
+        limit: LimitName,
+        id: &str,
+    ) -> Result<Option<(Limit, Decision)>, Problem> {
+        let (Some(params), Some(txn)) = (
+            self.params(limit, id),
+            self.txn(limit, id, 1, TxnMode::CheckOnly),
+        ) else {
+            return Ok(None);
+        };
+        let now = self.now_ns();
+        let decisions = self.store.spend_buckets(&[txn], now).await?;
+        Ok(decisions.into_iter().next().map(|d| (params, d)))
+    }
+
+    /// Every identifier the account is paused for.
+    pub async fn paused(&self, account: AccountId) -> Result<Vec<String>, Problem> {
+        self.store.paused_identifiers(account).await
+    }
+
     pub async fn reset_bucket(&self, limit: LimitName, id: &str) -> Result<(), Problem> {
         self.store
             .reset_buckets(&[bucket_key(limit, &id.to_ascii_lowercase())])

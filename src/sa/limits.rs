@@ -70,6 +70,9 @@ pub trait LimitStore: Send + Sync {
         now: i64,
     ) -> Result<OrderLimitFacts, Problem>;
 
+    /// Every identifier the account is paused for, sorted.
+    async fn paused_identifiers(&self, account: AccountId) -> Result<Vec<String>, Problem>;
+
     /// When the account's `nth` earliest-expiring pending authorization
     /// expires (Unix seconds), if it holds that many unexpired at `now`:
     /// the moment `nth` pending authorizations' room comes back by itself.
@@ -163,6 +166,16 @@ impl SqliteStore {
 
 #[async_trait]
 impl LimitStore for SqliteStore {
+    async fn paused_identifiers(&self, account: AccountId) -> Result<Vec<String>, Problem> {
+        Ok(sqlx::query_scalar(
+            "SELECT identifier FROM rate_limit_paused
+             WHERE account_id = ?1 AND unpaused_at IS NULL ORDER BY identifier",
+        )
+        .bind(account.0)
+        .fetch_all(&self.pool)
+        .await?)
+    }
+
     async fn spend_buckets(&self, txns: &[BucketTxn], now: i64) -> Result<Vec<Decision>, Problem> {
         require_distinct(txns)?;
         if txns.is_empty() {
@@ -397,6 +410,16 @@ impl PgStore {
 
 #[async_trait]
 impl LimitStore for PgStore {
+    async fn paused_identifiers(&self, account: AccountId) -> Result<Vec<String>, Problem> {
+        Ok(sqlx::query_scalar(
+            "SELECT identifier FROM rate_limit_paused
+             WHERE account_id = $1 AND unpaused_at IS NULL ORDER BY identifier",
+        )
+        .bind(account.0)
+        .fetch_all(&self.pool)
+        .await?)
+    }
+
     async fn spend_buckets(&self, txns: &[BucketTxn], now: i64) -> Result<Vec<Decision>, Problem> {
         require_distinct(txns)?;
         if txns.is_empty() {

@@ -153,6 +153,8 @@ pub struct CertQuery {
     pub serial: Option<String>,
     /// A dNSName in the certificate, exactly (lower-cased).
     pub name: Option<String>,
+    /// A dNSName equal to this domain or under it (`*.d`, `x.d`).
+    pub domain: Option<String>,
     pub account: Option<AccountId>,
     /// Issued strictly before this time.
     pub issued_before: Option<i64>,

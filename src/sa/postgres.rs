@@ -1023,6 +1023,20 @@ fn push_cert_filters(b: &mut QueryBuilder<'_, Postgres>, q: &CertQuery) {
         b.push_bind(name.to_ascii_lowercase());
         b.push(")");
     }
+    if let Some(domain) = &q.domain {
+        // Domain names hold no LIKE wildcards (policy allows [a-z0-9.-]
+        // only), but escape them anyway.
+        let d = domain.to_ascii_lowercase();
+        let escaped = d
+            .replace('\\', "\\\\")
+            .replace('%', "\\%")
+            .replace('_', "\\_");
+        b.push(" AND serial IN (SELECT serial FROM certificate_names WHERE name = ");
+        b.push_bind(d);
+        b.push(" OR name LIKE ");
+        b.push_bind(format!("%.{escaped}"));
+        b.push(" ESCAPE '\\')");
+    }
     if let Some(account) = q.account {
         b.push(" AND account_id = ");
         b.push_bind(account.0);
