@@ -35,20 +35,7 @@ const WEEK: u64 = 7 * 86_400;
 /// `opts` with `CAIRN_LIMITS_PROFILE=unlimited` and one window limit (its
 /// snake_case config name) switched on with `burst`, `count`, `period`.
 fn with_limit(opts: ServerOpts, limit: &str, burst: u64, count: u64, period: u64) -> ServerOpts {
-    let up = limit.to_ascii_uppercase();
-    opts.with_env("CAIRN_LIMITS_PROFILE", "unlimited")
-        .with_env(
-            &format!("CAIRN_LIMITS_WINDOWS_{up}_BURST"),
-            &burst.to_string(),
-        )
-        .with_env(
-            &format!("CAIRN_LIMITS_WINDOWS_{up}_COUNT"),
-            &count.to_string(),
-        )
-        .with_env(
-            &format!("CAIRN_LIMITS_WINDOWS_{up}_PERIOD_SECS"),
-            &period.to_string(),
-        )
+    opts.with_limit(limit, burst, count, period)
 }
 
 /// One window limit whose burst equals its count, refilling one token every

@@ -13,20 +13,7 @@ use std::process::Command;
 use std::time::Duration;
 
 fn with_limit(opts: ServerOpts, limit: &str, burst: u64, count: u64, period: u64) -> ServerOpts {
-    let up = limit.to_ascii_uppercase();
-    opts.with_env("CAIRN_LIMITS_PROFILE", "unlimited")
-        .with_env(
-            &format!("CAIRN_LIMITS_WINDOWS_{up}_BURST"),
-            &burst.to_string(),
-        )
-        .with_env(
-            &format!("CAIRN_LIMITS_WINDOWS_{up}_COUNT"),
-            &count.to_string(),
-        )
-        .with_env(
-            &format!("CAIRN_LIMITS_WINDOWS_{up}_PERIOD_SECS"),
-            &period.to_string(),
-        )
+    opts.with_limit(limit, burst, count, period)
 }
 
 async fn page(server: &Server, query: &str) -> (u16, String) {

@@ -438,6 +438,24 @@ impl ServerOpts {
         self.nofile_limit = Some(n);
         self
     }
+    /// The `unlimited` limit set with one window limit (`limit` in
+    /// snake_case, as in the configuration) set to these numbers.
+    pub fn with_limit(self, limit: &str, burst: u64, count: u64, period_secs: u64) -> ServerOpts {
+        let up = limit.to_ascii_uppercase();
+        self.with_env("CAIRN_LIMITS_PROFILE", "unlimited")
+            .with_env(
+                &format!("CAIRN_LIMITS_WINDOWS_{up}_BURST"),
+                &burst.to_string(),
+            )
+            .with_env(
+                &format!("CAIRN_LIMITS_WINDOWS_{up}_COUNT"),
+                &count.to_string(),
+            )
+            .with_env(
+                &format!("CAIRN_LIMITS_WINDOWS_{up}_PERIOD_SECS"),
+                &period_secs.to_string(),
+            )
+    }
     pub fn with_preset(mut self, preset: &str) -> ServerOpts {
         self.preset = preset.to_string();
         self
