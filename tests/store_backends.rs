@@ -11,13 +11,14 @@
 
 mod common;
 
-use cairn::problem::{Identifier, Problem};
-use cairn::sa::{
-    identifier_set_hash, Account, AccountId, AccountStatus, AuthzId, AuthzStatus, CertQuery,
-    Certificate, ChallengeId, ChallengeStatus, DynStore, KeyChange, NewAuthz, NewOrder, Order,
-    OrderAuthz, OrderId, OrderStatus, RevokedEntry, Store, StoredCrl,
+use cairn::core::{
+    identifier_set_hash, Account, AccountId, AccountStatus, AuthzId, AuthzStatus, Certificate,
+    ChallengeId, ChallengeStatus, ChallengeType, Identifier, Order, OrderId, OrderStatus,
+    RevokedEntry, StoredCrl,
 };
-use cairn::va::ChallengeType;
+use cairn::problem::Problem;
+use cairn::ra::{error_doc, problem_of};
+use cairn::sa::{CertQuery, DynStore, KeyChange, NewAuthz, NewOrder, OrderAuthz, Store};
 use common::{contract_tests, Fixture};
 use std::sync::Arc;
 use tokio::sync::Barrier;
@@ -639,9 +640,14 @@ async fn start_challenge_only_once(f: &Fixture) {
         ChallengeStatus::Pending
     );
     // Still refused once the first is finished (the authorization is decided).
-    s.finish_challenge(http, Err(Problem::connection("refused")), NOW, NOW)
-        .await
-        .unwrap();
+    s.finish_challenge(
+        http,
+        Err(error_doc(&Problem::connection("refused"))),
+        NOW,
+        NOW,
+    )
+    .await
+    .unwrap();
     assert!(!s.start_challenge(dns, NOW).await.unwrap());
 
     // Not for an expired authorization (expires <= now)...
@@ -690,7 +696,12 @@ async fn finish_challenge_valid_updates_authz(f: &Fixture) {
 
     // A second result for the same challenge is ignored.
     assert!(!s
-        .finish_challenge(c, Err(Problem::connection("late")), NOW + 9, NOW)
+        .finish_challenge(
+            c,
+            Err(error_doc(&Problem::connection("late"))),
+            NOW + 9,
+            NOW
+        )
         .await
         .unwrap());
     let again = s.challenge(c).await.unwrap().unwrap();
@@ -710,14 +721,14 @@ async fn finish_challenge_invalid_updates_authz(f: &Fixture) {
     let c = challenge_of(&*s, authz, ChallengeType::TlsAlpn01).await;
     assert!(s.start_challenge(c, NOW).await.unwrap());
     let problem = Problem::connection("127.0.0.1:443: connection refused");
-    s.finish_challenge(c, Err(problem.clone()), NOW + 2, NOW + 30 * DAY)
+    s.finish_challenge(c, Err(error_doc(&problem)), NOW + 2, NOW + 30 * DAY)
         .await
         .unwrap();
     let done = s.challenge(c).await.unwrap().unwrap();
     assert_eq!(done.status, ChallengeStatus::Invalid);
     assert_eq!(done.validated, Some(NOW + 2));
     assert!(done.records.is_none());
-    let stored = done.error.expect("the problem is stored");
+    let stored = problem_of(&done.error.expect("the problem is stored"));
     assert_eq!(stored.short_type(), "connection");
     assert_eq!(stored.detail, problem.detail);
     let authz = s.authz(authz).await.unwrap().unwrap();
@@ -840,7 +851,7 @@ async fn begin_finalize_needs_valid_unexpired_authzs(f: &Fixture) {
     let bad = new_order(&*s, a.id, &["f.example"], NOW + 7 * DAY).await;
     let c = challenge_of(&*s, bad.authz_ids[0], ChallengeType::Http01).await;
     assert!(s.start_challenge(c, NOW).await.unwrap());
-    s.finish_challenge(c, Err(Problem::connection("no")), NOW, NOW)
+    s.finish_challenge(c, Err(error_doc(&Problem::connection("no"))), NOW, NOW)
         .await
         .unwrap();
     assert!(!s.begin_finalize(bad.id, NOW).await.unwrap());
@@ -906,7 +917,7 @@ async fn complete_order_requires_processing(f: &Fixture) {
     assert_eq!(order_status(&*s, order.id).await, OrderStatus::Pending);
     // Failed while issuing: the same.
     assert!(s.begin_finalize(order.id, NOW).await.unwrap());
-    s.fail_order(order.id, &Problem::malformed("bad CSR"), NOW)
+    s.fail_order(order.id, &error_doc(&Problem::malformed("bad CSR")), NOW)
         .await
         .unwrap();
     assert!(s.complete_order(order.id, &cert, NOW).await.is_err());
@@ -918,30 +929,45 @@ async fn fail_order_from_pending_or_processing(f: &Fixture) {
     let a = new_account(&*s, "tp-a").await;
 
     let pending = new_order(&*s, a.id, &["a.example"], NOW + DAY).await;
-    s.fail_order(pending.id, &Problem::malformed("first"), NOW + 1)
-        .await
-        .unwrap();
+    s.fail_order(
+        pending.id,
+        &error_doc(&Problem::malformed("first")),
+        NOW + 1,
+    )
+    .await
+    .unwrap();
     let read = s.order(pending.id).await.unwrap().unwrap();
     assert_eq!(read.status, OrderStatus::Invalid);
     assert_eq!(read.updated_at, NOW + 1);
-    let error = read.error.expect("error stored");
+    let error = problem_of(&read.error.expect("error stored"));
     assert_eq!(
         (error.short_type(), error.detail.as_str()),
         ("malformed", "first")
     );
     // An invalid order keeps its first error.
-    s.fail_order(pending.id, &Problem::malformed("second"), NOW + 2)
-        .await
-        .unwrap();
+    s.fail_order(
+        pending.id,
+        &error_doc(&Problem::malformed("second")),
+        NOW + 2,
+    )
+    .await
+    .unwrap();
     let read = s.order(pending.id).await.unwrap().unwrap();
-    assert_eq!(read.error.map(|e| e.detail).as_deref(), Some("first"));
+    assert_eq!(
+        read.error.map(|e| problem_of(&e).detail).as_deref(),
+        Some("first")
+    );
     assert_eq!(read.updated_at, NOW + 1);
 
     let processing = ready_order(&*s, a.id, &["b.example"]).await;
     assert!(s.begin_finalize(processing.id, NOW).await.unwrap());
-    s.fail_order(processing.id, &Problem::internal("CA down"), NOW)
-        .await
-        .unwrap();
+    s.fail_order(
+        processing.id,
+        &error_doc(&Problem::internal("CA down")),
+        NOW,
+    )
+    .await
+    .unwrap();
     assert_eq!(order_status(&*s, processing.id).await, OrderStatus::Invalid);
 
     // A valid order stays valid.
@@ -950,7 +976,7 @@ async fn fail_order_from_pending_or_processing(f: &Fixture) {
     s.complete_order(valid.id, &certificate("cc", &valid), NOW)
         .await
         .unwrap();
-    s.fail_order(valid.id, &Problem::malformed("late"), NOW)
+    s.fail_order(valid.id, &error_doc(&Problem::malformed("late")), NOW)
         .await
         .unwrap();
     let read = s.order(valid.id).await.unwrap().unwrap();
@@ -1260,13 +1286,13 @@ async fn replacement_refused_while_another_is_live(f: &Fixture) {
     assert!(s.deactivate_authz(first.authz_ids[0]).await.unwrap());
     let second = replacing_order(&*s, a.id, "01").await.unwrap();
     // A failed order (stored invalid) does not count either.
-    s.fail_order(second.id, &Problem::malformed("x"), NOW)
+    s.fail_order(second.id, &error_doc(&Problem::malformed("x")), NOW)
         .await
         .unwrap();
     let third = replacing_order(&*s, a.id, "01").await.unwrap();
     // Nor does a pending order whose authorization expired (the order
     // itself has not).
-    s.fail_order(third.id, &Problem::malformed("x"), NOW)
+    s.fail_order(third.id, &error_doc(&Problem::malformed("x")), NOW)
         .await
         .unwrap();
     let short = NewOrder {
@@ -1317,7 +1343,7 @@ async fn replacement_refused_while_another_is_live(f: &Fixture) {
     };
     let e = s2.create_order(again(NOW + 10)).await.unwrap_err();
     assert_eq!(e.short_type(), "alreadyReplaced");
-    s2.create_order(again(NOW + cairn::sa::STALE_PROCESSING_SECS + 1))
+    s2.create_order(again(NOW + cairn::core::STALE_PROCESSING_SECS + 1))
         .await
         .unwrap();
 }
@@ -1414,14 +1440,14 @@ async fn dead_reservations_are_failed_expired_or_stuck_orders(f: &Fixture) {
     let c = challenge_of(&*s, failed.authz_ids[0], ChallengeType::Http01).await;
     assert!(s.start_challenge(c, NOW).await.unwrap());
     assert!(s
-        .finish_challenge(c, Err(Problem::connection("refused")), NOW, NOW)
+        .finish_challenge(c, Err(error_doc(&Problem::connection("refused"))), NOW, NOW)
         .await
         .unwrap());
     let stuck = order_with_reservation(&*s, a.id, "stuck.example", NOW + DAY).await;
     validate(&*s, stuck.authz_ids[0], NOW + 30 * DAY).await;
     assert!(s.begin_finalize(stuck.id, NOW).await.unwrap());
     let errored = order_with_reservation(&*s, a.id, "err.example", NOW + DAY).await;
-    s.fail_order(errored.id, &Problem::malformed("x"), NOW)
+    s.fail_order(errored.id, &error_doc(&Problem::malformed("x")), NOW)
         .await
         .unwrap();
 

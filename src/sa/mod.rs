@@ -8,143 +8,14 @@ mod limits;
 mod postgres;
 mod sqlite;
 
-use crate::problem::{Identifier, Problem};
-use crate::va::ChallengeType;
+use crate::core::*;
+use crate::problem::Problem;
 use async_trait::async_trait;
 use std::sync::Arc;
 
 pub use limits::*;
 pub use postgres::PgStore;
 pub use sqlite::SqliteStore;
-
-macro_rules! id_type {
-    ($($name:ident),*) => {$(
-        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
-        pub struct $name(pub i64);
-        impl std::fmt::Display for $name {
-            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-                write!(f, "{}", self.0)
-            }
-        }
-    )*};
-}
-id_type!(AccountId, OrderId, AuthzId, ChallengeId);
-
-macro_rules! status_enum {
-    ($name:ident { $($variant:ident => $s:literal),* $(,)? }) => {
-        #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
-        pub enum $name { $(#[serde(rename = $s)] $variant),* }
-        impl $name {
-            pub fn as_str(self) -> &'static str {
-                match self { $($name::$variant => $s),* }
-            }
-            pub fn parse(s: &str) -> Result<$name, Problem> {
-                match s {
-                    $($s => Ok($name::$variant),)*
-                    other => Err(Problem::internal(format!(
-                        concat!("bad ", stringify!($name), " in database: {:?}"), other))),
-                }
-            }
-        }
-    };
-}
-status_enum!(AccountStatus { Valid => "valid", Deactivated => "deactivated", Revoked => "revoked" });
-status_enum!(OrderStatus { Pending => "pending", Ready => "ready", Processing => "processing", Valid => "valid", Invalid => "invalid" });
-status_enum!(AuthzStatus { Pending => "pending", Valid => "valid", Invalid => "invalid", Deactivated => "deactivated", Expired => "expired", Revoked => "revoked" });
-status_enum!(ChallengeStatus { Pending => "pending", Processing => "processing", Valid => "valid", Invalid => "invalid" });
-
-#[derive(Debug, Clone)]
-pub struct Account {
-    pub id: AccountId,
-    pub thumbprint: String,
-    /// The public JWK, JSON.
-    pub jwk: String,
-    pub contact: Vec<String>,
-    pub status: AccountStatus,
-    pub created_at: i64,
-}
-
-/// An order as stored; `status` is the stored status, which the RA refines
-/// (pending → ready/invalid from its authorizations and expiry).
-#[derive(Debug, Clone)]
-pub struct Order {
-    pub id: OrderId,
-    pub account_id: AccountId,
-    pub status: OrderStatus,
-    pub expires: i64,
-    pub identifiers: Vec<Identifier>,
-    pub authz_ids: Vec<AuthzId>,
-    pub error: Option<Problem>,
-    pub cert_serial: Option<String>,
-    /// RFC 9773: serial of the certificate this order replaces.
-    pub replaces: Option<String>,
-    pub created_at: i64,
-    pub updated_at: i64,
-}
-
-#[derive(Debug, Clone)]
-pub struct Authz {
-    pub id: AuthzId,
-    pub account_id: AccountId,
-    /// The identifier value without any `*.` prefix.
-    pub identifier: String,
-    pub wildcard: bool,
-    pub status: AuthzStatus,
-    pub expires: i64,
-    pub challenges: Vec<Challenge>,
-}
-
-#[derive(Debug, Clone)]
-pub struct Challenge {
-    pub id: ChallengeId,
-    pub authz_id: AuthzId,
-    pub kind: ChallengeType,
-    pub token: String,
-    pub status: ChallengeStatus,
-    pub validated: Option<i64>,
-    pub error: Option<Problem>,
-    /// Validation records, JSON array.
-    pub records: Option<String>,
-}
-
-#[derive(Debug, Clone)]
-pub struct Certificate {
-    pub serial: String,
-    pub account_id: AccountId,
-    pub order_id: OrderId,
-    pub der: Vec<u8>,
-    pub chain_pem: String,
-    pub not_before: i64,
-    pub not_after: i64,
-    pub issued_at: i64,
-    pub revoked_at: Option<i64>,
-    pub revoked_reason: Option<i64>,
-    /// The dNSNames certified, as ordered in the certificate.
-    pub names: Vec<String>,
-    /// When an operator asked for early renewal (the ARI window moves into
-    /// the past).
-    pub renew_early_at: Option<i64>,
-    /// `spki_hash` of the certified key.
-    pub spki_sha256: Vec<u8>,
-}
-
-/// A revoked, unexpired certificate as a CRL lists it.
-#[derive(Debug, Clone, PartialEq)]
-pub struct RevokedEntry {
-    /// Lower-case hex of the DER serial's content bytes.
-    pub serial: String,
-    pub revoked_at: i64,
-    pub reason: i64,
-}
-
-/// A signed CRL of the intermediate.
-#[derive(Debug, Clone, PartialEq)]
-pub struct StoredCrl {
-    pub number: i64,
-    pub this_update: i64,
-    pub next_update: i64,
-    pub der: Vec<u8>,
-}
 
 /// Which certificates an operator means (`cairn admin certs`). Every given
 /// field must match; at least one is required by the callers.
@@ -158,26 +29,6 @@ pub struct CertQuery {
     pub issued_before: Option<i64>,
     /// Most results returned (newest first); `mark_renew_early` ignores it.
     pub limit: u32,
-}
-
-/// The hash that identifies a set of identifiers whatever their order or
-/// case: SHA-256 (hex) of the lower-cased, de-duplicated, sorted names
-/// joined with `,`. Renewal detection and the exact-set limit use it.
-pub fn identifier_set_hash<S: AsRef<str>>(names: &[S]) -> String {
-    use sha2::{Digest, Sha256};
-    let mut v: Vec<String> = names
-        .iter()
-        .map(|n| n.as_ref().to_ascii_lowercase())
-        .collect();
-    v.sort_unstable();
-    v.dedup();
-    hex::encode(Sha256::digest(v.join(",").as_bytes()))
-}
-
-/// SHA-256 of a DER SubjectPublicKeyInfo: how blocked keys are recorded.
-pub fn spki_hash(spki_der: &[u8]) -> Vec<u8> {
-    use sha2::{Digest, Sha256};
-    Sha256::digest(spki_der).to_vec()
 }
 
 /// A new authorization to create with an order.
@@ -219,11 +70,6 @@ pub enum KeyChange {
     /// The new key already belongs to this account.
     InUse(AccountId),
 }
-
-/// An order that stayed `processing` this long was interrupted (a crash
-/// during issuance): it reads as invalid, frees the certificate it
-/// replaces, and gives its reserved rate-limit tokens back.
-pub const STALE_PROCESSING_SECS: i64 = 120;
 
 pub type DynStore = Arc<dyn Store>;
 
@@ -300,7 +146,7 @@ pub trait Store: LimitStore + Send + Sync {
     async fn finish_challenge(
         &self,
         id: ChallengeId,
-        result: Result<String, Problem>,
+        result: Result<String, ErrorDoc>,
         now: i64,
         valid_authz_expires: i64,
     ) -> Result<bool, Problem>;
@@ -323,7 +169,7 @@ pub trait Store: LimitStore + Send + Sync {
         cert: &Certificate,
         now: i64,
     ) -> Result<(), Problem>;
-    async fn fail_order(&self, id: OrderId, error: &Problem, now: i64) -> Result<(), Problem>;
+    async fn fail_order(&self, id: OrderId, error: &ErrorDoc, now: i64) -> Result<(), Problem>;
     /// Claim the order's reserved rate-limit tokens (None if it has none
     /// or another caller claimed them): exactly one caller gets them.
     async fn take_reservation(&self, id: OrderId) -> Result<Option<String>, Problem>;
@@ -405,4 +251,10 @@ pub(crate) fn to_json<T: serde::Serialize>(v: &T) -> Result<String, Problem> {
 
 pub(crate) fn from_json<T: serde::de::DeserializeOwned>(s: &str) -> Result<T, Problem> {
     serde_json::from_str(s).map_err(|e| Problem::internal(format!("bad JSON in database: {e}")))
+}
+
+pub(crate) fn parse_name<T: std::str::FromStr<Err = UnknownName>>(s: &str) -> Result<T, Problem> {
+    s.parse().map_err(|e: UnknownName| {
+        Problem::internal(format!("bad {} in database: {:?}", e.what, e.name))
+    })
 }

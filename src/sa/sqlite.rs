@@ -75,12 +75,12 @@ fn account_from_row(r: &SqliteRow) -> Result<Account, Problem> {
         thumbprint: r.try_get("thumbprint")?,
         jwk: r.try_get("jwk")?,
         contact: from_json(&r.try_get::<String, _>("contact")?)?,
-        status: AccountStatus::parse(&r.try_get::<String, _>("status")?)?,
+        status: parse_name::<AccountStatus>(&r.try_get::<String, _>("status")?)?,
         created_at: r.try_get("created_at")?,
     })
 }
 
-fn opt_problem(s: Option<String>) -> Result<Option<Problem>, Problem> {
+fn opt_problem(s: Option<String>) -> Result<Option<ErrorDoc>, Problem> {
     s.map(|s| from_json(&s)).transpose()
 }
 
@@ -92,7 +92,7 @@ fn challenge_from_row(r: &SqliteRow) -> Result<Challenge, Problem> {
         kind: ChallengeType::parse(&kind)
             .ok_or_else(|| Problem::internal(format!("bad challenge type in database: {kind}")))?,
         token: r.try_get("token")?,
-        status: ChallengeStatus::parse(&r.try_get::<String, _>("status")?)?,
+        status: parse_name::<ChallengeStatus>(&r.try_get::<String, _>("status")?)?,
         validated: r.try_get("validated")?,
         error: opt_problem(r.try_get("error")?)?,
         records: r.try_get("records")?,
@@ -374,7 +374,7 @@ impl Store for SqliteStore {
         Ok(Some(Order {
             id,
             account_id: AccountId(r.try_get("account_id")?),
-            status: OrderStatus::parse(&r.try_get::<String, _>("status")?)?,
+            status: parse_name::<OrderStatus>(&r.try_get::<String, _>("status")?)?,
             expires: r.try_get("expires")?,
             identifiers: from_json(&r.try_get::<String, _>("identifiers")?)?,
             authz_ids: authz_ids.into_iter().map(AuthzId).collect(),
@@ -462,7 +462,7 @@ impl Store for SqliteStore {
                     account_id: AccountId(r.try_get("account_id")?),
                     identifier: r.try_get("identifier")?,
                     wildcard: r.try_get("wildcard")?,
-                    status: AuthzStatus::parse(&r.try_get::<String, _>("status")?)?,
+                    status: parse_name::<AuthzStatus>(&r.try_get::<String, _>("status")?)?,
                     expires: r.try_get("expires")?,
                     challenges: challenges
                         .iter()
@@ -514,7 +514,7 @@ impl Store for SqliteStore {
     async fn finish_challenge(
         &self,
         id: ChallengeId,
-        result: Result<String, Problem>,
+        result: Result<String, ErrorDoc>,
         now: i64,
         valid_authz_expires: i64,
     ) -> Result<bool, Problem> {
@@ -634,7 +634,7 @@ impl Store for SqliteStore {
         Ok(())
     }
 
-    async fn fail_order(&self, id: OrderId, error: &Problem, now: i64) -> Result<(), Problem> {
+    async fn fail_order(&self, id: OrderId, error: &ErrorDoc, now: i64) -> Result<(), Problem> {
         sqlx::query(
             "UPDATE orders SET status = 'invalid', error = ?, updated_at = ?
              WHERE id = ? AND status IN ('pending', 'processing')",
