@@ -11,11 +11,12 @@
 use crate::ca::Ca;
 use crate::clock::Clock;
 use crate::config::{Config, Sources};
+use crate::core::limits::LimitStore;
 use crate::core::{spki_hash, AccountId, Certificate};
 use crate::ratelimit::{
     go_duration, Limit, LimitName, LimitSet, Limiter, OverrideEntry, Overrides,
 };
-use crate::sa::{self, CertQuery, DynStore, LimitStore};
+use crate::sa::{self, CertQuery, DynStore};
 use anyhow::{anyhow, bail, Context};
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};

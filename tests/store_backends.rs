@@ -13,8 +13,8 @@ mod common;
 
 use cairn::core::{
     identifier_set_hash, Account, AccountId, AccountStatus, AuthzId, AuthzStatus, Certificate,
-    ChallengeId, ChallengeStatus, ChallengeType, Identifier, Order, OrderId, OrderStatus,
-    RevokedEntry, StoredCrl,
+    ChallengeId, ChallengeStatus, ChallengeType, Conflict, Identifier, Order, OrderId, OrderStatus,
+    RevokedEntry, StoreError, StoredCrl,
 };
 use cairn::problem::Problem;
 use cairn::ra::{error_doc, problem_of};
@@ -155,7 +155,7 @@ async fn replacing_order(
     s: &dyn Store,
     account: AccountId,
     serial: &str,
-) -> Result<Order, Problem> {
+) -> Result<Order, StoreError> {
     s.create_order(NewOrder {
         account_id: account,
         expires: NOW + DAY,
@@ -230,7 +230,7 @@ async fn order_status(s: &dyn Store, id: OrderId) -> OrderStatus {
 async fn race<F, Fut>(f: &Fixture, instances: usize, n: usize, op: F) -> usize
 where
     F: Fn(DynStore, usize) -> Fut + Send + Sync + 'static,
-    Fut: std::future::Future<Output = Result<bool, Problem>> + Send + 'static,
+    Fut: std::future::Future<Output = Result<bool, StoreError>> + Send + 'static,
 {
     let per_instance = n.div_ceil(instances) as u32;
     let mut stores = Vec::new();
@@ -404,7 +404,7 @@ async fn key_change_and_conflict(f: &Fixture) {
         .change_account_key(a.id, "tp-a", "{\"d\":1}", "tp-d")
         .await
         .expect_err("stale old key");
-    assert_eq!(stale.short_type(), "malformed");
+    assert_eq!(Problem::from(stale).short_type(), "malformed");
     assert!(s.account_by_thumbprint("tp-d").await.unwrap().is_none());
 
     // A deactivated account's key does not change.
@@ -1281,7 +1281,7 @@ async fn replacement_refused_while_another_is_live(f: &Fixture) {
         Some("01")
     );
     let e = replacing_order(&*s, a.id, "01").await.unwrap_err();
-    assert_eq!(e.short_type(), "alreadyReplaced");
+    assert_eq!(Problem::from(e).short_type(), "alreadyReplaced");
     // The first fails (its authorization is deactivated): free again.
     assert!(s.deactivate_authz(first.authz_ids[0]).await.unwrap());
     let second = replacing_order(&*s, a.id, "01").await.unwrap();
@@ -1306,7 +1306,7 @@ async fn replacement_refused_while_another_is_live(f: &Fixture) {
     };
     s.create_order(short.clone()).await.unwrap();
     let e = s.create_order(short.clone()).await.unwrap_err();
-    assert_eq!(e.short_type(), "alreadyReplaced");
+    assert_eq!(Problem::from(e).short_type(), "alreadyReplaced");
     s.create_order(NewOrder {
         now: NOW + 20,
         ..short
@@ -1342,7 +1342,7 @@ async fn replacement_refused_while_another_is_live(f: &Fixture) {
         now,
     };
     let e = s2.create_order(again(NOW + 10)).await.unwrap_err();
-    assert_eq!(e.short_type(), "alreadyReplaced");
+    assert_eq!(Problem::from(e).short_type(), "alreadyReplaced");
     s2.create_order(again(NOW + cairn::core::STALE_PROCESSING_SECS + 1))
         .await
         .unwrap();
@@ -1356,7 +1356,7 @@ async fn race_replacement_orders(f: &Fixture) {
     let wins = race(f, 4, 20, move |s, _| async move {
         match replacing_order(&*s, account, "01").await {
             Ok(_) => Ok(true),
-            Err(p) if p.short_type() == "alreadyReplaced" => Ok(false),
+            Err(StoreError::Conflict(Conflict::AlreadyReplaced(_))) => Ok(false),
             Err(p) => Err(p),
         }
     })

@@ -163,7 +163,7 @@ impl Ra {
             // not at all: this request registered nothing.
             other => {
                 self.refund(&spent).await;
-                other.map(|(acct, _)| (acct, false, None))
+                Ok(other.map(|(acct, _)| (acct, false, None))?)
             }
         }
     }
@@ -387,9 +387,9 @@ impl Ra {
             .await;
         let order = match created {
             Ok(o) => o,
-            Err(p) => {
+            Err(e) => {
                 self.refund(&spent).await;
-                return Err(p);
+                return Err(e.into());
             }
         };
         let authzs = self.store.authzs(&order.authz_ids).await?;
@@ -454,7 +454,7 @@ impl Ra {
         let r = match self.store.take_reservation(order).await {
             Ok(Some(json)) => self.limiter.refund_reservation(&json).await,
             Ok(None) => Ok(()),
-            Err(e) => Err(e),
+            Err(e) => Err(e.into()),
         };
         if let Err(e) = r {
             tracing::warn!(
@@ -474,7 +474,7 @@ impl Ra {
                     self.release_reservation(order).await;
                 }
             }
-            Err(e) => tracing::warn!(authz = authz.0, "finding orders to refund: {}", e.detail),
+            Err(e) => tracing::warn!(authz = authz.0, "finding orders to refund: {e}"),
         }
     }
 
@@ -498,7 +498,7 @@ impl Ra {
                             ra.release_reservation(id).await;
                         }
                     }
-                    Err(e) => tracing::warn!("finding orders to refund: {}", e.detail),
+                    Err(e) => tracing::warn!("finding orders to refund: {e}"),
                 }
             }
         });
@@ -924,11 +924,12 @@ impl Ra {
             renew_early_at: None,
             spki_sha256,
         };
-        if let Err(p) = self
+        if let Err(e) = self
             .store
             .complete_order(id, &cert, now.unix_timestamp())
             .await
         {
+            let p = Problem::from(e);
             self.store
                 .fail_order(id, &error_doc(&p), now.unix_timestamp())
                 .await?;

@@ -4,18 +4,14 @@
 //! certificate per order, one use per nonce, one account per key) is a
 //! database constraint.
 
-mod limits;
 mod postgres;
+mod sql;
 mod sqlite;
 
+use crate::core::limits::LimitStore;
 use crate::core::*;
-use crate::problem::Problem;
 use async_trait::async_trait;
 use std::sync::Arc;
-
-pub use limits::*;
-pub use postgres::PgStore;
-pub use sqlite::SqliteStore;
 
 /// Which certificates an operator means (`cairn admin certs`). Every given
 /// field must match; at least one is required by the callers.
@@ -54,7 +50,7 @@ pub struct NewOrder {
     pub identifiers: Vec<Identifier>,
     pub authzs: Vec<OrderAuthz>,
     /// RFC 9773 `replaces`: the serial of a certificate the RA checked.
-    /// The store refuses it (`alreadyReplaced`) while another live order
+    /// The store refuses it (`Conflict::AlreadyReplaced`) while another live order
     /// replaces the same certificate.
     pub replaces: Option<String>,
     /// Rate-limit tokens the order reserved (JSON), kept until it issues
@@ -76,10 +72,10 @@ pub type DynStore = Arc<dyn Store>;
 #[async_trait]
 pub trait Store: LimitStore + Send + Sync {
     /// Record a nonce as used; false if it was used before.
-    async fn redeem_nonce(&self, nonce: &[u8], expires: i64) -> Result<bool, Problem>;
-    async fn prune_nonces(&self, now: i64) -> Result<u64, Problem>;
+    async fn redeem_nonce(&self, nonce: &[u8], expires: i64) -> Result<bool, StoreError>;
+    async fn prune_nonces(&self, now: i64) -> Result<u64, StoreError>;
     /// The named secret, created from `fresh` if absent (first writer wins).
-    async fn secret(&self, name: &str, fresh: &[u8]) -> Result<Vec<u8>, Problem>;
+    async fn secret(&self, name: &str, fresh: &[u8]) -> Result<Vec<u8>, StoreError>;
 
     /// Create the account for this key, or return the existing one
     /// (`false` when it already existed).
@@ -89,8 +85,8 @@ pub trait Store: LimitStore + Send + Sync {
         thumbprint: &str,
         contact: &[String],
         now: i64,
-    ) -> Result<(Account, bool), Problem>;
-    async fn account(&self, id: AccountId) -> Result<Option<Account>, Problem>;
+    ) -> Result<(Account, bool), StoreError>;
+    async fn account(&self, id: AccountId) -> Result<Option<Account>, StoreError>;
     /// The account with this id, and whether this call spent the nonce
     /// (false: it was used before), together: an authenticated POST's one
     /// round trip before its own work (one statement on PostgreSQL). The
@@ -100,32 +96,32 @@ pub trait Store: LimitStore + Send + Sync {
         id: AccountId,
         nonce: &[u8],
         expires: i64,
-    ) -> Result<(Option<Account>, bool), Problem>;
-    async fn account_by_thumbprint(&self, thumbprint: &str) -> Result<Option<Account>, Problem>;
+    ) -> Result<(Option<Account>, bool), StoreError>;
+    async fn account_by_thumbprint(&self, thumbprint: &str) -> Result<Option<Account>, StoreError>;
     async fn update_account_contact(
         &self,
         id: AccountId,
         contact: &[String],
-    ) -> Result<(), Problem>;
+    ) -> Result<(), StoreError>;
     /// Deactivate the account and its pending/valid authorizations.
-    async fn deactivate_account(&self, id: AccountId) -> Result<(), Problem>;
+    async fn deactivate_account(&self, id: AccountId) -> Result<(), StoreError>;
     async fn change_account_key(
         &self,
         id: AccountId,
         old_thumbprint: &str,
         jwk: &str,
         thumbprint: &str,
-    ) -> Result<KeyChange, Problem>;
+    ) -> Result<KeyChange, StoreError>;
 
-    async fn create_order(&self, order: NewOrder) -> Result<Order, Problem>;
-    async fn order(&self, id: OrderId) -> Result<Option<Order>, Problem>;
+    async fn create_order(&self, order: NewOrder) -> Result<Order, StoreError>;
+    async fn order(&self, id: OrderId) -> Result<Option<Order>, StoreError>;
     /// Order ids of an account, ascending, after `after`, at most `limit`.
     async fn account_orders(
         &self,
         account: AccountId,
         after: Option<OrderId>,
         limit: u32,
-    ) -> Result<Vec<OrderId>, Problem>;
+    ) -> Result<Vec<OrderId>, StoreError>;
     /// A valid, unexpired (beyond `min_expires`) authorization to reuse.
     async fn reusable_authz(
         &self,
@@ -133,14 +129,14 @@ pub trait Store: LimitStore + Send + Sync {
         identifier: &str,
         wildcard: bool,
         min_expires: i64,
-    ) -> Result<Option<AuthzId>, Problem>;
-    async fn authz(&self, id: AuthzId) -> Result<Option<Authz>, Problem>;
-    async fn authzs(&self, ids: &[AuthzId]) -> Result<Vec<Authz>, Problem>;
-    async fn deactivate_authz(&self, id: AuthzId) -> Result<bool, Problem>;
-    async fn challenge(&self, id: ChallengeId) -> Result<Option<Challenge>, Problem>;
+    ) -> Result<Option<AuthzId>, StoreError>;
+    async fn authz(&self, id: AuthzId) -> Result<Option<Authz>, StoreError>;
+    async fn authzs(&self, ids: &[AuthzId]) -> Result<Vec<Authz>, StoreError>;
+    async fn deactivate_authz(&self, id: AuthzId) -> Result<bool, StoreError>;
+    async fn challenge(&self, id: ChallengeId) -> Result<Option<Challenge>, StoreError>;
     /// Move a pending challenge of a pending, unexpired authorization to
     /// processing, unless another challenge of it already is. True if moved.
-    async fn start_challenge(&self, id: ChallengeId, now: i64) -> Result<bool, Problem>;
+    async fn start_challenge(&self, id: ChallengeId, now: i64) -> Result<bool, StoreError>;
     /// Record a validation result on the challenge and its authorization.
     /// False if another run recorded one first (nothing changed).
     async fn finish_challenge(
@@ -149,7 +145,7 @@ pub trait Store: LimitStore + Send + Sync {
         result: Result<String, ErrorDoc>,
         now: i64,
         valid_authz_expires: i64,
-    ) -> Result<bool, Problem>;
+    ) -> Result<bool, StoreError>;
     /// Take over validations whose lease ran out: challenges processing
     /// since before `stale_before` (their instance died or restarted) get a
     /// new lease from `now`. Each is claimed by exactly one caller.
@@ -157,25 +153,25 @@ pub trait Store: LimitStore + Send + Sync {
         &self,
         stale_before: i64,
         now: i64,
-    ) -> Result<Vec<ChallengeId>, Problem>;
+    ) -> Result<Vec<ChallengeId>, StoreError>;
 
     /// Move a pending order whose authorizations are all valid and unexpired
     /// to processing. True if this call moved it.
-    async fn begin_finalize(&self, id: OrderId, now: i64) -> Result<bool, Problem>;
+    async fn begin_finalize(&self, id: OrderId, now: i64) -> Result<bool, StoreError>;
     /// Store the certificate and make the order valid, in one transaction.
     async fn complete_order(
         &self,
         id: OrderId,
         cert: &Certificate,
         now: i64,
-    ) -> Result<(), Problem>;
-    async fn fail_order(&self, id: OrderId, error: &ErrorDoc, now: i64) -> Result<(), Problem>;
+    ) -> Result<(), StoreError>;
+    async fn fail_order(&self, id: OrderId, error: &ErrorDoc, now: i64) -> Result<(), StoreError>;
     /// Claim the order's reserved rate-limit tokens (None if it has none
     /// or another caller claimed them): exactly one caller gets them.
-    async fn take_reservation(&self, id: OrderId) -> Result<Option<String>, Problem>;
+    async fn take_reservation(&self, id: OrderId) -> Result<Option<String>, StoreError>;
     /// Pending orders that use this authorization and still hold a
     /// reservation (one already finalizing keeps its tokens).
-    async fn reservations_of_authz(&self, authz: AuthzId) -> Result<Vec<OrderId>, Problem>;
+    async fn reservations_of_authz(&self, authz: AuthzId) -> Result<Vec<OrderId>, StoreError>;
     /// Orders holding a reservation that will never issue: invalid, failed
     /// authorizations, expired, or processing since before `stale_before`.
     async fn dead_reservations(
@@ -183,8 +179,8 @@ pub trait Store: LimitStore + Send + Sync {
         now: i64,
         stale_before: i64,
         limit: u32,
-    ) -> Result<Vec<OrderId>, Problem>;
-    async fn certificate(&self, serial: &str) -> Result<Option<Certificate>, Problem>;
+    ) -> Result<Vec<OrderId>, StoreError>;
+    async fn certificate(&self, serial: &str) -> Result<Option<Certificate>, StoreError>;
     /// Mark a certificate revoked; false if it already was. With
     /// `block_key` (the certificate's SPKI hash, for a proven keyCompromise)
     /// the key is blocked and every other unrevoked certificate of that key
@@ -197,20 +193,20 @@ pub trait Store: LimitStore + Send + Sync {
         reason: i64,
         now: i64,
         block_key: Option<&[u8]>,
-    ) -> Result<bool, Problem>;
+    ) -> Result<bool, StoreError>;
     /// Whether this SPKI hash was blocked by a keyCompromise revocation.
-    async fn key_blocked(&self, spki_sha256: &[u8]) -> Result<bool, Problem>;
+    async fn key_blocked(&self, spki_sha256: &[u8]) -> Result<bool, StoreError>;
     /// Certificates matching the query, newest first.
-    async fn find_certificates(&self, q: &CertQuery) -> Result<Vec<Certificate>, Problem>;
+    async fn find_certificates(&self, q: &CertQuery) -> Result<Vec<Certificate>, StoreError>;
     /// Mark the matching unexpired, unrevoked certificates for early
     /// renewal (those not marked yet); returns how many were marked.
-    async fn mark_renew_early(&self, q: &CertQuery, now: i64) -> Result<u64, Problem>;
+    async fn mark_renew_early(&self, q: &CertQuery, now: i64) -> Result<u64, StoreError>;
     /// Certificates stored before names were recorded (schema 0003): up to
     /// `limit` of (serial, DER), for `set_certificate_names`.
     async fn certificates_without_names(
         &self,
         limit: u32,
-    ) -> Result<Vec<(String, Vec<u8>)>, Problem>;
+    ) -> Result<Vec<(String, Vec<u8>)>, StoreError>;
     /// Record what an older certificate certifies: its names (and so its
     /// identifier-set hash and name index) and its key's SPKI hash.
     async fn set_certificate_names(
@@ -218,25 +214,29 @@ pub trait Store: LimitStore + Send + Sync {
         serial: &str,
         names: &[String],
         spki_sha256: Option<&[u8]>,
-    ) -> Result<(), Problem>;
+    ) -> Result<(), StoreError>;
     /// Revoked certificates whose not_after is after `not_after_after`
     /// (expired ones leave the CRL), by serial.
     async fn revoked_certificates(
         &self,
         not_after_after: i64,
-    ) -> Result<Vec<RevokedEntry>, Problem>;
-    async fn latest_crl(&self) -> Result<Option<StoredCrl>, Problem>;
+    ) -> Result<Vec<RevokedEntry>, StoreError>;
+    async fn latest_crl(&self) -> Result<Option<StoredCrl>, StoreError>;
     /// Insert a CRL; false if one with this number exists (another
     /// instance signed it first).
-    async fn insert_crl(&self, crl: &StoredCrl) -> Result<bool, Problem>;
+    async fn insert_crl(&self, crl: &StoredCrl) -> Result<bool, StoreError>;
 }
 
 /// Open the store named by the database URL, running migrations.
 pub async fn open(url: &str, max_connections: u32) -> anyhow::Result<DynStore> {
     if url.starts_with("sqlite:") {
-        Ok(Arc::new(SqliteStore::open(url, max_connections).await?))
+        Ok(Arc::new(
+            sql::SqlStore::<sqlx::Sqlite>::open(url, max_connections).await?,
+        ))
     } else if url.starts_with("postgres://") || url.starts_with("postgresql://") {
-        Ok(Arc::new(PgStore::open(url, max_connections).await?))
+        Ok(Arc::new(
+            sql::SqlStore::<sqlx::Postgres>::open(url, max_connections).await?,
+        ))
     } else {
         anyhow::bail!(
             "database.url {:?}: expected sqlite:, postgres:// or postgresql://",
@@ -245,16 +245,20 @@ pub async fn open(url: &str, max_connections: u32) -> anyhow::Result<DynStore> {
     }
 }
 
-pub(crate) fn to_json<T: serde::Serialize>(v: &T) -> Result<String, Problem> {
-    serde_json::to_string(v).map_err(Problem::internal)
+impl From<sqlx::Error> for StoreError {
+    fn from(e: sqlx::Error) -> StoreError {
+        StoreError::Database(format!("database: {e}"))
+    }
 }
 
-pub(crate) fn from_json<T: serde::de::DeserializeOwned>(s: &str) -> Result<T, Problem> {
-    serde_json::from_str(s).map_err(|e| Problem::internal(format!("bad JSON in database: {e}")))
+fn to_json<T: serde::Serialize>(v: &T) -> Result<String, StoreError> {
+    serde_json::to_string(v).map_err(|e| StoreError::Database(format!("encoding JSON: {e}")))
 }
 
-pub(crate) fn parse_name<T: std::str::FromStr<Err = UnknownName>>(s: &str) -> Result<T, Problem> {
-    s.parse().map_err(|e: UnknownName| {
-        Problem::internal(format!("bad {} in database: {:?}", e.what, e.name))
-    })
+fn from_json<T: serde::de::DeserializeOwned>(s: &str) -> Result<T, StoreError> {
+    serde_json::from_str(s).map_err(|e| StoreError::corrupt(format!("JSON: {e}")))
+}
+
+fn parse_name<T: std::str::FromStr<Err = UnknownName>>(s: &str) -> Result<T, StoreError> {
+    s.parse().map_err(StoreError::corrupt)
 }
