@@ -69,6 +69,7 @@ contract_tests!(
     account_read_spends_the_nonce_once,
     race_account_spending_nonce,
     dead_reservations_are_failed_expired_or_stuck_orders,
+    lifecycle_sql_matches_rust,
 );
 
 /// Several instances migrating one fresh PostgreSQL database at the same
@@ -1512,4 +1513,131 @@ async fn race_account_spending_nonce(f: &Fixture) {
     })
     .await;
     assert_eq!(wins, 1);
+}
+
+/// The status rules in SQL (`core::lifecycle::sql`, which `begin_finalize`,
+/// `dead_reservations` and the replacement check run) say what the Rust
+/// derivation (`lifecycle::order_state`) says, on this database, for every
+/// stored order status with every set of up to two authorizations of every
+/// stored status, at times before, at and after each expiry and the
+/// staleness bound.
+async fn lifecycle_sql_matches_rust(f: &Fixture) {
+    use cairn::core::lifecycle::{self, sql as rule};
+    let s = f.open(2).await;
+    let a = new_account(&*s, "tp-a").await;
+    let raw = Raw::open(&f.url).await;
+    let kinds: Vec<(&str, i64)> = ["pending", "valid", "invalid", "deactivated", "revoked"]
+        .into_iter()
+        .flat_map(|st| [(st, NOW + 5), (st, NOW + 20)])
+        .collect();
+    let mut sets: Vec<Vec<(&str, i64)>> = vec![Vec::new()];
+    for (i, k) in kinds.iter().enumerate() {
+        sets.push(vec![*k]);
+        for k2 in &kinds[i..] {
+            sets.push(vec![*k, *k2]);
+        }
+    }
+    let mut n = 0;
+    for status in ["pending", "processing", "valid", "invalid"] {
+        for set in &sets {
+            n += 1;
+            let names: Vec<String> = (0..set.len())
+                .map(|k| format!("g{n}-{k}.example"))
+                .collect();
+            let o = s
+                .create_order(NewOrder {
+                    account_id: a.id,
+                    expires: NOW + 10,
+                    identifiers: names.iter().map(Identifier::dns).collect(),
+                    authzs: names.iter().map(|n| new_authz(n, NOW + DAY)).collect(),
+                    replaces: None,
+                    reservation: None,
+                    now: NOW,
+                })
+                .await
+                .unwrap();
+            raw.exec(&format!(
+                "UPDATE orders SET status = '{status}' WHERE id = {}",
+                o.id
+            ))
+            .await;
+            for (authz, (st, expires)) in o.authz_ids.iter().zip(set) {
+                raw.exec(&format!(
+                    "UPDATE authzs SET status = '{st}', expires = {expires} WHERE id = {authz}"
+                ))
+                .await;
+            }
+        }
+    }
+    let stale = lifecycle::STALE_PROCESSING_SECS;
+    let mut outcomes = std::collections::BTreeSet::new();
+    for t in [
+        NOW,
+        NOW + 5,
+        NOW + 10,
+        NOW + 20,
+        NOW + stale,
+        NOW + stale + 1,
+    ] {
+        let (now, before) = (t.to_string(), (t - stale).to_string());
+        let rows = raw
+            .flags(&format!(
+                "SELECT o.id, {} AS invalid, {} AS ready FROM orders o ORDER BY o.id",
+                rule::order_invalid("o", &now, &before),
+                rule::order_ready("o", &now)
+            ))
+            .await;
+        assert_eq!(rows.len(), n);
+        for (id, invalid, ready) in rows {
+            let order = s.order(OrderId(id)).await.unwrap().unwrap();
+            let authzs = s.authzs(&order.authz_ids).await.unwrap();
+            let derived = lifecycle::order_state(&order, &authzs, t).status;
+            let at = format!("order {id} (stored {:?}) at NOW+{}", order.status, t - NOW);
+            assert_eq!(
+                invalid,
+                derived == OrderStatus::Invalid,
+                "{at}: {derived:?}"
+            );
+            assert_eq!(ready, derived == OrderStatus::Ready, "{at}: {derived:?}");
+            outcomes.insert(format!("{derived:?}"));
+        }
+    }
+    // The grid reaches every derived status.
+    assert_eq!(
+        outcomes.into_iter().collect::<Vec<_>>(),
+        ["Invalid", "Pending", "Processing", "Ready", "Valid"]
+    );
+}
+
+/// Plain SQL on the fixture's database, for states the store's API does
+/// not write directly.
+enum Raw {
+    Sqlite(sqlx::SqlitePool),
+    Postgres(sqlx::PgPool),
+}
+
+impl Raw {
+    async fn open(url: &str) -> Raw {
+        if url.starts_with("sqlite:") {
+            Raw::Sqlite(sqlx::SqlitePool::connect(url).await.unwrap())
+        } else {
+            Raw::Postgres(sqlx::PgPool::connect(url).await.unwrap())
+        }
+    }
+
+    async fn exec(&self, sql: &str) {
+        match self {
+            Raw::Sqlite(p) => sqlx::query(sql).execute(p).await.map(drop),
+            Raw::Postgres(p) => sqlx::query(sql).execute(p).await.map(drop),
+        }
+        .unwrap_or_else(|e| panic!("{sql}: {e}"))
+    }
+
+    async fn flags(&self, sql: &str) -> Vec<(i64, bool, bool)> {
+        match self {
+            Raw::Sqlite(p) => sqlx::query_as(sql).fetch_all(p).await,
+            Raw::Postgres(p) => sqlx::query_as(sql).fetch_all(p).await,
+        }
+        .unwrap_or_else(|e| panic!("{sql}: {e}"))
+    }
 }
