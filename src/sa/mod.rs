@@ -4,6 +4,7 @@
 //! certificate per order, one use per nonce, one account per key) is a
 //! database constraint.
 
+mod limits;
 mod postgres;
 mod sql;
 mod sqlite;

@@ -10,7 +10,7 @@
 use super::sql::{Backend, Query, SqlStore};
 use super::*;
 use crate::core::gcra::{self, Decision};
-use crate::core::limits::{batch, BucketTxn, OrderLimitFacts, TxnMode};
+use crate::core::limits::{batch, BucketTxn, TxnMode};
 use sqlx::postgres::{PgConnectOptions, PgConnection, PgPoolOptions, PgRow};
 use sqlx::{ConnectOptions, Connection, Pool, Postgres, Row};
 use std::str::FromStr;
@@ -64,8 +64,8 @@ impl Backend for Postgres {
     }
 
     /// One array parameter: one prepared statement whatever the number.
-    fn in_list(col: &str, _: usize) -> String {
-        format!("{col} = ANY($1)")
+    fn in_list(col: &str, first: usize, _: usize) -> String {
+        format!("{col} = ANY(${first})")
     }
 
     fn rows_affected(r: &sqlx::postgres::PgQueryResult) -> u64 {
@@ -80,11 +80,16 @@ impl Backend for Postgres {
         q.bind(items)
     }
 
-    const AUTHZ_IDS: &'static str =
-        "ARRAY(SELECT authz_id FROM order_authzs WHERE order_id = orders.id ORDER BY authz_id)";
+    fn array(select: &str) -> String {
+        format!("ARRAY({select})")
+    }
 
-    fn authz_ids(r: &PgRow) -> Result<Vec<i64>, StoreError> {
-        Ok(r.try_get("authz_ids")?)
+    fn ids(r: &PgRow, col: &str) -> Result<Vec<i64>, StoreError> {
+        Ok(r.try_get(col)?)
+    }
+
+    fn texts(r: &PgRow, col: &str) -> Result<Vec<String>, StoreError> {
+        Ok(r.try_get(col)?)
     }
 
     async fn account_spending_nonce(
@@ -266,37 +271,6 @@ impl Backend for Postgres {
         .execute(&s.pool)
         .await?;
         Ok(r.rows_affected())
-    }
-
-    async fn order_limit_facts(
-        s: &SqlStore<Postgres>,
-        account: AccountId,
-        identifiers: &[String],
-        set_hash: &str,
-        since: i64,
-        now: i64,
-    ) -> Result<OrderLimitFacts, StoreError> {
-        let r = sqlx::query(
-            "SELECT (SELECT COUNT(*) FROM authzs
-                     WHERE account_id = $1 AND status = 'pending' AND expires > $2) AS pending,
-                    EXISTS (SELECT 1 FROM certificates
-                            WHERE set_hash = $3 AND issued_at >= $4) AS renewal,
-                    ARRAY(SELECT identifier FROM rate_limit_paused
-                          WHERE account_id = $1 AND unpaused_at IS NULL AND identifier = ANY($5)
-                          ORDER BY identifier) AS paused",
-        )
-        .bind(account.0)
-        .bind(now)
-        .bind(set_hash)
-        .bind(since)
-        .bind(identifiers)
-        .fetch_one(&s.pool)
-        .await?;
-        Ok(OrderLimitFacts {
-            pending_authzs: r.try_get::<i64, _>("pending")?.max(0) as u64,
-            renewal: r.try_get("renewal")?,
-            paused: r.try_get("paused")?,
-        })
     }
 }
 

@@ -22,7 +22,7 @@
 use super::*;
 use crate::core::gcra::Decision;
 use crate::core::lifecycle::sql as rule;
-use crate::core::limits::{batch, BucketTxn, OrderLimitFacts};
+use crate::core::limits::BucketTxn;
 use sqlx::{ColumnIndex, Database, Decode, Encode, Executor, IntoArguments, Pool, Row, Type};
 use std::sync::LazyLock;
 
@@ -33,16 +33,17 @@ pub(super) trait Backend: Database + Sized {
     /// Connect, set the connections up, and bring the schema up to date.
     async fn connect(url: &str, max_connections: u32) -> anyhow::Result<Pool<Self>>;
 
-    /// `col` is one of the statement's only parameters, `$1`..`$n`.
-    fn in_list(col: &str, n: usize) -> String;
+    /// `col` is one of `n` parameters numbered from `$first`.
+    fn in_list(col: &str, first: usize, n: usize) -> String;
     fn rows_affected(r: &Self::QueryResult) -> u64;
     fn bind_ids<'q>(q: Query<'q, Self>, ids: &'q [i64]) -> Query<'q, Self>;
     fn bind_strs<'q>(q: Query<'q, Self>, items: &'q [&'q str]) -> Query<'q, Self>;
 
-    /// An expression of the authorization ids of `orders.id`, which
-    /// `authz_ids` decodes from the column `authz_ids`, ascending.
-    const AUTHZ_IDS: &'static str;
-    fn authz_ids(r: &Self::Row) -> Result<Vec<i64>, StoreError>;
+    /// The values (column `v`) of the rows of `select` as one column, which
+    /// `ids` or `texts` decode (in no particular order).
+    fn array(select: &str) -> String;
+    fn ids(r: &Self::Row, col: &str) -> Result<Vec<i64>, StoreError>;
+    fn texts(r: &Self::Row, col: &str) -> Result<Vec<String>, StoreError>;
 
     /// `Store::account_spending_nonce`: one round trip where there is a
     /// network.
@@ -79,14 +80,6 @@ pub(super) trait Backend: Database + Sized {
     ) -> Result<u64, StoreError>;
     async fn reset_buckets(s: &SqlStore<Self>, keys: &[String]) -> Result<u64, StoreError>;
     async fn prune_buckets(s: &SqlStore<Self>, now: i64) -> Result<u64, StoreError>;
-    async fn order_limit_facts(
-        s: &SqlStore<Self>,
-        account: AccountId,
-        identifiers: &[String],
-        set_hash: &str,
-        since: i64,
-        now: i64,
-    ) -> Result<OrderLimitFacts, StoreError>;
 }
 
 /// A parameter of a statement built at run time.
@@ -272,7 +265,7 @@ where
     {
         let sql = format!(
             "SELECT key, tat FROM rate_limit_buckets WHERE {}",
-            DB::in_list("key", keys.len())
+            DB::in_list("key", 1, keys.len())
         );
         let rows = DB::bind_strs(sqlx::query(&sql), keys)
             .fetch_all(exec)
@@ -566,7 +559,7 @@ where
             "SELECT id, account_id, status, expires, identifiers, error, cert_serial, replaces,
                     created_at, updated_at, {} AS authz_ids
              FROM orders WHERE id = $1",
-            DB::AUTHZ_IDS
+            DB::array("SELECT authz_id AS v FROM order_authzs WHERE order_id = orders.id")
         ))
         .bind(id.0)
         .fetch_optional(&self.pool)
@@ -580,7 +573,11 @@ where
             status: parse_name(&r.try_get::<String, _>("status")?)?,
             expires: r.try_get("expires")?,
             identifiers: from_json(&r.try_get::<String, _>("identifiers")?)?,
-            authz_ids: DB::authz_ids(&r)?.into_iter().map(AuthzId).collect(),
+            authz_ids: {
+                let mut ids = DB::ids(&r, "authz_ids")?;
+                ids.sort_unstable();
+                ids.into_iter().map(AuthzId).collect()
+            },
             error: r
                 .try_get::<Option<String>, _>("error")?
                 .map(|s| from_json(&s))
@@ -641,14 +638,14 @@ where
         let sql = format!(
             "SELECT id, account_id, identifier, wildcard, status, expires FROM authzs
              WHERE {} ORDER BY id",
-            DB::in_list("id", ids.len())
+            DB::in_list("id", 1, ids.len())
         );
         let rows = DB::bind_ids(sqlx::query(&sql), &ids)
             .fetch_all(&self.pool)
             .await?;
         let csql = format!(
             "SELECT {CHALLENGE_COLS} FROM challenges WHERE {} ORDER BY id",
-            DB::in_list("authz_id", ids.len())
+            DB::in_list("authz_id", 1, ids.len())
         );
         let challenges = DB::bind_ids(sqlx::query(&csql), &ids)
             .fetch_all(&self.pool)
@@ -1102,127 +1099,5 @@ where
             .await?;
         tx.commit().await?;
         Ok(DB::rows_affected(&r) == 1)
-    }
-}
-
-#[async_trait]
-impl<DB> LimitStore for SqlStore<DB>
-where
-    DB: Backend,
-    for<'c> &'c mut DB::Connection: Executor<'c, Database = DB>,
-    for<'q> DB::Arguments<'q>: IntoArguments<'q, DB>,
-    for<'q> i64: Encode<'q, DB> + Decode<'q, DB> + Type<DB>,
-    for<'q> bool: Encode<'q, DB> + Decode<'q, DB> + Type<DB>,
-    for<'q> String: Encode<'q, DB> + Decode<'q, DB> + Type<DB>,
-    for<'q> Vec<u8>: Encode<'q, DB> + Decode<'q, DB> + Type<DB>,
-    for<'q> &'q str: Encode<'q, DB> + Type<DB>,
-    for<'q> &'q [u8]: Encode<'q, DB> + Type<DB>,
-    for<'q> Option<String>: Encode<'q, DB> + Type<DB>,
-    for<'q> Option<&'q str>: Encode<'q, DB> + Type<DB>,
-    for<'q> Option<&'q [u8]>: Encode<'q, DB> + Type<DB>,
-    for<'a> &'a str: ColumnIndex<DB::Row>,
-    usize: ColumnIndex<DB::Row>,
-{
-    async fn spend_buckets(
-        &self,
-        txns: &[BucketTxn],
-        now: i64,
-    ) -> Result<Vec<Decision>, StoreError> {
-        batch::require_distinct(txns)?;
-        if txns.is_empty() {
-            return Ok(Vec::new());
-        }
-        if !txns.iter().any(BucketTxn::spends) {
-            // Check-only: a read, no lock needed.
-            let keys: Vec<&str> = txns.iter().map(|t| t.key.as_str()).collect();
-            let tats = Self::read_tats(&self.pool, &keys).await?;
-            return Ok(batch::decide(txns, &tats, now).0);
-        }
-        DB::spend_buckets(self, txns, now).await
-    }
-
-    async fn refund_buckets(&self, txns: &[BucketTxn], now: i64) -> Result<u64, StoreError> {
-        DB::refund_buckets(self, txns, now).await
-    }
-
-    async fn reset_buckets(&self, keys: &[String]) -> Result<u64, StoreError> {
-        DB::reset_buckets(self, keys).await
-    }
-
-    async fn prune_buckets(&self, now: i64) -> Result<u64, StoreError> {
-        DB::prune_buckets(self, now).await
-    }
-
-    async fn pause(
-        &self,
-        account: AccountId,
-        identifier: &str,
-        now: i64,
-    ) -> Result<bool, StoreError> {
-        let r = sqlx::query(
-            "INSERT INTO rate_limit_paused (account_id, identifier, paused_at) VALUES ($1, $2, $3) \
-             ON CONFLICT (account_id, identifier) DO UPDATE \
-             SET paused_at = excluded.paused_at, unpaused_at = NULL \
-             WHERE rate_limit_paused.unpaused_at IS NOT NULL",
-        )
-        .bind(account.0)
-        .bind(identifier)
-        .bind(now)
-        .execute(&self.pool)
-        .await?;
-        Ok(DB::rows_affected(&r) == 1)
-    }
-
-    async fn unpause(
-        &self,
-        account: AccountId,
-        identifier: Option<&str>,
-        now: i64,
-    ) -> Result<Vec<String>, StoreError> {
-        let mut v: Vec<String> = sqlx::query_scalar(
-            "UPDATE rate_limit_paused SET unpaused_at = $1 \
-             WHERE account_id = $2 AND unpaused_at IS NULL \
-               AND (CAST($3 AS TEXT) IS NULL OR identifier = $3) \
-             RETURNING identifier",
-        )
-        .bind(now)
-        .bind(account.0)
-        .bind(identifier)
-        .fetch_all(&self.pool)
-        .await?;
-        v.sort();
-        Ok(v)
-    }
-
-    async fn order_limit_facts(
-        &self,
-        account: AccountId,
-        identifiers: &[String],
-        set_hash: &str,
-        since: i64,
-        now: i64,
-    ) -> Result<OrderLimitFacts, StoreError> {
-        DB::order_limit_facts(self, account, identifiers, set_hash, since, now).await
-    }
-
-    async fn pending_authz_expiry(
-        &self,
-        account: AccountId,
-        nth: u64,
-        now: i64,
-    ) -> Result<Option<i64>, StoreError> {
-        let Some(offset) = nth.checked_sub(1).and_then(|o| i64::try_from(o).ok()) else {
-            return Ok(None);
-        };
-        Ok(sqlx::query_scalar(
-            "SELECT expires FROM authzs
-             WHERE account_id = $1 AND status = 'pending' AND expires > $2
-             ORDER BY expires LIMIT 1 OFFSET $3",
-        )
-        .bind(account.0)
-        .bind(now)
-        .bind(offset)
-        .fetch_optional(&self.pool)
-        .await?)
     }
 }

@@ -6,8 +6,10 @@
 use super::sql::{Backend, Query, SqlStore};
 use super::*;
 use crate::core::gcra::{self, Decision};
-use crate::core::limits::{batch, BucketTxn, OrderLimitFacts};
-use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
+use crate::core::limits::{batch, BucketTxn};
+use sqlx::sqlite::{
+    SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteRow, SqliteSynchronous,
+};
 use sqlx::{Pool, Row, Sqlite, SqliteConnection};
 use std::str::FromStr;
 use std::time::Duration;
@@ -32,8 +34,11 @@ impl Backend for Sqlite {
         Ok(pool)
     }
 
-    fn in_list(col: &str, n: usize) -> String {
-        let params: Vec<String> = (1..=n).map(|i| format!("${i}")).collect();
+    fn in_list(col: &str, first: usize, n: usize) -> String {
+        if n == 0 {
+            return format!("{col} IN (NULL)");
+        }
+        let params: Vec<String> = (first..first + n).map(|i| format!("${i}")).collect();
         format!("{col} IN ({})", params.join(", "))
     }
 
@@ -49,20 +54,25 @@ impl Backend for Sqlite {
         items.iter().fold(q, |q, s| q.bind(*s))
     }
 
-    // group_concat's order is unspecified: `authz_ids` sorts.
-    const AUTHZ_IDS: &'static str = "(SELECT group_concat(authz_id) FROM
-        (SELECT authz_id FROM order_authzs WHERE order_id = orders.id ORDER BY authz_id))";
+    /// Comma-separated: ids and DNS identifiers hold no commas.
+    fn array(select: &str) -> String {
+        format!("(SELECT group_concat(v, ',') FROM ({select}))")
+    }
 
-    fn authz_ids(r: &sqlx::sqlite::SqliteRow) -> Result<Vec<i64>, StoreError> {
-        let mut ids: Vec<i64> = r
-            .try_get::<Option<String>, _>("authz_ids")?
+    fn ids(r: &SqliteRow, col: &str) -> Result<Vec<i64>, StoreError> {
+        Self::texts(r, col)?
+            .iter()
+            .map(|s| s.parse().map_err(|_| StoreError::corrupt("an id")))
+            .collect()
+    }
+
+    fn texts(r: &SqliteRow, col: &str) -> Result<Vec<String>, StoreError> {
+        Ok(r.try_get::<Option<String>, _>(col)?
             .unwrap_or_default()
             .split(',')
             .filter(|s| !s.is_empty())
-            .map(|s| s.parse().map_err(|_| StoreError::corrupt("an authz id")))
-            .collect::<Result<_, _>>()?;
-        ids.sort_unstable();
-        Ok(ids)
+            .map(str::to_string)
+            .collect())
     }
 
     async fn account_spending_nonce(
@@ -151,7 +161,7 @@ impl Backend for Sqlite {
         let keys: Vec<&str> = keys.iter().map(String::as_str).collect();
         let sql = format!(
             "DELETE FROM rate_limit_buckets WHERE {}",
-            Self::in_list("key", keys.len())
+            Self::in_list("key", 1, keys.len())
         );
         Ok(Self::bind_strs(sqlx::query(&sql), &keys)
             .execute(&s.pool)
@@ -165,57 +175,6 @@ impl Backend for Sqlite {
             .execute(&s.pool)
             .await?;
         Ok(r.rows_affected())
-    }
-
-    async fn order_limit_facts(
-        s: &SqlStore<Sqlite>,
-        account: AccountId,
-        identifiers: &[String],
-        set_hash: &str,
-        since: i64,
-        now: i64,
-    ) -> Result<OrderLimitFacts, StoreError> {
-        let list = if identifiers.is_empty() {
-            "NULL".to_string()
-        } else {
-            (0..identifiers.len())
-                .map(|i| format!("${}", i + 5))
-                .collect::<Vec<_>>()
-                .join(", ")
-        };
-        // DNS identifiers hold no commas: a comma list is unambiguous.
-        let sql = format!(
-            "SELECT (SELECT COUNT(*) FROM authzs
-                     WHERE account_id = $1 AND status = 'pending' AND expires > $2) AS pending,
-                    EXISTS (SELECT 1 FROM certificates
-                            WHERE set_hash = $3 AND issued_at >= $4) AS renewal,
-                    (SELECT group_concat(identifier, ',') FROM
-                        (SELECT identifier FROM rate_limit_paused
-                         WHERE account_id = $1 AND unpaused_at IS NULL AND identifier IN ({list})
-                         ORDER BY identifier)) AS paused"
-        );
-        let mut q = sqlx::query(&sql)
-            .bind(account.0)
-            .bind(now)
-            .bind(set_hash)
-            .bind(since);
-        for i in identifiers {
-            q = q.bind(i);
-        }
-        let r = q.fetch_one(&s.pool).await?;
-        let paused: Option<String> = r.try_get("paused")?;
-        let mut paused: Vec<String> = paused
-            .unwrap_or_default()
-            .split(',')
-            .filter(|s| !s.is_empty())
-            .map(str::to_string)
-            .collect();
-        paused.sort();
-        Ok(OrderLimitFacts {
-            pending_authzs: r.try_get::<i64, _>("pending")?.max(0) as u64,
-            renewal: r.try_get("renewal")?,
-            paused,
-        })
     }
 }
 
