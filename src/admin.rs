@@ -11,10 +11,12 @@
 use crate::ca::Ca;
 use crate::clock::Clock;
 use crate::config::{Config, Sources};
+use crate::core::limits::LimitStore;
+use crate::core::{spki_hash, AccountId, Certificate};
 use crate::ratelimit::{
     go_duration, Limit, LimitName, LimitSet, Limiter, OverrideEntry, Overrides,
 };
-use crate::sa::{self, AccountId, CertQuery, Certificate, DynStore, LimitStore};
+use crate::sa::{self, CertQuery, DynStore};
 use anyhow::{anyhow, bail, Context};
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
@@ -310,7 +312,7 @@ async fn revoke(cfg: &Config, serial: &str, reason: i64) -> anyhow::Result<()> {
         let (_, parsed) = x509_parser::parse_x509_certificate(&cert.der).map_err(|e| {
             anyhow!("certificate {serial} does not parse ({e}): cannot block its key")
         })?;
-        Some(sa::spki_hash(parsed.public_key().raw))
+        Some(spki_hash(parsed.public_key().raw))
     } else {
         None
     };
@@ -884,7 +886,7 @@ mod tests {
         Certificate {
             serial: serial.into(),
             account_id: AccountId(3),
-            order_id: sa::OrderId(1),
+            order_id: crate::core::OrderId(1),
             der: Vec::new(),
             chain_pem: String::new(),
             not_before: 0,

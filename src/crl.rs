@@ -11,8 +11,9 @@
 use crate::ca::Ca;
 use crate::clock::Clock;
 use crate::config::Config;
+use crate::core::{RevokedEntry, StoredCrl};
 use crate::problem::{Path, Problem};
-use crate::sa::{DynStore, RevokedEntry, Store, StoredCrl};
+use crate::sa::{DynStore, Store};
 use axum::extract::State;
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};

@@ -25,6 +25,7 @@ pub mod admin;
 pub mod ca;
 pub mod clock;
 pub mod config;
+pub mod core;
 pub mod crl;
 pub mod key;
 pub mod listener;

@@ -8,9 +8,9 @@
 //! or refuses (nothing is spent), the renewal rule of newOrder, and the
 //! pauses. Times are exact to the second, in UTC.
 
+use crate::core::AccountId;
 use crate::ra::status::{StatusQuery, StatusReport};
 use crate::ra::Ra;
-use crate::sa::AccountId;
 use axum::extract::{Query, State};
 use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};

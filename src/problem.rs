@@ -5,6 +5,7 @@
 //! Internal errors are logged with an id and answered as `serverInternal`
 //! without leaking details.
 
+use crate::core::Identifier;
 use axum::extract::rejection::{PathRejection, QueryRejection};
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -12,23 +13,6 @@ use serde::Serialize;
 
 /// The ACME error namespace (RFC 8555 §6.7).
 pub const ACME_ERROR_NS: &str = "urn:ietf:params:acme:error:";
-
-/// An identifier as it appears in problem subproblems and orders.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, serde::Deserialize)]
-pub struct Identifier {
-    #[serde(rename = "type")]
-    pub kind: String,
-    pub value: String,
-}
-
-impl Identifier {
-    pub fn dns(value: impl Into<String>) -> Self {
-        Identifier {
-            kind: "dns".into(),
-            value: value.into(),
-        }
-    }
-}
 
 /// A per-identifier sub-error (RFC 8555 §6.7.1).
 #[derive(Debug, Clone, PartialEq, Serialize, serde::Deserialize)]

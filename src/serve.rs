@@ -260,7 +260,7 @@ async fn ready(State(o): State<Observed>) -> Response {
         ),
         Ok(Err(e)) => (
             StatusCode::SERVICE_UNAVAILABLE,
-            serde_json::json!({"status": "unavailable", "database": e.detail}),
+            serde_json::json!({"status": "unavailable", "database": e.to_string()}),
         ),
         Err(_) => (
             StatusCode::SERVICE_UNAVAILABLE,

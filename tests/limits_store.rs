@@ -12,14 +12,13 @@
 mod common;
 
 use cairn::clock::Clock;
-use cairn::problem::Identifier;
+use cairn::core::{AccountId, ChallengeType, Identifier};
 use cairn::problem::Problem;
 use cairn::ratelimit::{
-    BucketTxn, Limit, LimitError, LimitName, LimitSet, Limiter, LimitsConfig, Overrides, Profile,
-    TxnMode, WindowConfig,
+    BucketTxn, Limit, LimitError, LimitName, LimitSet, LimitStore, Limiter, LimitsConfig,
+    Overrides, Profile, TxnMode, WindowConfig,
 };
-use cairn::sa::{AccountId, DynStore, LimitStore, NewAuthz, NewOrder, OrderAuthz};
-use cairn::va::ChallengeType;
+use cairn::sa::{DynStore, NewAuthz, NewOrder, OrderAuthz};
 use common::{contract_tests, Fixture};
 use std::net::IpAddr;
 use std::sync::atomic::{AtomicU64, Ordering};

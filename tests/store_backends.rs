@@ -11,13 +11,14 @@
 
 mod common;
 
-use cairn::problem::{Identifier, Problem};
-use cairn::sa::{
-    identifier_set_hash, Account, AccountId, AccountStatus, AuthzId, AuthzStatus, CertQuery,
-    Certificate, ChallengeId, ChallengeStatus, DynStore, KeyChange, NewAuthz, NewOrder, Order,
-    OrderAuthz, OrderId, OrderStatus, RevokedEntry, Store, StoredCrl,
+use cairn::core::{
+    identifier_set_hash, Account, AccountId, AccountStatus, AuthzId, AuthzStatus, Certificate,
+    ChallengeId, ChallengeStatus, ChallengeType, Conflict, Identifier, Order, OrderId, OrderStatus,
+    RevokedEntry, StoreError, StoredCrl,
 };
-use cairn::va::ChallengeType;
+use cairn::problem::Problem;
+use cairn::ra::{error_doc, problem_of};
+use cairn::sa::{CertQuery, DynStore, KeyChange, NewAuthz, NewOrder, OrderAuthz, Store};
 use common::{contract_tests, Fixture};
 use std::sync::Arc;
 use tokio::sync::Barrier;
@@ -68,6 +69,7 @@ contract_tests!(
     account_read_spends_the_nonce_once,
     race_account_spending_nonce,
     dead_reservations_are_failed_expired_or_stuck_orders,
+    lifecycle_sql_matches_rust,
 );
 
 /// Several instances migrating one fresh PostgreSQL database at the same
@@ -154,7 +156,7 @@ async fn replacing_order(
     s: &dyn Store,
     account: AccountId,
     serial: &str,
-) -> Result<Order, Problem> {
+) -> Result<Order, StoreError> {
     s.create_order(NewOrder {
         account_id: account,
         expires: NOW + DAY,
@@ -229,7 +231,7 @@ async fn order_status(s: &dyn Store, id: OrderId) -> OrderStatus {
 async fn race<F, Fut>(f: &Fixture, instances: usize, n: usize, op: F) -> usize
 where
     F: Fn(DynStore, usize) -> Fut + Send + Sync + 'static,
-    Fut: std::future::Future<Output = Result<bool, Problem>> + Send + 'static,
+    Fut: std::future::Future<Output = Result<bool, StoreError>> + Send + 'static,
 {
     let per_instance = n.div_ceil(instances) as u32;
     let mut stores = Vec::new();
@@ -403,7 +405,7 @@ async fn key_change_and_conflict(f: &Fixture) {
         .change_account_key(a.id, "tp-a", "{\"d\":1}", "tp-d")
         .await
         .expect_err("stale old key");
-    assert_eq!(stale.short_type(), "malformed");
+    assert_eq!(Problem::from(stale).short_type(), "malformed");
     assert!(s.account_by_thumbprint("tp-d").await.unwrap().is_none());
 
     // A deactivated account's key does not change.
@@ -639,9 +641,14 @@ async fn start_challenge_only_once(f: &Fixture) {
         ChallengeStatus::Pending
     );
     // Still refused once the first is finished (the authorization is decided).
-    s.finish_challenge(http, Err(Problem::connection("refused")), NOW, NOW)
-        .await
-        .unwrap();
+    s.finish_challenge(
+        http,
+        Err(error_doc(&Problem::connection("refused"))),
+        NOW,
+        NOW,
+    )
+    .await
+    .unwrap();
     assert!(!s.start_challenge(dns, NOW).await.unwrap());
 
     // Not for an expired authorization (expires <= now)...
@@ -690,7 +697,12 @@ async fn finish_challenge_valid_updates_authz(f: &Fixture) {
 
     // A second result for the same challenge is ignored.
     assert!(!s
-        .finish_challenge(c, Err(Problem::connection("late")), NOW + 9, NOW)
+        .finish_challenge(
+            c,
+            Err(error_doc(&Problem::connection("late"))),
+            NOW + 9,
+            NOW
+        )
         .await
         .unwrap());
     let again = s.challenge(c).await.unwrap().unwrap();
@@ -710,14 +722,14 @@ async fn finish_challenge_invalid_updates_authz(f: &Fixture) {
     let c = challenge_of(&*s, authz, ChallengeType::TlsAlpn01).await;
     assert!(s.start_challenge(c, NOW).await.unwrap());
     let problem = Problem::connection("127.0.0.1:443: connection refused");
-    s.finish_challenge(c, Err(problem.clone()), NOW + 2, NOW + 30 * DAY)
+    s.finish_challenge(c, Err(error_doc(&problem)), NOW + 2, NOW + 30 * DAY)
         .await
         .unwrap();
     let done = s.challenge(c).await.unwrap().unwrap();
     assert_eq!(done.status, ChallengeStatus::Invalid);
     assert_eq!(done.validated, Some(NOW + 2));
     assert!(done.records.is_none());
-    let stored = done.error.expect("the problem is stored");
+    let stored = problem_of(&done.error.expect("the problem is stored"));
     assert_eq!(stored.short_type(), "connection");
     assert_eq!(stored.detail, problem.detail);
     let authz = s.authz(authz).await.unwrap().unwrap();
@@ -840,7 +852,7 @@ async fn begin_finalize_needs_valid_unexpired_authzs(f: &Fixture) {
     let bad = new_order(&*s, a.id, &["f.example"], NOW + 7 * DAY).await;
     let c = challenge_of(&*s, bad.authz_ids[0], ChallengeType::Http01).await;
     assert!(s.start_challenge(c, NOW).await.unwrap());
-    s.finish_challenge(c, Err(Problem::connection("no")), NOW, NOW)
+    s.finish_challenge(c, Err(error_doc(&Problem::connection("no"))), NOW, NOW)
         .await
         .unwrap();
     assert!(!s.begin_finalize(bad.id, NOW).await.unwrap());
@@ -906,7 +918,7 @@ async fn complete_order_requires_processing(f: &Fixture) {
     assert_eq!(order_status(&*s, order.id).await, OrderStatus::Pending);
     // Failed while issuing: the same.
     assert!(s.begin_finalize(order.id, NOW).await.unwrap());
-    s.fail_order(order.id, &Problem::malformed("bad CSR"), NOW)
+    s.fail_order(order.id, &error_doc(&Problem::malformed("bad CSR")), NOW)
         .await
         .unwrap();
     assert!(s.complete_order(order.id, &cert, NOW).await.is_err());
@@ -918,30 +930,45 @@ async fn fail_order_from_pending_or_processing(f: &Fixture) {
     let a = new_account(&*s, "tp-a").await;
 
     let pending = new_order(&*s, a.id, &["a.example"], NOW + DAY).await;
-    s.fail_order(pending.id, &Problem::malformed("first"), NOW + 1)
-        .await
-        .unwrap();
+    s.fail_order(
+        pending.id,
+        &error_doc(&Problem::malformed("first")),
+        NOW + 1,
+    )
+    .await
+    .unwrap();
     let read = s.order(pending.id).await.unwrap().unwrap();
     assert_eq!(read.status, OrderStatus::Invalid);
     assert_eq!(read.updated_at, NOW + 1);
-    let error = read.error.expect("error stored");
+    let error = problem_of(&read.error.expect("error stored"));
     assert_eq!(
         (error.short_type(), error.detail.as_str()),
         ("malformed", "first")
     );
     // An invalid order keeps its first error.
-    s.fail_order(pending.id, &Problem::malformed("second"), NOW + 2)
-        .await
-        .unwrap();
+    s.fail_order(
+        pending.id,
+        &error_doc(&Problem::malformed("second")),
+        NOW + 2,
+    )
+    .await
+    .unwrap();
     let read = s.order(pending.id).await.unwrap().unwrap();
-    assert_eq!(read.error.map(|e| e.detail).as_deref(), Some("first"));
+    assert_eq!(
+        read.error.map(|e| problem_of(&e).detail).as_deref(),
+        Some("first")
+    );
     assert_eq!(read.updated_at, NOW + 1);
 
     let processing = ready_order(&*s, a.id, &["b.example"]).await;
     assert!(s.begin_finalize(processing.id, NOW).await.unwrap());
-    s.fail_order(processing.id, &Problem::internal("CA down"), NOW)
-        .await
-        .unwrap();
+    s.fail_order(
+        processing.id,
+        &error_doc(&Problem::internal("CA down")),
+        NOW,
+    )
+    .await
+    .unwrap();
     assert_eq!(order_status(&*s, processing.id).await, OrderStatus::Invalid);
 
     // A valid order stays valid.
@@ -950,7 +977,7 @@ async fn fail_order_from_pending_or_processing(f: &Fixture) {
     s.complete_order(valid.id, &certificate("cc", &valid), NOW)
         .await
         .unwrap();
-    s.fail_order(valid.id, &Problem::malformed("late"), NOW)
+    s.fail_order(valid.id, &error_doc(&Problem::malformed("late")), NOW)
         .await
         .unwrap();
     let read = s.order(valid.id).await.unwrap().unwrap();
@@ -1255,18 +1282,18 @@ async fn replacement_refused_while_another_is_live(f: &Fixture) {
         Some("01")
     );
     let e = replacing_order(&*s, a.id, "01").await.unwrap_err();
-    assert_eq!(e.short_type(), "alreadyReplaced");
+    assert_eq!(Problem::from(e).short_type(), "alreadyReplaced");
     // The first fails (its authorization is deactivated): free again.
     assert!(s.deactivate_authz(first.authz_ids[0]).await.unwrap());
     let second = replacing_order(&*s, a.id, "01").await.unwrap();
     // A failed order (stored invalid) does not count either.
-    s.fail_order(second.id, &Problem::malformed("x"), NOW)
+    s.fail_order(second.id, &error_doc(&Problem::malformed("x")), NOW)
         .await
         .unwrap();
     let third = replacing_order(&*s, a.id, "01").await.unwrap();
     // Nor does a pending order whose authorization expired (the order
     // itself has not).
-    s.fail_order(third.id, &Problem::malformed("x"), NOW)
+    s.fail_order(third.id, &error_doc(&Problem::malformed("x")), NOW)
         .await
         .unwrap();
     let short = NewOrder {
@@ -1280,7 +1307,7 @@ async fn replacement_refused_while_another_is_live(f: &Fixture) {
     };
     s.create_order(short.clone()).await.unwrap();
     let e = s.create_order(short.clone()).await.unwrap_err();
-    assert_eq!(e.short_type(), "alreadyReplaced");
+    assert_eq!(Problem::from(e).short_type(), "alreadyReplaced");
     s.create_order(NewOrder {
         now: NOW + 20,
         ..short
@@ -1316,8 +1343,8 @@ async fn replacement_refused_while_another_is_live(f: &Fixture) {
         now,
     };
     let e = s2.create_order(again(NOW + 10)).await.unwrap_err();
-    assert_eq!(e.short_type(), "alreadyReplaced");
-    s2.create_order(again(NOW + cairn::sa::STALE_PROCESSING_SECS + 1))
+    assert_eq!(Problem::from(e).short_type(), "alreadyReplaced");
+    s2.create_order(again(NOW + cairn::core::STALE_PROCESSING_SECS + 1))
         .await
         .unwrap();
 }
@@ -1330,7 +1357,7 @@ async fn race_replacement_orders(f: &Fixture) {
     let wins = race(f, 4, 20, move |s, _| async move {
         match replacing_order(&*s, account, "01").await {
             Ok(_) => Ok(true),
-            Err(p) if p.short_type() == "alreadyReplaced" => Ok(false),
+            Err(StoreError::Conflict(Conflict::AlreadyReplaced(_))) => Ok(false),
             Err(p) => Err(p),
         }
     })
@@ -1414,14 +1441,14 @@ async fn dead_reservations_are_failed_expired_or_stuck_orders(f: &Fixture) {
     let c = challenge_of(&*s, failed.authz_ids[0], ChallengeType::Http01).await;
     assert!(s.start_challenge(c, NOW).await.unwrap());
     assert!(s
-        .finish_challenge(c, Err(Problem::connection("refused")), NOW, NOW)
+        .finish_challenge(c, Err(error_doc(&Problem::connection("refused"))), NOW, NOW)
         .await
         .unwrap());
     let stuck = order_with_reservation(&*s, a.id, "stuck.example", NOW + DAY).await;
     validate(&*s, stuck.authz_ids[0], NOW + 30 * DAY).await;
     assert!(s.begin_finalize(stuck.id, NOW).await.unwrap());
     let errored = order_with_reservation(&*s, a.id, "err.example", NOW + DAY).await;
-    s.fail_order(errored.id, &Problem::malformed("x"), NOW)
+    s.fail_order(errored.id, &error_doc(&Problem::malformed("x")), NOW)
         .await
         .unwrap();
 
@@ -1486,4 +1513,131 @@ async fn race_account_spending_nonce(f: &Fixture) {
     })
     .await;
     assert_eq!(wins, 1);
+}
+
+/// The status rules in SQL (`core::lifecycle::sql`, which `begin_finalize`,
+/// `dead_reservations` and the replacement check run) say what the Rust
+/// derivation (`lifecycle::order_state`) says, on this database, for every
+/// stored order status with every set of up to two authorizations of every
+/// stored status, at times before, at and after each expiry and the
+/// staleness bound.
+async fn lifecycle_sql_matches_rust(f: &Fixture) {
+    use cairn::core::lifecycle::{self, sql as rule};
+    let s = f.open(2).await;
+    let a = new_account(&*s, "tp-a").await;
+    let raw = Raw::open(&f.url).await;
+    let kinds: Vec<(&str, i64)> = ["pending", "valid", "invalid", "deactivated", "revoked"]
+        .into_iter()
+        .flat_map(|st| [(st, NOW + 5), (st, NOW + 20)])
+        .collect();
+    let mut sets: Vec<Vec<(&str, i64)>> = vec![Vec::new()];
+    for (i, k) in kinds.iter().enumerate() {
+        sets.push(vec![*k]);
+        for k2 in &kinds[i..] {
+            sets.push(vec![*k, *k2]);
+        }
+    }
+    let mut n = 0;
+    for status in ["pending", "processing", "valid", "invalid"] {
+        for set in &sets {
+            n += 1;
+            let names: Vec<String> = (0..set.len())
+                .map(|k| format!("g{n}-{k}.example"))
+                .collect();
+            let o = s
+                .create_order(NewOrder {
+                    account_id: a.id,
+                    expires: NOW + 10,
+                    identifiers: names.iter().map(Identifier::dns).collect(),
+                    authzs: names.iter().map(|n| new_authz(n, NOW + DAY)).collect(),
+                    replaces: None,
+                    reservation: None,
+                    now: NOW,
+                })
+                .await
+                .unwrap();
+            raw.exec(&format!(
+                "UPDATE orders SET status = '{status}' WHERE id = {}",
+                o.id
+            ))
+            .await;
+            for (authz, (st, expires)) in o.authz_ids.iter().zip(set) {
+                raw.exec(&format!(
+                    "UPDATE authzs SET status = '{st}', expires = {expires} WHERE id = {authz}"
+                ))
+                .await;
+            }
+        }
+    }
+    let stale = lifecycle::STALE_PROCESSING_SECS;
+    let mut outcomes = std::collections::BTreeSet::new();
+    for t in [
+        NOW,
+        NOW + 5,
+        NOW + 10,
+        NOW + 20,
+        NOW + stale,
+        NOW + stale + 1,
+    ] {
+        let (now, before) = (t.to_string(), (t - stale).to_string());
+        let rows = raw
+            .flags(&format!(
+                "SELECT o.id, {} AS invalid, {} AS ready FROM orders o ORDER BY o.id",
+                rule::order_invalid("o", &now, &before),
+                rule::order_ready("o", &now)
+            ))
+            .await;
+        assert_eq!(rows.len(), n);
+        for (id, invalid, ready) in rows {
+            let order = s.order(OrderId(id)).await.unwrap().unwrap();
+            let authzs = s.authzs(&order.authz_ids).await.unwrap();
+            let derived = lifecycle::order_state(&order, &authzs, t).status;
+            let at = format!("order {id} (stored {:?}) at NOW+{}", order.status, t - NOW);
+            assert_eq!(
+                invalid,
+                derived == OrderStatus::Invalid,
+                "{at}: {derived:?}"
+            );
+            assert_eq!(ready, derived == OrderStatus::Ready, "{at}: {derived:?}");
+            outcomes.insert(format!("{derived:?}"));
+        }
+    }
+    // The grid reaches every derived status.
+    assert_eq!(
+        outcomes.into_iter().collect::<Vec<_>>(),
+        ["Invalid", "Pending", "Processing", "Ready", "Valid"]
+    );
+}
+
+/// Plain SQL on the fixture's database, for states the store's API does
+/// not write directly.
+enum Raw {
+    Sqlite(sqlx::SqlitePool),
+    Postgres(sqlx::PgPool),
+}
+
+impl Raw {
+    async fn open(url: &str) -> Raw {
+        if url.starts_with("sqlite:") {
+            Raw::Sqlite(sqlx::SqlitePool::connect(url).await.unwrap())
+        } else {
+            Raw::Postgres(sqlx::PgPool::connect(url).await.unwrap())
+        }
+    }
+
+    async fn exec(&self, sql: &str) {
+        match self {
+            Raw::Sqlite(p) => sqlx::query(sql).execute(p).await.map(drop),
+            Raw::Postgres(p) => sqlx::query(sql).execute(p).await.map(drop),
+        }
+        .unwrap_or_else(|e| panic!("{sql}: {e}"))
+    }
+
+    async fn flags(&self, sql: &str) -> Vec<(i64, bool, bool)> {
+        match self {
+            Raw::Sqlite(p) => sqlx::query_as(sql).fetch_all(p).await,
+            Raw::Postgres(p) => sqlx::query_as(sql).fetch_all(p).await,
+        }
+        .unwrap_or_else(|e| panic!("{sql}: {e}"))
+    }
 }

@@ -4,8 +4,8 @@
 //! publisher in `crate::crl`; this only encodes and signs.
 
 use super::Ca;
+use crate::core::RevokedEntry;
 use crate::problem::Problem;
-use crate::sa::RevokedEntry;
 use rcgen::{
     CertificateRevocationListParams, KeyIdMethod, RevocationReason, RevokedCertParams, SerialNumber,
 };

@@ -6,7 +6,8 @@
 mod idn;
 
 use crate::config::PolicyConfig;
-use crate::problem::{Identifier, Problem, Subproblem};
+use crate::core::Identifier;
+use crate::problem::{Problem, Subproblem};
 use anyhow::Context;
 use publicsuffix::{List, Psl};
 

@@ -5,13 +5,15 @@
 use crate::ca::{self, Ca};
 use crate::clock::Clock;
 use crate::config::Config;
+use crate::core::lifecycle::{self, WhyInvalid};
+use crate::core::*;
 use crate::crl::CrlPublisher;
 use crate::key::{KeyError, PublicKey};
 use crate::policy::{DnsName, Policy};
-use crate::problem::{Identifier, Problem};
+use crate::problem::Problem;
 use crate::ratelimit::{LimitError, Limiter, RateLimitInfo, Spent};
 use crate::sa::*;
-use crate::va::{ChallengeType, Va, ValidationRequest};
+use crate::va::{Va, ValidationRequest};
 use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64;
 use base64::Engine;
 use std::net::IpAddr;
@@ -20,11 +22,9 @@ use std::time::Duration;
 
 mod ari;
 pub mod status;
+mod store;
 pub use ari::{cert_id, window, RenewalInfo};
-
-/// An order that stayed `processing` this long was interrupted (a crash
-/// during issuance) and is reported invalid.
-const STALE_PROCESSING_SECS: i64 = 120;
+pub use store::{error_doc, problem_of};
 
 pub struct Ra {
     cfg: Arc<Config>,
@@ -164,7 +164,7 @@ impl Ra {
             // not at all: this request registered nothing.
             other => {
                 self.refund(&spent).await;
-                other.map(|(acct, _)| (acct, false, None))
+                Ok(other.map(|(acct, _)| (acct, false, None))?)
             }
         }
     }
@@ -388,9 +388,9 @@ impl Ra {
             .await;
         let order = match created {
             Ok(o) => o,
-            Err(p) => {
+            Err(e) => {
                 self.refund(&spent).await;
-                return Err(p);
+                return Err(e.into());
             }
         };
         let authzs = self.store.authzs(&order.authz_ids).await?;
@@ -455,7 +455,7 @@ impl Ra {
         let r = match self.store.take_reservation(order).await {
             Ok(Some(json)) => self.limiter.refund_reservation(&json).await,
             Ok(None) => Ok(()),
-            Err(e) => Err(e),
+            Err(e) => Err(e.into()),
         };
         if let Err(e) = r {
             tracing::warn!(
@@ -475,7 +475,7 @@ impl Ra {
                     self.release_reservation(order).await;
                 }
             }
-            Err(e) => tracing::warn!(authz = authz.0, "finding orders to refund: {}", e.detail),
+            Err(e) => tracing::warn!(authz = authz.0, "finding orders to refund: {e}"),
         }
     }
 
@@ -491,7 +491,7 @@ impl Ra {
                 let now = ra.clock.unix();
                 match ra
                     .store
-                    .dead_reservations(now, now - STALE_PROCESSING_SECS, 500)
+                    .dead_reservations(now, now - lifecycle::STALE_PROCESSING_SECS, 500)
                     .await
                 {
                     Ok(ids) => {
@@ -499,7 +499,7 @@ impl Ra {
                             ra.release_reservation(id).await;
                         }
                     }
-                    Err(e) => tracing::warn!("finding orders to refund: {}", e.detail),
+                    Err(e) => tracing::warn!("finding orders to refund: {e}"),
                 }
             }
         });
@@ -556,64 +556,44 @@ impl Ra {
         Ok((ids, next))
     }
 
-    /// The order's status as a client must see it (RFC 8555 §7.1.6): the
-    /// stored status refined by expiry and the authorizations' states.
+    /// The order as a client must see it (RFC 8555 §7.1.6): its status
+    /// derived by `lifecycle::order_state`, and the error that explains a
+    /// derived `invalid`.
     fn refine_order(&self, mut order: Order, authzs: &[Authz], now: i64) -> Order {
-        match order.status {
-            OrderStatus::Processing if order.updated_at < now - STALE_PROCESSING_SECS => {
-                order.status = OrderStatus::Invalid;
-                order.error = Some(Problem::new(
-                    "serverInternal",
-                    axum::http::StatusCode::INTERNAL_SERVER_ERROR,
-                    "issuance was interrupted; create a new order",
-                ));
+        let state = lifecycle::order_state(&order, authzs, now);
+        order.status = state.status;
+        let error = match state.why {
+            None => return order,
+            Some(WhyInvalid::Interrupted) => Problem::new(
+                "serverInternal",
+                axum::http::StatusCode::INTERNAL_SERVER_ERROR,
+                "issuance was interrupted; create a new order",
+            ),
+            Some(WhyInvalid::Expired) => Problem::malformed("the order expired"),
+            Some(WhyInvalid::Authz(a, a_status)) => {
+                let ident = Identifier::dns(a.display_name());
+                let cause = a
+                    .challenges
+                    .iter()
+                    .find_map(|c| c.error.as_ref().map(problem_of))
+                    .unwrap_or_else(|| {
+                        Problem::unauthorized(format!(
+                            "authorization for {} is {}",
+                            ident.value,
+                            a_status.as_str()
+                        ))
+                    });
+                let sub = cause.sub(ident.clone());
+                Problem::unauthorized(format!(
+                    "authorization for {} is {}: {}",
+                    ident.value,
+                    a_status.as_str(),
+                    cause.detail
+                ))
+                .with_subproblems(vec![sub])
             }
-            OrderStatus::Pending => {
-                if order.expires <= now {
-                    order.status = OrderStatus::Invalid;
-                    order.error = Some(Problem::malformed("the order expired"));
-                    return order;
-                }
-                let mut all_valid = true;
-                for a in authzs {
-                    let a_status = refine_authz_status(a, now);
-                    if a_status == AuthzStatus::Valid {
-                        continue;
-                    }
-                    all_valid = false;
-                    if a_status != AuthzStatus::Pending {
-                        order.status = OrderStatus::Invalid;
-                        let ident = Identifier::dns(display_name(a));
-                        let cause = a
-                            .challenges
-                            .iter()
-                            .find_map(|c| c.error.clone())
-                            .unwrap_or_else(|| {
-                                Problem::unauthorized(format!(
-                                    "authorization for {} is {}",
-                                    ident.value,
-                                    a_status.as_str()
-                                ))
-                            });
-                        let sub = cause.sub(ident.clone());
-                        order.error = Some(
-                            Problem::unauthorized(format!(
-                                "authorization for {} is {}: {}",
-                                ident.value,
-                                a_status.as_str(),
-                                cause.detail
-                            ))
-                            .with_subproblems(vec![sub]),
-                        );
-                        return order;
-                    }
-                }
-                if all_valid {
-                    order.status = OrderStatus::Ready;
-                }
-            }
-            _ => {}
-        }
+        };
+        order.error = Some(error_doc(&error));
         order
     }
 
@@ -766,7 +746,7 @@ impl Ra {
         let failed = result.is_err();
         if !self
             .store
-            .finish_challenge(id, result, now, valid_expires)
+            .finish_challenge(id, result.map_err(|p| error_doc(&p)), now, valid_expires)
             .await?
         {
             return Ok(());
@@ -936,7 +916,9 @@ impl Ra {
         let issued = match self.ca.issue(&csr, &names, now) {
             Ok(c) => c,
             Err(p) => {
-                self.store.fail_order(id, &p, now.unix_timestamp()).await?;
+                self.store
+                    .fail_order(id, &error_doc(&p), now.unix_timestamp())
+                    .await?;
                 self.release_reservation(id).await;
                 return Err(p);
             }
@@ -956,12 +938,15 @@ impl Ra {
             renew_early_at: None,
             spki_sha256,
         };
-        if let Err(p) = self
+        if let Err(e) = self
             .store
             .complete_order(id, &cert, now.unix_timestamp())
             .await
         {
-            self.store.fail_order(id, &p, now.unix_timestamp()).await?;
+            let p = Problem::from(e);
+            self.store
+                .fail_order(id, &error_doc(&p), now.unix_timestamp())
+                .await?;
             self.release_reservation(id).await;
             return Err(p);
         }
@@ -1163,24 +1148,8 @@ pub enum RevokeBy<'a> {
     Key(&'a PublicKey),
 }
 
-/// The identifier as ordered: `*.base` for wildcard authorizations.
-pub fn display_name(a: &Authz) -> String {
-    if a.wildcard {
-        format!("*.{}", a.identifier)
-    } else {
-        a.identifier.clone()
-    }
-}
-
-fn refine_authz_status(a: &Authz, now: i64) -> AuthzStatus {
-    match a.status {
-        AuthzStatus::Pending | AuthzStatus::Valid if a.expires <= now => AuthzStatus::Expired,
-        s => s,
-    }
-}
-
 fn refine_authz(mut a: Authz, now: i64) -> Authz {
-    a.status = refine_authz_status(&a, now);
+    a.status = lifecycle::authz_status(&a, now);
     a
 }
 

@@ -5,9 +5,10 @@
 //! and the account's paused identifiers. Read-only: nothing is spent.
 
 use super::{Ra, RENEWAL_MARGIN_SECS};
+use crate::core::{AccountId, Certificate};
 use crate::problem::Problem;
 use crate::ratelimit::LimitName;
-use crate::sa::{AccountId, CertQuery, Certificate};
+use crate::sa::CertQuery;
 
 /// What the page asks about: any of the three.
 #[derive(Debug, Default)]
@@ -88,7 +89,7 @@ impl Ra {
             let names = self.policy.check_order(
                 &q.names
                     .iter()
-                    .map(crate::problem::Identifier::dns)
+                    .map(crate::core::Identifier::dns)
                     .collect::<Vec<_>>(),
                 self.cfg.acme.max_names,
             )?;

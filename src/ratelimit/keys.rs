@@ -50,7 +50,7 @@ pub fn normalize_identifiers<S: AsRef<str>>(names: &[S]) -> Vec<String> {
 /// The id of *certificates per exact set of identifiers*: the hash the
 /// store keeps for every certificate (Boulder's `core.HashIdentifiers`), so
 /// order and case do not matter and renewals are found by the same value.
-pub use crate::sa::identifier_set_hash as fqdn_set_hash;
+pub use crate::core::identifier_set_hash as fqdn_set_hash;
 
 #[cfg(test)]
 mod tests {

@@ -18,49 +18,13 @@ use super::gcra::{retry_after_secs, Decision, Limit};
 use super::keys::{bucket_key, normalize_identifiers, registration_ip_key, registration_range_key};
 use super::{format_utc, fqdn_set_hash, LimitName, LimitSet, Overrides};
 use crate::clock::Clock;
+use crate::core::limits::{BucketTxn, LimitStore, OrderLimitFacts, TxnMode};
+use crate::core::{AccountId, StoreError};
 use crate::problem::Problem;
-use crate::sa::{AccountId, LimitStore, OrderLimitFacts};
 use axum::http::{HeaderMap, HeaderName, HeaderValue};
 use std::net::IpAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-
-/// How a transaction takes part in its batch.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum TxnMode {
-    /// Must have the tokens; spent if the whole batch is allowed.
-    CheckAndSpend,
-    /// Must have the tokens; never spent.
-    CheckOnly,
-    /// Spent if it has the tokens and the batch is allowed; never decides.
-    SpendOnly,
-}
-
-/// One bucket operation of a batch.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct BucketTxn {
-    pub limit: LimitName,
-    /// The stored key, `<limitName>:<id>`.
-    pub key: String,
-    /// The id shown to clients (an IP, a /48, an account, a domain...).
-    pub display: String,
-    /// The bucket's parameters (the override for this key, or the default).
-    pub params: Limit,
-    pub cost: u64,
-    pub mode: TxnMode,
-}
-
-impl BucketTxn {
-    /// Takes part in the decision.
-    pub fn checks(&self) -> bool {
-        self.mode != TxnMode::SpendOnly
-    }
-
-    /// Is written when allowed.
-    pub fn spends(&self) -> bool {
-        self.mode != TxnMode::CheckOnly
-    }
-}
 
 /// A refused request: the strictest limit of the batch.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -169,6 +133,12 @@ impl From<LimitError> for Problem {
 impl From<Problem> for LimitError {
     fn from(p: Problem) -> LimitError {
         LimitError::Unavailable(p)
+    }
+}
+
+impl From<StoreError> for LimitError {
+    fn from(e: StoreError) -> LimitError {
+        LimitError::Unavailable(e.into())
     }
 }
 
@@ -444,7 +414,7 @@ impl Limiter {
             let room_at = match self.store.pending_authz_expiry(account, excess, now).await {
                 Ok(at) => at,
                 Err(e) => {
-                    tracing::warn!("reading pending authorizations' expiry: {}", e.detail);
+                    tracing::warn!("reading pending authorizations' expiry: {e}");
                     None
                 }
             };
@@ -658,7 +628,7 @@ impl Limiter {
 
     /// Every identifier the account is paused for.
     pub async fn paused(&self, account: AccountId) -> Result<Vec<String>, Problem> {
-        self.store.paused_identifiers(account).await
+        Ok(self.store.paused_identifiers(account).await?)
     }
 
     pub async fn reset_bucket(&self, limit: LimitName, id: &str) -> Result<(), Problem> {

@@ -5,17 +5,18 @@
 //! - Issuance windows ([`Limiter`]): GCRA buckets stored in the database as
 //!   one row per key holding its TAT, shared by every instance. All of a
 //!   request's limits are checked and spent in one atomic batch
-//!   ([`crate::sa::LimitStore::spend_buckets`]); a denied batch writes
+//!   ([`LimitStore::spend_buckets`]); a denied batch writes
 //!   nothing, and the client is told about the limit that resets furthest in
 //!   the future (Boulder's rule).
 //!
-//! Layout: [`gcra`] is the arithmetic; `config` the limit sets
+//! Layout: [`gcra`] is the arithmetic and [`LimitStore`] the storage
+//! interface (both in `core`, so that `sa` implements it without importing
+//! this module); `config` the limit sets
 //! (`production`, `staging`, `unlimited`) and their overrides from
 //! configuration; `keys` the bucket keys; `overrides` the per-key override
 //! file (reloaded while running, edited by the admin CLI); `limiter` the
 //! transactions the RA runs.
 
-pub mod gcra;
 pub mod layer;
 
 mod config;
@@ -23,11 +24,12 @@ mod keys;
 mod limiter;
 mod overrides;
 
+pub use crate::core::gcra::{self, Decision, Limit};
+pub use crate::core::limits::{BucketTxn, LimitName, LimitStore, OrderLimitFacts, TxnMode};
 pub use config::{
     EndpointClass, LimitSet, LimitsConfig, Profile, RequestRate, RequestRateConfig,
     RequestRatesConfig, WindowConfig, WindowsConfig,
 };
-pub use gcra::{Decision, Limit};
 pub use keys::{
     bucket_key, fqdn_set_hash, ipv6_prefix, normalize_identifiers, registration_ip_key,
     registration_range_key,
@@ -36,53 +38,12 @@ pub use layer::{
     ClientIp, IpKey, RequestRateLayer, RequestRateLimiter, RequestRateService, TrustedProxies,
     Verdict,
 };
-pub use limiter::{BucketTxn, Denial, LimitError, Limiter, RateLimitInfo, Spent, TxnMode};
+pub use limiter::{Denial, LimitError, Limiter, RateLimitInfo, Spent};
 pub use overrides::{OverrideEntry, Overrides};
 
-use std::fmt;
-
-/// The issuance-window limits of LIMITS.md §2. The string names are stable:
-/// they appear in bucket keys, override files, problem documents and
-/// metrics.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub enum LimitName {
-    NewRegistrationsPerIp,
-    NewRegistrationsPerIpv6Range,
-    NewOrdersPerAccount,
-    CertificatesPerDomain,
-    CertificatesPerFqdnSet,
-    FailedAuthorizationsPerIdentifier,
-    ConsecutiveAuthorizationFailures,
-}
-
+/// What the limits mean to clients and operators; the names themselves
+/// are in `core::limits`, with the storage interface.
 impl LimitName {
-    pub const ALL: [LimitName; 7] = [
-        LimitName::NewRegistrationsPerIp,
-        LimitName::NewRegistrationsPerIpv6Range,
-        LimitName::NewOrdersPerAccount,
-        LimitName::CertificatesPerDomain,
-        LimitName::CertificatesPerFqdnSet,
-        LimitName::FailedAuthorizationsPerIdentifier,
-        LimitName::ConsecutiveAuthorizationFailures,
-    ];
-
-    /// The stable camelCase name.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            LimitName::NewRegistrationsPerIp => "newRegistrationsPerIp",
-            LimitName::NewRegistrationsPerIpv6Range => "newRegistrationsPerIpv6Range",
-            LimitName::NewOrdersPerAccount => "newOrdersPerAccount",
-            LimitName::CertificatesPerDomain => "certificatesPerDomain",
-            LimitName::CertificatesPerFqdnSet => "certificatesPerFqdnSet",
-            LimitName::FailedAuthorizationsPerIdentifier => "failedAuthorizationsPerIdentifier",
-            LimitName::ConsecutiveAuthorizationFailures => "consecutiveAuthorizationFailures",
-        }
-    }
-
-    pub fn parse(s: &str) -> Option<LimitName> {
-        LimitName::ALL.into_iter().find(|n| n.as_str() == s)
-    }
-
     /// Whether per-key overrides may raise this limit (LIMITS.md §2).
     pub fn allows_overrides(self) -> bool {
         matches!(
@@ -165,12 +126,6 @@ impl LimitName {
             "{what} in the last {window}, retry after {retry_at}: see {docs_url}#{}",
             self.doc_anchor()
         )
-    }
-}
-
-impl fmt::Display for LimitName {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
     }
 }
 

@@ -20,37 +20,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::config::VaConfig;
+use crate::core::ChallengeType;
 use crate::problem::Problem;
 use serde::{Deserialize, Serialize};
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
-pub enum ChallengeType {
-    #[serde(rename = "http-01")]
-    Http01,
-    #[serde(rename = "dns-01")]
-    Dns01,
-    #[serde(rename = "tls-alpn-01")]
-    TlsAlpn01,
-}
-
-impl ChallengeType {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            ChallengeType::Http01 => "http-01",
-            ChallengeType::Dns01 => "dns-01",
-            ChallengeType::TlsAlpn01 => "tls-alpn-01",
-        }
-    }
-
-    pub fn parse(s: &str) -> Option<ChallengeType> {
-        match s {
-            "http-01" => Some(ChallengeType::Http01),
-            "dns-01" => Some(ChallengeType::Dns01),
-            "tls-alpn-01" => Some(ChallengeType::TlsAlpn01),
-            _ => None,
-        }
-    }
-}
 
 /// One validation to perform.
 #[derive(Debug, Clone)]

@@ -2,10 +2,10 @@
 //! list, and keyChange (RFC 8555 §7.3).
 
 use super::{json_response, jws, path_id, AppState, Base, ClientAddr, KeyMode, Signer};
+use crate::core::{Account, OrderId};
 use crate::key::PublicKey;
 use crate::problem::{Path, Problem, Query};
 use crate::ra::{AccountUpdate, NewAccountRequest};
-use crate::sa::{Account, OrderId};
 use axum::body::Body;
 use axum::extract::State;
 use axum::http::{header, HeaderMap, StatusCode, Uri};

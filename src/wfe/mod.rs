@@ -12,11 +12,11 @@ mod nonce;
 mod order;
 
 use crate::config::Config;
+use crate::core::{Account, AccountId};
 use crate::key::{KeyError, PublicKey};
 use crate::problem::Problem;
 use crate::ra::Ra;
 use crate::ratelimit::{ClientIp, RequestRateLayer, RequestRateLimiter};
-use crate::sa::{Account, AccountId};
 use axum::body::Body;
 use axum::extract::{ConnectInfo, FromRequest, FromRequestParts};
 use axum::extract::{Request, State};

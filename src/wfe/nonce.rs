@@ -101,7 +101,10 @@ impl Nonces {
 
     /// Forget used nonces that can no longer be presented.
     pub async fn prune(&self) -> Result<u64, Problem> {
-        self.store.prune_nonces(self.clock.unix() - SKEW_SECS).await
+        Ok(self
+            .store
+            .prune_nonces(self.clock.unix() - SKEW_SECS)
+            .await?)
     }
 }
 

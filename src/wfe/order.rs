@@ -2,12 +2,12 @@
 //! download (RFC 8555 §7.4, §7.5).
 
 use super::{json_response, path_id, rfc3339, AppState, Base, KeyMode, Signer};
-use crate::problem::{Path, Problem};
-use crate::ra::{NewOrderRequest, RevokeBy};
-use crate::sa::{
+use crate::core::{
     Authz, AuthzId, AuthzStatus, Challenge, ChallengeId, ChallengeStatus, Order, OrderId,
     OrderStatus,
 };
+use crate::problem::{Path, Problem};
+use crate::ra::{NewOrderRequest, RevokeBy};
 use axum::body::Body;
 use axum::extract::State;
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode, Uri};

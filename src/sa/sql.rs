@@ -1,0 +1,1133 @@
+//! The store, written once for both databases: [`SqlStore`] is generic over
+//! the sqlx database, and every statement whose text is the same on SQLite
+//! and PostgreSQL is written here, once, with `$N` placeholders (sqlx binds
+//! `$N` by number on SQLite too). What truly differs is a [`Backend`]:
+//! connection setup, the few locks PostgreSQL needs where SQLite has its one
+//! writer, list parameters and aggregates, and the rate-limit batch
+//! (`sqlite.rs`, `postgres.rs`).
+//!
+//! Concurrency on PostgreSQL, once for every statement here: they run at
+//! READ COMMITTED (its default), where each statement sees the rows
+//! committed before it started, and an UPDATE/DELETE that finds its target
+//! row changed by a concurrent transaction waits for it, then re-evaluates
+//! its WHERE against the row's new version (the target table only:
+//! subqueries on other tables keep the statement's snapshot). So a
+//! conditional UPDATE whose whole condition is on the target row is an
+//! atomic compare-and-set, and `INSERT ... ON CONFLICT DO NOTHING` waits
+//! for a concurrent insert of the same key and then does nothing. The
+//! statements that also decide from rows of other tables say what keeps
+//! them correct (`create_order`, `start_challenge`, `begin_finalize`).
+//! SQLite runs one writer at a time, which rules those races out.
+
+use super::*;
+use crate::core::gcra::Decision;
+use crate::core::lifecycle::sql as rule;
+use crate::core::limits::BucketTxn;
+use sqlx::{ColumnIndex, Database, Decode, Encode, Executor, IntoArguments, Pool, Row, Type};
+use std::sync::LazyLock;
+
+/// What differs between the databases. Implemented by `sqlx::Sqlite`
+/// (`sqlite.rs`) and `sqlx::Postgres` (`postgres.rs`).
+#[async_trait]
+pub(super) trait Backend: Database + Sized {
+    /// Connect, set the connections up, and bring the schema up to date.
+    async fn connect(url: &str, max_connections: u32) -> anyhow::Result<Pool<Self>>;
+
+    /// `col` is one of `n` parameters numbered from `$first`.
+    fn in_list(col: &str, first: usize, n: usize) -> String;
+    fn rows_affected(r: &Self::QueryResult) -> u64;
+    fn bind_ids<'q>(q: Query<'q, Self>, ids: &'q [i64]) -> Query<'q, Self>;
+    fn bind_strs<'q>(q: Query<'q, Self>, items: &'q [&'q str]) -> Query<'q, Self>;
+
+    /// The values (column `v`) of the rows of `select` as one column, which
+    /// `ids` or `texts` decode (in no particular order).
+    fn array(select: &str) -> String;
+    fn ids(r: &Self::Row, col: &str) -> Result<Vec<i64>, StoreError>;
+    fn texts(r: &Self::Row, col: &str) -> Result<Vec<String>, StoreError>;
+
+    /// `Store::account_spending_nonce`: one round trip where there is a
+    /// network.
+    async fn account_spending_nonce(
+        s: &SqlStore<Self>,
+        id: AccountId,
+        nonce: &[u8],
+        expires: i64,
+    ) -> Result<(Option<Account>, bool), StoreError>;
+
+    /// In `create_order`'s transaction, before the order is inserted:
+    /// serialise the orders replacing this certificate.
+    async fn lock_replaced(tx: &mut Self::Connection, serial: &str) -> Result<(), sqlx::Error>;
+
+    /// At the start of a transaction that changes a challenge's status:
+    /// serialise them per authorization. False if there is surely no such
+    /// challenge.
+    async fn lock_challenge_authz(
+        tx: &mut Self::Connection,
+        id: ChallengeId,
+    ) -> Result<bool, sqlx::Error>;
+
+    /// The rate-limit batch and bucket maintenance: how each database
+    /// makes a batch atomic (see `LimitStore`).
+    async fn spend_buckets(
+        s: &SqlStore<Self>,
+        txns: &[BucketTxn],
+        now: i64,
+    ) -> Result<Vec<Decision>, StoreError>;
+    async fn refund_buckets(
+        s: &SqlStore<Self>,
+        txns: &[BucketTxn],
+        now: i64,
+    ) -> Result<u64, StoreError>;
+    async fn reset_buckets(s: &SqlStore<Self>, keys: &[String]) -> Result<u64, StoreError>;
+    async fn prune_buckets(s: &SqlStore<Self>, now: i64) -> Result<u64, StoreError>;
+}
+
+/// A parameter of a statement built at run time.
+enum Param {
+    Text(String),
+    Int(i64),
+}
+
+pub(super) type Query<'q, DB> = sqlx::query::Query<'q, DB, <DB as Database>::Arguments<'q>>;
+
+pub(crate) struct SqlStore<DB: Database> {
+    pub(super) pool: Pool<DB>,
+}
+
+const ACCOUNT_COLS: &str = "id, thumbprint, jwk, contact, status, created_at";
+const CHALLENGE_COLS: &str = "id, authz_id, type, token, status, validated, error, records";
+const CERT_COLS: &str =
+    "serial, account_id, order_id, der, chain_pem, not_before, not_after, issued_at,
+     revoked_at, revoked_reason, names, renew_early_at, spki_sha256";
+
+/// How many superseded CRLs stay in the table.
+const CRLS_KEPT: i64 = 10;
+
+/// Another live order (`lifecycle`: not invalid) that replaces certificate
+/// `$1`, other than order `$2`, at `$3` (stale before `$4`).
+static LIVE_REPLACEMENT: LazyLock<String> = LazyLock::new(|| {
+    format!(
+        "SELECT EXISTS (SELECT 1 FROM orders o
+         WHERE o.replaces = $1 AND o.id <> $2 AND NOT {})",
+        rule::order_invalid("o", "$3", "$4")
+    )
+});
+
+/// Order `$2` to processing if it is ready (`lifecycle`) at `$1`.
+static BEGIN_FINALIZE: LazyLock<String> = LazyLock::new(|| {
+    format!(
+        "UPDATE orders SET status = 'processing', updated_at = $1
+         WHERE id = $2 AND {}",
+        rule::order_ready("orders", "$1")
+    )
+});
+
+/// Orders holding a reservation that will never issue (`lifecycle`:
+/// invalid) at `$1` (stale before `$2`), at most `$3`.
+static DEAD_RESERVATIONS: LazyLock<String> = LazyLock::new(|| {
+    format!(
+        "SELECT r.order_id FROM order_reservations r JOIN orders o ON o.id = r.order_id
+         WHERE {} ORDER BY r.order_id LIMIT $3",
+        rule::order_invalid("o", "$1", "$2")
+    )
+});
+
+impl<DB> SqlStore<DB>
+where
+    DB: Backend,
+    for<'c> &'c mut DB::Connection: Executor<'c, Database = DB>,
+    for<'q> DB::Arguments<'q>: IntoArguments<'q, DB>,
+    for<'q> i64: Encode<'q, DB> + Decode<'q, DB> + Type<DB>,
+    for<'q> bool: Encode<'q, DB> + Decode<'q, DB> + Type<DB>,
+    for<'q> String: Encode<'q, DB> + Decode<'q, DB> + Type<DB>,
+    for<'q> Vec<u8>: Encode<'q, DB> + Decode<'q, DB> + Type<DB>,
+    for<'q> &'q str: Encode<'q, DB> + Type<DB>,
+    for<'q> &'q [u8]: Encode<'q, DB> + Type<DB>,
+    for<'q> Option<String>: Encode<'q, DB> + Type<DB>,
+    for<'q> Option<&'q str>: Encode<'q, DB> + Type<DB>,
+    for<'q> Option<&'q [u8]>: Encode<'q, DB> + Type<DB>,
+    for<'a> &'a str: ColumnIndex<DB::Row>,
+    usize: ColumnIndex<DB::Row>,
+{
+    pub(super) async fn open(url: &str, max_connections: u32) -> anyhow::Result<SqlStore<DB>> {
+        Ok(SqlStore {
+            pool: DB::connect(url, max_connections).await?,
+        })
+    }
+
+    pub(super) fn account_from_row(r: &DB::Row) -> Result<Account, StoreError> {
+        Ok(Account {
+            id: AccountId(r.try_get("id")?),
+            thumbprint: r.try_get("thumbprint")?,
+            jwk: r.try_get("jwk")?,
+            contact: from_json(&r.try_get::<String, _>("contact")?)?,
+            status: parse_name(&r.try_get::<String, _>("status")?)?,
+            created_at: r.try_get("created_at")?,
+        })
+    }
+
+    fn challenge_from_row(r: &DB::Row) -> Result<Challenge, StoreError> {
+        Ok(Challenge {
+            id: ChallengeId(r.try_get("id")?),
+            authz_id: AuthzId(r.try_get("authz_id")?),
+            kind: parse_name(&r.try_get::<String, _>("type")?)?,
+            token: r.try_get("token")?,
+            status: parse_name(&r.try_get::<String, _>("status")?)?,
+            validated: r.try_get("validated")?,
+            error: r
+                .try_get::<Option<String>, _>("error")?
+                .map(|s| from_json(&s))
+                .transpose()?,
+            records: r.try_get("records")?,
+        })
+    }
+
+    fn cert_from_row(r: &DB::Row) -> Result<Certificate, StoreError> {
+        Ok(Certificate {
+            serial: r.try_get("serial")?,
+            account_id: AccountId(r.try_get("account_id")?),
+            order_id: OrderId(r.try_get("order_id")?),
+            der: r.try_get("der")?,
+            chain_pem: r.try_get("chain_pem")?,
+            not_before: r.try_get("not_before")?,
+            not_after: r.try_get("not_after")?,
+            issued_at: r.try_get("issued_at")?,
+            revoked_at: r.try_get("revoked_at")?,
+            revoked_reason: r.try_get("revoked_reason")?,
+            names: from_json(&r.try_get::<String, _>("names")?)?,
+            renew_early_at: r.try_get("renew_early_at")?,
+            spki_sha256: r
+                .try_get::<Option<Vec<u8>>, _>("spki_sha256")?
+                .unwrap_or_default(),
+        })
+    }
+
+    /// The query's filters as SQL conditions (each ` AND ...`) whose
+    /// parameters are numbered from `$first`, and their values.
+    fn cert_filters(q: &CertQuery, first: usize) -> (String, Vec<Param>) {
+        let mut sql = String::new();
+        let mut params = Vec::new();
+        let mut add = |cond: &str, p: Param| {
+            let n = first + params.len();
+            sql.push_str(&cond.replace("$?", &format!("${n}")));
+            params.push(p);
+        };
+        if let Some(serial) = &q.serial {
+            add(" AND serial = $?", Param::Text(serial.clone()));
+        }
+        if let Some(name) = &q.name {
+            add(
+                " AND serial IN (SELECT serial FROM certificate_names WHERE name = $?)",
+                Param::Text(name.to_ascii_lowercase()),
+            );
+        }
+        if let Some(domain) = &q.domain {
+            // Domain names hold no LIKE wildcards (policy allows only
+            // [a-z0-9.-]), but escape them anyway.
+            let d = domain.to_ascii_lowercase();
+            add(
+                " AND serial IN (SELECT serial FROM certificate_names WHERE name = $?",
+                Param::Text(d.clone()),
+            );
+            let escaped = d
+                .replace('\\', "\\\\")
+                .replace('%', "\\%")
+                .replace('_', "\\_");
+            add(
+                " OR name LIKE $? ESCAPE '\\')",
+                Param::Text(format!("%.{escaped}")),
+            );
+        }
+        if let Some(account) = q.account {
+            add(" AND account_id = $?", Param::Int(account.0));
+        }
+        if let Some(before) = q.issued_before {
+            add(" AND issued_at < $?", Param::Int(before));
+        }
+        (sql, params)
+    }
+
+    fn bind_params<'q>(q: Query<'q, DB>, params: &'q [Param]) -> Query<'q, DB> {
+        params.iter().fold(q, |q, p| match p {
+            Param::Text(s) => q.bind(s.as_str()),
+            Param::Int(i) => q.bind(*i),
+        })
+    }
+
+    /// Record what a certificate certifies, one row per name.
+    async fn insert_names(
+        tx: &mut DB::Connection,
+        serial: &str,
+        names: &[String],
+    ) -> Result<(), StoreError> {
+        for name in names {
+            sqlx::query(
+                "INSERT INTO certificate_names (name, serial) VALUES ($1, $2) ON CONFLICT DO NOTHING",
+            )
+            .bind(name.to_ascii_lowercase())
+            .bind(serial)
+            .execute(&mut *tx)
+            .await?;
+        }
+        Ok(())
+    }
+
+    /// The buckets' TATs, in the order of `keys` (`None`: no row).
+    pub(super) async fn read_tats<'e, E>(
+        exec: E,
+        keys: &[&str],
+    ) -> Result<Vec<Option<i64>>, StoreError>
+    where
+        E: Executor<'e, Database = DB>,
+    {
+        let sql = format!(
+            "SELECT key, tat FROM rate_limit_buckets WHERE {}",
+            DB::in_list("key", 1, keys.len())
+        );
+        let rows = DB::bind_strs(sqlx::query(&sql), keys)
+            .fetch_all(exec)
+            .await?;
+        let mut found = std::collections::HashMap::with_capacity(rows.len());
+        for r in rows {
+            found.insert(r.try_get::<String, _>("key")?, r.try_get::<i64, _>("tat")?);
+        }
+        Ok(keys.iter().map(|k| found.get(*k).copied()).collect())
+    }
+}
+
+#[async_trait]
+impl<DB> Store for SqlStore<DB>
+where
+    DB: Backend,
+    for<'c> &'c mut DB::Connection: Executor<'c, Database = DB>,
+    for<'q> DB::Arguments<'q>: IntoArguments<'q, DB>,
+    for<'q> i64: Encode<'q, DB> + Decode<'q, DB> + Type<DB>,
+    for<'q> bool: Encode<'q, DB> + Decode<'q, DB> + Type<DB>,
+    for<'q> String: Encode<'q, DB> + Decode<'q, DB> + Type<DB>,
+    for<'q> Vec<u8>: Encode<'q, DB> + Decode<'q, DB> + Type<DB>,
+    for<'q> &'q str: Encode<'q, DB> + Type<DB>,
+    for<'q> &'q [u8]: Encode<'q, DB> + Type<DB>,
+    for<'q> Option<String>: Encode<'q, DB> + Type<DB>,
+    for<'q> Option<&'q str>: Encode<'q, DB> + Type<DB>,
+    for<'q> Option<&'q [u8]>: Encode<'q, DB> + Type<DB>,
+    for<'a> &'a str: ColumnIndex<DB::Row>,
+    usize: ColumnIndex<DB::Row>,
+{
+    async fn ping(&self) -> Result<(), StoreError> {
+        sqlx::query("SELECT 1").execute(&self.pool).await?;
+        Ok(())
+    }
+
+    fn pool_stats(&self) -> (u32, usize) {
+        (self.pool.size(), self.pool.num_idle())
+    }
+
+    async fn close(&self) {
+        self.pool.close().await;
+    }
+
+    async fn redeem_nonce(&self, nonce: &[u8], expires: i64) -> Result<bool, StoreError> {
+        // Two instances inserting the same nonce: the second waits for the
+        // first's commit, then conflicts and inserts nothing: one use only.
+        let r = sqlx::query(
+            "INSERT INTO used_nonces (nonce, expires) VALUES ($1, $2) ON CONFLICT DO NOTHING",
+        )
+        .bind(nonce)
+        .bind(expires)
+        .execute(&self.pool)
+        .await?;
+        Ok(DB::rows_affected(&r) == 1)
+    }
+
+    async fn prune_nonces(&self, now: i64) -> Result<u64, StoreError> {
+        let r = sqlx::query("DELETE FROM used_nonces WHERE expires < $1")
+            .bind(now)
+            .execute(&self.pool)
+            .await?;
+        Ok(DB::rows_affected(&r))
+    }
+
+    async fn secret(&self, name: &str, fresh: &[u8]) -> Result<Vec<u8>, StoreError> {
+        // The loser of a race waits in the INSERT for the winner's commit, so
+        // the SELECT (a new statement, a new snapshot) sees the winner's value.
+        sqlx::query("INSERT INTO secrets (name, value) VALUES ($1, $2) ON CONFLICT DO NOTHING")
+            .bind(name)
+            .bind(fresh)
+            .execute(&self.pool)
+            .await?;
+        Ok(
+            sqlx::query_scalar("SELECT value FROM secrets WHERE name = $1")
+                .bind(name)
+                .fetch_one(&self.pool)
+                .await?,
+        )
+    }
+
+    async fn create_account(
+        &self,
+        jwk: &str,
+        thumbprint: &str,
+        contact: &[String],
+        now: i64,
+    ) -> Result<(Account, bool), StoreError> {
+        let r = sqlx::query(
+            "INSERT INTO accounts (thumbprint, jwk, contact, status, created_at)
+             VALUES ($1, $2, $3, 'valid', $4) ON CONFLICT (thumbprint) DO NOTHING",
+        )
+        .bind(thumbprint)
+        .bind(jwk)
+        .bind(to_json(&contact)?)
+        .bind(now)
+        .execute(&self.pool)
+        .await?;
+        let created = DB::rows_affected(&r) == 1;
+        let acct = self
+            .account_by_thumbprint(thumbprint)
+            .await?
+            .ok_or(StoreError::NotFound("account vanished after insert"))?;
+        Ok((acct, created))
+    }
+
+    async fn account(&self, id: AccountId) -> Result<Option<Account>, StoreError> {
+        sqlx::query(&format!(
+            "SELECT {ACCOUNT_COLS} FROM accounts WHERE id = $1"
+        ))
+        .bind(id.0)
+        .fetch_optional(&self.pool)
+        .await?
+        .map(|r| Self::account_from_row(&r))
+        .transpose()
+    }
+
+    async fn account_spending_nonce(
+        &self,
+        id: AccountId,
+        nonce: &[u8],
+        expires: i64,
+    ) -> Result<(Option<Account>, bool), StoreError> {
+        DB::account_spending_nonce(self, id, nonce, expires).await
+    }
+
+    async fn account_by_thumbprint(&self, thumbprint: &str) -> Result<Option<Account>, StoreError> {
+        sqlx::query(&format!(
+            "SELECT {ACCOUNT_COLS} FROM accounts WHERE thumbprint = $1"
+        ))
+        .bind(thumbprint)
+        .fetch_optional(&self.pool)
+        .await?
+        .map(|r| Self::account_from_row(&r))
+        .transpose()
+    }
+
+    async fn update_account_contact(
+        &self,
+        id: AccountId,
+        contact: &[String],
+    ) -> Result<(), StoreError> {
+        sqlx::query("UPDATE accounts SET contact = $1 WHERE id = $2 AND status = 'valid'")
+            .bind(to_json(&contact)?)
+            .bind(id.0)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    async fn deactivate_account(&self, id: AccountId) -> Result<(), StoreError> {
+        let mut tx = self.pool.begin().await?;
+        sqlx::query(
+            "UPDATE accounts SET status = 'deactivated' WHERE id = $1 AND status = 'valid'",
+        )
+        .bind(id.0)
+        .execute(&mut *tx)
+        .await?;
+        // RFC 8555 §7.3.6: the server SHOULD cancel pending operations.
+        sqlx::query(
+            "UPDATE authzs SET status = 'deactivated' WHERE account_id = $1 AND status IN ('pending', 'valid')",
+        )
+        .bind(id.0)
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn change_account_key(
+        &self,
+        id: AccountId,
+        old_thumbprint: &str,
+        jwk: &str,
+        thumbprint: &str,
+    ) -> Result<KeyChange, StoreError> {
+        // A concurrent key change of this account makes `thumbprint = $4`
+        // false (0 rows; on PostgreSQL, re-evaluated on the new row); one of
+        // another account to the same key makes the unique index fail (on
+        // PostgreSQL, after waiting for it).
+        let r = sqlx::query(
+            "UPDATE accounts SET jwk = $1, thumbprint = $2 WHERE id = $3 AND thumbprint = $4 AND status = 'valid'",
+        )
+        .bind(jwk)
+        .bind(thumbprint)
+        .bind(id.0)
+        .bind(old_thumbprint)
+        .execute(&self.pool)
+        .await;
+        match r {
+            Ok(r) if DB::rows_affected(&r) == 1 => Ok(KeyChange::Changed),
+            Ok(_) => Err(StoreError::Conflict(Conflict::KeyChanged)),
+            Err(sqlx::Error::Database(e)) if e.is_unique_violation() => {
+                let other = self
+                    .account_by_thumbprint(thumbprint)
+                    .await?
+                    .ok_or(StoreError::NotFound("conflicting account vanished"))?;
+                Ok(KeyChange::InUse(other.id))
+            }
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    async fn create_order(&self, o: NewOrder) -> Result<Order, StoreError> {
+        // Orders replacing one certificate are serialised: on SQLite the
+        // INSERT takes the write lock, on PostgreSQL `lock_replaced` the
+        // certificate's row first; either way the replacement check below
+        // sees every order committed before it.
+        let mut tx = self.pool.begin().await?;
+        if let Some(serial) = &o.replaces {
+            DB::lock_replaced(&mut *tx, serial).await?;
+        }
+        let order_id: i64 = sqlx::query_scalar(
+            "INSERT INTO orders (account_id, status, expires, identifiers, created_at, updated_at, replaces)
+             VALUES ($1, 'pending', $2, $3, $4, $5, $6) RETURNING id",
+        )
+        .bind(o.account_id.0)
+        .bind(o.expires)
+        .bind(to_json(&o.identifiers)?)
+        .bind(o.now)
+        .bind(o.now)
+        .bind(o.replaces.as_deref())
+        .fetch_one(&mut *tx)
+        .await?;
+        if let Some(serial) = &o.replaces {
+            let taken: bool = sqlx::query_scalar(LIVE_REPLACEMENT.as_str())
+                .bind(serial.as_str())
+                .bind(order_id)
+                .bind(o.now)
+                .bind(o.now - STALE_PROCESSING_SECS)
+                .fetch_one(&mut *tx)
+                .await?;
+            if taken {
+                return Err(StoreError::Conflict(Conflict::AlreadyReplaced(
+                    serial.clone(),
+                )));
+            }
+        }
+        if let Some(tokens) = &o.reservation {
+            sqlx::query("INSERT INTO order_reservations (order_id, tokens) VALUES ($1, $2)")
+                .bind(order_id)
+                .bind(tokens.as_str())
+                .execute(&mut *tx)
+                .await?;
+        }
+        let mut authz_ids = Vec::with_capacity(o.authzs.len());
+        for a in &o.authzs {
+            let authz_id = match a {
+                OrderAuthz::Reuse(id) => id.0,
+                OrderAuthz::New(n) => {
+                    let id: i64 = sqlx::query_scalar(
+                        "INSERT INTO authzs (account_id, identifier, wildcard, status, expires, created_at)
+                         VALUES ($1, $2, $3, 'pending', $4, $5) RETURNING id",
+                    )
+                    .bind(o.account_id.0)
+                    .bind(n.identifier.as_str())
+                    .bind(n.wildcard)
+                    .bind(n.expires)
+                    .bind(o.now)
+                    .fetch_one(&mut *tx)
+                    .await?;
+                    for (kind, token) in &n.challenges {
+                        sqlx::query(
+                            "INSERT INTO challenges (authz_id, type, token, status) VALUES ($1, $2, $3, 'pending')",
+                        )
+                        .bind(id)
+                        .bind(kind.as_str())
+                        .bind(token.as_str())
+                        .execute(&mut *tx)
+                        .await?;
+                    }
+                    id
+                }
+            };
+            // A reused authorization may be deactivated concurrently: the
+            // order still links it, and begin_finalize refuses it.
+            sqlx::query(
+                "INSERT INTO order_authzs (order_id, authz_id) VALUES ($1, $2) ON CONFLICT DO NOTHING",
+            )
+            .bind(order_id)
+            .bind(authz_id)
+            .execute(&mut *tx)
+            .await?;
+            authz_ids.push(AuthzId(authz_id));
+        }
+        tx.commit().await?;
+        Ok(Order {
+            id: OrderId(order_id),
+            account_id: o.account_id,
+            status: OrderStatus::Pending,
+            expires: o.expires,
+            identifiers: o.identifiers,
+            authz_ids,
+            error: None,
+            cert_serial: None,
+            replaces: o.replaces,
+            created_at: o.now,
+            updated_at: o.now,
+        })
+    }
+
+    async fn order(&self, id: OrderId) -> Result<Option<Order>, StoreError> {
+        // One round trip: the order and its authorization ids together.
+        let Some(r) = sqlx::query(&format!(
+            "SELECT id, account_id, status, expires, identifiers, error, cert_serial, replaces,
+                    created_at, updated_at, {} AS authz_ids
+             FROM orders WHERE id = $1",
+            DB::array("SELECT authz_id AS v FROM order_authzs WHERE order_id = orders.id")
+        ))
+        .bind(id.0)
+        .fetch_optional(&self.pool)
+        .await?
+        else {
+            return Ok(None);
+        };
+        Ok(Some(Order {
+            id,
+            account_id: AccountId(r.try_get("account_id")?),
+            status: parse_name(&r.try_get::<String, _>("status")?)?,
+            expires: r.try_get("expires")?,
+            identifiers: from_json(&r.try_get::<String, _>("identifiers")?)?,
+            authz_ids: {
+                let mut ids = DB::ids(&r, "authz_ids")?;
+                ids.sort_unstable();
+                ids.into_iter().map(AuthzId).collect()
+            },
+            error: r
+                .try_get::<Option<String>, _>("error")?
+                .map(|s| from_json(&s))
+                .transpose()?,
+            cert_serial: r.try_get("cert_serial")?,
+            replaces: r.try_get("replaces")?,
+            created_at: r.try_get("created_at")?,
+            updated_at: r.try_get("updated_at")?,
+        }))
+    }
+
+    async fn account_orders(
+        &self,
+        account: AccountId,
+        after: Option<OrderId>,
+        limit: u32,
+    ) -> Result<Vec<OrderId>, StoreError> {
+        let ids: Vec<i64> = sqlx::query_scalar(
+            "SELECT id FROM orders WHERE account_id = $1 AND id > $2 ORDER BY id LIMIT $3",
+        )
+        .bind(account.0)
+        .bind(after.map(|a| a.0).unwrap_or(0))
+        .bind(i64::from(limit))
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(ids.into_iter().map(OrderId).collect())
+    }
+
+    async fn reusable_authz(
+        &self,
+        account: AccountId,
+        identifier: &str,
+        wildcard: bool,
+        min_expires: i64,
+    ) -> Result<Option<AuthzId>, StoreError> {
+        let id: Option<i64> = sqlx::query_scalar(
+            "SELECT id FROM authzs WHERE account_id = $1 AND identifier = $2 AND wildcard = $3
+             AND status = 'valid' AND expires > $4 ORDER BY expires DESC LIMIT 1",
+        )
+        .bind(account.0)
+        .bind(identifier)
+        .bind(wildcard)
+        .bind(min_expires)
+        .fetch_optional(&self.pool)
+        .await?;
+        Ok(id.map(AuthzId))
+    }
+
+    async fn authz(&self, id: AuthzId) -> Result<Option<Authz>, StoreError> {
+        Ok(self.authzs(&[id]).await?.into_iter().next())
+    }
+
+    async fn authzs(&self, ids: &[AuthzId]) -> Result<Vec<Authz>, StoreError> {
+        if ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        let ids: Vec<i64> = ids.iter().map(|id| id.0).collect();
+        let sql = format!(
+            "SELECT id, account_id, identifier, wildcard, status, expires FROM authzs
+             WHERE {} ORDER BY id",
+            DB::in_list("id", 1, ids.len())
+        );
+        let rows = DB::bind_ids(sqlx::query(&sql), &ids)
+            .fetch_all(&self.pool)
+            .await?;
+        let csql = format!(
+            "SELECT {CHALLENGE_COLS} FROM challenges WHERE {} ORDER BY id",
+            DB::in_list("authz_id", 1, ids.len())
+        );
+        let challenges = DB::bind_ids(sqlx::query(&csql), &ids)
+            .fetch_all(&self.pool)
+            .await?
+            .iter()
+            .map(Self::challenge_from_row)
+            .collect::<Result<Vec<_>, _>>()?;
+        rows.iter()
+            .map(|r| {
+                let id = AuthzId(r.try_get("id")?);
+                Ok(Authz {
+                    id,
+                    account_id: AccountId(r.try_get("account_id")?),
+                    identifier: r.try_get("identifier")?,
+                    wildcard: r.try_get("wildcard")?,
+                    status: parse_name(&r.try_get::<String, _>("status")?)?,
+                    expires: r.try_get("expires")?,
+                    challenges: challenges
+                        .iter()
+                        .filter(|c| c.authz_id == id)
+                        .cloned()
+                        .collect(),
+                })
+            })
+            .collect()
+    }
+
+    async fn deactivate_authz(&self, id: AuthzId) -> Result<bool, StoreError> {
+        let r = sqlx::query(
+            "UPDATE authzs SET status = 'deactivated' WHERE id = $1 AND status IN ('pending', 'valid')",
+        )
+        .bind(id.0)
+        .execute(&self.pool)
+        .await?;
+        Ok(DB::rows_affected(&r) == 1)
+    }
+
+    async fn challenge(&self, id: ChallengeId) -> Result<Option<Challenge>, StoreError> {
+        sqlx::query(&format!(
+            "SELECT {CHALLENGE_COLS} FROM challenges WHERE id = $1"
+        ))
+        .bind(id.0)
+        .fetch_optional(&self.pool)
+        .await?
+        .map(|r| Self::challenge_from_row(&r))
+        .transpose()
+    }
+
+    async fn start_challenge(&self, id: ChallengeId, now: i64) -> Result<bool, StoreError> {
+        // On PostgreSQL the UPDATE alone would let two *different*
+        // challenges of one authorization both start: each locks only its
+        // own row, and each one's NOT EXISTS reads the other as still pending
+        // (the subquery is not re-evaluated, and the other's change is not
+        // committed). The authorization's lock rules that out: it is held to
+        // commit by whoever starts a challenge of it, and the UPDATE, a later
+        // statement, takes its snapshot only once the lock is ours, so it
+        // sees every earlier start and every authorization change.
+        let mut tx = self.pool.begin().await?;
+        if !DB::lock_challenge_authz(&mut *tx, id).await? {
+            tx.rollback().await?;
+            return Ok(false);
+        }
+        let r = sqlx::query(
+            "UPDATE challenges SET status = 'processing', started_at = $1
+             WHERE id = $2 AND status = 'pending'
+               AND EXISTS (SELECT 1 FROM authzs a WHERE a.id = challenges.authz_id
+                           AND a.status = 'pending' AND a.expires > $1)
+               AND NOT EXISTS (SELECT 1 FROM challenges o WHERE o.authz_id = challenges.authz_id
+                               AND o.id != challenges.id AND o.status != 'pending')",
+        )
+        .bind(now)
+        .bind(id.0)
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(DB::rows_affected(&r) == 1)
+    }
+
+    async fn finish_challenge(
+        &self,
+        id: ChallengeId,
+        result: Result<String, ErrorDoc>,
+        now: i64,
+        valid_authz_expires: i64,
+    ) -> Result<bool, StoreError> {
+        // Both UPDATEs are compare-and-sets on their own row, correct
+        // without a lock; the authorization's lock keeps one lock order
+        // with start_challenge (authorization, then challenge).
+        let mut tx = self.pool.begin().await?;
+        DB::lock_challenge_authz(&mut *tx, id).await?;
+        let (status, error, records) = match &result {
+            Ok(records) => ("valid", None, Some(records.as_str())),
+            Err(p) => ("invalid", Some(to_json(p)?), None),
+        };
+        let authz_id: Option<i64> = sqlx::query_scalar(
+            "UPDATE challenges SET status = $1, validated = $2, error = $3, records = $4
+             WHERE id = $5 AND status = 'processing' RETURNING authz_id",
+        )
+        .bind(status)
+        .bind(now)
+        .bind(error)
+        .bind(records)
+        .bind(id.0)
+        .fetch_optional(&mut *tx)
+        .await?;
+        if let Some(authz_id) = authz_id {
+            if result.is_ok() {
+                sqlx::query(
+                    "UPDATE authzs SET status = 'valid', expires = $1 WHERE id = $2 AND status = 'pending'",
+                )
+                .bind(valid_authz_expires)
+                .bind(authz_id)
+                .execute(&mut *tx)
+                .await?;
+            } else {
+                sqlx::query(
+                    "UPDATE authzs SET status = 'invalid' WHERE id = $1 AND status = 'pending'",
+                )
+                .bind(authz_id)
+                .execute(&mut *tx)
+                .await?;
+            }
+        }
+        tx.commit().await?;
+        Ok(authz_id.is_some())
+    }
+
+    async fn claim_stale_challenges(
+        &self,
+        stale_before: i64,
+        now: i64,
+    ) -> Result<Vec<ChallengeId>, StoreError> {
+        // One statement: a row re-checked under concurrent claims is taken
+        // by one caller only, since the first moves started_at past the bound.
+        let ids: Vec<i64> = sqlx::query_scalar(
+            "UPDATE challenges SET started_at = $1
+             WHERE status = 'processing' AND started_at < $2 RETURNING id",
+        )
+        .bind(now)
+        .bind(stale_before)
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(ids.into_iter().map(ChallengeId).collect())
+    }
+
+    async fn begin_finalize(&self, id: OrderId, now: i64) -> Result<bool, StoreError> {
+        // One statement, no lock, and still correct when PostgreSQL
+        // instances race:
+        // - Two finalizes of the order: the second waits for the first's row
+        //   lock, then re-evaluates `status = 'pending'` on the new version,
+        //   finds 'processing' and updates nothing: exactly one wins.
+        //   complete_order and fail_order change the row the same way.
+        // - An authorization changing meanwhile: the NOT EXISTS is not
+        //   re-evaluated, so it judges the authorizations as of this
+        //   statement's snapshot. The only change that could matter is a
+        //   valid authorization being deactivated (pending → valid cannot
+        //   make us wrong: we just refuse, as if we had run first; expiry is
+        //   `now`, not a write). That outcome equals running this statement
+        //   just before the deactivation, a serial order: the deactivation
+        //   reads nothing that we write, so there is no write skew to
+        //   prevent. Locking the authorizations would buy nothing but waits.
+        let r = sqlx::query(BEGIN_FINALIZE.as_str())
+            .bind(now)
+            .bind(id.0)
+            .execute(&self.pool)
+            .await?;
+        Ok(DB::rows_affected(&r) == 1)
+    }
+
+    async fn complete_order(
+        &self,
+        id: OrderId,
+        c: &Certificate,
+        now: i64,
+    ) -> Result<(), StoreError> {
+        // A second completion of the order fails on certificates.order_id's
+        // unique index (on PostgreSQL after waiting for the first to commit).
+        let mut tx = self.pool.begin().await?;
+        sqlx::query(
+            "INSERT INTO certificates (serial, account_id, order_id, der, chain_pem, not_before, not_after, issued_at, names, set_hash, spki_sha256)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)",
+        )
+        .bind(c.serial.as_str())
+        .bind(c.account_id.0)
+        .bind(c.order_id.0)
+        .bind(c.der.as_slice())
+        .bind(c.chain_pem.as_str())
+        .bind(c.not_before)
+        .bind(c.not_after)
+        .bind(c.issued_at)
+        .bind(to_json(&c.names)?)
+        .bind(identifier_set_hash(&c.names))
+        .bind(c.spki_sha256.as_slice())
+        .execute(&mut *tx)
+        .await?;
+        Self::insert_names(&mut *tx, &c.serial, &c.names).await?;
+        let r = sqlx::query(
+            "UPDATE orders SET status = 'valid', cert_serial = $1, updated_at = $2 WHERE id = $3 AND status = 'processing'",
+        )
+        .bind(c.serial.as_str())
+        .bind(now)
+        .bind(id.0)
+        .execute(&mut *tx)
+        .await?;
+        if DB::rows_affected(&r) != 1 {
+            tx.rollback().await?;
+            return Err(StoreError::Conflict(Conflict::NotProcessing));
+        }
+        // The certificate uses the tokens the order reserved.
+        sqlx::query("DELETE FROM order_reservations WHERE order_id = $1")
+            .bind(id.0)
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn fail_order(&self, id: OrderId, error: &ErrorDoc, now: i64) -> Result<(), StoreError> {
+        sqlx::query(
+            "UPDATE orders SET status = 'invalid', error = $1, updated_at = $2
+             WHERE id = $3 AND status IN ('pending', 'processing')",
+        )
+        .bind(to_json(error)?)
+        .bind(now)
+        .bind(id.0)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    async fn take_reservation(&self, id: OrderId) -> Result<Option<String>, StoreError> {
+        Ok(sqlx::query_scalar(
+            "DELETE FROM order_reservations WHERE order_id = $1 RETURNING tokens",
+        )
+        .bind(id.0)
+        .fetch_optional(&self.pool)
+        .await?)
+    }
+
+    async fn reservations_of_authz(&self, authz: AuthzId) -> Result<Vec<OrderId>, StoreError> {
+        let ids: Vec<i64> = sqlx::query_scalar(
+            "SELECT r.order_id FROM order_reservations r
+             JOIN order_authzs oa ON oa.order_id = r.order_id
+             JOIN orders o ON o.id = r.order_id
+             WHERE oa.authz_id = $1 AND o.status = 'pending' ORDER BY r.order_id",
+        )
+        .bind(authz.0)
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(ids.into_iter().map(OrderId).collect())
+    }
+
+    async fn dead_reservations(
+        &self,
+        now: i64,
+        stale_before: i64,
+        limit: u32,
+    ) -> Result<Vec<OrderId>, StoreError> {
+        let ids: Vec<i64> = sqlx::query_scalar(DEAD_RESERVATIONS.as_str())
+            .bind(now)
+            .bind(stale_before)
+            .bind(i64::from(limit))
+            .fetch_all(&self.pool)
+            .await?;
+        Ok(ids.into_iter().map(OrderId).collect())
+    }
+
+    async fn certificate(&self, serial: &str) -> Result<Option<Certificate>, StoreError> {
+        let r = sqlx::query(&format!(
+            "SELECT {CERT_COLS} FROM certificates WHERE serial = $1"
+        ))
+        .bind(serial)
+        .fetch_optional(&self.pool)
+        .await?;
+        r.as_ref().map(Self::cert_from_row).transpose()
+    }
+
+    async fn revoke_certificate(
+        &self,
+        serial: &str,
+        reason: i64,
+        now: i64,
+        block_key: Option<&[u8]>,
+    ) -> Result<bool, StoreError> {
+        let mut tx = self.pool.begin().await?;
+        // A proven compromise also turns an earlier revocation's reason
+        // into keyCompromise (its time kept), so the key gets blocked.
+        let r = sqlx::query(
+            "UPDATE certificates
+             SET revoked_at = COALESCE(revoked_at, $1), revoked_reason = $2
+             WHERE serial = $3
+               AND (revoked_at IS NULL
+                    OR ($4 AND revoked_reason IS DISTINCT FROM $2))",
+        )
+        .bind(now)
+        .bind(reason)
+        .bind(serial)
+        .bind(block_key.is_some())
+        .execute(&mut *tx)
+        .await?;
+        if DB::rows_affected(&r) != 1 {
+            return Ok(false);
+        }
+        if let Some(hash) = block_key {
+            sqlx::query(
+                "INSERT INTO blocked_keys (spki_sha256, blocked_at, serial) VALUES ($1, $2, $3)
+                 ON CONFLICT DO NOTHING",
+            )
+            .bind(hash)
+            .bind(now)
+            .bind(serial)
+            .execute(&mut *tx)
+            .await?;
+            sqlx::query(
+                "UPDATE certificates SET revoked_at = $1, revoked_reason = 1
+                 WHERE spki_sha256 = $2 AND revoked_at IS NULL",
+            )
+            .bind(now)
+            .bind(hash)
+            .execute(&mut *tx)
+            .await?;
+        }
+        tx.commit().await?;
+        Ok(true)
+    }
+
+    async fn key_blocked(&self, spki_sha256: &[u8]) -> Result<bool, StoreError> {
+        Ok(
+            sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM blocked_keys WHERE spki_sha256 = $1)")
+                .bind(spki_sha256)
+                .fetch_one(&self.pool)
+                .await?,
+        )
+    }
+
+    async fn find_certificates(&self, q: &CertQuery) -> Result<Vec<Certificate>, StoreError> {
+        let (filters, params) = Self::cert_filters(q, 2);
+        let sql = format!(
+            "SELECT {CERT_COLS} FROM certificates WHERE TRUE{filters}
+             ORDER BY issued_at DESC, serial LIMIT $1"
+        );
+        let query = sqlx::query(&sql).bind(i64::from(q.limit.max(1)));
+        let rows = Self::bind_params(query, &params)
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter().map(Self::cert_from_row).collect()
+    }
+
+    async fn mark_renew_early(&self, q: &CertQuery, now: i64) -> Result<u64, StoreError> {
+        let (filters, params) = Self::cert_filters(q, 2);
+        let sql = format!(
+            "UPDATE certificates SET renew_early_at = $1
+             WHERE renew_early_at IS NULL AND revoked_at IS NULL AND not_after > $1{filters}"
+        );
+        let query = sqlx::query(&sql).bind(now);
+        let r = Self::bind_params(query, &params)
+            .execute(&self.pool)
+            .await?;
+        Ok(DB::rows_affected(&r))
+    }
+
+    async fn certificates_without_names(
+        &self,
+        limit: u32,
+    ) -> Result<Vec<(String, Vec<u8>)>, StoreError> {
+        let rows = sqlx::query("SELECT serial, der FROM certificates WHERE set_hash = '' LIMIT $1")
+            .bind(i64::from(limit))
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter()
+            .map(|r| Ok((r.try_get("serial")?, r.try_get("der")?)))
+            .collect()
+    }
+
+    async fn set_certificate_names(
+        &self,
+        serial: &str,
+        names: &[String],
+        spki_sha256: Option<&[u8]>,
+    ) -> Result<(), StoreError> {
+        let mut tx = self.pool.begin().await?;
+        sqlx::query(
+            "UPDATE certificates SET names = $1, set_hash = $2, spki_sha256 = $3 WHERE serial = $4",
+        )
+        .bind(to_json(&names)?)
+        .bind(identifier_set_hash(names))
+        .bind(spki_sha256)
+        .bind(serial)
+        .execute(&mut *tx)
+        .await?;
+        Self::insert_names(&mut *tx, serial, names).await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn revoked_certificates(
+        &self,
+        not_after_after: i64,
+    ) -> Result<Vec<RevokedEntry>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT serial, revoked_at, revoked_reason FROM certificates
+             WHERE revoked_at IS NOT NULL AND not_after > $1 ORDER BY serial",
+        )
+        .bind(not_after_after)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|r| {
+                Ok(RevokedEntry {
+                    serial: r.try_get("serial")?,
+                    revoked_at: r.try_get("revoked_at")?,
+                    reason: r.try_get::<Option<i64>, _>("revoked_reason")?.unwrap_or(0),
+                })
+            })
+            .collect()
+    }
+
+    async fn latest_crl(&self) -> Result<Option<StoredCrl>, StoreError> {
+        let r = sqlx::query(
+            "SELECT number, this_update, next_update, der FROM crls ORDER BY number DESC LIMIT 1",
+        )
+        .fetch_optional(&self.pool)
+        .await?;
+        r.map(|r| {
+            Ok(StoredCrl {
+                number: r.try_get("number")?,
+                this_update: r.try_get("this_update")?,
+                next_update: r.try_get("next_update")?,
+                der: r.try_get("der")?,
+            })
+        })
+        .transpose()
+    }
+
+    async fn insert_crl(&self, crl: &StoredCrl) -> Result<bool, StoreError> {
+        let mut tx = self.pool.begin().await?;
+        let r = sqlx::query(
+            "INSERT INTO crls (number, this_update, next_update, der) VALUES ($1, $2, $3, $4)
+             ON CONFLICT DO NOTHING",
+        )
+        .bind(crl.number)
+        .bind(crl.this_update)
+        .bind(crl.next_update)
+        .bind(crl.der.as_slice())
+        .execute(&mut *tx)
+        .await?;
+        // Older CRLs are superseded; keep a few for inspection.
+        sqlx::query("DELETE FROM crls WHERE number < $1")
+            .bind(crl.number - CRLS_KEPT)
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        Ok(DB::rows_affected(&r) == 1)
+    }
+}
