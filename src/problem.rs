@@ -14,11 +14,170 @@ use serde::Serialize;
 /// The ACME error namespace (RFC 8555 §6.7).
 pub const ACME_ERROR_NS: &str = "urn:ietf:params:acme:error:";
 
+/// The ACME error types Cairn answers with (RFC 8555 §6.7, RFC 8555's
+/// registry and RFC 9773 `alreadyReplaced`). Each has one usual HTTP status;
+/// a few named constructors (404, 405, 413, 414, 415, 431, 408, 503) give
+/// `malformed` or `serverInternal` another.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Kind {
+    Malformed,
+    BadNonce,
+    Unauthorized,
+    AccountDoesNotExist,
+    BadCsr,
+    BadPublicKey,
+    BadSignatureAlgorithm,
+    RejectedIdentifier,
+    UnsupportedIdentifier,
+    RateLimited,
+    OrderNotReady,
+    AlreadyRevoked,
+    AlreadyReplaced,
+    BadRevocationReason,
+    InvalidContact,
+    UnsupportedContact,
+    UserActionRequired,
+    ExternalAccountRequired,
+    Conflict,
+    Connection,
+    Dns,
+    IncorrectResponse,
+    Tls,
+    Caa,
+    Compound,
+    ServerInternal,
+}
+
+impl Kind {
+    pub const ALL: [Kind; 26] = [
+        Kind::Malformed,
+        Kind::BadNonce,
+        Kind::Unauthorized,
+        Kind::AccountDoesNotExist,
+        Kind::BadCsr,
+        Kind::BadPublicKey,
+        Kind::BadSignatureAlgorithm,
+        Kind::RejectedIdentifier,
+        Kind::UnsupportedIdentifier,
+        Kind::RateLimited,
+        Kind::OrderNotReady,
+        Kind::AlreadyRevoked,
+        Kind::AlreadyReplaced,
+        Kind::BadRevocationReason,
+        Kind::InvalidContact,
+        Kind::UnsupportedContact,
+        Kind::UserActionRequired,
+        Kind::ExternalAccountRequired,
+        Kind::Conflict,
+        Kind::Connection,
+        Kind::Dns,
+        Kind::IncorrectResponse,
+        Kind::Tls,
+        Kind::Caa,
+        Kind::Compound,
+        Kind::ServerInternal,
+    ];
+
+    /// The short name, e.g. `badNonce`.
+    pub const fn name(self) -> &'static str {
+        match self {
+            Kind::Malformed => "malformed",
+            Kind::BadNonce => "badNonce",
+            Kind::Unauthorized => "unauthorized",
+            Kind::AccountDoesNotExist => "accountDoesNotExist",
+            Kind::BadCsr => "badCSR",
+            Kind::BadPublicKey => "badPublicKey",
+            Kind::BadSignatureAlgorithm => "badSignatureAlgorithm",
+            Kind::RejectedIdentifier => "rejectedIdentifier",
+            Kind::UnsupportedIdentifier => "unsupportedIdentifier",
+            Kind::RateLimited => "rateLimited",
+            Kind::OrderNotReady => "orderNotReady",
+            Kind::AlreadyRevoked => "alreadyRevoked",
+            Kind::AlreadyReplaced => "alreadyReplaced",
+            Kind::BadRevocationReason => "badRevocationReason",
+            Kind::InvalidContact => "invalidContact",
+            Kind::UnsupportedContact => "unsupportedContact",
+            Kind::UserActionRequired => "userActionRequired",
+            Kind::ExternalAccountRequired => "externalAccountRequired",
+            Kind::Conflict => "conflict",
+            Kind::Connection => "connection",
+            Kind::Dns => "dns",
+            Kind::IncorrectResponse => "incorrectResponse",
+            Kind::Tls => "tls",
+            Kind::Caa => "caa",
+            Kind::Compound => "compound",
+            Kind::ServerInternal => "serverInternal",
+        }
+    }
+
+    /// The usual HTTP status of this type.
+    pub const fn status(self) -> u16 {
+        match self {
+            Kind::Malformed
+            | Kind::BadNonce
+            | Kind::AccountDoesNotExist
+            | Kind::BadCsr
+            | Kind::BadPublicKey
+            | Kind::BadSignatureAlgorithm
+            | Kind::RejectedIdentifier
+            | Kind::UnsupportedIdentifier
+            | Kind::AlreadyRevoked
+            | Kind::BadRevocationReason
+            | Kind::InvalidContact
+            | Kind::UnsupportedContact
+            | Kind::Connection
+            | Kind::Dns
+            | Kind::Tls => 400,
+            Kind::Unauthorized
+            | Kind::OrderNotReady
+            | Kind::UserActionRequired
+            | Kind::IncorrectResponse
+            | Kind::Caa
+            | Kind::Compound => 403,
+            Kind::RateLimited => 429,
+            Kind::AlreadyReplaced | Kind::Conflict => 409,
+            Kind::ExternalAccountRequired => 401,
+            Kind::ServerInternal => 500,
+        }
+    }
+
+    /// `urn:ietf:params:acme:error:<name>`.
+    pub fn urn(self) -> String {
+        format!("{ACME_ERROR_NS}{}", self.name())
+    }
+
+    /// From the full URN or the short name.
+    pub fn parse(s: &str) -> Option<Kind> {
+        let name = s.strip_prefix(ACME_ERROR_NS).unwrap_or(s);
+        Kind::ALL.into_iter().find(|k| k.name() == name)
+    }
+}
+
+impl Serialize for Kind {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&self.urn())
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for Kind {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Kind, D::Error> {
+        let s = String::deserialize(d)?;
+        Kind::parse(&s)
+            .ok_or_else(|| serde::de::Error::custom(format!("unknown ACME error type {s:?}")))
+    }
+}
+
+impl std::fmt::Display for Kind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
 /// A per-identifier sub-error (RFC 8555 §6.7.1).
 #[derive(Debug, Clone, PartialEq, Serialize, serde::Deserialize)]
 pub struct Subproblem {
     #[serde(rename = "type")]
-    pub kind: String,
+    pub kind: Kind,
     pub detail: String,
     pub identifier: Identifier,
 }
@@ -27,7 +186,7 @@ pub struct Subproblem {
 #[derive(Debug, Clone, PartialEq, Serialize, serde::Deserialize)]
 pub struct Problem {
     #[serde(rename = "type")]
-    pub kind: String,
+    pub kind: Kind,
     pub detail: String,
     pub status: u16,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
@@ -67,20 +226,22 @@ pub struct RateLimitMembers {
 }
 
 macro_rules! constructors {
-    ($($fn:ident => $name:literal, $status:expr;)*) => {
+    ($($fn:ident => $kind:ident;)*) => {
         $(
-            #[doc = concat!("`urn:ietf:params:acme:error:", $name, "`")]
+            #[doc = concat!("`", stringify!($kind), "`, with its usual status.")]
             pub fn $fn(detail: impl Into<String>) -> Problem {
-                Problem::new($name, $status, detail)
+                Problem::of(Kind::$kind, detail)
             }
         )*
     };
 }
 
 impl Problem {
-    pub fn new(name: &str, status: StatusCode, detail: impl Into<String>) -> Problem {
+    /// Only the named constructors below build problems, so a kind is never
+    /// paired with a status it does not have.
+    fn new(kind: Kind, status: StatusCode, detail: impl Into<String>) -> Problem {
         Problem {
-            kind: format!("{ACME_ERROR_NS}{name}"),
+            kind,
             detail: detail.into(),
             status: status.as_u16(),
             subproblems: Vec::new(),
@@ -90,6 +251,17 @@ impl Problem {
             help: None,
             rate_limit: None,
         }
+    }
+
+    fn of(kind: Kind, detail: impl Into<String>) -> Problem {
+        let status = StatusCode::from_u16(kind.status()).unwrap_or(StatusCode::BAD_REQUEST);
+        Problem::new(kind, status, detail)
+    }
+
+    /// The one problem that stands for a single subproblem (the order had
+    /// one bad identifier): its type and detail, the type's usual status.
+    pub fn from_sub(sub: &Subproblem) -> Problem {
+        Problem::of(sub.kind, sub.detail.clone())
     }
 
     /// Point the client at documentation (`Link: rel="help"`).
@@ -118,42 +290,53 @@ impl Problem {
     }
 
     constructors! {
-        malformed => "malformed", StatusCode::BAD_REQUEST;
-        bad_nonce => "badNonce", StatusCode::BAD_REQUEST;
-        unauthorized => "unauthorized", StatusCode::FORBIDDEN;
-        account_does_not_exist => "accountDoesNotExist", StatusCode::BAD_REQUEST;
-        bad_csr => "badCSR", StatusCode::BAD_REQUEST;
-        bad_public_key => "badPublicKey", StatusCode::BAD_REQUEST;
-        rejected_identifier => "rejectedIdentifier", StatusCode::BAD_REQUEST;
-        unsupported_identifier => "unsupportedIdentifier", StatusCode::BAD_REQUEST;
-        rate_limited => "rateLimited", StatusCode::TOO_MANY_REQUESTS;
-        order_not_ready => "orderNotReady", StatusCode::FORBIDDEN;
-        already_revoked => "alreadyRevoked", StatusCode::BAD_REQUEST;
-        already_replaced => "alreadyReplaced", StatusCode::CONFLICT;
-        bad_revocation_reason => "badRevocationReason", StatusCode::BAD_REQUEST;
-        invalid_contact => "invalidContact", StatusCode::BAD_REQUEST;
-        unsupported_contact => "unsupportedContact", StatusCode::BAD_REQUEST;
-        user_action_required => "userActionRequired", StatusCode::FORBIDDEN;
-        external_account_required => "externalAccountRequired", StatusCode::UNAUTHORIZED;
-        conflict => "conflict", StatusCode::CONFLICT;
-        connection => "connection", StatusCode::BAD_REQUEST;
-        dns => "dns", StatusCode::BAD_REQUEST;
-        incorrect_response => "incorrectResponse", StatusCode::FORBIDDEN;
-        tls => "tls", StatusCode::BAD_REQUEST;
-        caa => "caa", StatusCode::FORBIDDEN;
-        compound => "compound", StatusCode::FORBIDDEN;
+        malformed => Malformed;
+        bad_nonce => BadNonce;
+        unauthorized => Unauthorized;
+        account_does_not_exist => AccountDoesNotExist;
+        bad_csr => BadCsr;
+        bad_public_key => BadPublicKey;
+        rejected_identifier => RejectedIdentifier;
+        unsupported_identifier => UnsupportedIdentifier;
+        rate_limited => RateLimited;
+        order_not_ready => OrderNotReady;
+        already_revoked => AlreadyRevoked;
+        already_replaced => AlreadyReplaced;
+        bad_revocation_reason => BadRevocationReason;
+        invalid_contact => InvalidContact;
+        unsupported_contact => UnsupportedContact;
+        user_action_required => UserActionRequired;
+        external_account_required => ExternalAccountRequired;
+        conflict => Conflict;
+        connection => Connection;
+        dns => Dns;
+        incorrect_response => IncorrectResponse;
+        tls => Tls;
+        caa => Caa;
+        compound => Compound;
+    }
+
+    /// `serverInternal` (500) that is not a bug to log: a state the client
+    /// must start over from (an issuance interrupted by a crash).
+    pub fn server_internal(detail: impl Into<String>) -> Problem {
+        Problem::of(Kind::ServerInternal, detail)
+    }
+
+    /// 415: the request's Content-Type is not the one the resource takes.
+    pub fn unsupported_media_type(detail: impl Into<String>) -> Problem {
+        Problem::new(Kind::Malformed, StatusCode::UNSUPPORTED_MEDIA_TYPE, detail)
     }
 
     /// 404 with type `malformed`, as Boulder answers unknown resources. It
     /// reveals nothing about whether the resource exists for someone else.
     pub fn not_found(detail: impl Into<String>) -> Problem {
-        Problem::new("malformed", StatusCode::NOT_FOUND, detail)
+        Problem::new(Kind::Malformed, StatusCode::NOT_FOUND, detail)
     }
 
     /// 405 for a method the resource does not support.
     pub fn method_not_allowed() -> Problem {
         Problem::new(
-            "malformed",
+            Kind::Malformed,
             StatusCode::METHOD_NOT_ALLOWED,
             "method not allowed for this resource",
         )
@@ -161,23 +344,23 @@ impl Problem {
 
     /// 413 for a request body above the limit.
     pub fn too_large(detail: impl Into<String>) -> Problem {
-        Problem::new("malformed", StatusCode::PAYLOAD_TOO_LARGE, detail)
+        Problem::new(Kind::Malformed, StatusCode::PAYLOAD_TOO_LARGE, detail)
     }
 
     /// 408: the request body did not arrive in time.
     pub fn request_timeout(detail: impl Into<String>) -> Problem {
-        Problem::new("malformed", StatusCode::REQUEST_TIMEOUT, detail)
+        Problem::new(Kind::Malformed, StatusCode::REQUEST_TIMEOUT, detail)
     }
 
     /// 414 for a request target above `server.max_uri_bytes`.
     pub fn uri_too_long(detail: impl Into<String>) -> Problem {
-        Problem::new("malformed", StatusCode::URI_TOO_LONG, detail)
+        Problem::new(Kind::Malformed, StatusCode::URI_TOO_LONG, detail)
     }
 
     /// 431 for header fields above `server.max_header_bytes`.
     pub fn header_too_large(detail: impl Into<String>) -> Problem {
         Problem::new(
-            "malformed",
+            Kind::Malformed,
             StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
             detail,
         )
@@ -186,12 +369,17 @@ impl Problem {
     /// 503 with `Retry-After`: the server is at a capacity limit (not the
     /// client's fault, not a bug); a retry shortly succeeds.
     pub fn unavailable(detail: impl Into<String>) -> Problem {
-        Problem::new("serverInternal", StatusCode::SERVICE_UNAVAILABLE, detail).with_retry_after(1)
+        Problem::new(
+            Kind::ServerInternal,
+            StatusCode::SERVICE_UNAVAILABLE,
+            detail,
+        )
+        .with_retry_after(1)
     }
 
     /// RFC 8555 §6.2: the JWS algorithm is not supported; lists what is.
     pub fn bad_signature_algorithm(detail: impl Into<String>, allowed: &[&str]) -> Problem {
-        let mut p = Problem::new("badSignatureAlgorithm", StatusCode::BAD_REQUEST, detail);
+        let mut p = Problem::of(Kind::BadSignatureAlgorithm, detail);
         p.algorithms = Some(allowed.iter().map(|s| s.to_string()).collect());
         p
     }
@@ -203,7 +391,7 @@ impl Problem {
         let id = crate::request::id().unwrap_or_else(|| format!("{:016x}", rand::random::<u64>()));
         tracing::error!(request_id = %id, "internal error: {err}");
         let mut p = Problem::new(
-            "serverInternal",
+            Kind::ServerInternal,
             StatusCode::INTERNAL_SERVER_ERROR,
             format!("internal error (request id {id})"),
         );
@@ -224,15 +412,15 @@ impl Problem {
     /// A subproblem of this problem's type for one identifier.
     pub fn sub(&self, identifier: Identifier) -> Subproblem {
         Subproblem {
-            kind: self.kind.clone(),
+            kind: self.kind,
             detail: self.detail.clone(),
             identifier,
         }
     }
 
     /// The short name of the type, e.g. `badNonce`.
-    pub fn short_type(&self) -> &str {
-        self.kind.strip_prefix(ACME_ERROR_NS).unwrap_or(&self.kind)
+    pub fn short_type(&self) -> &'static str {
+        self.kind.name()
     }
 
     pub fn status_code(&self) -> StatusCode {

@@ -23,16 +23,6 @@ const HTTP_CRATES: [&str; 2] = ["axum", "http"];
 /// Forbidden edges that exist today: (from, to, why it is still there).
 const KNOWN: &[(&str, &str, &str)] = &[
     (
-        "ra",
-        "axum",
-        "Problem::new takes an axum StatusCode; goes with the typed problem kinds (issue 11 item 6)",
-    ),
-    (
-        "policy",
-        "axum",
-        "Problem::new takes an axum StatusCode; goes with the typed problem kinds (issue 11 item 6)",
-    ),
-    (
         "ratelimit",
         "axum",
         "the request-rate tower layer (layer.rs) and the rate-limit headers (limiter.rs) belong in wfe (issue 11 item 5)",

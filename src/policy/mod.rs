@@ -90,12 +90,7 @@ impl Policy {
         }
         if !subs.is_empty() {
             let top = if subs.len() == 1 {
-                let s = &subs[0];
-                Problem::new(
-                    s.kind.trim_start_matches(crate::problem::ACME_ERROR_NS),
-                    axum::http::StatusCode::BAD_REQUEST,
-                    s.detail.clone(),
-                )
+                Problem::from_sub(&subs[0])
             } else if unsupported {
                 Problem::unsupported_identifier(format!(
                     "{} identifiers cannot be issued for; see subproblems",
@@ -293,7 +288,10 @@ mod tests {
         let e = p.check_order(&ids, 100).unwrap_err();
         assert_eq!(e.subproblems.len(), 2);
         assert_eq!(e.subproblems[0].identifier.value, "a..b");
-        assert!(e.subproblems[1].kind.ends_with("unsupportedIdentifier"));
+        assert_eq!(
+            e.subproblems[1].kind,
+            crate::problem::Kind::UnsupportedIdentifier
+        );
     }
 
     #[test]

@@ -564,11 +564,9 @@ impl Ra {
         order.status = state.status;
         let error = match state.why {
             None => return order,
-            Some(WhyInvalid::Interrupted) => Problem::new(
-                "serverInternal",
-                axum::http::StatusCode::INTERNAL_SERVER_ERROR,
-                "issuance was interrupted; create a new order",
-            ),
+            Some(WhyInvalid::Interrupted) => {
+                Problem::server_internal("issuance was interrupted; create a new order")
+            }
             Some(WhyInvalid::Expired) => Problem::malformed("the order expired"),
             Some(WhyInvalid::Authz(a, a_status)) => {
                 let ident = Identifier::dns(a.display_name());
@@ -731,10 +729,7 @@ impl Ra {
         };
         let metric_result = match &result {
             Ok(_) => "valid".to_string(),
-            Err(p) => p
-                .kind
-                .trim_start_matches(crate::problem::ACME_ERROR_NS)
-                .to_string(),
+            Err(p) => p.kind.name().to_string(),
         };
         tracing::info!(challenge = id.0, kind = c.kind.as_str(), domain = %a.identifier, %outcome, "validation finished");
         let now = self.clock.unix();

@@ -532,11 +532,9 @@ fn check_content_type(headers: &HeaderMap) -> Result<(), Problem> {
     if essence.eq_ignore_ascii_case("application/jose+json") {
         Ok(())
     } else {
-        Err(Problem::new(
-            "malformed",
-            StatusCode::UNSUPPORTED_MEDIA_TYPE,
-            format!("Content-Type must be application/jose+json, not {ct:?}"),
-        ))
+        Err(Problem::unsupported_media_type(format!(
+            "Content-Type must be application/jose+json, not {ct:?}"
+        )))
     }
 }
 
