@@ -55,6 +55,48 @@ pub enum AdminCommand {
     /// Lift the pause that too many consecutive failed authorizations put on
     /// an account for an identifier, and start its failure count afresh.
     Unpause(UnpauseArgs),
+    /// Accounts: show one, or deactivate it (RFC 8555 §7.3.6: for good).
+    #[command(subcommand)]
+    Accounts(AccountsCommand),
+    /// Rate-limit state.
+    #[command(subcommand)]
+    Limits(LimitsCommand),
+}
+
+#[derive(clap::Subcommand)]
+pub enum AccountsCommand {
+    /// The account: status, contacts, key, certificates, pauses, order bucket.
+    Show(AccountArgs),
+    /// Deactivate the account: its key can sign nothing from now on.
+    Deactivate(AccountArgs),
+}
+
+#[derive(clap::Args)]
+pub struct AccountArgs {
+    /// The account id, or its URL (`.../acme/acct/<id>`).
+    pub account: String,
+    /// One JSON object instead of text.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(clap::Subcommand)]
+pub enum LimitsCommand {
+    /// One bucket now, read with the arithmetic that decides (nothing is
+    /// spent): tokens left, when the next returns, when it is full.
+    Show(LimitShowArgs),
+}
+
+#[derive(clap::Args)]
+pub struct LimitShowArgs {
+    /// The limit, e.g. certificatesPerDomain, newOrdersPerAccount.
+    #[arg(long)]
+    pub limit: String,
+    /// Its key: a registered domain, an account id, an IP address, ...
+    #[arg(long)]
+    pub key: String,
+    #[arg(long)]
+    pub json: bool,
 }
 
 #[derive(clap::Subcommand)]
@@ -206,6 +248,8 @@ pub async fn run(args: AdminArgs) -> anyhow::Result<()> {
         AdminCommand::Certs(cmd) => cmd,
         AdminCommand::Overrides(cmd) => return overrides(&src, cmd).await,
         AdminCommand::Unpause(a) => return unpause(&src, a).await,
+        AdminCommand::Accounts(cmd) => return accounts(&src, cmd).await,
+        AdminCommand::Limits(LimitsCommand::Show(a)) => return limit_show(&src, a).await,
     };
     // Check the arguments before touching the database: a typo must change
     // nothing.
@@ -497,6 +541,162 @@ async fn unpause(src: &Sources, a: UnpauseArgs) -> anyhow::Result<()> {
     }
     for i in &done {
         println!("unpaused account {account} for {i}");
+    }
+    Ok(())
+}
+
+/// `accounts show|deactivate`.
+async fn accounts(src: &Sources, cmd: AccountsCommand) -> anyhow::Result<()> {
+    let (a, deactivate) = match cmd {
+        AccountsCommand::Show(a) => (a, false),
+        AccountsCommand::Deactivate(a) => (a, true),
+    };
+    let id = parse_account(&a.account)?;
+    let cfg = Config::load(src)?;
+    let store = open_store(&cfg).await?;
+    let Some(acct) = store.account(id).await? else {
+        bail!("no account {}", id.0);
+    };
+    if deactivate {
+        if acct.status.as_str() == "deactivated" {
+            bail!("account {} is already deactivated", id.0);
+        }
+        store.deactivate_account(id).await?;
+        println!("account {} deactivated", id.0);
+        return Ok(());
+    }
+    let certs = store
+        .find_certificates(&CertQuery {
+            account: Some(id),
+            limit: 10_000,
+            ..Default::default()
+        })
+        .await?;
+    let limiter = limiter(&cfg, store.clone());
+    let paused = limiter.paused(id).await.map_err(|p| anyhow!(p.detail))?;
+    let bucket = limiter
+        .bucket_state(LimitName::NewOrdersPerAccount, &id.0.to_string())
+        .await
+        .map_err(|p| anyhow!(p.detail))?;
+    let now = Clock::system().unix();
+    let valid = certs
+        .iter()
+        .filter(|c| c.revoked_at.is_none() && c.not_after > now)
+        .count();
+    let key: serde_json::Value = serde_json::from_str(&acct.jwk).unwrap_or_default();
+    let key_type = match (key["kty"].as_str(), key["crv"].as_str()) {
+        (Some(kty), Some(crv)) => format!("{kty} {crv}"),
+        (Some("RSA"), None) => format!(
+            "RSA {}",
+            key["n"].as_str().map(|n| n.len() * 6 / 8 * 8).unwrap_or(0)
+        ),
+        (Some(kty), None) => kty.to_string(),
+        _ => "unknown".into(),
+    };
+    let orders = bucket.map(|b| (b.remaining, b.limit.burst));
+    if a.json {
+        println!(
+            "{}",
+            serde_json::json!({
+                "id": id.0,
+                "status": acct.status.as_str(),
+                "contact": acct.contact,
+                "createdAt": crate::wfe::rfc3339(acct.created_at),
+                "keyThumbprint": acct.thumbprint,
+                "keyType": key_type,
+                "certificates": certs.len(),
+                "validCertificates": valid,
+                "paused": paused,
+                "newOrdersLeft": orders.map(|o| o.0),
+                "newOrdersBurst": orders.map(|o| o.1),
+            })
+        );
+    } else {
+        println!("account     {}", id.0);
+        println!("status      {}", acct.status.as_str());
+        println!("contact     {}", acct.contact.join(", "));
+        println!("created     {}", crate::wfe::rfc3339(acct.created_at));
+        println!("key         {key_type}, thumbprint {}", acct.thumbprint);
+        println!("certs       {} ({valid} valid)", certs.len());
+        if let Some((left, burst)) = orders {
+            println!("new orders  {left} of {burst} left (newOrdersPerAccount)");
+        }
+        if paused.is_empty() {
+            println!("paused      none");
+        } else {
+            println!(
+                "paused      {} (cairn admin unpause --account {})",
+                paused.join(", "),
+                id.0
+            );
+        }
+    }
+    Ok(())
+}
+
+/// `limits show --limit L --key K`: the bucket as the limiter sees it, with
+/// the override file in force.
+async fn limit_show(src: &Sources, a: LimitShowArgs) -> anyhow::Result<()> {
+    let limit = LimitName::parse(a.limit.trim()).ok_or_else(|| {
+        anyhow!(
+            "no limit {:?}; one of {}",
+            a.limit,
+            LimitName::ALL
+                .iter()
+                .map(|l| l.as_str())
+                .collect::<Vec<_>>()
+                .join(", ")
+        )
+    })?;
+    let key = a.key.trim().to_ascii_lowercase();
+    if key.is_empty() {
+        bail!("--key must not be empty");
+    }
+    let cfg = Config::load(src)?;
+    let store = open_store(&cfg).await?;
+    let overrides = Overrides::load(&cfg.limits.overrides_path(&cfg.data_dir))
+        .context("loading the rate-limit overrides")?;
+    let store_l: Arc<dyn LimitStore> = store;
+    let limiter = Limiter::new(
+        LimitSet::resolve(&cfg.limits),
+        overrides,
+        store_l,
+        Arc::new(Clock::system()),
+        String::new(),
+    );
+    let Some(b) = limiter
+        .bucket_state(limit, &key)
+        .await
+        .map_err(|p| anyhow!(p.detail))?
+    else {
+        bail!("{} is off in this configuration", limit.as_str());
+    };
+    let params = &b.limit;
+    let next = b.next_in_ns.map(crate::ratelimit::BucketState::secs);
+    let full = crate::ratelimit::BucketState::secs(b.full_in_ns);
+    let d = &b;
+    if a.json {
+        println!(
+            "{}",
+            serde_json::json!({
+                "limit": limit.as_str(), "key": key, "burst": params.burst,
+                "count": params.count, "periodSecs": params.period_secs,
+                "remaining": d.remaining, "nextTokenInSecs": next, "fullInSecs": full,
+            })
+        );
+    } else {
+        println!(
+            "{} {key}: {} of {} left ({} per {} s); {}; full in {full} s",
+            limit.as_str(),
+            d.remaining,
+            params.burst,
+            params.count,
+            params.period_secs,
+            match next {
+                Some(s) => format!("next token in {s} s"),
+                None => "full".to_string(),
+            }
+        );
     }
     Ok(())
 }

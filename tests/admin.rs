@@ -468,3 +468,82 @@ async fn renew_early_by_serial_name_and_issue_time() {
     assert_eq!(marked(&run), 0, "{run}");
     assert_window_future(&c, &c4, "c4 after refusals").await;
 }
+
+/// `accounts show` names what an operator needs; `accounts deactivate`
+/// ends the account's key for good; a missing account is a one-line error.
+#[tokio::test]
+async fn accounts_show_and_deactivate() {
+    let server = Server::start(ServerOpts::always_valid());
+    let (c, id) = new_account(&server).await;
+    issue(&c, &["acct-show.example.com"]).await;
+    let id_s = id.to_string();
+
+    let run = admin(&server, &["accounts", "show", &id_s, "--json"]).ok();
+    let v = &run.json_lines()[0];
+    assert_eq!(v["id"], id, "{run}");
+    assert_eq!(v["status"], "valid", "{run}");
+    assert_eq!(v["certificates"], 1, "{run}");
+    assert_eq!(v["validCertificates"], 1, "{run}");
+    assert_eq!(v["keyThumbprint"].as_str().map(str::len), Some(43), "{run}");
+    let run = admin(&server, &["accounts", "show", &c.account_url()]).ok();
+    assert!(run.stdout.contains("status      valid"), "{run}");
+
+    admin(&server, &["accounts", "show", "999999"]).error("no account 999999");
+    admin(&server, &["accounts", "show", "x"]).error("not an account id");
+
+    admin(&server, &["accounts", "deactivate", &id_s]).ok();
+    admin(&server, &["accounts", "deactivate", &id_s]).error("already deactivated");
+    let r = c.post_as_get(&c.account_url()).await;
+    assert_problem(&r, 403, "unauthorized");
+    let v = &admin(&server, &["accounts", "show", &id_s, "--json"])
+        .ok()
+        .json_lines()[0];
+    assert_eq!(v["status"], "deactivated");
+}
+
+/// `limits show` reads a bucket with the limiter's arithmetic: after one
+/// issuance for a domain, one token fewer; a bad limit name lists the good
+/// ones.
+#[tokio::test]
+async fn limits_show_reads_the_bucket() {
+    let server = Server::start(ServerOpts::always_valid().with_limit(
+        "certificates_per_domain",
+        5,
+        5,
+        5 * 3600,
+    ));
+    let (c, _) = new_account(&server).await;
+    let show = || {
+        let run = admin(
+            &server,
+            &[
+                "limits",
+                "show",
+                "--limit",
+                "certificatesPerDomain",
+                "--key",
+                "limits.example",
+                "--json",
+            ],
+        )
+        .ok();
+        run.json_lines()[0].clone()
+    };
+    let v = show();
+    assert_eq!(
+        (v["remaining"].as_u64(), v["burst"].as_u64()),
+        (Some(5), Some(5)),
+        "{v}"
+    );
+    assert!(v["nextTokenInSecs"].is_null(), "{v}");
+    issue(&c, &["www.limits.example"]).await;
+    let v = show();
+    assert_eq!(v["remaining"], 4, "{v}");
+    let next = v["nextTokenInSecs"].as_u64().expect("a next token");
+    assert!((3595..=3600).contains(&next), "{v}");
+    admin(
+        &server,
+        &["limits", "show", "--limit", "nope", "--key", "x"],
+    )
+    .error("certificatesPerDomain");
+}

@@ -7,7 +7,7 @@
 use super::{Ra, RENEWAL_MARGIN_SECS};
 use crate::core::{AccountId, Certificate};
 use crate::problem::Problem;
-use crate::ratelimit::LimitName;
+use crate::ratelimit::{BucketState, LimitName};
 use crate::sa::CertQuery;
 
 /// What the page asks about: any of the three.
@@ -123,24 +123,16 @@ impl Ra {
         limit: LimitName,
         key: &str,
     ) -> Result<(), Problem> {
-        let Some((params, d)) = self.limiter.bucket_state(limit, key).await? else {
+        let Some(b) = self.limiter.bucket_state(limit, key).await? else {
             return Ok(());
         };
-        let ei = params.emission_interval_ns().max(1);
-        let missing = params.burst.saturating_sub(d.remaining);
-        // Tokens come back one per emission interval; the last one when
-        // the bucket is full (`reset_in`).
-        let next_ns = (missing > 0)
-            .then(|| d.reset_in_ns - (missing as i64 - 1) * ei)
-            .map(|ns| ns.max(0));
-        let secs = |ns: i64| (ns.max(0) as u64).div_ceil(1_000_000_000);
         r.buckets.push(BucketView {
             limit,
             key: key.to_string(),
-            burst: params.burst,
-            remaining: d.remaining,
-            next_in_secs: next_ns.map(secs),
-            full_in_secs: secs(d.reset_in_ns),
+            burst: b.limit.burst,
+            remaining: b.remaining,
+            next_in_secs: b.next_in_ns.map(BucketState::secs),
+            full_in_secs: BucketState::secs(b.full_in_ns),
         });
         Ok(())
     }

@@ -72,6 +72,46 @@ impl From<Denial> for Problem {
     }
 }
 
+/// A bucket as it stands, from a check-only decision of one token (which
+/// reports the state as if that token were spent when it could be).
+#[derive(Debug, Clone)]
+pub struct BucketState {
+    pub limit: Limit,
+    /// Whole tokens left.
+    pub remaining: u64,
+    /// Nanoseconds until the next token returns; `None` when full.
+    pub next_in_ns: Option<i64>,
+    /// Nanoseconds until the bucket is full.
+    pub full_in_ns: i64,
+}
+
+impl BucketState {
+    fn from_check(limit: Limit, d: &Decision) -> BucketState {
+        let ei = limit.emission_interval_ns().max(1);
+        let (remaining, full_in_ns) = if d.allowed {
+            // Undo the hypothetical spend of one token.
+            (d.remaining + 1, (d.reset_in_ns - ei).max(0))
+        } else {
+            (d.remaining, d.reset_in_ns.max(0))
+        };
+        let missing = limit.burst.saturating_sub(remaining);
+        // Tokens return one per emission interval, the last when full.
+        let next_in_ns = (missing > 0 && full_in_ns > 0)
+            .then(|| (full_in_ns - (missing as i64 - 1) * ei).max(0));
+        BucketState {
+            limit,
+            remaining: remaining.min(limit.burst),
+            next_in_ns,
+            full_in_ns,
+        }
+    }
+
+    /// Whole seconds, rounded up (a retry at that second succeeds).
+    pub fn secs(ns: i64) -> u64 {
+        (ns.max(0) as u64).div_ceil(1_000_000_000)
+    }
+}
+
 /// Why a limited operation did not go ahead.
 #[derive(Debug, Clone)]
 pub enum LimitError {
@@ -607,14 +647,13 @@ impl Limiter {
     /// old parameters: an exhausted bucket stays exhausted under a raised
     /// limit (only refilling faster) until it is reset.
     /// A bucket's state now, read with the same arithmetic that decides
-    /// (a check-only transaction of one token, nothing written): the
-    /// limit in force for `id` (overrides included) and the decision.
-    /// `None` when the limit is off for this set or key.
+    /// (a check-only transaction of one token, nothing written). `None`
+    /// when the limit is off for this set or key.
     pub async fn bucket_state(
         &self,
         limit: LimitName,
         id: &str,
-    ) -> Result<Option<(Limit, Decision)>, Problem> {
+    ) -> Result<Option<BucketState>, Problem> {
         let (Some(params), Some(txn)) = (
             self.params(limit, id),
             self.txn(limit, id, 1, TxnMode::CheckOnly),
@@ -623,7 +662,10 @@ impl Limiter {
         };
         let now = self.now_ns();
         let decisions = self.store.spend_buckets(&[txn], now).await?;
-        Ok(decisions.into_iter().next().map(|d| (params, d)))
+        Ok(decisions
+            .into_iter()
+            .next()
+            .map(|d| BucketState::from_check(params, &d)))
     }
 
     /// Every identifier the account is paused for.

@@ -38,7 +38,7 @@ pub use layer::{
     ClientIp, IpKey, RequestRateLayer, RequestRateLimiter, RequestRateService, TrustedProxies,
     Verdict,
 };
-pub use limiter::{Denial, LimitError, Limiter, RateLimitInfo, Spent};
+pub use limiter::{BucketState, Denial, LimitError, Limiter, RateLimitInfo, Spent};
 pub use overrides::{OverrideEntry, Overrides};
 
 /// What the limits mean to clients and operators; the names themselves
