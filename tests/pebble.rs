@@ -818,3 +818,54 @@ async fn challtestsrv_api_endpoint_by_endpoint() {
         "{seen:?}"
     );
 }
+
+/// An HTTP/2 client (hyper's, which instant-acme uses) sends the host in
+/// `:authority` and no `Host` header: the URLs Cairn hands out must still
+/// name the host it dialled (`[::1]`), not `localhost` (which resolves to
+/// 127.0.0.1 first, where nothing listens).
+#[tokio::test]
+async fn http2_clients_get_urls_on_the_host_they_dialled() {
+    use rustls::pki_types::{CertificateDer, ServerName};
+    let server = common::Server::start_ipv6(common::ServerOpts::test());
+    let mut roots = rustls::RootCertStore::empty();
+    for c in CertificateDer::pem_slice_iter(server.root_pem().as_bytes()) {
+        roots.add(c.expect("root PEM")).expect("root");
+    }
+    let mut cfg = rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .expect("versions")
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    cfg.alpn_protocols = vec![b"h2".to_vec()];
+    let tcp = tokio::net::TcpStream::connect(("::1", server.listen_port))
+        .await
+        .expect("connect [::1]");
+    let tls = tokio_rustls::TlsConnector::from(std::sync::Arc::new(cfg))
+        .connect(ServerName::try_from("localhost").expect("name"), tcp)
+        .await
+        .expect("TLS");
+    assert_eq!(tls.get_ref().1.alpn_protocol(), Some(&b"h2"[..]));
+    let (mut send, conn) = h2::client::handshake(tls).await.expect("h2");
+    tokio::spawn(conn);
+    let req = http::Request::get(format!("https://[::1]:{}/directory", server.listen_port))
+        .body(())
+        .expect("request");
+    let (resp, _) = send.send_request(req, true).expect("send");
+    let resp = resp.await.expect("response");
+    assert_eq!(resp.status(), 200);
+    let mut body = resp.into_body();
+    let mut bytes = Vec::new();
+    while let Some(chunk) = body.data().await {
+        bytes.extend_from_slice(&chunk.expect("data"));
+    }
+    let dir: Value = serde_json::from_slice(&bytes).expect("JSON");
+    let want = format!("https://[::1]:{}/", server.listen_port);
+    assert!(
+        dir["newAccount"]
+            .as_str()
+            .is_some_and(|u| u.starts_with(&want)),
+        "{dir}"
+    );
+}
