@@ -176,7 +176,13 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
     let acme_listener = tokio::net::TcpListener::bind(cfg.server.listen)
         .await
         .with_context(|| format!("binding the ACME listener {}", cfg.server.listen))?;
-    tracing::info!("directory: {}/directory", cfg.default_base_url());
+    match cfg.server.directory_alias.as_str() {
+        "" => tracing::info!("directory: {}/directory", cfg.default_base_url()),
+        alias => tracing::info!(
+            "directory: {}{alias} (and /directory)",
+            cfg.default_base_url()
+        ),
+    }
     tracing::info!("root certificate: {}", cfg.data_path("root.pem").display());
     let acme = tokio::spawn(listener::serve(
         acme_listener,
