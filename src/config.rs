@@ -653,5 +653,14 @@ mod tests {
         assert!(format!("{e:#}").contains("CAIRN_VA_HTTP01_PORT"), "{e:#}");
         let e = load("dev", &[("CAIRN_CA_KEY_TYPE", "dsa")]).unwrap_err();
         assert!(format!("{e:#}").contains("ca.key_type"), "{e:#}");
+        for bad in ["dir", "/directory", "/acme/dir", "/dir?x"] {
+            let e = load("test", &[("CAIRN_SERVER_DIRECTORY_ALIAS", bad)]).unwrap_err();
+            assert!(
+                format!("{e:#}").contains("server.directory_alias"),
+                "{bad}: {e:#}"
+            );
+        }
+        let c = load("test", &[("CAIRN_SERVER_DIRECTORY_ALIAS", "/dir")]).unwrap();
+        assert_eq!(c.server.directory_alias, "/dir");
     }
 }
