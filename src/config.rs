@@ -51,6 +51,13 @@ pub struct ServerConfig {
     pub trust_host_header: bool,
     /// Plain-HTTP management listener (roots, intermediates); empty disables it.
     pub management_listen: String,
+    /// Serve the management listener over HTTPS, with the ACME listener's
+    /// certificate, as Pebble does (`cairn pebble` sets it).
+    pub management_tls: bool,
+    /// Also serve the CA's private keys on the management listener
+    /// (`/root-keys/0`, `/intermediate-keys/0`), as Pebble does. For test
+    /// CAs only: whoever reaches the listener can then sign as the CA.
+    pub management_ca_keys: bool,
     /// PEM certificate chain and key for the HTTPS listener. Empty: Cairn
     /// issues one from its own root for localhost, 127.0.0.1 and ::1.
     pub tls_cert: String,
@@ -95,6 +102,9 @@ pub struct ServerConfig {
     /// which moves this instance's clock forward (rehearsing rate-limit
     /// windows and expiry). On in the `test` preset only.
     pub clock_control: bool,
+    /// A second path answered exactly as `/directory` (`cairn pebble` sets
+    /// Pebble's `/dir`); empty for none.
+    pub directory_alias: String,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -214,6 +224,18 @@ impl Config {
         src: &Sources,
         env: impl Fn(&str) -> Option<String>,
     ) -> anyhow::Result<Config> {
+        Self::load_with_overlay(src, None, env)
+    }
+
+    /// Like [`Config::load_with_env`], with `overlay` (a table of settings,
+    /// as a TOML file would give them) applied after the file and before
+    /// the environment: how `cairn pebble` applies a translated Pebble
+    /// configuration.
+    pub fn load_with_overlay(
+        src: &Sources,
+        overlay: Option<toml::Value>,
+        env: impl Fn(&str) -> Option<String>,
+    ) -> anyhow::Result<Config> {
         let preset = src
             .preset
             .clone()
@@ -234,6 +256,9 @@ impl Config {
                 .with_context(|| format!("reading config file {}", path.display()))?;
             let over: toml::Value =
                 toml::from_str(&t).with_context(|| format!("parsing {}", path.display()))?;
+            merge(&mut value, over, "")?;
+        }
+        if let Some(over) = overlay {
             merge(&mut value, over, "")?;
         }
         apply_env(&mut value, "CAIRN", &env)?;
@@ -320,6 +345,18 @@ impl Config {
             }
         }
         self.validate_connection_limits()?;
+        let alias = &self.server.directory_alias;
+        if !alias.is_empty()
+            && (!alias.starts_with('/')
+                || alias == "/directory"
+                || alias.starts_with("/acme/")
+                || alias.contains(['?', '#']))
+        {
+            bail!(
+                "server.directory_alias: {alias:?} must be a path such as \"/dir\", not \
+                 /directory and not under /acme/"
+            );
+        }
         if self.server.tls_cert.is_empty() != self.server.tls_key.is_empty() {
             bail!("server.tls_cert and server.tls_key must be set together");
         }
@@ -382,8 +419,13 @@ impl Config {
         if !self.ca.issuer_base_url.is_empty() {
             return self.ca.issuer_base_url.trim_end_matches('/').to_string();
         }
+        let scheme = if self.server.management_tls {
+            "https"
+        } else {
+            "http"
+        };
         match self.management_listen() {
-            Some(a) => format!("http://{a}"),
+            Some(a) => format!("{scheme}://{a}"),
             None => String::new(),
         }
     }
@@ -611,5 +653,14 @@ mod tests {
         assert!(format!("{e:#}").contains("CAIRN_VA_HTTP01_PORT"), "{e:#}");
         let e = load("dev", &[("CAIRN_CA_KEY_TYPE", "dsa")]).unwrap_err();
         assert!(format!("{e:#}").contains("ca.key_type"), "{e:#}");
+        for bad in ["dir", "/directory", "/acme/dir", "/dir?x"] {
+            let e = load("test", &[("CAIRN_SERVER_DIRECTORY_ALIAS", bad)]).unwrap_err();
+            assert!(
+                format!("{e:#}").contains("server.directory_alias"),
+                "{bad}: {e:#}"
+            );
+        }
+        let c = load("test", &[("CAIRN_SERVER_DIRECTORY_ALIAS", "/dir")]).unwrap();
+        assert_eq!(c.server.directory_alias, "/dir");
     }
 }

@@ -15,6 +15,7 @@
 //! - `va`: validation authority: http-01, dns-01, tls-alpn-01, CAA.
 //! - `policy`: which identifiers may be issued for.
 //! - [`testdns`]: the mock DNS server of `cairn testdns`.
+//! - [`pebble`]: `cairn pebble`, Pebble's command line and configuration.
 //! - [`admin`]: `cairn admin`, operator controls over issued certificates.
 
 // `Problem` is large (subproblems, algorithms); it is the error on the cold
@@ -31,6 +32,7 @@ pub mod key;
 pub mod listener;
 pub mod lookup;
 pub mod metrics;
+pub mod pebble;
 pub mod policy;
 pub mod problem;
 pub mod ra;

@@ -20,7 +20,12 @@ enum Command {
     /// Run the ACME server (HTTPS API plus the plain-HTTP management listener).
     Serve(ConfigArgs),
     /// Run the mock DNS server with its HTTP API (for tests and dns-01 hooks).
+    /// Also `pebble-challtestsrv`'s flags; run under that name (a symlink),
+    /// its defaults too.
     Testdns(cairn::testdns::TestDnsArgs),
+    /// Run as a drop-in for Pebble: `cairn pebble -config FILE [-dnsserver
+    /// HOST:PORT] [-strict]`, or the binary run under the name `pebble`.
+    Pebble(cairn::pebble::PebbleArgs),
     /// Operator controls: certificates (list, revoke, renew early), rate-limit
     /// overrides, and unpausing accounts.
     Admin(cairn::admin::AdminArgs),
@@ -92,8 +97,44 @@ impl ConfigArgs {
     }
 }
 
+/// The command line as clap should read it. Run under the name `pebble` or
+/// `pebble-challtestsrv` (a symlink), the binary is `cairn pebble` or
+/// `cairn testdns --challtestsrv`; those two take Go's one-dash flags.
+fn args() -> Vec<std::ffi::OsString> {
+    let mut args: Vec<std::ffi::OsString> = std::env::args_os().collect();
+    let name = args
+        .first()
+        .map(std::path::Path::new)
+        .and_then(|p| p.file_name())
+        .and_then(|n| n.to_str())
+        .map(|n| n.trim_end_matches(".exe").to_string())
+        .unwrap_or_default();
+    let rest = args.split_off(1.min(args.len()));
+    let (sub, rest): (Vec<std::ffi::OsString>, Vec<std::ffi::OsString>) = match name.as_str() {
+        "pebble" => (vec!["pebble".into()], rest),
+        "pebble-challtestsrv" => (vec!["testdns".into(), "--challtestsrv".into()], rest),
+        _ => match rest.split_first() {
+            Some((first, tail)) if first == "pebble" || first == "testdns" => {
+                (vec![first.clone()], tail.to_vec())
+            }
+            _ => return [vec!["cairn".into()], rest].concat(),
+        },
+    };
+    let flags = if sub[0] == "pebble" {
+        cairn::pebble::PEBBLE_FLAGS
+    } else {
+        cairn::testdns::CHALLTESTSRV_FLAGS
+    };
+    [
+        vec!["cairn".into()],
+        sub,
+        cairn::pebble::go_flags(rest, flags),
+    ]
+    .concat()
+}
+
 fn main() -> std::process::ExitCode {
-    let cli = Cli::parse();
+    let cli = Cli::parse_from(args());
     // An admin command's stderr is for its one-line error; servers log.
     let default_filter = match cli.command {
         Command::Admin(_) => "warn",
@@ -130,6 +171,7 @@ fn main() -> std::process::ExitCode {
         match cli.command {
             Command::Serve(args) => cairn::serve::run(args.load()?).await,
             Command::Testdns(args) => cairn::testdns::run(args).await,
+            Command::Pebble(args) => cairn::pebble::run(args).await,
             Command::Admin(args) => cairn::admin::run(args).await,
             Command::Config(ConfigCommand::Check { file, preset }) => {
                 let preset_name = preset.clone().unwrap_or_else(|| "dev".into());

@@ -139,33 +139,50 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
             metrics: metrics_handle.clone(),
             store: store.clone(),
         };
-        let app = management_router(ca.clone(), crl.clone(), clock_control)
-            .merge(
-                Router::new()
-                    .route("/metrics", get(metrics))
-                    .route("/health", get(health))
-                    .route("/ready", get(ready))
-                    .with_state(observed),
-            )
-            .merge(crate::lookup::router(ra.clone()));
+        let app = management_router(
+            ca.clone(),
+            crl.clone(),
+            clock_control,
+            cfg.server.management_ca_keys,
+        )
+        .merge(pebble_management(store.clone()))
+        .merge(
+            Router::new()
+                .route("/metrics", get(metrics))
+                .route("/health", get(health))
+                .route("/ready", get(ready))
+                .with_state(observed),
+        )
+        .merge(crate::lookup::router(ra.clone()));
+        let (scheme, mgmt_tls) = if cfg.server.management_tls {
+            ("https", Some(tls.clone()))
+        } else {
+            ("http", None)
+        };
         tracing::info!(
-            "management: http://{addr} (roots at /roots/0, intermediates at /intermediates/0, \
-             CRL at /crl/0)"
+            "management: {scheme}://{addr} (roots at /roots/0, intermediates at \
+             /intermediates/0, CRL at /crl/0)"
         );
         tokio::spawn(listener::serve(
             listener,
-            None,
+            mgmt_tls,
             app,
             conns.clone(),
             limits.clone(),
         ));
     }
 
-    let app = wfe::router(wfe);
+    let app = with_directory_alias(wfe::router(wfe), &cfg.server.directory_alias);
     let acme_listener = tokio::net::TcpListener::bind(cfg.server.listen)
         .await
         .with_context(|| format!("binding the ACME listener {}", cfg.server.listen))?;
-    tracing::info!("directory: {}/directory", cfg.default_base_url());
+    match cfg.server.directory_alias.as_str() {
+        "" => tracing::info!("directory: {}/directory", cfg.default_base_url()),
+        alias => tracing::info!(
+            "directory: {}{alias} (and /directory)",
+            cfg.default_base_url()
+        ),
+    }
     tracing::info!("root certificate: {}", cfg.data_path("root.pem").display());
     let acme = tokio::spawn(listener::serve(
         acme_listener,
@@ -328,12 +345,54 @@ async fn shutdown_signal() {
     }
 }
 
-fn management_router(ca: Arc<Ca>, crl: Arc<CrlPublisher>, clock: Option<Arc<Clock>>) -> Router {
+/// The ACME router, answering `alias` (if not empty) as `/directory`: the
+/// path is rewritten before routing, so the alias is the directory in every
+/// respect (headers, rate-limit class, metrics).
+fn with_directory_alias(app: Router, alias: &str) -> Router {
+    if alias.is_empty() {
+        return app;
+    }
+    let alias: Arc<str> = Arc::from(alias);
+    Router::new()
+        .fallback_service(app)
+        .layer(axum::middleware::map_request(
+            move |mut req: axum::extract::Request| {
+                let alias = alias.clone();
+                async move {
+                    if req.uri().path() == &*alias {
+                        let mut parts = req.uri().clone().into_parts();
+                        let pq = match req.uri().query() {
+                            Some(q) => format!("/directory?{q}"),
+                            None => "/directory".to_string(),
+                        };
+                        if let Ok(pq) = pq.parse() {
+                            parts.path_and_query = Some(pq);
+                            if let Ok(uri) = axum::http::Uri::from_parts(parts) {
+                                *req.uri_mut() = uri;
+                            }
+                        }
+                    }
+                    req
+                }
+            },
+        ))
+}
+
+fn management_router(
+    ca: Arc<Ca>,
+    crl: Arc<CrlPublisher>,
+    clock: Option<Arc<Clock>>,
+    ca_keys: bool,
+) -> Router {
     let mut router = Router::new()
         .route("/roots/{n}", get(root))
-        .route("/intermediates/{n}", get(intermediate))
-        .with_state(ca)
-        .merge(crate::crl::router(crl));
+        .route("/intermediates/{n}", get(intermediate));
+    if ca_keys {
+        router = router
+            .route("/root-keys/{n}", get(root_key))
+            .route("/intermediate-keys/{n}", get(intermediate_key));
+    }
+    let mut router = router.with_state(ca).merge(crate::crl::router(crl));
     if let Some(clock) = clock {
         router = router.merge(
             Router::new()
@@ -409,4 +468,97 @@ async fn intermediate(State(ca): State<Arc<Ca>>, Path(n): Path<String>) -> Respo
         "0" => pem(ca.intermediate_pem()),
         _ => (StatusCode::NOT_FOUND, "no such intermediate\n").into_response(),
     }
+}
+
+/// `/root-keys/0` and `/intermediate-keys/0` (with
+/// `server.management_ca_keys`): the CA's private keys, PKCS#8 PEM.
+async fn root_key(State(ca): State<Arc<Ca>>, Path(n): Path<String>) -> Response {
+    ca_key(&ca, &n, true)
+}
+
+async fn intermediate_key(State(ca): State<Arc<Ca>>, Path(n): Path<String>) -> Response {
+    ca_key(&ca, &n, false)
+}
+
+fn ca_key(ca: &Ca, n: &str, root: bool) -> Response {
+    if n != "0" {
+        return (StatusCode::NOT_FOUND, "no such key\n").into_response();
+    }
+    match ca.key_pems() {
+        Ok((root_key, int_key)) => match if root { root_key } else { int_key } {
+            Some(pem) => ([(header::CONTENT_TYPE, "application/x-pem-file")], pem).into_response(),
+            None => (
+                StatusCode::NOT_FOUND,
+                "the key is not in the data directory\n",
+            )
+                .into_response(),
+        },
+        Err(e) => crate::problem::Problem::internal(e).into_response(),
+    }
+}
+
+/// Pebble's management reads that need the store:
+/// `GET /cert-status-by-serial/<hex serial>`.
+fn pebble_management(store: DynStore) -> Router {
+    Router::new()
+        .route("/cert-status-by-serial/{serial}", get(cert_status))
+        .with_state(store)
+}
+
+/// `GET /cert-status-by-serial/<serial>`, as Pebble answers it: the
+/// certificate (PEM) and whether it is revoked, by its serial in hex
+/// (leading zeros optional). 400 for a serial that is not hex, 404 for an
+/// unknown one.
+async fn cert_status(State(store): State<DynStore>, Path(serial): Path<String>) -> Response {
+    let hex = serial.trim().to_ascii_lowercase();
+    let digits = hex.trim_start_matches('0');
+    if hex.is_empty() || hex.len() > 64 || !hex.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return (StatusCode::BAD_REQUEST, "the serial must be hexadecimal\n").into_response();
+    }
+    // Cairn stores the DER serial's content bytes in hex: whole bytes.
+    let key = if digits.len() % 2 == 1 {
+        format!("0{digits}")
+    } else {
+        digits.to_string()
+    };
+    let cert = match store.certificate(&key).await {
+        Ok(Some(c)) => c,
+        Ok(None) => return (StatusCode::NOT_FOUND, "no such certificate\n").into_response(),
+        Err(e) => return crate::problem::Problem::internal(e).into_response(),
+    };
+    let pem = format!(
+        "-----BEGIN CERTIFICATE-----\n{}-----END CERTIFICATE-----\n",
+        pem_base64(&cert.der)
+    );
+    let mut body = serde_json::json!({
+        "Status": if cert.revoked_at.is_some() { "Revoked" } else { "Valid" },
+        "Serial": if digits.is_empty() { "0" } else { digits },
+        "Certificate": pem,
+    });
+    if let (Some(at), Some(obj)) = (cert.revoked_at, body.as_object_mut()) {
+        let at = time::OffsetDateTime::from_unix_timestamp(at)
+            .ok()
+            .and_then(|t| {
+                t.format(&time::format_description::well_known::Rfc3339)
+                    .ok()
+            })
+            .unwrap_or_default();
+        obj.insert("RevokedAt".into(), at.into());
+        if let Some(r) = cert.revoked_reason {
+            obj.insert("Reason".into(), r.into());
+        }
+    }
+    axum::Json(body).into_response()
+}
+
+/// Base64 in 64-character lines, each ending in a newline (PEM's body).
+fn pem_base64(der: &[u8]) -> String {
+    use base64::Engine;
+    let b64 = base64::engine::general_purpose::STANDARD.encode(der);
+    let mut out = String::with_capacity(b64.len() + b64.len() / 64 + 1);
+    for line in b64.as_bytes().chunks(64) {
+        out.push_str(&String::from_utf8_lossy(line));
+        out.push('\n');
+    }
+    out
 }

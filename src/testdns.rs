@@ -19,6 +19,7 @@
 
 use std::collections::{HashMap, HashSet};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -37,32 +38,94 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream, UdpSocket};
 use tokio::task::JoinHandle;
 
+use anyhow::Context;
+
 use crate::config::PolicyConfig;
 use crate::policy::Policy;
 use crate::ratelimit::gcra::{self, Limit};
 
+mod challenges;
+
+/// `pebble-challtestsrv`'s flags, as current releases and 2.4 name them
+/// (Go spells them with one dash; the binary's entry point gives them two).
+pub const CHALLTESTSRV_FLAGS: &[&str] = &[
+    "management",
+    "dnsserver",
+    "dns01",
+    "doh",
+    "doh-cert",
+    "doh-cert-key",
+    "http01",
+    "https01",
+    "tlsalpn01",
+    "defaultIPv4",
+    "defaultIPv6",
+    "challtestsrv",
+];
+
+/// `cairn testdns`'s flags, with `pebble-challtestsrv`'s names as aliases.
+/// Addresses are Go's (`:8053` is every interface, IPv4 and IPv6); the
+/// servers that take a list take it comma-separated, and an empty value
+/// turns that server off.
 #[derive(Debug, Clone, clap::Args)]
 pub struct TestDnsArgs {
-    /// UDP and TCP address of the DNS server.
+    /// UDP and TCP addresses of the DNS server (default 127.0.0.1:8053).
+    /// Also `-dnsserver` (challtestsrv) and `-dns01` (challtestsrv 2.4).
     #[arg(
         long,
-        default_value = "127.0.0.1:8053",
+        visible_alias = "dnsserver",
+        alias = "dns01",
         env = "CAIRN_TESTDNS_DNS_LISTEN"
     )]
-    pub dns_listen: SocketAddr,
-    /// HTTP address of the management API.
+    pub dns_listen: Option<String>,
+    /// Address of the HTTP management API (default 127.0.0.1:8055). Also
+    /// `-management`.
+    #[arg(long, visible_alias = "management", env = "CAIRN_TESTDNS_API_LISTEN")]
+    pub api_listen: Option<String>,
+    /// A answer for names with no A record set (default 127.0.0.1; empty:
+    /// none). Also `-defaultIPv4`.
     #[arg(
         long,
-        default_value = "127.0.0.1:8055",
-        env = "CAIRN_TESTDNS_API_LISTEN"
+        visible_alias = "defaultIPv4",
+        env = "CAIRN_TESTDNS_DEFAULT_IPV4"
     )]
-    pub api_listen: SocketAddr,
-    /// A answer for names with no A record set.
-    #[arg(long, default_value = "127.0.0.1", env = "CAIRN_TESTDNS_DEFAULT_IPV4")]
-    pub default_ipv4: Ipv4Addr,
-    /// AAAA answer for names with no AAAA record set (none by default).
-    #[arg(long, env = "CAIRN_TESTDNS_DEFAULT_IPV6")]
-    pub default_ipv6: Option<Ipv6Addr>,
+    pub default_ipv4: Option<String>,
+    /// AAAA answer for names with no AAAA record set (default none; ::1
+    /// with `--challtestsrv`). Also `-defaultIPv6`.
+    #[arg(
+        long,
+        visible_alias = "defaultIPv6",
+        env = "CAIRN_TESTDNS_DEFAULT_IPV6"
+    )]
+    pub default_ipv6: Option<String>,
+    /// http-01 responders (`/add-http01`, `/add-redirect`) on these
+    /// addresses (default none; `:5002` with `--challtestsrv`).
+    #[arg(long)]
+    pub http01: Option<String>,
+    /// The same over HTTPS, with a self-signed certificate (default none;
+    /// `:5003` with `--challtestsrv`).
+    #[arg(long)]
+    pub https01: Option<String>,
+    /// tls-alpn-01 responders (`/add-tlsalpn01`) on these addresses
+    /// (default none; `:5001` with `--challtestsrv`).
+    #[arg(long)]
+    pub tlsalpn01: Option<String>,
+    /// DNS-over-HTTPS (RFC 8484, `/dns-query`) on these addresses; needs
+    /// `--doh-cert` and `--doh-cert-key` (default none; `:8443` with
+    /// `--challtestsrv`, off with a warning when no certificate is given).
+    #[arg(long)]
+    pub doh: Option<String>,
+    /// PEM certificate chain of the DoH server.
+    #[arg(long = "doh-cert")]
+    pub doh_cert: Option<PathBuf>,
+    /// PEM private key of the DoH server.
+    #[arg(long = "doh-cert-key")]
+    pub doh_cert_key: Option<PathBuf>,
+    /// `pebble-challtestsrv`'s defaults for every address not given: all
+    /// interfaces, every responder on, AAAA ::1. Implied when the binary
+    /// runs under the name `pebble-challtestsrv`.
+    #[arg(long)]
+    pub challtestsrv: bool,
     /// Throttle the API's writes: at most N at once, refilled at N per
     /// second, minute or hour (`6/s`, `60/m`, `1000/h`). Repeat it (or
     /// separate with commas) for several rates, all enforced. Off by default.
@@ -88,14 +151,91 @@ impl TestDnsArgs {
     /// Loopback, ephemeral ports, default A 127.0.0.1: what tests want.
     pub fn ephemeral() -> TestDnsArgs {
         TestDnsArgs {
-            dns_listen: SocketAddr::from((Ipv4Addr::LOCALHOST, 0)),
-            api_listen: SocketAddr::from((Ipv4Addr::LOCALHOST, 0)),
-            default_ipv4: Ipv4Addr::LOCALHOST,
+            dns_listen: Some("127.0.0.1:0".into()),
+            api_listen: Some("127.0.0.1:0".into()),
+            default_ipv4: None,
             default_ipv6: None,
+            http01: None,
+            https01: None,
+            tlsalpn01: None,
+            doh: None,
+            doh_cert: None,
+            doh_cert_key: None,
+            challtestsrv: false,
             write_rate: Vec::new(),
             write_scope: WriteScope::Domain,
         }
     }
+
+    /// The addresses and defaults, flags over the mode's defaults.
+    fn settings(&self) -> anyhow::Result<Settings> {
+        let ct = self.challtestsrv;
+        let pick = |v: &Option<String>, cairn: &str, challtestsrv: &str| {
+            v.clone()
+                .unwrap_or_else(|| if ct { challtestsrv } else { cairn }.to_string())
+        };
+        let binds = |flag: &str, v: String| -> anyhow::Result<Vec<SocketAddr>> {
+            v.split(',')
+                .map(str::trim)
+                .filter(|a| !a.is_empty())
+                .map(|a| crate::pebble::go_listen_addr(a).with_context(|| format!("--{flag}")))
+                .collect()
+        };
+        let default_ip = |flag: &str, v: String| -> anyhow::Result<Option<IpAddr>> {
+            let v = v.trim();
+            if v.is_empty() {
+                return Ok(None);
+            }
+            v.parse()
+                .map(Some)
+                .map_err(|_| anyhow::anyhow!("--{flag}: {v:?} is not an IP address"))
+        };
+        let api = binds(
+            "api-listen",
+            pick(&self.api_listen, "127.0.0.1:8055", ":8055"),
+        )?;
+        if api.len() > 1 {
+            anyhow::bail!("--api-listen takes one address");
+        }
+        let default_ipv4 = match default_ip(
+            "default-ipv4",
+            pick(&self.default_ipv4, "127.0.0.1", "127.0.0.1"),
+        )? {
+            None => None,
+            Some(IpAddr::V4(ip)) => Some(ip),
+            Some(IpAddr::V6(_)) => anyhow::bail!("--default-ipv4 must be an IPv4 address"),
+        };
+        let default_ipv6 = match default_ip("default-ipv6", pick(&self.default_ipv6, "", "::1"))? {
+            None => None,
+            Some(IpAddr::V6(ip)) => Some(ip),
+            Some(IpAddr::V4(_)) => anyhow::bail!("--default-ipv6 must be an IPv6 address"),
+        };
+        Ok(Settings {
+            dns: binds(
+                "dns-listen",
+                pick(&self.dns_listen, "127.0.0.1:8053", ":8053"),
+            )?,
+            api: api.first().copied(),
+            http01: binds("http01", pick(&self.http01, "", ":5002"))?,
+            https01: binds("https01", pick(&self.https01, "", ":5003"))?,
+            tlsalpn01: binds("tlsalpn01", pick(&self.tlsalpn01, "", ":5001"))?,
+            doh: binds("doh", pick(&self.doh, "", ":8443"))?,
+            default_ipv4,
+            default_ipv6,
+        })
+    }
+}
+
+/// What [`TestDnsArgs`] resolve to.
+struct Settings {
+    dns: Vec<SocketAddr>,
+    api: Option<SocketAddr>,
+    http01: Vec<SocketAddr>,
+    https01: Vec<SocketAddr>,
+    tlsalpn01: Vec<SocketAddr>,
+    doh: Vec<SocketAddr>,
+    default_ipv4: Option<Ipv4Addr>,
+    default_ipv6: Option<Ipv6Addr>,
 }
 
 /// TTL of every answer. Zero, so resolvers that cache see changes at once.
@@ -131,6 +271,58 @@ struct Zone {
     caa: HashMap<String, Vec<CaaPolicy>>,
     cname: HashMap<String, String>,
     servfail: HashSet<String>,
+    /// http-01 key authorizations by token (`/add-http01`).
+    http01: HashMap<String, String>,
+    /// http-01 redirects: request path to target URL (`/add-redirect`).
+    redirects: HashMap<String, String>,
+    /// tls-alpn-01 key authorizations by host (`/add-tlsalpn01`).
+    tlsalpn01: HashMap<String, String>,
+    /// Requests seen, by host and kind (`/http-request-history`, ...).
+    history: History,
+}
+
+/// The kinds of request history, as `/clear-request-history` names them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+enum EventKind {
+    Http,
+    Dns,
+    TlsAlpn,
+}
+
+/// Requests the servers saw, by host (lower case, no trailing dot, no
+/// port) and kind, each event as challtestsrv renders it. Bounded: the
+/// newest [`MAX_EVENTS`] per host and kind, [`MAX_HOSTS`] hosts.
+#[derive(Debug, Default)]
+struct History {
+    events: HashMap<(String, EventKind), std::collections::VecDeque<serde_json::Value>>,
+}
+
+const MAX_EVENTS: usize = 1000;
+const MAX_HOSTS: usize = 10_000;
+
+impl History {
+    fn record(&mut self, host: &str, kind: EventKind, event: serde_json::Value) {
+        let k = (key(host), kind);
+        if !self.events.contains_key(&k) && self.events.len() >= MAX_HOSTS {
+            return;
+        }
+        let list = self.events.entry(k).or_default();
+        if list.len() >= MAX_EVENTS {
+            list.pop_front();
+        }
+        list.push_back(event);
+    }
+
+    fn get(&self, host: &str, kind: EventKind) -> Vec<serde_json::Value> {
+        self.events
+            .get(&(key(host), kind))
+            .map(|l| l.iter().cloned().collect())
+            .unwrap_or_default()
+    }
+
+    fn clear(&mut self, host: &str, kind: EventKind) {
+        self.events.remove(&(key(host), kind));
+    }
 }
 
 /// Shared state. A std mutex: it is never held across an await and every
@@ -150,10 +342,15 @@ fn key(host: &str) -> String {
 
 /// A running testdns: bound addresses, and the tasks serving them.
 pub struct TestDnsHandle {
-    /// UDP and TCP address of the DNS server (same port for both).
+    /// UDP and TCP address of the (first) DNS server; port 0 if none runs.
     pub dns_addr: SocketAddr,
-    /// Address of the HTTP API.
+    /// Address of the HTTP API; port 0 if it is off.
     pub api_addr: SocketAddr,
+    /// Where the http-01, https-01, tls-alpn-01 and DoH servers listen.
+    pub http01_addrs: Vec<SocketAddr>,
+    pub https01_addrs: Vec<SocketAddr>,
+    pub tlsalpn01_addrs: Vec<SocketAddr>,
+    pub doh_addrs: Vec<SocketAddr>,
     tasks: Vec<JoinHandle<anyhow::Result<()>>>,
 }
 
@@ -166,6 +363,9 @@ impl TestDnsHandle {
     /// Waits until a server task ends (they only end on error).
     pub async fn wait(mut self) -> anyhow::Result<()> {
         let tasks = std::mem::take(&mut self.tasks);
+        if tasks.is_empty() {
+            anyhow::bail!("nothing to serve: every server is turned off");
+        }
         let (res, _, rest) = futures::future::select_all(tasks).await;
         for t in rest {
             t.abort();
@@ -185,8 +385,11 @@ impl Drop for TestDnsHandle {
     }
 }
 
-/// Binds the DNS (UDP+TCP) and API listeners and starts serving.
+/// Binds the DNS (UDP+TCP), API and challenge responder listeners and
+/// starts serving.
 pub async fn start(args: TestDnsArgs) -> anyhow::Result<TestDnsHandle> {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let settings = args.settings()?;
     let throttle = Throttle::new(&args.write_rate, args.write_scope)?;
     // The snapshot of the Public Suffix List compiled into Cairn, as its
     // rate limits use by default.
@@ -195,34 +398,69 @@ pub async fn start(args: TestDnsArgs) -> anyhow::Result<TestDnsHandle> {
         public_suffix_list: String::new(),
     })?;
     let zone: Shared = Arc::new(Mutex::new(Zone {
-        default_ipv4: Some(args.default_ipv4),
-        default_ipv6: args.default_ipv6,
+        default_ipv4: settings.default_ipv4,
+        default_ipv6: settings.default_ipv6,
         ..Zone::default()
     }));
-
-    let (udp, tcp) = bind_dns(args.dns_listen).await?;
-    let dns_addr = udp.local_addr()?;
-    let api = TcpListener::bind(args.api_listen)
-        .await
-        .map_err(|e| anyhow::anyhow!("binding testdns API on {}: {e}", args.api_listen))?;
-    let api_addr = api.local_addr()?;
-
-    let udp = Arc::new(udp);
+    let unbound = SocketAddr::from((Ipv4Addr::UNSPECIFIED, 0));
     let mut tasks = Vec::new();
-    tasks.push(tokio::spawn(serve_udp(udp, zone.clone())));
-    tasks.push(tokio::spawn(serve_tcp(tcp, zone.clone())));
-    let app = router(Api {
-        zone,
-        psl: Arc::new(psl),
-        throttle: throttle.map(Arc::new),
-    });
-    tasks.push(tokio::spawn(async move {
-        axum::serve(api, app).await?;
-        Ok(())
-    }));
+
+    let mut dns_addr = None;
+    for addr in &settings.dns {
+        let (udp, tcp) = bind_dns(*addr).await?;
+        dns_addr.get_or_insert(udp.local_addr()?);
+        tasks.push(tokio::spawn(serve_udp(Arc::new(udp), zone.clone())));
+        tasks.push(tokio::spawn(serve_tcp(tcp, zone.clone())));
+    }
+    let mut api_addr = unbound;
+    if let Some(addr) = settings.api {
+        let api = TcpListener::bind(addr)
+            .await
+            .map_err(|e| anyhow::anyhow!("binding testdns API on {addr}: {e}"))?;
+        api_addr = api.local_addr()?;
+        let app = router(Api {
+            zone: zone.clone(),
+            psl: Arc::new(psl),
+            throttle: throttle.map(Arc::new),
+        });
+        tasks.push(tokio::spawn(async move {
+            axum::serve(api, app).await?;
+            Ok(())
+        }));
+    }
+    let responders = challenges::Responders::new(zone.clone())?;
+    let http01_addrs = responders
+        .serve_http01(&settings.http01, false, &mut tasks)
+        .await?;
+    let https01_addrs = responders
+        .serve_http01(&settings.https01, true, &mut tasks)
+        .await?;
+    let tlsalpn01_addrs = responders
+        .serve_tlsalpn01(&settings.tlsalpn01, &mut tasks)
+        .await?;
+    let doh_addrs = match (&args.doh_cert, &args.doh_cert_key) {
+        _ if settings.doh.is_empty() => Vec::new(),
+        (Some(cert), Some(key)) => {
+            responders
+                .serve_doh(&settings.doh, cert, key, &mut tasks)
+                .await?
+        }
+        (None, None) if args.doh.is_none() => {
+            tracing::warn!(
+                "testdns: DNS-over-HTTPS is off: -doh-cert and -doh-cert-key name its \
+                 certificate (pebble-challtestsrv would fail to start it too)"
+            );
+            Vec::new()
+        }
+        _ => anyhow::bail!("--doh needs both --doh-cert and --doh-cert-key"),
+    };
     Ok(TestDnsHandle {
-        dns_addr,
+        dns_addr: dns_addr.unwrap_or(unbound),
         api_addr,
+        http01_addrs,
+        https01_addrs,
+        tlsalpn01_addrs,
+        doh_addrs,
         tasks,
     })
 }
@@ -245,10 +483,23 @@ pub async fn run(args: TestDnsArgs) -> anyhow::Result<()> {
         ),
     };
     let handle = start(args).await?;
+    let list = |v: &[SocketAddr]| match v {
+        [] => "off".to_string(),
+        v => v
+            .iter()
+            .map(SocketAddr::to_string)
+            .collect::<Vec<_>>()
+            .join(", "),
+    };
     tracing::info!(
-        "testdns: DNS on {} (udp+tcp), API on http://{} ({throttle})",
+        "testdns: DNS on {} (udp+tcp), API on http://{} ({throttle}); http-01 {}, https-01 {}, \
+         tls-alpn-01 {}, DoH {}",
         handle.dns_addr,
-        handle.api_addr
+        handle.api_addr,
+        list(&handle.http01_addrs),
+        list(&handle.https01_addrs),
+        list(&handle.tlsalpn01_addrs),
+        list(&handle.doh_addrs),
     );
     handle.wait().await
 }
@@ -290,7 +541,7 @@ async fn serve_udp(sock: Arc<UdpSocket>, zone: Shared) -> anyhow::Result<()> {
         let sock = sock.clone();
         let zone = zone.clone();
         tokio::spawn(async move {
-            if let Some(resp) = handle_packet(&packet, &zone, true) {
+            if let Some(resp) = handle_packet(&packet, &zone, true, "") {
                 if let Err(e) = sock.send_to(&resp, peer).await {
                     tracing::debug!("testdns udp send to {peer}: {e}");
                 }
@@ -329,7 +580,7 @@ async fn tcp_conn(mut stream: TcpStream, zone: &Shared) -> std::io::Result<()> {
         tokio::time::timeout(TCP_IDLE, stream.read_exact(&mut msg))
             .await
             .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "read timeout"))??;
-        if let Some(resp) = handle_packet(&msg, zone, false) {
+        if let Some(resp) = handle_packet(&msg, zone, false, "") {
             let Ok(rlen) = u16::try_from(resp.len()) else {
                 continue;
             };
@@ -342,7 +593,8 @@ async fn tcp_conn(mut stream: TcpStream, zone: &Shared) -> std::io::Result<()> {
 }
 
 /// Parses one query and returns the encoded answer, or None to stay silent.
-fn handle_packet(packet: &[u8], zone: &Shared, udp: bool) -> Option<Vec<u8>> {
+/// The question goes into the request history (`user_agent`: DoH's).
+fn handle_packet(packet: &[u8], zone: &Shared, udp: bool, user_agent: &str) -> Option<Vec<u8>> {
     let req = match Message::from_vec(packet) {
         Ok(m) => m,
         Err(e) => {
@@ -360,7 +612,22 @@ fn handle_packet(packet: &[u8], zone: &Shared, udp: bool) -> Option<Vec<u8>> {
     if req.message_type() != MessageType::Query {
         return None;
     }
-    let resp = answer(&req, &lock(zone));
+    let resp = {
+        let mut zone = lock(zone);
+        if let Some(q) = req.queries().first() {
+            let event = serde_json::json!({
+                "Question": {
+                    "Name": q.name().to_ascii(),
+                    "Qtype": u16::from(q.query_type()),
+                    "Qclass": u16::from(q.query_class()),
+                },
+                "UserAgent": user_agent,
+            });
+            zone.history
+                .record(&q.name().to_ascii(), EventKind::Dns, event);
+        }
+        answer(&req, &zone)
+    };
     let bytes = resp.to_vec().ok()?;
     if udp {
         let limit = req
@@ -590,6 +857,16 @@ fn router(api: Api) -> Router {
         .route("/clear-cname", post(clear_cname))
         .route("/set-servfail", post(set_servfail))
         .route("/clear-servfail", post(clear_servfail))
+        .route("/add-http01", post(add_http01))
+        .route("/del-http01", post(del_http01))
+        .route("/add-redirect", post(add_redirect))
+        .route("/del-redirect", post(del_redirect))
+        .route("/add-tlsalpn01", post(add_tlsalpn01))
+        .route("/del-tlsalpn01", post(del_tlsalpn01))
+        .route("/http-request-history", post(http_history))
+        .route("/dns-request-history", post(dns_history))
+        .route("/tlsalpn01-request-history", post(tlsalpn01_history))
+        .route("/clear-request-history", post(clear_history))
         .with_state(api)
 }
 
@@ -993,6 +1270,149 @@ async fn clear_servfail(
     let k = host_key(&body(b)?.host)?;
     api.admit(&headers, &k)?;
     lock(&api.zone).servfail.remove(&k);
+    Ok(StatusCode::OK)
+}
+
+// ------------------------------------------- challenge responses, history
+//
+// As pebble-challtestsrv: these configure the mock's responders, not any
+// domain's DNS records, so the write throttle does not count them.
+
+#[derive(Deserialize)]
+struct Http01Body {
+    token: String,
+    content: String,
+}
+
+#[derive(Deserialize)]
+struct TokenBody {
+    token: String,
+}
+
+#[derive(Deserialize)]
+struct RedirectBody {
+    path: String,
+    #[serde(rename = "targetURL")]
+    target_url: String,
+}
+
+#[derive(Deserialize)]
+struct PathBody {
+    path: String,
+}
+
+#[derive(Deserialize)]
+struct TlsAlpnBody {
+    host: String,
+    content: String,
+}
+
+#[derive(Deserialize)]
+struct ClearHistoryBody {
+    host: String,
+    #[serde(rename = "type")]
+    kind: String,
+}
+
+fn non_empty<'a>(field: &str, v: &'a str) -> Result<&'a str, ApiError> {
+    if v.is_empty() {
+        return Err(bad(format!("{field} must not be empty\n")));
+    }
+    Ok(v)
+}
+
+/// `/add-http01 {"token", "content"}`: the http-01 responders answer
+/// `/.well-known/acme-challenge/<token>` with `content`.
+async fn add_http01(State(api): State<Api>, b: AnyJson<Http01Body>) -> ApiResult {
+    let b = body(b)?;
+    non_empty("token", &b.token)?;
+    non_empty("content", &b.content)?;
+    lock(&api.zone).http01.insert(b.token, b.content);
+    Ok(StatusCode::OK)
+}
+
+async fn del_http01(State(api): State<Api>, b: AnyJson<TokenBody>) -> ApiResult {
+    let b = body(b)?;
+    lock(&api.zone).http01.remove(non_empty("token", &b.token)?);
+    Ok(StatusCode::OK)
+}
+
+/// `/add-redirect {"path", "targetURL"}`: plain-HTTP requests for `path`
+/// get a 302 to `targetURL`.
+async fn add_redirect(State(api): State<Api>, b: AnyJson<RedirectBody>) -> ApiResult {
+    let b = body(b)?;
+    non_empty("path", &b.path)?;
+    non_empty("targetURL", &b.target_url)?;
+    if axum::http::HeaderValue::from_str(&b.target_url).is_err() {
+        return Err(bad("targetURL cannot be a Location header\n"));
+    }
+    lock(&api.zone).redirects.insert(b.path, b.target_url);
+    Ok(StatusCode::OK)
+}
+
+async fn del_redirect(State(api): State<Api>, b: AnyJson<PathBody>) -> ApiResult {
+    let b = body(b)?;
+    lock(&api.zone)
+        .redirects
+        .remove(non_empty("path", &b.path)?);
+    Ok(StatusCode::OK)
+}
+
+/// `/add-tlsalpn01 {"host", "content"}`: the tls-alpn-01 responders answer
+/// `host` with a certificate carrying SHA-256(`content`) (the key
+/// authorization itself, hashed here as challtestsrv does).
+async fn add_tlsalpn01(State(api): State<Api>, b: AnyJson<TlsAlpnBody>) -> ApiResult {
+    let b = body(b)?;
+    let k = host_key(&b.host)?;
+    non_empty("content", &b.content)?;
+    lock(&api.zone).tlsalpn01.insert(k, b.content);
+    Ok(StatusCode::OK)
+}
+
+async fn del_tlsalpn01(State(api): State<Api>, b: AnyJson<HostBody>) -> ApiResult {
+    let k = host_key(&body(b)?.host)?;
+    lock(&api.zone).tlsalpn01.remove(&k);
+    Ok(StatusCode::OK)
+}
+
+fn history(api: &Api, b: AnyJson<HostBody>, kind: EventKind) -> Result<Response, ApiError> {
+    let host = host_key(&body(b)?.host)?;
+    let events = lock(&api.zone).history.get(&host, kind);
+    Ok(axum::Json(events).into_response())
+}
+
+/// `/http-request-history {"host"}`: the requests the http-01 and https-01
+/// responders saw for `host`, oldest first.
+async fn http_history(State(api): State<Api>, b: AnyJson<HostBody>) -> Result<Response, ApiError> {
+    history(&api, b, EventKind::Http)
+}
+
+async fn dns_history(State(api): State<Api>, b: AnyJson<HostBody>) -> Result<Response, ApiError> {
+    history(&api, b, EventKind::Dns)
+}
+
+async fn tlsalpn01_history(
+    State(api): State<Api>,
+    b: AnyJson<HostBody>,
+) -> Result<Response, ApiError> {
+    history(&api, b, EventKind::TlsAlpn)
+}
+
+/// `/clear-request-history {"host", "type": "http"|"dns"|"tlsalpn"}`.
+async fn clear_history(State(api): State<Api>, b: AnyJson<ClearHistoryBody>) -> ApiResult {
+    let b = body(b)?;
+    let host = host_key(&b.host)?;
+    let kind = match b.kind.as_str() {
+        "http" => EventKind::Http,
+        "dns" => EventKind::Dns,
+        "tlsalpn" => EventKind::TlsAlpn,
+        other => {
+            return Err(bad(format!(
+                "{other:?} event type unknown (http, dns, tlsalpn)\n"
+            )))
+        }
+    };
+    lock(&api.zone).history.clear(&host, kind);
     Ok(StatusCode::OK)
 }
 

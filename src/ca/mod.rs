@@ -277,6 +277,18 @@ impl Ca {
         &self.intermediate_pem
     }
 
+    /// The root's and the intermediate's private keys (PKCS#8 PEM), read
+    /// from the data directory: what Pebble's management interface serves
+    /// at `/root-keys/0` and `/intermediate-keys/0`. The root key may have
+    /// been moved offline (then `None`).
+    pub fn key_pems(&self) -> anyhow::Result<(Option<String>, Option<String>)> {
+        let paths = Paths::new(&self.data_dir);
+        Ok((
+            store::read_optional(&paths.root_key)?,
+            store::read_optional(&paths.intermediate_key)?,
+        ))
+    }
+
     /// Certificate chain and key (PEM) for the HTTPS listener, issued by the
     /// root hierarchy for localhost, 127.0.0.1 and ::1; kept in the data dir
     /// and re-issued when missing or close to expiry.

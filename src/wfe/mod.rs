@@ -227,7 +227,7 @@ async fn method_not_allowed() -> Problem {
 /// connection without a nonce pool and crashes on one.
 async fn common_headers(State(state): State<AppState>, mut req: Request, next: Next) -> Response {
     let started = std::time::Instant::now();
-    let base = base_url(req.headers(), &state.cfg);
+    let base = base_url(req.headers(), req.uri(), &state.cfg);
     req.extensions_mut().insert(Base(base.clone()));
     let is_directory = req.uri().path() == "/directory";
     let wants_nonce = req.method() == Method::POST || req.uri().path() == "/acme/new-nonce";
@@ -303,13 +303,15 @@ fn check_head(req: &Request, cfg: &Config) -> Result<(), Problem> {
 /// Host, so URLs match what the client used (localhost, 127.0.0.1 or
 /// [::1]). A Host that is not a plausible authority falls back to the
 /// configured default.
-fn base_url(headers: &HeaderMap, cfg: &Config) -> String {
+fn base_url(headers: &HeaderMap, uri: &axum::http::Uri, cfg: &Config) -> String {
     if !cfg.server.external_url.is_empty() || !cfg.server.trust_host_header {
         return cfg.default_base_url();
     }
+    // HTTP/2 requests carry the host in `:authority` (the URI), not `Host`.
     let host = headers
         .get(header::HOST)
         .and_then(|h| h.to_str().ok())
+        .or_else(|| uri.authority().map(|a| a.as_str()))
         .filter(|h| !h.is_empty() && h.parse::<axum::http::uri::Authority>().is_ok());
     match host {
         Some(h) => format!("https://{h}"),
