@@ -3,8 +3,11 @@
 //! binary and the run prints issuances/s, latency percentiles per step, errors by
 //! type, and the server's CPU time per issuance read from `/proc/<pid>/stat`.
 //! `--only-nonce` measures HEAD newNonce alone; `--only-ari` measures GET
-//! renewalInfo alone (each worker first issues one certificate to ask about). How to run it and the figures
-//! measured so far are in BENCHMARKS.md.
+//! renewalInfo alone (each worker first issues one certificate to ask about).
+//! `--server pebble` drives Debian's Pebble 2.4 with the same client instead, and
+//! `--summarize` turns the JSON lines of such runs into the tables of
+//! scripts/bench-vs-pebble. How to run it and the figures measured so far are in
+//! BENCHMARKS.md.
 //!
 //! The client is deliberately lean (one current-thread Tokio runtime, keys and
 //! accounts made before the clock starts, one keep-alive HTTP/1.1 connection per
@@ -91,6 +94,52 @@ struct Args {
     /// e.g. `CAIRN_LIMITS_PROFILE=unlimited` or `CAIRN_DATABASE_URL=postgres://...`.
     #[arg(long = "server-env")]
     server_env: Vec<String>,
+    /// The server to start: `cairn`, or `pebble` (Debian's Pebble 2.4, for the
+    /// side-by-side rows of scripts/bench-vs-pebble). Against Pebble the client never
+    /// lets a newOrder overlap an authorization POST-as-GET (see `PebbleLock`).
+    #[arg(long, value_enum, default_value_t = ServerKind::Cairn)]
+    server: ServerKind,
+    /// The Pebble binary for `--server pebble`.
+    #[arg(long, default_value = "/usr/bin/pebble")]
+    pebble_bin: PathBuf,
+    /// pebble-challtestsrv, the DNS server of `--http01` runs (both servers).
+    #[arg(long, default_value = "/usr/bin/pebble-challtestsrv")]
+    challtestsrv_bin: PathBuf,
+    /// Cairn's preset (`test`, `dev`, ...).
+    #[arg(long, default_value = "test")]
+    preset: String,
+    /// Cairn instances to start on one data directory (and one database); the workers
+    /// are spread round-robin over them.
+    #[arg(long, default_value_t = 1)]
+    instances: usize,
+    /// A PostgreSQL server (URL of a database to connect to, with the right to create
+    /// databases): Cairn runs on a fresh database there, dropped after the run, and
+    /// the CPU of that cluster's processes working for it is reported beside Cairn's.
+    #[arg(long)]
+    database_url: Option<String>,
+    /// Real http-01 validation instead of always-valid: the server resolves names
+    /// through pebble-challtestsrv (A 127.0.0.1) and fetches the key authorization
+    /// from a responder in this process.
+    #[arg(long)]
+    http01: bool,
+    /// After the measured run, start a fresh server with its SQL statement log on and
+    /// count the statements of this many issuances (same concurrency; Cairn only).
+    #[arg(long, default_value_t = 0)]
+    count_sql: u64,
+    /// Row name written into the JSON line (scripts/bench-vs-pebble).
+    #[arg(long)]
+    row: Option<String>,
+    /// Row whose Pebble figures a Cairn-only row is compared with (`--summarize`).
+    #[arg(long)]
+    baseline: Option<String>,
+    /// Append the first measured phase as one JSON line to this file (or, when the run
+    /// fails, a line saying why).
+    #[arg(long)]
+    json_out: Option<PathBuf>,
+    /// Read the JSON lines of a file written with --json-out and print the Markdown
+    /// tables of scripts/bench-vs-pebble; runs nothing.
+    #[arg(long)]
+    summarize: Option<PathBuf>,
     /// Passed by `cargo bench`; ignored.
     #[arg(long, hide = true)]
     bench: bool,
@@ -105,6 +154,18 @@ fn main() -> std::process::ExitCode {
         return std::process::ExitCode::SUCCESS;
     }
     let args = Args::parse();
+    if let Some(path) = &args.summarize {
+        return match summarize(path) {
+            Ok(md) => {
+                print!("{md}");
+                std::process::ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("issuance: --summarize {}: {e:#}", path.display());
+                std::process::ExitCode::FAILURE
+            }
+        };
+    }
     let rt = if args.client_threads <= 1 {
         tokio::runtime::Builder::new_current_thread()
             .enable_all()
@@ -122,28 +183,101 @@ fn main() -> std::process::ExitCode {
             return std::process::ExitCode::FAILURE;
         }
     };
-    match rt.block_on(run(args)) {
+    let json_out = args.json_out.clone();
+    let failed_line = |why: String| {
+        json!({
+            "row": args.row, "baseline": args.baseline,
+            "server": server_label(&args), "failed": why,
+        })
+    };
+    // SIGTERM (a timeout) drops the run: its servers are killed, its database dropped.
+    let result = rt.block_on(async {
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+        tokio::select! {
+            r = run(args.clone()) => r,
+            _ = term.recv() => Err(anyhow::anyhow!("terminated (SIGTERM)")),
+            _ = tokio::signal::ctrl_c() => Err(anyhow::anyhow!("interrupted")),
+        }
+    });
+    match result {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("issuance: {e:#}");
+            if let Some(path) = json_out {
+                // The first line of the error is the reason; logs follow it.
+                let why = format!("{e:#}")
+                    .lines()
+                    .next()
+                    .unwrap_or_default()
+                    .to_string();
+                if let Err(e) = append_line(&path, &failed_line(why)) {
+                    eprintln!("issuance: --json-out {}: {e}", path.display());
+                }
+            }
             std::process::ExitCode::FAILURE
         }
     }
 }
 
-async fn run(args: Args) -> anyhow::Result<()> {
-    if args.concurrency == 0 || args.history_concurrency == 0 {
-        anyhow::bail!("--concurrency and --history-concurrency must be at least 1");
+fn append_line(path: &std::path::Path, v: &Value) -> std::io::Result<()> {
+    let mut f = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)?;
+    writeln!(f, "{v}")
+}
+
+/// How a row's server is named in the tables.
+fn server_label(args: &Args) -> String {
+    match args.server {
+        ServerKind::Pebble => "Pebble".to_string(),
+        ServerKind::Cairn => format!(
+            "Cairn ({} preset, {}{})",
+            args.preset,
+            if args.database_url.is_some() {
+                "PostgreSQL"
+            } else {
+                "SQLite"
+            },
+            if args.instances > 1 {
+                format!(", {} instances", args.instances)
+            } else {
+                String::new()
+            }
+        ),
     }
-    let mut local = None;
-    let (dir_urls, root_pem, pids) = if args.directories.is_empty() {
-        let server = LocalServer::start(&args)?;
-        let out = (
-            vec![server.dir_url.clone()],
-            server.root_pem.clone(),
-            vec![server.pid],
+}
+
+async fn run(args: Args) -> anyhow::Result<()> {
+    if args.concurrency == 0 || args.history_concurrency == 0 || args.instances == 0 {
+        anyhow::bail!("--concurrency, --history-concurrency and --instances must be at least 1");
+    }
+    let pebble = args.server == ServerKind::Pebble;
+    if pebble
+        && (args.database_url.is_some()
+            || args.instances != 1
+            || args.count_sql > 0
+            || args.preset != "test")
+    {
+        anyhow::bail!(
+            "--database-url, --instances, --count-sql and --preset are for Cairn, not --server pebble"
         );
-        local = Some(server);
+    }
+    if !args.directories.is_empty() && (args.http01 || args.count_sql > 0 || pebble) {
+        anyhow::bail!(
+            "--http01, --count-sql and --server are for servers the bench starts, not --directory"
+        );
+    }
+    let keyauths = args.http01.then(KeyAuths::default);
+    let http01_port = match &keyauths {
+        Some(k) => Some(start_responder(k.clone()).await?),
+        None => None,
+    };
+    let mut rig = None;
+    let (dir_urls, root_pem, pids) = if args.directories.is_empty() {
+        let r = Rig::start(&args, http01_port, false).await?;
+        let out = (r.dir_urls.clone(), r.root_pem.clone(), r.pids());
+        rig = Some(r);
         out
     } else {
         let root = args
@@ -155,17 +289,17 @@ async fn run(args: Args) -> anyhow::Result<()> {
         (args.directories.clone(), pem, args.server_pids.clone())
     };
 
-    let mut targets = Vec::new();
-    for url in &dir_urls {
-        targets.push(Arc::new(Target::discover(url, &root_pem).await?));
-    }
-    let ctx = Ctx {
-        targets,
+    let ctx = Ctx::new(
+        &dir_urls,
         root_pem,
         pids,
-        clk_tck: clock_ticks_per_second(),
-    };
-    print_header(&args, &ctx, local.as_ref());
+        rig.as_ref().and_then(|r| r.db.clone()),
+        Vec::new(),
+        keyauths.clone(),
+        pebble,
+    )
+    .await?;
+    print_header(&args, &ctx, rig.as_ref());
 
     let limit = Limit {
         duration: Duration::from_secs_f64(args.duration.max(0.1)),
@@ -178,7 +312,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
         reports.push(run_ari_phase(&ctx, args.concurrency, &limit).await?);
     } else {
         // Only a server this bench started is known to begin with an empty database.
-        let started_here = local.is_some();
+        let started_here = rig.is_some();
         let (label, before) = if started_here {
             ("empty db", Some(0))
         } else {
@@ -212,41 +346,350 @@ async fn run(args: Args) -> anyhow::Result<()> {
             reports.push(run_issuance_phase(&ctx, &label, args.concurrency, &limit, before).await?);
         }
     }
+    // The measured servers go before the counting pass starts its own.
+    drop(ctx);
+    drop(rig);
+    if args.count_sql > 0 && !args.only_nonce {
+        reports[0].sql_per_op = Some(count_sql(&args, http01_port, keyauths).await?);
+    }
     for r in &reports {
         r.print_table();
     }
     if reports.len() > 1 {
         print_comparison(&reports);
     }
+    let line = |r: &Report| {
+        let mut j = r.json();
+        j["row"] = json!(args.row);
+        j["baseline"] = json!(args.baseline);
+        j["server"] = json!(server_label(&args));
+        j["http01"] = json!(args.http01);
+        j["instances"] = json!(args.instances);
+        j
+    };
     if args.json {
         for r in &reports {
-            println!("{}", r.json());
+            println!("{}", line(r));
         }
     }
-    drop(local);
+    if let Some(path) = &args.json_out {
+        append_line(path, &line(&reports[0]))
+            .map_err(|e| anyhow::anyhow!("--json-out {}: {e}", path.display()))?;
+    }
     Ok(())
 }
 
+/// SQL statements per issuance: a fresh server (and database) of the same
+/// configuration logs every statement (sqlx's `sqlx::query` events, as JSON lines),
+/// and the log lines written while `--count-sql` issuances run are counted. A run
+/// apart from the measured one, because logging each statement costs CPU.
+async fn count_sql(
+    args: &Args,
+    http01_port: Option<u16>,
+    keyauths: Option<KeyAuths>,
+) -> anyhow::Result<f64> {
+    let rig = Rig::start(args, http01_port, true).await?;
+    let logs = rig.servers.iter().map(|p| p.log_path.clone()).collect();
+    let ctx = Ctx::new(
+        &rig.dir_urls,
+        rig.root_pem.clone(),
+        rig.pids(),
+        None,
+        logs,
+        keyauths,
+        false,
+    )
+    .await?;
+    let limit = Limit {
+        duration: HARD_CAP,
+        issuances: Some(args.count_sql),
+    };
+    let r = run_issuance_phase(&ctx, "SQL count", args.concurrency, &limit, None).await?;
+    match (r.sql_statements, r.issuances) {
+        (Some(n), i) if i > 0 => {
+            println!(
+                "SQL statements: {n} in {i} issuances ({:.1} per issuance; separate run with the statement log on)",
+                n as f64 / i as f64
+            );
+            Ok(n as f64 / i as f64)
+        }
+        _ => anyhow::bail!("--count-sql: no issuance or no statement log to count"),
+    }
+}
+
 // ---------------------------------------------------------------------------------------
-// The server under test
+// The servers under test
 // ---------------------------------------------------------------------------------------
 
-/// `cairn serve --preset test` in a temporary data directory on free loopback ports,
-/// with every challenge valid at once; killed on drop.
-struct LocalServer {
+/// Which ACME server a run starts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum ServerKind {
+    Cairn,
+    Pebble,
+}
+
+/// A child process, killed (SIGKILL) and reaped on drop. It also gets SIGKILL when this
+/// bench dies first (PR_SET_PDEATHSIG), so no server outlives a run killed by a timeout.
+struct Proc {
     child: Child,
     pid: u32,
-    bin: PathBuf,
-    dir_url: String,
-    root_pem: Vec<u8>,
+    what: String,
     log_path: PathBuf,
+}
+
+impl Proc {
+    fn spawn(what: &str, cmd: &mut Command, log_path: PathBuf) -> anyhow::Result<Proc> {
+        use std::os::unix::process::CommandExt as _;
+        let log = std::fs::File::create(&log_path)?;
+        cmd.stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log);
+        // SAFETY: runs in the forked child before exec and makes one system call
+        // (prctl), which is async-signal-safe; it allocates nothing.
+        unsafe {
+            cmd.pre_exec(|| {
+                rustix::process::set_parent_process_death_signal(Some(
+                    rustix::process::Signal::KILL,
+                ))
+                .map_err(std::io::Error::from)
+            });
+        }
+        let child = cmd
+            .spawn()
+            .map_err(|e| anyhow::anyhow!("spawn {what}: {e}"))?;
+        Ok(Proc {
+            pid: child.id(),
+            child,
+            what: what.to_string(),
+            log_path,
+        })
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(&self.log_path).unwrap_or_default()
+    }
+
+    /// Waits until `root()` gives a PEM and `url` answers 2xx over HTTPS trusting it;
+    /// returns that PEM.
+    fn wait_ready(
+        &mut self,
+        url: &str,
+        root: impl Fn() -> Option<Vec<u8>>,
+    ) -> anyhow::Result<Vec<u8>> {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                anyhow::bail!(
+                    "{} exited during start ({status}); log:\n{}",
+                    self.what,
+                    self.log()
+                );
+            }
+            if let Some(pem) = root() {
+                if let Ok(client) = http_client(&pem) {
+                    let answered = std::thread::scope(|s| {
+                        s.spawn(|| probe_directory(&client, url))
+                            .join()
+                            .unwrap_or(false)
+                    });
+                    if answered {
+                        return Ok(pem);
+                    }
+                }
+            }
+            if Instant::now() > deadline {
+                anyhow::bail!(
+                    "{} did not answer {url} within 30 s; log:\n{}",
+                    self.what,
+                    self.log()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Everything one run starts, in a temporary directory: the server process(es),
+/// pebble-challtestsrv for `--http01`, a fresh PostgreSQL database for
+/// `--database-url`. Dropping it kills the processes, then drops the database.
+struct Rig {
+    servers: Vec<Proc>,
+    helpers: Vec<Proc>,
+    db: Option<Arc<FreshDb>>,
+    dir_urls: Vec<String>,
+    root_pem: Vec<u8>,
+    /// What was started, for the header.
+    desc: Vec<String>,
     data_dir: PathBuf,
     keep: bool,
     _tmp: Option<tempfile::TempDir>,
 }
 
-impl LocalServer {
-    fn start(args: &Args) -> anyhow::Result<LocalServer> {
+impl Rig {
+    /// `http01_port`: where the bench's own http-01 responder listens (`--http01`);
+    /// `sql_log`: Cairn logs every SQL statement (the `--count-sql` pass only).
+    async fn start(args: &Args, http01_port: Option<u16>, sql_log: bool) -> anyhow::Result<Rig> {
+        let tmp = tempfile::Builder::new().prefix("cairn-bench-").tempdir()?;
+        let base = tmp.path().to_path_buf();
+        let data_dir = base.join("data");
+        std::fs::create_dir_all(&data_dir)?;
+        let mut rig = Rig {
+            servers: Vec::new(),
+            helpers: Vec::new(),
+            db: None,
+            dir_urls: Vec::new(),
+            root_pem: Vec::new(),
+            desc: Vec::new(),
+            data_dir,
+            keep: args.keep_data,
+            _tmp: None,
+        };
+        // --keep-data: the directory outlives the run on purpose.
+        if rig.keep {
+            let _ = tmp.keep();
+        } else {
+            rig._tmp = Some(tmp);
+        }
+        let dns = match http01_port {
+            Some(_) => Some(rig.start_challtestsrv(args, &base)?),
+            None => None,
+        };
+        match args.server {
+            ServerKind::Pebble => rig.start_pebble(args, &base, http01_port, dns)?,
+            ServerKind::Cairn => {
+                rig.start_cairn(args, &base, http01_port, dns, sql_log)
+                    .await?
+            }
+        }
+        Ok(rig)
+    }
+
+    fn pids(&self) -> Vec<u32> {
+        self.servers.iter().map(|p| p.pid).collect()
+    }
+
+    /// pebble-challtestsrv as the one DNS server both Pebble and Cairn resolve
+    /// challenge names with: every A query answers 127.0.0.1 and AAAA nothing; its
+    /// own challenge responders are off (the bench answers http-01 itself).
+    fn start_challtestsrv(&mut self, args: &Args, base: &std::path::Path) -> anyhow::Result<u16> {
+        let dns = free_port()?;
+        let mgmt = free_port()?;
+        let mut cmd = Command::new(&args.challtestsrv_bin);
+        cmd.arg("-dns01")
+            .arg(format!("127.0.0.1:{dns}"))
+            .arg("-management")
+            .arg(format!("127.0.0.1:{mgmt}"))
+            .args(["-http01", "", "-https01", "", "-tlsalpn01", ""])
+            .args(["-defaultIPv4", "127.0.0.1", "-defaultIPv6", ""]);
+        let mut p = Proc::spawn(
+            "pebble-challtestsrv",
+            &mut cmd,
+            base.join("challtestsrv.log"),
+        )?;
+        let deadline = Instant::now() + Duration::from_secs(15);
+        // It binds DNS before its management listener.
+        while std::net::TcpStream::connect(("127.0.0.1", mgmt)).is_err() {
+            if let Ok(Some(status)) = p.child.try_wait() {
+                anyhow::bail!("pebble-challtestsrv exited ({status}); log:\n{}", p.log());
+            }
+            if Instant::now() > deadline {
+                anyhow::bail!("pebble-challtestsrv did not start; log:\n{}", p.log());
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        self.desc.push(format!(
+            "{} (pid {}): DNS on 127.0.0.1:{dns} (A 127.0.0.1, no AAAA)",
+            args.challtestsrv_bin.display(),
+            p.pid
+        ));
+        self.helpers.push(p);
+        Ok(dns)
+    }
+
+    /// Debian's Pebble on free loopback ports with a TLS certificate made here, no
+    /// sleeps before validation, no deliberately rejected nonces, and every challenge
+    /// valid at once unless http-01 is real (then `-dnsserver` is challtestsrv).
+    fn start_pebble(
+        &mut self,
+        args: &Args,
+        base: &std::path::Path,
+        http01_port: Option<u16>,
+        dns: Option<u16>,
+    ) -> anyhow::Result<()> {
+        let (cert_pem, key_pem, root_pem) = pebble_tls()?;
+        let (cert_path, key_path) = (base.join("pebble-tls.pem"), base.join("pebble-tls.key"));
+        std::fs::write(&cert_path, cert_pem)?;
+        std::fs::write(&key_path, key_pem)?;
+        let listen = free_port()?;
+        let mgmt = free_port()?;
+        let dead = free_port()?;
+        let config = json!({"pebble": {
+            "listenAddress": format!("127.0.0.1:{listen}"),
+            "managementListenAddress": format!("127.0.0.1:{mgmt}"),
+            "certificate": cert_path,
+            "privateKey": key_path,
+            "httpPort": http01_port.unwrap_or(dead),
+            "tlsPort": dead,
+            "ocspResponderURL": "",
+            "externalAccountBindingRequired": false,
+        }});
+        let config_path = base.join("pebble-config.json");
+        std::fs::write(&config_path, config.to_string())?;
+        let mut cmd = Command::new(&args.pebble_bin);
+        for (k, _) in std::env::vars() {
+            if k.starts_with("PEBBLE_") {
+                cmd.env_remove(k);
+            }
+        }
+        cmd.arg("-config")
+            .arg(&config_path)
+            .current_dir(base)
+            .env("PEBBLE_VA_NOSLEEP", "1")
+            .env("PEBBLE_WFE_NONCEREJECT", "0");
+        let mode = match dns {
+            Some(d) => {
+                cmd.arg("-dnsserver").arg(format!("127.0.0.1:{d}"));
+                format!(
+                    "-dnsserver 127.0.0.1:{d}, httpPort {}",
+                    http01_port.unwrap_or(dead)
+                )
+            }
+            None => {
+                cmd.env("PEBBLE_VA_ALWAYS_VALID", "1");
+                "PEBBLE_VA_ALWAYS_VALID=1".to_string()
+            }
+        };
+        cmd.envs(args.server_env.iter().filter_map(|kv| kv.split_once('=')));
+        let mut p = Proc::spawn("pebble", &mut cmd, base.join("pebble.log"))?;
+        let url = format!("https://127.0.0.1:{listen}/dir");
+        self.root_pem = p.wait_ready(&url, || Some(root_pem.clone()))?;
+        self.desc.push(format!(
+            "{} (pid {}), PEBBLE_VA_NOSLEEP=1 PEBBLE_WFE_NONCEREJECT=0 {mode}",
+            args.pebble_bin.display(),
+            p.pid
+        ));
+        self.servers.push(p);
+        self.dir_urls.push(url);
+        Ok(())
+    }
+
+    /// `--instances` × `cairn serve --preset P` on one data directory (and one fresh
+    /// database with `--database-url`), each on free loopback ports.
+    async fn start_cairn(
+        &mut self,
+        args: &Args,
+        base: &std::path::Path,
+        http01_port: Option<u16>,
+        dns: Option<u16>,
+        sql_log: bool,
+    ) -> anyhow::Result<()> {
         let bin = match &args.server_bin {
             Some(b) => b.clone(),
             // cargo builds the package's binaries (release profile) with a bench.
@@ -259,104 +702,251 @@ impl LocalServer {
                 bin.display()
             );
         }
-        let tmp = tempfile::Builder::new().prefix("cairn-bench-").tempdir()?;
-        let data_dir = tmp.path().join("data");
-        std::fs::create_dir_all(&data_dir)?;
-        let log_path = tmp.path().join("server.log");
-        let log = std::fs::File::create(&log_path)?;
-        let listen = free_port()?;
-        let mgmt = free_port()?;
-        // Nothing listens on this port: validation is always_valid and must not need DNS.
-        let dead = free_port()?;
-        let mut cmd = Command::new(&bin);
-        for (k, _) in std::env::vars() {
-            if k.starts_with("CAIRN_") && k != "CAIRN_LOG" {
-                cmd.env_remove(k);
-            }
+        if let Some(admin) = &args.database_url {
+            self.db = Some(Arc::new(FreshDb::create(admin).await?));
         }
-        cmd.arg("serve")
-            .arg("--preset")
-            .arg("test")
-            .arg("--data-dir")
-            .arg(&data_dir)
-            .env("CAIRN_SERVER_LISTEN", format!("127.0.0.1:{listen}"))
-            .env(
-                "CAIRN_SERVER_MANAGEMENT_LISTEN",
-                format!("127.0.0.1:{mgmt}"),
-            )
-            .env("CAIRN_VA_ALWAYS_VALID", "true")
-            .env("CAIRN_VA_RESOLVER", format!("127.0.0.1:{dead}"))
+        for i in 0..args.instances {
+            let listen = free_port()?;
+            let mgmt = free_port()?;
+            // Nothing listens here: always-valid validation must not need DNS.
+            let dead = free_port()?;
+            let mut cmd = Command::new(&bin);
+            for (k, _) in std::env::vars() {
+                if k.starts_with("CAIRN_") && k != "CAIRN_LOG" {
+                    cmd.env_remove(k);
+                }
+            }
+            cmd.arg("serve")
+                .arg("--preset")
+                .arg(&args.preset)
+                .arg("--data-dir")
+                .arg(&self.data_dir)
+                .env("CAIRN_SERVER_LISTEN", format!("127.0.0.1:{listen}"))
+                .env(
+                    "CAIRN_SERVER_MANAGEMENT_LISTEN",
+                    format!("127.0.0.1:{mgmt}"),
+                );
+            match (http01_port, dns) {
+                (Some(http), Some(dns)) => cmd
+                    .env("CAIRN_VA_ALWAYS_VALID", "false")
+                    .env("CAIRN_VA_HTTP01_PORT", http.to_string())
+                    .env("CAIRN_VA_RESOLVER", format!("127.0.0.1:{dns}")),
+                _ => cmd
+                    .env("CAIRN_VA_ALWAYS_VALID", "true")
+                    .env("CAIRN_VA_RESOLVER", format!("127.0.0.1:{dead}")),
+            };
+            if let Some(db) = &self.db {
+                cmd.env("CAIRN_DATABASE_URL", &db.url);
+            }
+            if sql_log {
+                cmd.env("CAIRN_LOG", "warn,sqlx::query=debug")
+                    .env("CAIRN_LOG_FORMAT", "json");
+            }
             // newNonce alone from one address runs into the per-IP request
             // rate of any limit set; this mode measures the server, not it.
-            .envs(
+            cmd.envs(
                 args.only_nonce
                     .then_some(("CAIRN_LIMITS_PROFILE", "unlimited")),
             )
-            .envs(args.server_env.iter().filter_map(|kv| kv.split_once('=')))
-            .stdin(Stdio::null())
-            .stdout(log.try_clone()?)
-            .stderr(log);
-        let child = cmd
-            .spawn()
-            .map_err(|e| anyhow::anyhow!("spawn {}: {e}", bin.display()))?;
-        let pid = child.id();
-        let keep = args.keep_data;
-        // --keep-data: the directory outlives the run on purpose.
-        let tmp = if keep {
-            let _ = tmp.keep();
-            None
-        } else {
-            Some(tmp)
-        };
-        let mut server = LocalServer {
-            child,
-            pid,
-            bin,
-            dir_url: format!("https://127.0.0.1:{listen}/directory"),
-            root_pem: Vec::new(),
-            log_path,
-            data_dir: data_dir.clone(),
-            keep,
-            _tmp: tmp,
-        };
-        server.wait_ready()?;
-        Ok(server)
-    }
-
-    /// Waits until `root.pem` exists and the directory answers over HTTPS.
-    fn wait_ready(&mut self) -> anyhow::Result<()> {
-        let deadline = Instant::now() + Duration::from_secs(30);
-        let root_path = self.data_dir.join("root.pem");
-        loop {
-            if let Ok(Some(status)) = self.child.try_wait() {
-                anyhow::bail!(
-                    "cairn serve exited during start ({status}); log:\n{}",
-                    std::fs::read_to_string(&self.log_path).unwrap_or_default()
-                );
-            }
-            if let Ok(pem) = std::fs::read(&root_path) {
-                if let Ok(client) = http_client(&pem) {
-                    let answered = std::thread::scope(|s| {
-                        s.spawn(|| probe_directory(&client, &self.dir_url))
-                            .join()
-                            .unwrap_or(false)
-                    });
-                    if answered {
-                        self.root_pem = pem;
-                        return Ok(());
-                    }
+            .envs(args.server_env.iter().filter_map(|kv| kv.split_once('=')));
+            let mut p = Proc::spawn(
+                &format!("cairn serve #{}", i + 1),
+                &mut cmd,
+                base.join(format!("server{}.log", i + 1)),
+            )?;
+            let url = format!("https://127.0.0.1:{listen}/directory");
+            let root_path = self.data_dir.join("root.pem");
+            self.root_pem = p.wait_ready(&url, || std::fs::read(&root_path).ok())?;
+            self.desc.push(format!(
+                "{} (pid {}), preset {}, {}, {}",
+                bin.display(),
+                p.pid,
+                args.preset,
+                if dns.is_some() {
+                    "real http-01"
+                } else {
+                    "always_valid"
+                },
+                match &self.db {
+                    Some(db) => format!("PostgreSQL database {}", db.name),
+                    None => "SQLite".to_string(),
                 }
-            }
-            if Instant::now() > deadline {
-                anyhow::bail!(
-                    "cairn serve did not answer {} within 30 s; log:\n{}",
-                    self.dir_url,
-                    std::fs::read_to_string(&self.log_path).unwrap_or_default()
-                );
-            }
-            std::thread::sleep(Duration::from_millis(50));
+            ));
+            self.servers.push(p);
+            self.dir_urls.push(url);
+        }
+        Ok(())
+    }
+}
+
+impl Drop for Rig {
+    fn drop(&mut self) {
+        // Servers first, so none is mid-request when its helpers or database go.
+        self.servers.clear();
+        self.helpers.clear();
+        if self.keep {
+            eprintln!("kept data dir {}", self.data_dir.display());
         }
     }
+}
+
+/// Pebble's HTTPS listener needs a certificate. Debian's package ships none (upstream's
+/// `test/certs` are not in it), so each run makes a throwaway root and a leaf for
+/// 127.0.0.1 and localhost, and the client trusts that root alone.
+fn pebble_tls() -> anyhow::Result<(String, String, Vec<u8>)> {
+    let ca_key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256)?;
+    let mut ca = rcgen::CertificateParams::new(Vec::<String>::new())?;
+    ca.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    ca.distinguished_name
+        .push(rcgen::DnType::CommonName, "issuance bench: Pebble TLS root");
+    let ca_cert = ca.self_signed(&ca_key)?;
+    let issuer = rcgen::Issuer::new(ca, ca_key);
+    let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256)?;
+    let mut leaf =
+        rcgen::CertificateParams::new(vec!["127.0.0.1".to_string(), "localhost".to_string()])?;
+    leaf.extended_key_usages = vec![rcgen::ExtendedKeyUsagePurpose::ServerAuth];
+    let cert = leaf.signed_by(&key, &issuer)?;
+    Ok((cert.pem(), key.serialize_pem(), ca_cert.pem().into_bytes()))
+}
+
+/// A database of its own on the PostgreSQL server at `--database-url`, dropped after
+/// the run, and the cluster's processes whose CPU is counted beside the server's.
+struct FreshDb {
+    admin_url: String,
+    name: String,
+    url: String,
+    /// A connection to the admin database, to list the processes working for ours.
+    watch: tokio::sync::Mutex<sqlx::PgConnection>,
+    /// The cluster's postmaster, when the cluster runs on this machine.
+    postmaster: Option<u32>,
+}
+
+impl FreshDb {
+    async fn create(admin_url: &str) -> anyhow::Result<FreshDb> {
+        use sqlx::Connection as _;
+        let mut conn = sqlx::PgConnection::connect(admin_url)
+            .await
+            .map_err(|e| anyhow::anyhow!("connect to --database-url: {e}"))?;
+        let name = format!("cairn_bench_{:016x}", rand::random::<u64>());
+        sqlx::query(&format!("CREATE DATABASE {name}"))
+            .execute(&mut conn)
+            .await?;
+        let backend: i32 = sqlx::query_scalar("SELECT pg_backend_pid()")
+            .fetch_one(&mut conn)
+            .await?;
+        // Our backend's parent is the postmaster, if that backend is a process here.
+        let postmaster = u32::try_from(backend)
+            .ok()
+            .filter(|pid| proc_comm(*pid).as_deref() == Some("postgres"))
+            .and_then(parent_pid);
+        let mut url = url::Url::parse(admin_url)?;
+        url.set_path(&format!("/{name}"));
+        Ok(FreshDb {
+            admin_url: admin_url.to_string(),
+            name,
+            url: url.to_string(),
+            watch: tokio::sync::Mutex::new(conn),
+            postmaster,
+        })
+    }
+
+    /// utime+stime ticks of each PostgreSQL process working for this database: its
+    /// backends, the cluster's background processes (they have no database) and the
+    /// postmaster. Other databases' backends (other users of a shared cluster) are
+    /// left out. None when the cluster's processes are not visible here.
+    async fn cpu_ticks(&self) -> Option<BTreeMap<u32, u64>> {
+        let postmaster = self.postmaster?;
+        let mut conn = self.watch.lock().await;
+        let pids: Vec<i32> = sqlx::query_scalar(
+            "SELECT pid FROM pg_stat_activity WHERE datname = $1 OR datname IS NULL",
+        )
+        .bind(&self.name)
+        .fetch_all(&mut *conn)
+        .await
+        .ok()?;
+        let mut out = BTreeMap::new();
+        for pid in pids
+            .into_iter()
+            .filter_map(|p| u32::try_from(p).ok())
+            .chain([postmaster])
+        {
+            if let Some((u, s)) = cpu_ticks(&pid.to_string()) {
+                out.insert(pid, u + s);
+            }
+        }
+        Some(out)
+    }
+}
+
+impl Drop for FreshDb {
+    fn drop(&mut self) {
+        let (admin, name) = (self.admin_url.clone(), self.name.clone());
+        // Drop may run inside the client's runtime: a private one on its own thread.
+        let dropped = std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .ok()?;
+            rt.block_on(async {
+                use sqlx::Connection as _;
+                let mut c = sqlx::PgConnection::connect(&admin).await.ok()?;
+                sqlx::query(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
+                    .execute(&mut c)
+                    .await
+                    .ok()
+            })
+        })
+        .join();
+        if !matches!(dropped, Ok(Some(_))) {
+            eprintln!("issuance: could not drop database {}", self.name);
+        }
+    }
+}
+
+/// The command name of a process (`/proc/<pid>/comm`).
+fn proc_comm(pid: u32) -> Option<String> {
+    std::fs::read_to_string(format!("/proc/{pid}/comm"))
+        .ok()
+        .map(|s| s.trim().to_string())
+}
+
+/// The parent of a process (`PPid` in `/proc/<pid>/status`).
+fn parent_pid(pid: u32) -> Option<u32> {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    s.lines()
+        .find_map(|l| l.strip_prefix("PPid:"))?
+        .trim()
+        .parse()
+        .ok()
+}
+
+/// Tokens the bench's http-01 responder answers, with their key authorizations.
+type KeyAuths = Arc<std::sync::Mutex<std::collections::HashMap<String, String>>>;
+
+/// The http-01 responder both servers validate against (`--http01`): one HTTP/1.1
+/// server in this process, on the client's runtime, answering every registered token.
+async fn start_responder(keyauths: KeyAuths) -> anyhow::Result<u16> {
+    async fn respond(
+        axum::extract::State(k): axum::extract::State<KeyAuths>,
+        axum::extract::Path(token): axum::extract::Path<String>,
+    ) -> Result<String, axum::http::StatusCode> {
+        k.lock()
+            .ok()
+            .and_then(|m| m.get(&token).cloned())
+            .ok_or(axum::http::StatusCode::NOT_FOUND)
+    }
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let port = listener.local_addr()?.port();
+    let app = axum::Router::new()
+        .route(
+            "/.well-known/acme-challenge/{token}",
+            axum::routing::get(respond),
+        )
+        .with_state(keyauths);
+    tokio::spawn(async move {
+        let _ = axum::serve(listener, app).await;
+    });
+    Ok(port)
 }
 
 /// One GET of the directory on a private runtime (the caller may be inside one).
@@ -368,20 +958,6 @@ fn probe_directory(client: &reqwest::Client, url: &str) -> bool {
         return false;
     };
     rt.block_on(async { matches!(client.get(url).send().await, Ok(r) if r.status().is_success()) })
-}
-
-impl Drop for LocalServer {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        if self.keep {
-            eprintln!(
-                "kept data dir {} and log {}",
-                self.data_dir.display(),
-                self.log_path.display()
-            );
-        }
-    }
 }
 
 fn free_port() -> std::io::Result<u16> {
@@ -425,10 +1001,10 @@ fn cpu_ticks(pid: &str) -> Option<(u64, u64)> {
     Some((f.get(11)?.parse().ok()?, f.get(12)?.parse().ok()?))
 }
 
-/// Resident set size in KiB (VmRSS from /proc/<pid>/status).
-fn rss_kib(pid: u32) -> Option<u64> {
+/// A size in KiB from /proc/<pid>/status: `VmRSS:` (resident now) or `VmHWM:` (peak).
+fn status_kib(pid: u32, key: &str) -> Option<u64> {
     let s = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    let line = s.lines().find(|l| l.starts_with("VmRSS:"))?;
+    let line = s.lines().find(|l| l.starts_with(key))?;
     line.split_whitespace().nth(1)?.parse().ok()
 }
 
@@ -454,29 +1030,68 @@ struct Snapshot {
     at: Instant,
     server: Option<(u64, u64)>,
     server_rss_kib: Option<u64>,
+    /// Peak RSS (VmHWM), summed over the server processes.
+    server_hwm_kib: Option<u64>,
     client: Option<(u64, u64)>,
     machine: Option<(u64, u64)>,
+    /// utime+stime ticks per PostgreSQL process working for the run's database.
+    db: Option<BTreeMap<u32, u64>>,
+    /// SQL statement lines in the servers' logs so far (`--count-sql` pass).
+    sql_lines: Option<u64>,
 }
 
 impl Snapshot {
-    fn take(pids: &[u32]) -> Snapshot {
+    async fn take(ctx: &Ctx) -> Snapshot {
+        let db = match &ctx.db {
+            Some(db) => db.cpu_ticks().await,
+            None => None,
+        };
+        let sql_lines = (!ctx.sql_logs.is_empty())
+            .then(|| {
+                ctx.sql_logs
+                    .iter()
+                    .map(|p| sql_log_lines(p))
+                    .sum::<Option<u64>>()
+            })
+            .flatten();
+        let pids = &ctx.pids;
         let sum = |v: Vec<Option<(u64, u64)>>| -> Option<(u64, u64)> {
             v.into_iter()
                 .try_fold((0, 0), |acc, x| x.map(|(u, s)| (acc.0 + u, acc.1 + s)))
         };
         let has = !pids.is_empty();
+        let status_sum = |key: &str| {
+            has.then(|| {
+                pids.iter()
+                    .map(|p| status_kib(*p, key))
+                    .sum::<Option<u64>>()
+            })
+            .flatten()
+        };
         Snapshot {
             at: Instant::now(),
             server: has
                 .then(|| sum(pids.iter().map(|p| cpu_ticks(&p.to_string())).collect()))
                 .flatten(),
-            server_rss_kib: has
-                .then(|| pids.iter().map(|p| rss_kib(*p)).sum::<Option<u64>>())
-                .flatten(),
+            server_rss_kib: status_sum("VmRSS:"),
+            server_hwm_kib: status_sum("VmHWM:"),
             client: cpu_ticks("self"),
             machine: machine_ticks(),
+            db,
+            sql_lines,
         }
     }
+}
+
+/// Lines of one SQL statement each in a Cairn log written with
+/// `CAIRN_LOG=warn,sqlx::query=debug` and `CAIRN_LOG_FORMAT=json`.
+fn sql_log_lines(path: &std::path::Path) -> Option<u64> {
+    let s = std::fs::read_to_string(path).ok()?;
+    Some(
+        s.lines()
+            .filter(|l| l.contains(r#""target":"sqlx::query""#))
+            .count() as u64,
+    )
 }
 
 // ---------------------------------------------------------------------------------------
@@ -566,6 +1181,14 @@ struct Acme {
     cert_key: rcgen::KeyPair,
     /// The PEM chain of the last certificate issued (for `--only-ari`).
     last_cert: Vec<u8>,
+    /// HTTP requests sent (every attempt, newNonce included).
+    requests: u64,
+    /// RFC 7638 thumbprint of the account key, for http-01 key authorizations.
+    thumbprint: String,
+    /// Where to publish http-01 key authorizations (`--http01`).
+    keyauths: Option<KeyAuths>,
+    /// Against Pebble only: see `PebbleLock`.
+    pebble_lock: Option<PebbleLock>,
 }
 
 impl Acme {
@@ -582,7 +1205,21 @@ impl Acme {
                 jwk.insert(k.to_string(), v.clone());
             }
         }
+        // RFC 7638: the required members in lexicographic order, no whitespace.
+        let member = |k: &str| jwk.get(k).and_then(Value::as_str).unwrap_or_default();
+        let canonical = format!(
+            r#"{{"crv":"{}","kty":"{}","x":"{}","y":"{}"}}"#,
+            member("crv"),
+            member("kty"),
+            member("x"),
+            member("y")
+        );
+        let thumbprint = B64.encode(<sha2::Sha256 as sha2::Digest>::digest(canonical));
         Ok(Acme {
+            requests: 0,
+            thumbprint,
+            keyauths: None,
+            pebble_lock: None,
             http: http_client(root_pem)?,
             target,
             signer,
@@ -597,6 +1234,7 @@ impl Acme {
 
     /// HEAD newNonce.
     async fn fetch_nonce(&mut self, step: &'static str) -> Result<String, FlowError> {
+        self.requests += 1;
         let resp = self
             .http
             .head(&self.target.new_nonce)
@@ -639,6 +1277,7 @@ impl Acme {
                 None => self.fetch_nonce(step).await?,
             };
             let body = self.sign(url, &nonce, payload);
+            self.requests += 1;
             let resp = self
                 .http
                 .post(url)
@@ -698,7 +1337,13 @@ impl Acme {
         let start = Instant::now();
         let url = self.target.new_order.clone();
         let payload = json!({"identifiers": [{"type": "dns", "value": name}]}).to_string();
-        let r = self.post("newOrder", &url, payload.as_bytes()).await?;
+        let r = {
+            let _exclusive = match &self.pebble_lock {
+                Some(l) => Some(l.clone().write_owned().await),
+                None => None,
+            };
+            self.post("newOrder", &url, payload.as_bytes()).await?
+        };
         let order_url = r
             .location
             .clone()
@@ -709,25 +1354,51 @@ impl Acme {
         let t_new_order = start.elapsed();
 
         let t = Instant::now();
-        let authz = self.post("authz", &authz_url, b"").await?.json("authz")?;
-        let chall_url = authz["challenges"]
-            .as_array()
-            .and_then(|cs| {
-                cs.iter()
-                    .find(|c| c["type"] == "http-01")
-                    .or_else(|| cs.first())
-            })
+        let authz = {
+            let _shared = match &self.pebble_lock {
+                Some(l) => Some(l.clone().read_owned().await),
+                None => None,
+            };
+            self.post("authz", &authz_url, b"").await?.json("authz")?
+        };
+        let chall = authz["challenges"].as_array().and_then(|cs| {
+            cs.iter()
+                .find(|c| c["type"] == "http-01")
+                .or_else(|| cs.first())
+        });
+        let chall_url = chall
             .and_then(|c| c["url"].as_str())
             .map(str::to_string)
             .ok_or_else(|| flow_err("authz", "no challenge"))?;
+        let token = chall.and_then(|c| c["token"].as_str()).map(str::to_string);
         let t_authz = t.elapsed();
 
         let t = Instant::now();
-        self.post("challenge", &chall_url, b"{}").await?;
+        let published = match (&self.keyauths, token) {
+            (Some(k), Some(token)) => {
+                let keyauth = format!("{token}.{}", self.thumbprint);
+                if let Ok(mut m) = k.lock() {
+                    m.insert(token.clone(), keyauth);
+                }
+                Some((k.clone(), token))
+            }
+            (Some(_), None) => return Err(flow_err("authz", "http-01 challenge without token")),
+            _ => None,
+        };
+        let answered = self.post("challenge", &chall_url, b"{}").await;
         let t_challenge = t.elapsed();
 
         let t = Instant::now();
-        let (_, polls) = self.poll_order(&order_url, "ready", "poll").await?;
+        let polled = match answered {
+            Ok(_) => self.poll_order(&order_url, "ready", "poll").await,
+            Err(e) => Err(e),
+        };
+        if let Some((k, token)) = published {
+            if let Ok(mut m) = k.lock() {
+                m.remove(&token);
+            }
+        }
+        let (_, polls) = polled?;
         let t_poll = t.elapsed();
 
         let t = Instant::now();
@@ -831,7 +1502,50 @@ struct Ctx {
     root_pem: Vec<u8>,
     pids: Vec<u32>,
     clk_tck: f64,
+    /// The database whose PostgreSQL processes' CPU is counted.
+    db: Option<Arc<FreshDb>>,
+    /// Server logs whose SQL statement lines are counted (the `--count-sql` pass).
+    sql_logs: Vec<PathBuf>,
+    /// The http-01 responder's tokens (`--http01`).
+    keyauths: Option<KeyAuths>,
+    /// Against Pebble: keeps newOrder and authorization reads apart.
+    pebble_lock: Option<PebbleLock>,
 }
+
+impl Ctx {
+    async fn new(
+        dir_urls: &[String],
+        root_pem: Vec<u8>,
+        pids: Vec<u32>,
+        db: Option<Arc<FreshDb>>,
+        sql_logs: Vec<PathBuf>,
+        keyauths: Option<KeyAuths>,
+        pebble: bool,
+    ) -> anyhow::Result<Ctx> {
+        let mut targets = Vec::new();
+        for url in dir_urls {
+            targets.push(Arc::new(Target::discover(url, &root_pem).await?));
+        }
+        Ok(Ctx {
+            targets,
+            root_pem,
+            pids,
+            clk_tck: clock_ticks_per_second(),
+            db,
+            sql_logs,
+            keyauths,
+            pebble_lock: pebble.then(PebbleLock::default),
+        })
+    }
+}
+
+/// Pebble 2.4 deadlocks when a newOrder overlaps a POST-as-GET of an authorization:
+/// its in-memory store takes its orders and authorizations locks in opposite orders
+/// on those two paths. Against Pebble, every worker's newOrder holds this lock
+/// exclusively for the whole request and every authorization read holds it shared,
+/// so the two never overlap at the server (other requests are not held back). The
+/// wait counts in that flow's latency: it is what it costs to drive Pebble at all.
+type PebbleLock = Arc<tokio::sync::RwLock<()>>;
 
 struct Limit {
     duration: Duration,
@@ -860,6 +1574,8 @@ struct WorkerStats {
     nonce_latencies: Vec<Duration>,
     errors: BTreeMap<String, u64>,
     bad_nonce_retries: u64,
+    /// HTTP requests sent while measuring.
+    requests: u64,
 }
 
 /// Shared stop conditions of one phase.
@@ -917,7 +1633,10 @@ async fn make_clients(ctx: &Ctx, n: usize, accounts: bool) -> anyhow::Result<Vec
     let mut clients = Vec::with_capacity(n);
     for i in 0..n {
         let target = ctx.targets[i % ctx.targets.len()].clone();
-        clients.push(Acme::new(target, &ctx.root_pem)?);
+        let mut c = Acme::new(target, &ctx.root_pem)?;
+        c.keyauths = ctx.keyauths.clone();
+        c.pebble_lock = ctx.pebble_lock.clone();
+        clients.push(c);
     }
     if accounts {
         // Concurrently, so the setup of 32 accounts takes one round trip's worth.
@@ -941,13 +1660,15 @@ async fn run_issuance_phase(
     db_issuances_before: Option<u64>,
 ) -> anyhow::Result<Report> {
     let clients = make_clients(ctx, concurrency, true).await?;
-    let before = Snapshot::take(&ctx.pids);
+    let before = Snapshot::take(ctx).await;
     let gate = Arc::new(Gate::new(limit, before.at));
     let mut handles = Vec::new();
     for mut c in clients {
         let gate = gate.clone();
         handles.push(tokio::spawn(async move {
             let mut stats = WorkerStats::default();
+            // Account set-up is outside the window.
+            c.requests = 0;
             while gate.claim() {
                 let name = format!("{:016x}.example.com", rand::random::<u64>());
                 let csr = match make_csr(&name, &c.cert_key) {
@@ -976,11 +1697,12 @@ async fn run_issuance_phase(
                 }
             }
             stats.bad_nonce_retries = c.bad_nonce_retries;
+            stats.requests = c.requests;
             stats
         }));
     }
     let stats = join_workers(handles).await?;
-    let after = Snapshot::take(&ctx.pids);
+    let after = Snapshot::take(ctx).await;
     Ok(Report::new(
         Mode::Issuance,
         label,
@@ -1061,7 +1783,7 @@ async fn run_request_phase(
     for (c, method, url) in &targets {
         let _ = c.http.request(method.clone(), url).send().await;
     }
-    let before = Snapshot::take(&ctx.pids);
+    let before = Snapshot::take(ctx).await;
     let gate = Arc::new(Gate::new(limit, before.at));
     let mut handles = Vec::new();
     for (c, method, url) in targets {
@@ -1070,6 +1792,7 @@ async fn run_request_phase(
             let mut stats = WorkerStats::default();
             while gate.claim() {
                 let t = Instant::now();
+                stats.requests += 1;
                 let ok = match c.http.request(method.clone(), &url).send().await {
                     Ok(resp) if resp.status().is_success() => {
                         let has = resp.headers().contains_key(header);
@@ -1101,7 +1824,7 @@ async fn run_request_phase(
         }));
     }
     let stats = join_workers(handles).await?;
-    let after = Snapshot::take(&ctx.pids);
+    let after = Snapshot::take(ctx).await;
     Ok(Report::new(
         Mode::Nonce,
         label,
@@ -1139,6 +1862,7 @@ async fn join_workers(
             *all.errors.entry(k).or_default() += v;
         }
         all.bad_nonce_retries += s.bad_nonce_retries;
+        all.requests += s.requests;
     }
     Ok(all)
 }
@@ -1208,7 +1932,17 @@ struct Report {
     other_busy: Option<f64>,
     rss_start_kib: Option<u64>,
     rss_end_kib: Option<u64>,
+    /// Peak RSS (VmHWM) of the server process(es) at the end, start-up included.
+    hwm_kib: Option<u64>,
     db_issuances_before: Option<u64>,
+    /// HTTP requests the client sent in the window.
+    requests: u64,
+    /// CPU seconds of the PostgreSQL processes working for the run's database.
+    db_cpu_s: Option<f64>,
+    /// SQL statements logged in the window (`--count-sql` pass).
+    sql_statements: Option<u64>,
+    /// SQL statements per issuance, from the `--count-sql` pass.
+    sql_per_op: Option<f64>,
 }
 
 impl Report {
@@ -1239,18 +1973,33 @@ impl Report {
             }
             _ => None,
         };
-        // What neither the server nor this bench used: other processes on the machine
-        // (builds, tests), which make latencies noisy. /proc/stat counts in USER_HZ,
-        // the same unit as CLK_TCK on Linux.
+        // A process that started within the window counts from zero; one that ended
+        // within it is lost (the pool keeps its connections for the whole run).
+        let db_cpu_s = match (&before.db, &after.db) {
+            (Some(b), Some(a)) => Some(
+                a.iter()
+                    .map(|(pid, t)| t.saturating_sub(b.get(pid).copied().unwrap_or(0)))
+                    .sum::<u64>() as f64
+                    / ctx.clk_tck,
+            ),
+            _ => None,
+        };
+        // What neither the server (nor its PostgreSQL) nor this bench used: other
+        // processes on the machine (builds, tests), which make latencies noisy.
+        // /proc/stat counts in USER_HZ, the same unit as CLK_TCK on Linux.
         let other_busy = match (before.machine, after.machine, client_s) {
             (Some(b), Some(a), Some(c)) if a.1 > b.1 => {
                 let server = server_user_s.zip(server_sys_s).map_or(0.0, |(u, s)| u + s);
                 let busy = secs(b.0, a.0);
-                Some(((busy - server - c) / secs(b.1, a.1) * 100.0).max(0.0))
+                let db = db_cpu_s.unwrap_or(0.0);
+                Some(((busy - server - db - c) / secs(b.1, a.1) * 100.0).max(0.0))
             }
             _ => None,
         };
-
+        let sql_statements = match (before.sql_lines, after.sql_lines) {
+            (Some(b), Some(a)) => Some(a.saturating_sub(b)),
+            _ => None,
+        };
         let issuances = match mode {
             Mode::Issuance => stats.timings.len(),
             Mode::Nonce => stats.nonce_latencies.len(),
@@ -1302,7 +2051,12 @@ impl Report {
             other_busy,
             rss_start_kib: before.server_rss_kib,
             rss_end_kib: after.server_rss_kib,
+            hwm_kib: after.server_hwm_kib,
             db_issuances_before,
+            requests: stats.requests,
+            db_cpu_s,
+            sql_statements,
+            sql_per_op: None,
         }
     }
 
@@ -1322,6 +2076,14 @@ impl Report {
     fn server_ms_per_op(&self) -> Option<f64> {
         (self.issuances > 0)
             .then(|| self.server_cpu_s().map(|s| s * 1e3 / self.issuances as f64))?
+    }
+
+    fn db_ms_per_op(&self) -> Option<f64> {
+        (self.issuances > 0).then(|| self.db_cpu_s.map(|s| s * 1e3 / self.issuances as f64))?
+    }
+
+    fn requests_per_op(&self) -> Option<f64> {
+        (self.issuances > 0).then(|| self.requests as f64 / self.issuances as f64)
     }
 
     fn client_ms_per_op(&self) -> Option<f64> {
@@ -1373,6 +2135,28 @@ impl Report {
             opt(self.server_sys_s, 2),
             opt(self.server_cpu_s(), 2),
         ));
+        if self.db_cpu_s.is_some() {
+            out.push_str(&format!(
+                "{:<24}{} ms/{} ({} s)\n",
+                "PostgreSQL CPU",
+                opt(self.db_ms_per_op(), 3),
+                self.unit(),
+                opt(self.db_cpu_s, 2),
+            ));
+        }
+        out.push_str(&format!(
+            "{:<24}{} per {}\n",
+            "requests",
+            opt(self.requests_per_op(), 2),
+            self.unit()
+        ));
+        if let Some(n) = self.sql_per_op {
+            out.push_str(&format!(
+                "{:<24}{n:.1} per {} (separate run with the statement log on)\n",
+                "SQL statements",
+                self.unit()
+            ));
+        }
         out.push_str(&format!(
             "{:<24}{} ms/{} ({} s)\n",
             "client CPU (this bench)",
@@ -1387,10 +2171,11 @@ impl Report {
             opt(self.other_busy, 0)
         ));
         out.push_str(&format!(
-            "{:<24}start {}, end {}\n",
+            "{:<24}start {}, end {}, peak (VmHWM) {}\n",
             "server RSS",
             mib(self.rss_start_kib),
-            mib(self.rss_end_kib)
+            mib(self.rss_end_kib),
+            mib(self.hwm_kib)
         ));
         if self.mode == Mode::Issuance {
             out.push_str(&format!(
@@ -1449,6 +2234,12 @@ impl Report {
             "other_processes_busy_pct": r3(self.other_busy),
             "server_rss_kib_start": self.rss_start_kib,
             "server_rss_kib_end": self.rss_end_kib,
+            "server_hwm_kib": self.hwm_kib,
+            "requests": self.requests,
+            "requests_per_op": r3(self.requests_per_op()),
+            "db_cpu_s": r3(self.db_cpu_s),
+            "db_cpu_ms_per_op": r3(self.db_ms_per_op()),
+            "sql_per_op": self.sql_per_op.map(|x| (x * 10.0).round() / 10.0),
             "polls_per_flow": r3(Some(self.polls_per_flow)),
             "bad_nonce_retries": self.bad_nonce_retries,
             "errors": self.errors,
@@ -1485,16 +2276,19 @@ fn print_comparison(reports: &[Report]) {
     }
 }
 
-fn print_header(args: &Args, ctx: &Ctx, local: Option<&LocalServer>) {
+fn print_header(args: &Args, ctx: &Ctx, rig: Option<&Rig>) {
     println!("Cairn issuance benchmark");
-    match local {
-        Some(s) => {
-            println!(
-                "server: {} (pid {}), preset test, always_valid, data dir {}",
-                s.bin.display(),
-                s.pid,
-                s.data_dir.display()
-            );
+    match rig {
+        Some(r) => {
+            for d in &r.desc {
+                println!("started: {d}");
+            }
+            println!("data dir {}", r.data_dir.display());
+            if ctx.pebble_lock.is_some() {
+                println!(
+                    "client: newOrder never overlaps an authorization read (Pebble 2.4 deadlock)"
+                );
+            }
         }
         None => println!(
             "server: {} running instance(s), pids {:?}",
@@ -1530,4 +2324,160 @@ fn print_header(args: &Args, ctx: &Ctx, local: Option<&LocalServer>) {
         ctx.clk_tck
     );
     let _ = std::io::stdout().flush();
+}
+
+// ---------------------------------------------------------------------------------------
+// scripts/bench-vs-pebble: the side-by-side tables
+// ---------------------------------------------------------------------------------------
+
+/// The Markdown tables of scripts/bench-vs-pebble, from the JSON lines its runs wrote
+/// with --json-out: every run in the order it ran, then Cairn/Pebble ratios per row
+/// (means over each side's runs).
+fn summarize(path: &std::path::Path) -> anyhow::Result<String> {
+    let text = std::fs::read_to_string(path)?;
+    let runs = text
+        .lines()
+        .filter(|l| !l.trim().is_empty())
+        .map(serde_json::from_str)
+        .collect::<Result<Vec<Value>, _>>()?;
+    let row_of = |r: &Value| r["row"].as_str().unwrap_or("(no row)").to_string();
+    let is_pebble = |r: &Value| r["server"].as_str() == Some("Pebble");
+    let num = |r: &Value, k: &str| r[k].as_f64();
+    // The latency of one whole operation: an issuance, or the one request of a row
+    // that measures a single kind of request.
+    let whole = |r: &Value, p: &str| {
+        let lat = &r["latency_ms"];
+        lat["whole flow"][p]
+            .as_f64()
+            .or_else(|| lat["HEAD newNonce"][p].as_f64())
+            .or_else(|| lat["GET renewalInfo"][p].as_f64())
+    };
+    // Cairn's CPU per operation includes PostgreSQL's when there is one.
+    let cpu_total = |r: &Value| {
+        Some(num(r, "server_cpu_ms_per_op")? + num(r, "db_cpu_ms_per_op").unwrap_or(0.0))
+    };
+    let fmt_rate = |x: f64| {
+        if x >= 1000.0 {
+            format!("{x:.0}")
+        } else {
+            format!("{x:.1}")
+        }
+    };
+    let fmt_ms = |x: f64| {
+        if x < 0.1 {
+            format!("{x:.3}")
+        } else if x < 10.0 {
+            format!("{x:.2}")
+        } else {
+            format!("{x:.1}")
+        }
+    };
+    let or_dash = |v: Option<String>| v.unwrap_or_else(|| "–".to_string());
+
+    let mut out = String::new();
+    out.push_str(
+        "| row | server | per second | whole p50 / p99 (ms) | server CPU (ms) | PostgreSQL CPU (ms) \
+         | requests | SQL statements | peak RSS (VmHWM) | errors | other processes |\n\
+         |---|---|---|---|---|---|---|---|---|---|---|\n",
+    );
+    for r in &runs {
+        let (row, server) = (row_of(r), r["server"].as_str().unwrap_or("?"));
+        if let Some(why) = r["failed"].as_str() {
+            out.push_str(&format!(
+                "| {row} | {server} | **failed**: {} | | | | | | | | |\n",
+                why.replace('|', "\\|")
+            ));
+            continue;
+        }
+        let errors: u64 = r["errors"]
+            .as_object()
+            .map(|m| m.values().filter_map(Value::as_u64).sum())
+            .unwrap_or(0);
+        out.push_str(&format!(
+            "| {row} | {server} | {} | {} / {} | {} | {} | {} | {} | {} | {errors} | {} |\n",
+            or_dash(num(r, "per_second").map(fmt_rate)),
+            or_dash(whole(r, "p50").map(fmt_ms)),
+            or_dash(whole(r, "p99").map(fmt_ms)),
+            or_dash(num(r, "server_cpu_ms_per_op").map(fmt_ms)),
+            or_dash(num(r, "db_cpu_ms_per_op").map(fmt_ms)),
+            or_dash(num(r, "requests_per_op").map(|x| format!("{x:.2}"))),
+            or_dash(num(r, "sql_per_op").map(|x| format!("{x:.1}"))),
+            or_dash(
+                r["server_hwm_kib"]
+                    .as_u64()
+                    .map(|k| format!("{:.1} MiB", k as f64 / 1024.0))
+            ),
+            or_dash(num(r, "other_processes_busy_pct").map(|x| format!("{x:.0}%"))),
+        ));
+    }
+
+    // Rows in the order they first ran; each side's successful runs.
+    let mut rows: Vec<String> = Vec::new();
+    for r in &runs {
+        let row = row_of(r);
+        if !rows.contains(&row) {
+            rows.push(row);
+        }
+    }
+    let ok = |row: &str, pebble: bool| -> Vec<&Value> {
+        runs.iter()
+            .filter(|r| row_of(r) == row && is_pebble(r) == pebble && r["failed"].is_null())
+            .collect()
+    };
+    let mean = |v: &[&Value], f: &dyn Fn(&Value) -> Option<f64>| {
+        let xs: Vec<f64> = v.iter().filter_map(|r| f(r)).collect();
+        (!xs.is_empty()).then(|| xs.iter().sum::<f64>() / xs.len() as f64)
+    };
+    let ratio = |a: Option<f64>, b: Option<f64>| match (a, b) {
+        (Some(a), Some(b)) if b > 0.0 => format!("{:.2}", a / b),
+        _ => "–".to_string(),
+    };
+    out.push_str(
+        "\nCairn / Pebble (means over each side's runs; CPU is Cairn's plus PostgreSQL's \
+         where it runs; for a Cairn-only row, against Pebble's row named):\n\n\
+         | row | against Pebble's | throughput | server CPU per operation | whole p50 | whole p99 | Cairn's CPU against Cairn's in that row |\n\
+         |---|---|---|---|---|---|---|\n",
+    );
+    for row in &rows {
+        let cairn = ok(row, false);
+        if cairn.is_empty() {
+            continue;
+        }
+        let own_pebble = ok(row, true);
+        let baseline = cairn
+            .iter()
+            .find_map(|r| r["baseline"].as_str())
+            .map(str::to_string);
+        let (against, pebble) = if !own_pebble.is_empty() {
+            (row.clone(), own_pebble)
+        } else if let Some(b) = &baseline {
+            (b.clone(), ok(b, true))
+        } else {
+            continue;
+        };
+        let cairn_in_baseline = match (&baseline, against == *row) {
+            (Some(b), false) => ratio(
+                mean(&cairn, &|r| num(r, "server_cpu_ms_per_op")),
+                mean(&ok(b, false), &|r| num(r, "server_cpu_ms_per_op")),
+            ),
+            _ => "–".to_string(),
+        };
+        out.push_str(&format!(
+            "| {row} | {against} | {} | {} | {} | {} | {cairn_in_baseline} |\n",
+            ratio(
+                mean(&cairn, &|r| num(r, "per_second")),
+                mean(&pebble, &|r| num(r, "per_second"))
+            ),
+            ratio(mean(&cairn, &cpu_total), mean(&pebble, &cpu_total)),
+            ratio(
+                mean(&cairn, &|r| whole(r, "p50")),
+                mean(&pebble, &|r| whole(r, "p50"))
+            ),
+            ratio(
+                mean(&cairn, &|r| whole(r, "p99")),
+                mean(&pebble, &|r| whole(r, "p99"))
+            ),
+        ));
+    }
+    Ok(out)
 }
