@@ -228,7 +228,7 @@ async fn serve_crl(
     headers: HeaderMap,
 ) -> Response {
     if n != "0" {
-        return (StatusCode::NOT_FOUND, "no such CRL\n").into_response();
+        return crate::problem::Problem::not_found("no such CRL").into_response();
     }
     let crl = match publisher.current().await {
         Ok(crl) => crl,

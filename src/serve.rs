@@ -153,7 +153,11 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
                 .route("/ready", get(ready))
                 .with_state(observed),
         )
-        .merge(crate::lookup::router(ra.clone()));
+        .merge(crate::lookup::router(ra.clone()))
+        // Every answer the management listener shapes is a problem
+        // document too, unknown paths and methods included.
+        .fallback(|| async { crate::problem::Problem::not_found("no such resource") })
+        .method_not_allowed_fallback(|| async { crate::problem::Problem::method_not_allowed() });
         let (scheme, mgmt_tls) = if cfg.server.management_tls {
             ("https", Some(tls.clone()))
         } else {
@@ -459,14 +463,14 @@ fn pem(body: &str) -> Response {
 async fn root(State(ca): State<Arc<Ca>>, Path(n): Path<String>) -> Response {
     match n.as_str() {
         "0" => pem(ca.root_pem()),
-        _ => (StatusCode::NOT_FOUND, "no such root\n").into_response(),
+        _ => crate::problem::Problem::not_found("no such root").into_response(),
     }
 }
 
 async fn intermediate(State(ca): State<Arc<Ca>>, Path(n): Path<String>) -> Response {
     match n.as_str() {
         "0" => pem(ca.intermediate_pem()),
-        _ => (StatusCode::NOT_FOUND, "no such intermediate\n").into_response(),
+        _ => crate::problem::Problem::not_found("no such intermediate").into_response(),
     }
 }
 
@@ -482,15 +486,12 @@ async fn intermediate_key(State(ca): State<Arc<Ca>>, Path(n): Path<String>) -> R
 
 fn ca_key(ca: &Ca, n: &str, root: bool) -> Response {
     if n != "0" {
-        return (StatusCode::NOT_FOUND, "no such key\n").into_response();
+        return crate::problem::Problem::not_found("no such key").into_response();
     }
     match ca.key_pems() {
         Ok((root_key, int_key)) => match if root { root_key } else { int_key } {
             Some(pem) => ([(header::CONTENT_TYPE, "application/x-pem-file")], pem).into_response(),
-            None => (
-                StatusCode::NOT_FOUND,
-                "the key is not in the data directory\n",
-            )
+            None => crate::problem::Problem::not_found("the key is not in the data directory")
                 .into_response(),
         },
         Err(e) => crate::problem::Problem::internal(e).into_response(),
@@ -523,7 +524,9 @@ async fn cert_status(State(store): State<DynStore>, Path(serial): Path<String>) 
     };
     let cert = match store.certificate(&key).await {
         Ok(Some(c)) => c,
-        Ok(None) => return (StatusCode::NOT_FOUND, "no such certificate\n").into_response(),
+        Ok(None) => {
+            return crate::problem::Problem::not_found("no such certificate").into_response()
+        }
         Err(e) => return crate::problem::Problem::internal(e).into_response(),
     };
     let pem = format!(

@@ -115,6 +115,18 @@ async fn metrics_count_a_real_issuance() {
 #[tokio::test]
 async fn health_and_ready() {
     let server = Server::start(ServerOpts::test());
+    // What the management listener refuses is a problem document too.
+    for path in ["/roots/7", "/intermediates/x", "/crl/9", "/no/such/thing"] {
+        let r = reqwest::get(format!("{}{path}", server.mgmt_url))
+            .await
+            .expect("GET");
+        assert_eq!(r.status(), 404, "{path}");
+        assert_eq!(
+            r.headers()["content-type"].to_str().unwrap_or_default(),
+            "application/problem+json",
+            "{path}"
+        );
+    }
     let (status, body) = mgmt_get(&server, "/health").await;
     assert_eq!(status, 200, "{body}");
     let (status, body) = mgmt_get(&server, "/ready").await;
