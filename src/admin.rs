@@ -601,7 +601,7 @@ async fn accounts(src: &Sources, cmd: AccountsCommand) -> anyhow::Result<()> {
                 "id": id.0,
                 "status": acct.status.as_str(),
                 "contact": acct.contact,
-                "createdAt": crate::wfe::rfc3339(acct.created_at),
+                "createdAt": fmt_time(acct.created_at),
                 "keyThumbprint": acct.thumbprint,
                 "keyType": key_type,
                 "certificates": certs.len(),
@@ -615,7 +615,7 @@ async fn accounts(src: &Sources, cmd: AccountsCommand) -> anyhow::Result<()> {
         println!("account     {}", id.0);
         println!("status      {}", acct.status.as_str());
         println!("contact     {}", acct.contact.join(", "));
-        println!("created     {}", crate::wfe::rfc3339(acct.created_at));
+        println!("created     {}", fmt_time(acct.created_at));
         println!("key         {key_type}, thumbprint {}", acct.thumbprint);
         println!("certs       {} ({valid} valid)", certs.len());
         if let Some((left, burst)) = orders {

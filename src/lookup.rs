@@ -98,13 +98,9 @@ fn esc(s: &str) -> String {
         .replace('\'', "&#39;")
 }
 
+/// Unix seconds in the page's form, the one rate-limit details use.
 fn utc(unix: i64) -> String {
-    let fmt =
-        time::macros::format_description!("[year]-[month]-[day] [hour]:[minute]:[second] UTC");
-    time::OffsetDateTime::from_unix_timestamp(unix)
-        .ok()
-        .and_then(|t| t.format(&fmt).ok())
-        .unwrap_or_default()
+    crate::ratelimit::format_utc(unix.saturating_mul(1_000_000_000))
 }
 
 fn render(p: &Params, r: Option<&StatusReport>, error: Option<&str>) -> String {
