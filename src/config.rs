@@ -32,6 +32,41 @@ pub struct Config {
     pub policy: PolicyConfig,
     /// Rate limits (LIMITS.md): `[limits]`, see `crate::ratelimit`.
     pub limits: crate::ratelimit::LimitsConfig,
+    /// Certificate profiles offered (directory `meta.profiles`), by name.
+    /// A `[profiles]` table in a file replaces the preset's whole set.
+    pub profiles: std::collections::BTreeMap<String, ProfileConfig>,
+}
+
+/// A certificate profile: what an order of this profile may contain, how
+/// long its authorizations live, and what its certificate looks like.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct ProfileConfig {
+    /// Shown in the directory's `meta.profiles`.
+    pub description: String,
+    /// Certificate validity, seconds (notAfter - notBefore).
+    pub validity_secs: u64,
+    /// Identifier types an order may contain: `dns`, `ip`.
+    pub identifier_types: Vec<crate::core::IdentifierType>,
+    /// Maximum identifiers per order (1-100).
+    pub max_names: usize,
+    /// Lifetime of a pending authorization and of an order, seconds.
+    pub pending_authz_lifetime_secs: u64,
+    pub order_lifetime_secs: u64,
+    /// How long a valid authorization is reused by later orders of the same
+    /// account and profile, seconds.
+    pub valid_authz_lifetime_secs: u64,
+    /// Put a dNSName in the subject common name (the CSR's CN if it asks
+    /// for one of the order's names, else the first).
+    pub common_name: bool,
+    /// Include the Subject Key Identifier extension.
+    pub subject_key_id: bool,
+    /// Add TLS Client Authentication to the extended key usages (always
+    /// TLS Server Authentication).
+    pub client_auth: bool,
+    /// Add the keyEncipherment key usage for RSA keys (TLS 1.2 RSA key
+    /// exchange; always digitalSignature).
+    pub key_encipherment: bool,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -124,8 +159,6 @@ pub struct CaConfig {
     /// Subject common names of the generated hierarchy.
     pub root_name: String,
     pub intermediate_name: String,
-    /// Validity of issued end-entity certificates, in seconds (90 days default).
-    pub cert_validity_secs: u64,
     /// Base URL (plain HTTP) where the issuer certificate is published, used
     /// in the AIA caIssuers field and the CRL distribution point (the CRL is
     /// `<issuer_base_url>/crl/0`). Empty: `http://<management_listen>`.
@@ -152,15 +185,10 @@ pub struct AcmeConfig {
     pub website: String,
     pub caa_identities: Vec<String>,
     pub external_account_required: bool,
-    /// Lifetime of a pending authorization and of an order, seconds.
-    pub pending_authz_lifetime_secs: u64,
-    pub order_lifetime_secs: u64,
-    /// Lifetime of a valid authorization (reused by later orders), seconds.
-    pub valid_authz_lifetime_secs: u64,
+    /// The profile of orders that name none; one of `[profiles]`.
+    pub default_profile: String,
     /// Orders per page in the account's orders list.
     pub orders_per_page: u32,
-    /// Maximum identifiers per order.
-    pub max_names: usize,
     /// Maximum contacts per account.
     pub max_contacts: usize,
     /// `Retry-After` on pending challenges/authorizations and processing orders.
@@ -277,6 +305,80 @@ impl Config {
         Ok(cfg)
     }
 
+    /// The profile named `name`; `""` (orders from before profiles) is the
+    /// default profile.
+    pub fn profile(&self, name: &str) -> Option<&ProfileConfig> {
+        let name = if name.is_empty() {
+            &self.acme.default_profile
+        } else {
+            name
+        };
+        self.profiles.get(name)
+    }
+
+    /// A profile of the `test` preset, for unit tests.
+    #[cfg(test)]
+    pub fn test_profile(name: &str) -> ProfileConfig {
+        let src = Sources {
+            preset: Some("test".into()),
+            ..Sources::default()
+        };
+        let cfg = Config::load_with_env(&src, |_| None).expect("test preset loads");
+        cfg.profiles[name].clone()
+    }
+
+    /// The longest validity of any profile: how far back an earlier
+    /// certificate for the same names may still be live.
+    pub fn max_validity_secs(&self) -> u64 {
+        self.profiles
+            .values()
+            .map(|p| p.validity_secs)
+            .max()
+            .unwrap_or(0)
+    }
+
+    fn validate_profiles(&self) -> anyhow::Result<()> {
+        if self.profiles.is_empty() {
+            bail!("profiles: at least one certificate profile is required");
+        }
+        if !self.profiles.contains_key(&self.acme.default_profile) {
+            bail!(
+                "acme.default_profile: {:?} is not one of the profiles {:?}",
+                self.acme.default_profile,
+                self.profiles.keys().collect::<Vec<_>>()
+            );
+        }
+        for (name, p) in &self.profiles {
+            let ok_name = !name.is_empty()
+                && name.len() <= 64
+                && name
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_' || b == b'.');
+            if !ok_name {
+                bail!("profiles.{name}: a profile name is 1-64 letters, digits, '-', '_' or '.'");
+            }
+            if p.validity_secs < 60 || p.validity_secs > 100 * 365 * 86_400 {
+                bail!("profiles.{name}.validity_secs must be between 60 and 100 years");
+            }
+            if p.identifier_types.is_empty() {
+                bail!("profiles.{name}.identifier_types: name at least one of \"dns\", \"ip\"");
+            }
+            if p.max_names == 0 || p.max_names > 100 {
+                bail!("profiles.{name}.max_names must be between 1 and 100");
+            }
+            for (k, v) in [
+                ("pending_authz_lifetime_secs", p.pending_authz_lifetime_secs),
+                ("order_lifetime_secs", p.order_lifetime_secs),
+                ("valid_authz_lifetime_secs", p.valid_authz_lifetime_secs),
+            ] {
+                if v == 0 || v > 398 * 86_400 {
+                    bail!("profiles.{name}.{k} must be between 1 second and 398 days");
+                }
+            }
+        }
+        Ok(())
+    }
+
     fn validate(&self) -> anyhow::Result<()> {
         self.limits.validate().map_err(|e| anyhow!(e))?;
         if !self.management_listen().map(|_| true).unwrap_or(false)
@@ -291,14 +393,9 @@ impl Config {
             "ecdsa-p256" | "ecdsa-p384" | "rsa-2048" => {}
             k => bail!("ca.key_type: {k:?} is not ecdsa-p256, ecdsa-p384 or rsa-2048"),
         }
-        if self.ca.cert_validity_secs < 60 {
-            bail!("ca.cert_validity_secs must be at least 60");
-        }
+        self.validate_profiles()?;
         if self.ca.crl_update_secs == 0 || self.ca.crl_lifetime_secs <= self.ca.crl_update_secs {
             bail!("ca.crl_update_secs must be at least 1 and less than ca.crl_lifetime_secs");
-        }
-        if self.acme.max_names == 0 || self.acme.max_names > 100 {
-            bail!("acme.max_names must be between 1 and 100");
         }
         if self.acme.orders_per_page == 0 {
             bail!("acme.orders_per_page must be at least 1");
@@ -461,6 +558,9 @@ fn merge(base: &mut toml::Value, over: toml::Value, path: &str) -> anyhow::Resul
                     format!("{path}.{k}")
                 };
                 match b.get_mut(&k) {
+                    // A profile set is replaced whole: what a file offers
+                    // is exactly what it lists.
+                    Some(slot) if p == "profiles" => *slot = v,
                     Some(slot) => merge(slot, v, &p)?,
                     None => bail!("unknown configuration key {p:?}"),
                 }

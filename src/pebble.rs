@@ -367,17 +367,43 @@ pub fn translate(
         Some(_) => bail!("pebble.externalAccountMACKeys must be an object of key ID to key"),
     }
 
-    // Profiles: the default profile's validity is Cairn's one validity.
-    let mut validity = int_of("certificateValidityPeriod")?;
+    // Profiles: Pebble's, each a Cairn profile with Pebble's behaviour
+    // (every identifier type, 100 names, client auth too); orders naming
+    // none get "default" (Pebble would pick one at random).
+    let fallback = match int_of("certificateValidityPeriod")? {
+        0 => 7_776_000,
+        v => v,
+    };
+    let pebble_profile = |description: &str, validity: u64, cn: bool| -> anyhow::Result<toml::Value> {
+        let v = i64::try_from(validity).map_err(|_| anyhow!("validityPeriod {validity} is too large"))?;
+        let mut t = toml::Table::new();
+        t.insert("description".into(), description.into());
+        t.insert("validity_secs".into(), v.into());
+        t.insert(
+            "identifier_types".into(),
+            toml::Value::Array(vec!["dns".into(), "ip".into()]),
+        );
+        t.insert("max_names".into(), 100.into());
+        t.insert("pending_authz_lifetime_secs".into(), 3600.into());
+        t.insert("order_lifetime_secs".into(), 3600.into());
+        t.insert("valid_authz_lifetime_secs".into(), 2_592_000.into());
+        t.insert("common_name".into(), cn.into());
+        t.insert("subject_key_id".into(), true.into());
+        t.insert("client_auth".into(), true.into());
+        t.insert("key_encipherment".into(), true.into());
+        Ok(toml::Value::Table(t))
+    };
+    let mut profiles = toml::Table::new();
     match fields.get("profiles") {
         None | Some(Value::Null) => {}
-        Some(Value::Object(profiles)) => {
-            let mut others = Vec::new();
-            for (name, prof) in profiles {
+        Some(Value::Object(ps)) => {
+            for (name, prof) in ps {
                 let prof = prof
                     .as_object()
                     .ok_or_else(|| anyhow!("pebble.profiles.{name} must be an object"))?;
                 let mut period = 0;
+                let mut description = String::new();
+                let mut cn = true;
                 for (k, v) in prof {
                     match k.to_ascii_lowercase().as_str() {
                         "validityperiod" => {
@@ -385,38 +411,41 @@ pub fn translate(
                                 anyhow!("pebble.profiles.{name}.{k} must be a whole number")
                             })?
                         }
-                        "description" | "promotecommonname" => {}
+                        "description" => {
+                            description = v
+                                .as_str()
+                                .ok_or_else(|| anyhow!("pebble.profiles.{name}.{k} must be a string"))?
+                                .to_string()
+                        }
+                        "promotecommonname" => {
+                            cn = v.as_bool().ok_or_else(|| {
+                                anyhow!("pebble.profiles.{name}.{k} must be true or false")
+                            })?
+                        }
                         _ => bail!(
                             "unknown key \"pebble.profiles.{name}.{k}\" (a profile has \
                              description, promoteCommonName, validityPeriod)"
                         ),
                     }
                 }
-                if name == "default" {
-                    if period > 0 {
-                        validity = period;
-                    }
-                } else {
-                    others.push(name.clone());
-                }
-            }
-            if !others.is_empty() {
-                warnings.push(format!(
-                    "pebble.profiles {others:?}: certificate profiles are not supported yet; \
-                     every certificate gets the default profile's validity"
-                ));
+                let validity = if period > 0 { period } else { fallback };
+                profiles.insert(name.clone(), pebble_profile(&description, validity, cn)?);
             }
         }
         Some(_) => bail!("pebble.profiles must be an object of name to profile"),
     }
-    if validity > 0 {
-        ca.insert(
-            "cert_validity_secs".into(),
-            i64::try_from(validity)
-                .map_err(|_| anyhow!("validityPeriod {validity} is too large"))?
-                .into(),
+    if profiles.is_empty() {
+        profiles.insert(
+            "default".into(),
+            pebble_profile("The profile you know and love", fallback, true)?,
         );
     }
+    let default = if profiles.contains_key("default") {
+        "default".to_string()
+    } else {
+        profiles.keys().next().cloned().unwrap_or_default()
+    };
+    acme.insert("default_profile".into(), default.into());
 
     // Retry-After: Pebble has one for authorizations and one for orders;
     // Cairn one for both, so the shorter (clients poll no later than asked).
@@ -457,6 +486,7 @@ pub fn translate(
         ("acme", acme),
         ("va", va),
         ("policy", policy),
+        ("profiles", profiles),
     ] {
         if !t.is_empty() {
             overlay.insert(name.into(), toml::Value::Table(t));
@@ -687,14 +717,21 @@ mod tests {
         assert_eq!(o["va"]["http01_port"].as_integer(), Some(5002));
         assert_eq!(o["va"]["resolver"].as_str(), Some(""));
         assert_eq!(o["ca"]["key_type"].as_str(), Some("ecdsa-p256"));
-        assert_eq!(o["ca"]["cert_validity_secs"].as_integer(), Some(7776000));
+        assert_eq!(
+            o["profiles"]["default"]["validity_secs"].as_integer(),
+            Some(7776000)
+        );
+        assert_eq!(
+            o["profiles"]["shortlived"]["validity_secs"].as_integer(),
+            Some(518400)
+        );
+        assert_eq!(o["acme"]["default_profile"].as_str(), Some("default"));
         assert_eq!(o["acme"]["retry_after_secs"].as_integer(), Some(3));
         assert_eq!(
             o["acme"]["caa_identities"].as_array().unwrap()[0].as_str(),
             Some("pebble.letsencrypt.org")
         );
         let w = tr.warnings.join("\n");
-        assert!(w.contains("pebble.profiles [\"shortlived\"]"), "{w}");
         assert!(w.contains("pebble.retryAfter"), "{w}");
         // And Cairn accepts the result on top of the test preset.
         Config::load_with_overlay(

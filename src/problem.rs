@@ -38,6 +38,7 @@ pub enum Kind {
     UnsupportedContact,
     UserActionRequired,
     ExternalAccountRequired,
+    InvalidProfile,
     Conflict,
     Connection,
     Dns,
@@ -49,7 +50,7 @@ pub enum Kind {
 }
 
 impl Kind {
-    pub const ALL: [Kind; 26] = [
+    pub const ALL: [Kind; 27] = [
         Kind::Malformed,
         Kind::BadNonce,
         Kind::Unauthorized,
@@ -68,6 +69,7 @@ impl Kind {
         Kind::UnsupportedContact,
         Kind::UserActionRequired,
         Kind::ExternalAccountRequired,
+        Kind::InvalidProfile,
         Kind::Conflict,
         Kind::Connection,
         Kind::Dns,
@@ -99,6 +101,7 @@ impl Kind {
             Kind::UnsupportedContact => "unsupportedContact",
             Kind::UserActionRequired => "userActionRequired",
             Kind::ExternalAccountRequired => "externalAccountRequired",
+            Kind::InvalidProfile => "invalidProfile",
             Kind::Conflict => "conflict",
             Kind::Connection => "connection",
             Kind::Dns => "dns",
@@ -137,6 +140,7 @@ impl Kind {
             Kind::RateLimited => 429,
             Kind::AlreadyReplaced | Kind::Conflict => 409,
             Kind::ExternalAccountRequired => 401,
+            Kind::InvalidProfile => 400,
             Kind::ServerInternal => 500,
         }
     }
@@ -307,6 +311,7 @@ impl Problem {
         unsupported_contact => UnsupportedContact;
         user_action_required => UserActionRequired;
         external_account_required => ExternalAccountRequired;
+        invalid_profile => InvalidProfile;
         conflict => Conflict;
         connection => Connection;
         dns => Dns;

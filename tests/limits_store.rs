@@ -277,6 +277,8 @@ async fn pending_authzs_are_counted(f: &Fixture) {
         .unwrap();
     let authz = |name: &str, expires: i64| {
         OrderAuthz::New(NewAuthz {
+            identifier_type: cairn::core::IdentifierType::Dns,
+            profile: "classic".into(),
             identifier: name.into(),
             wildcard: false,
             expires,
@@ -284,6 +286,7 @@ async fn pending_authzs_are_counted(f: &Fixture) {
         })
     };
     s.create_order(NewOrder {
+        profile: "classic".into(),
         account_id: acct.id,
         expires: NOW_SECS + 3600,
         identifiers: vec![Identifier::dns("a.example"), Identifier::dns("b.example")],

@@ -12,6 +12,7 @@
 mod common;
 
 use cairn::core::{
+    IdentifierType,
     identifier_set_hash, Account, AccountId, AccountStatus, AuthzId, AuthzStatus, Certificate,
     ChallengeId, ChallengeStatus, ChallengeType, Conflict, Identifier, Order, OrderId, OrderStatus,
     RevokedEntry, StoreError, StoredCrl,
@@ -114,6 +115,8 @@ async fn new_account(s: &dyn Store, thumbprint: &str) -> Account {
 /// A new pending authorization with all three challenge types.
 fn new_authz(identifier: &str, expires: i64) -> OrderAuthz {
     OrderAuthz::New(NewAuthz {
+        identifier_type: IdentifierType::Dns,
+        profile: "classic".into(),
         identifier: identifier.to_owned(),
         wildcard: false,
         expires,
@@ -130,6 +133,7 @@ fn new_authz(identifier: &str, expires: i64) -> OrderAuthz {
 
 async fn new_order(s: &dyn Store, account: AccountId, names: &[&str], expires: i64) -> Order {
     s.create_order(NewOrder {
+        profile: "classic".into(),
         account_id: account,
         expires,
         identifiers: names.iter().map(|n| Identifier::dns(*n)).collect(),
@@ -158,6 +162,7 @@ async fn replacing_order(
     serial: &str,
 ) -> Result<Order, StoreError> {
     s.create_order(NewOrder {
+        profile: "classic".into(),
         account_id: account,
         expires: NOW + DAY,
         identifiers: vec![Identifier::dns("r.example")],
@@ -422,6 +427,8 @@ async fn create_order_with_new_and_reused_authzs(f: &Fixture) {
     let other = new_account(&*s, "tp-other").await;
 
     let wildcard = OrderAuthz::New(NewAuthz {
+        identifier_type: IdentifierType::Dns,
+        profile: "classic".into(),
         identifier: "w.example".into(),
         wildcard: true,
         expires: NOW + DAY,
@@ -429,6 +436,7 @@ async fn create_order_with_new_and_reused_authzs(f: &Fixture) {
     });
     let first = s
         .create_order(NewOrder {
+            profile: "classic".into(),
             account_id: a.id,
             expires: NOW + 7 * DAY,
             identifiers: vec![Identifier::dns("a.example"), Identifier::dns("*.w.example")],
@@ -507,29 +515,29 @@ async fn create_order_with_new_and_reused_authzs(f: &Fixture) {
     // wildcard-ness is reusable.
     let plain_id = plain.id;
     assert!(s
-        .reusable_authz(a.id, "a.example", false, NOW)
+        .reusable_authz(a.id, (IdentifierType::Dns, "a.example", false), Some("classic"), NOW)
         .await
         .unwrap()
         .is_none());
     validate(&*s, plain_id, NOW + 30 * DAY).await;
     assert_eq!(
-        s.reusable_authz(a.id, "a.example", false, NOW)
+        s.reusable_authz(a.id, (IdentifierType::Dns, "a.example", false), Some("classic"), NOW)
             .await
             .unwrap(),
         Some(plain_id)
     );
     assert!(s
-        .reusable_authz(a.id, "a.example", true, NOW)
+        .reusable_authz(a.id, (IdentifierType::Dns, "a.example", true), Some("classic"), NOW)
         .await
         .unwrap()
         .is_none());
     assert!(s
-        .reusable_authz(a.id, "a.example", false, NOW + 30 * DAY)
+        .reusable_authz(a.id, (IdentifierType::Dns, "a.example", false), Some("classic"), NOW + 30 * DAY)
         .await
         .unwrap()
         .is_none());
     assert!(s
-        .reusable_authz(other.id, "a.example", false, NOW)
+        .reusable_authz(other.id, (IdentifierType::Dns, "a.example", false), Some("classic"), NOW)
         .await
         .unwrap()
         .is_none());
@@ -537,6 +545,7 @@ async fn create_order_with_new_and_reused_authzs(f: &Fixture) {
     // A second order reusing it, plus a new one.
     let second = s
         .create_order(NewOrder {
+            profile: "classic".into(),
             account_id: a.id,
             expires: NOW + 7 * DAY,
             identifiers: vec![Identifier::dns("a.example"), Identifier::dns("b.example")],
@@ -1297,6 +1306,7 @@ async fn replacement_refused_while_another_is_live(f: &Fixture) {
         .await
         .unwrap();
     let short = NewOrder {
+        profile: "classic".into(),
         account_id: a.id,
         expires: NOW + 2 * DAY,
         identifiers: vec![Identifier::dns("r.example")],
@@ -1321,6 +1331,7 @@ async fn replacement_refused_while_another_is_live(f: &Fixture) {
     issued(&*s2, b.id, "02", &["r2.example"], NOW).await;
     let stuck = s2
         .create_order(NewOrder {
+            profile: "classic".into(),
             account_id: b.id,
             expires: NOW + 2 * DAY,
             identifiers: vec![Identifier::dns("r2.example")],
@@ -1334,6 +1345,7 @@ async fn replacement_refused_while_another_is_live(f: &Fixture) {
     validate(&*s2, stuck.authz_ids[0], NOW + 30 * DAY).await;
     assert!(s2.begin_finalize(stuck.id, NOW).await.unwrap());
     let again = |now: i64| NewOrder {
+        profile: "classic".into(),
         account_id: b.id,
         expires: NOW + 2 * DAY,
         identifiers: vec![Identifier::dns("r2.example")],
@@ -1386,6 +1398,7 @@ async fn order_with_reservation(
     expires: i64,
 ) -> Order {
     s.create_order(NewOrder {
+        profile: "classic".into(),
         account_id: account,
         expires,
         identifiers: vec![Identifier::dns(name)],
@@ -1546,6 +1559,7 @@ async fn lifecycle_sql_matches_rust(f: &Fixture) {
                 .collect();
             let o = s
                 .create_order(NewOrder {
+                    profile: "classic".into(),
                     account_id: a.id,
                     expires: NOW + 10,
                     identifiers: names.iter().map(Identifier::dns).collect(),

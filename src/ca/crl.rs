@@ -224,12 +224,18 @@ mod tests {
         let spki_der = rcgen::PublicKeyData::subject_public_key_info(&key);
         let csr = crate::ca::Csr {
             names: vec!["crl.example.com".into()],
+            ips: Vec::new(),
             common_name: None,
             key: crate::key::PublicKey::from_spki_der(&spki_der).unwrap(),
             spki_der,
         };
         let issued = ca
-            .issue(&csr, &csr.names, OffsetDateTime::now_utc())
+            .issue(
+                &csr,
+                &csr.names,
+                &crate::config::Config::test_profile("classic"),
+                OffsetDateTime::now_utc(),
+            )
             .unwrap();
         let (_, cert) = x509_parser::certificate::X509Certificate::from_der(&issued.der).unwrap();
         let mut uris = Vec::new();

@@ -134,6 +134,7 @@ pub(crate) fn parse(der: &[u8]) -> Result<Csr, Problem> {
     })?;
 
     let mut names = Vec::new();
+    let mut ips = Vec::new();
     for attr in info.iter_attributes() {
         let ParsedCriAttribute::ExtensionRequest(req) = attr.parsed_attribute() else {
             continue;
@@ -142,7 +143,10 @@ pub(crate) fn parse(der: &[u8]) -> Result<Csr, Problem> {
             match ext.parsed_extension() {
                 ParsedExtension::SubjectAlternativeName(san) => {
                     for gn in &san.general_names {
-                        names.push(dns_name(gn)?);
+                        match san_name(gn)? {
+                            SanName::Dns(n) => names.push(n),
+                            SanName::Ip(ip) => ips.push(ip.to_string()),
+                        }
                     }
                 }
                 ParsedExtension::ParseError { error }
@@ -165,6 +169,12 @@ pub(crate) fn parse(der: &[u8]) -> Result<Csr, Problem> {
         if value.is_empty() {
             continue;
         }
+        // Some clients put an IP identifier in the CN too (RFC 8738 §3
+        // certificates do not; the address is taken as an IP SAN).
+        if let Ok(ip) = value.parse::<IpAddr>() {
+            ips.push(ip.to_string());
+            continue;
+        }
         let value = checked_name(value, "subject common name")?;
         common_name.get_or_insert_with(|| value.clone());
         names.push(value);
@@ -172,28 +182,37 @@ pub(crate) fn parse(der: &[u8]) -> Result<Csr, Problem> {
 
     names.sort();
     names.dedup();
-    if names.is_empty() {
+    ips.sort();
+    ips.dedup();
+    if names.is_empty() && ips.is_empty() {
         return Err(Problem::bad_csr(
-            "CSR contains no names: neither dNSName SANs nor a subject common name",
+            "CSR contains no names: no dNSName or iPAddress SANs and no subject common name",
         ));
     }
     Ok(Csr {
         names,
+        ips,
         common_name,
         spki_der,
         key,
     })
 }
 
-/// A dNSName SAN, lower-cased; any other kind of SAN is refused by name.
-fn dns_name(gn: &GeneralName<'_>) -> Result<String, Problem> {
+enum SanName {
+    Dns(String),
+    Ip(IpAddr),
+}
+
+/// A dNSName SAN (lower-cased) or an iPAddress SAN; any other kind of SAN
+/// is refused by name.
+fn san_name(gn: &GeneralName<'_>) -> Result<SanName, Problem> {
     let refuse = |what: String| {
         Err(Problem::bad_csr(format!(
-            "CSR contains a {what} SAN; only dNSName SANs are accepted"
+            "CSR contains a {what} SAN; only dNSName and iPAddress SANs are accepted"
         )))
     };
     match gn {
-        GeneralName::DNSName(s) => checked_name(s, "dNSName SAN"),
+        GeneralName::DNSName(s) => checked_name(s, "dNSName SAN").map(SanName::Dns),
         GeneralName::IPAddress(b) => {
             let ip = match b.len() {
                 4 => <[u8; 4]>::try_from(*b).map(IpAddr::from).ok(),
@@ -201,8 +220,8 @@ fn dns_name(gn: &GeneralName<'_>) -> Result<String, Problem> {
                 _ => None,
             };
             match ip {
-                Some(ip) => refuse(format!("IP address ({ip})")),
-                None => refuse("malformed IP address".into()),
+                Some(ip) => Ok(SanName::Ip(ip)),
+                None => refuse(format!("malformed IP address ({} bytes)", b.len())),
             }
         }
         GeneralName::RFC822Name(s) => refuse(format!("email address ({s:?})")),

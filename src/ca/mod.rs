@@ -10,7 +10,7 @@ mod crl;
 mod csr;
 mod store;
 
-use crate::config::Config;
+use crate::config::{Config, ProfileConfig};
 use crate::key::PublicKey;
 use crate::problem::Problem;
 use anyhow::{anyhow, bail, Context};
@@ -42,9 +42,13 @@ const BACKDATE: Duration = Duration::minutes(1);
 /// A parsed, signature-checked CSR.
 #[derive(Debug, Clone)]
 pub struct Csr {
-    /// dNSName SANs and the CN (if any), lower-cased, de-duplicated, sorted.
+    /// dNSName SANs and the CN (if any and not an IP address), lower-cased,
+    /// de-duplicated, sorted.
     pub names: Vec<String>,
-    /// The subject common name, lower-cased, if present.
+    /// iPAddress SANs (and a CN that is an address), canonical text,
+    /// de-duplicated, sorted.
+    pub ips: Vec<String>,
+    /// The subject common name, lower-cased, if present and a DNS name.
     pub common_name: Option<String>,
     /// The CSR's SubjectPublicKeyInfo, byte for byte.
     pub spki_der: Vec<u8>,
@@ -77,7 +81,6 @@ pub struct Ca {
     /// The CRL distribution point URL (`<issuer base>/crl/0`), if a base URL
     /// is known.
     crl_url: Option<String>,
-    cert_validity: Duration,
 }
 
 /// Paths of the hierarchy's files.
@@ -247,11 +250,6 @@ impl Ca {
         };
         // Where `crate::crl` serves the intermediate's CRL.
         let crl_url = (!base.is_empty()).then(|| format!("{base}/crl/0"));
-        let cert_validity = i64::try_from(cfg.ca.cert_validity_secs)
-            .ok()
-            .map(Duration::seconds)
-            .filter(|d| *d <= Duration::days(100 * 365))
-            .ok_or_else(|| anyhow!("ca.cert_validity_secs is too large"))?;
         Ok(Ca {
             data_dir: cfg.data_dir.clone(),
             root_pem,
@@ -260,7 +258,6 @@ impl Ca {
             issuer,
             aia,
             crl_url,
-            cert_validity,
         })
     }
 
@@ -367,34 +364,44 @@ impl Ca {
         }
     }
 
-    /// Issue a certificate for `names` with the CSR's public key.
+    /// Issue a certificate for `names` with the CSR's public key, shaped by
+    /// `profile` (validity, CN, SKID, key usages).
     ///
-    /// `names` go into the SAN extension in the given order; the first is
-    /// also the subject CN when it fits (64 characters). The caller decides
-    /// which names are authorized; this only refuses names that cannot be
-    /// encoded as dNSNames.
+    /// `names` go into the SAN extension in the given order: an IP address
+    /// (canonical text; policy never passes a DNS name that parses as one)
+    /// as an iPAddress, anything else as a dNSName. With the profile's
+    /// `common_name`, the first DNS name is also the subject CN when it
+    /// fits (64 characters). The caller decides which names are
+    /// authorized; this only refuses names that cannot be encoded.
     pub fn issue(
         &self,
         csr: &Csr,
         names: &[String],
+        profile: &ProfileConfig,
         now: OffsetDateTime,
     ) -> Result<IssuedCert, Problem> {
         let key = SpkiKey::from_spki_der(&csr.spki_der)?;
-        let first = names
-            .first()
-            .ok_or_else(|| Problem::bad_csr("no names to certify"))?;
+        if names.is_empty() {
+            return Err(Problem::bad_csr("no names to certify"));
+        }
         let mut sans = Vec::with_capacity(names.len());
+        let mut first_dns = None;
         for name in names {
+            if let Ok(ip) = name.parse::<std::net::IpAddr>() {
+                sans.push(SanType::IpAddress(ip));
+                continue;
+            }
             let ia5 = name
                 .as_str()
                 .try_into()
                 .map_err(|_| Problem::bad_csr(format!("{name:?} is not a valid DNS name")))?;
             sans.push(SanType::DnsName(ia5));
+            first_dns.get_or_insert(name);
         }
 
         let mut params = CertificateParams::default();
         params.distinguished_name = DistinguishedName::new();
-        if first.len() <= 64 {
+        if let Some(first) = first_dns.filter(|n| profile.common_name && n.len() <= 64) {
             params
                 .distinguished_name
                 .push(DnType::CommonName, first.as_str());
@@ -403,24 +410,40 @@ impl Ca {
         let (serial, serial_hex) = random_serial();
         params.serial_number = Some(serial);
         let not_before = whole_seconds(now) - BACKDATE;
+        let validity = i64::try_from(profile.validity_secs)
+            .map_err(|_| Problem::internal("certificate validity overflows"))?;
         let not_after = not_before
-            .checked_add(self.cert_validity)
+            .checked_add(Duration::seconds(validity))
             .ok_or_else(|| Problem::internal("certificate validity overflows"))?;
         params.not_before = not_before;
         params.not_after = not_after;
-        params.is_ca = IsCa::ExplicitNoCa;
+        if profile.subject_key_id {
+            // rcgen writes the SKID together with basicConstraints CA:FALSE.
+            params.is_ca = IsCa::ExplicitNoCa;
+        } else {
+            // No SKID: basicConstraints (critical, CA:FALSE) written by hand.
+            params.is_ca = IsCa::NoCa;
+            let mut bc = CustomExtension::from_oid_content(OID_BASIC_CONSTRAINTS, vec![0x30, 0x00]);
+            bc.set_criticality(true);
+            params.custom_extensions.push(bc);
+        }
         params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
-        if matches!(key.public_key, PublicKey::Rsa { .. }) {
+        if profile.key_encipherment && matches!(key.public_key, PublicKey::Rsa { .. }) {
             // TLS 1.2 RSA key exchange encrypts to the certificate's key.
             params.key_usages.push(KeyUsagePurpose::KeyEncipherment);
         }
         params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
+        if profile.client_auth {
+            params
+                .extended_key_usages
+                .push(ExtendedKeyUsagePurpose::ClientAuth);
+        }
         params.use_authority_key_identifier_extension = true;
         if let Some(aia) = &self.aia {
-            params.custom_extensions = vec![CustomExtension::from_oid_content(
+            params.custom_extensions.push(CustomExtension::from_oid_content(
                 OID_AUTHORITY_INFO_ACCESS,
                 aia.clone(),
-            )];
+            ));
         }
         if let Some(url) = &self.crl_url {
             params.crl_distribution_points = vec![rcgen::CrlDistributionPoint {
@@ -465,6 +488,7 @@ pub fn parse_csr(der: &[u8]) -> Result<Csr, Problem> {
 }
 
 const OID_AUTHORITY_INFO_ACCESS: &[u64] = &[1, 3, 6, 1, 5, 5, 7, 1, 1];
+const OID_BASIC_CONSTRAINTS: &[u64] = &[2, 5, 29, 19];
 
 /// A random positive 128-bit serial: 16 bytes, top bit clear so DER needs no
 /// sign byte, first byte non-zero so DER keeps all 16 bytes and the hex form

@@ -124,8 +124,10 @@ mod tests {
         Authz {
             id: AuthzId(1),
             account_id: AccountId(1),
+            identifier_type: crate::core::IdentifierType::Dns,
             identifier: "a.example".into(),
             wildcard: false,
+            profile: String::new(),
             status,
             expires,
             challenges: Vec::new(),
@@ -143,6 +145,7 @@ mod tests {
             error: None,
             cert_serial: None,
             replaces: None,
+            profile: String::new(),
             created_at: 0,
             updated_at,
         }

@@ -55,7 +55,8 @@ serde_from_str!(
     OrderStatus,
     AuthzStatus,
     ChallengeStatus,
-    ChallengeType
+    ChallengeType,
+    IdentifierType
 );
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -168,6 +169,24 @@ impl ChallengeType {
     }
 }
 
+/// The identifier types Cairn issues for: DNS names (RFC 8555) and IP
+/// addresses (RFC 8738).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum IdentifierType {
+    Dns,
+    Ip,
+}
+
+impl IdentifierType {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            IdentifierType::Dns => "dns",
+            IdentifierType::Ip => "ip",
+        }
+    }
+}
+
 /// An identifier as it appears in orders and problem subproblems.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Identifier {
@@ -178,8 +197,12 @@ pub struct Identifier {
 
 impl Identifier {
     pub fn dns(value: impl Into<String>) -> Self {
+        Identifier::of(IdentifierType::Dns, value)
+    }
+
+    pub fn of(kind: IdentifierType, value: impl Into<String>) -> Self {
         Identifier {
-            kind: "dns".into(),
+            kind: kind.as_str().into(),
             value: value.into(),
         }
     }
@@ -219,6 +242,9 @@ pub struct Order {
     pub cert_serial: Option<String>,
     /// RFC 9773: serial of the certificate this order replaces.
     pub replaces: Option<String>,
+    /// The certificate profile; `""` for orders from before profiles,
+    /// which mean the configured default.
+    pub profile: String,
     pub created_at: i64,
     pub updated_at: i64,
 }
@@ -227,9 +253,13 @@ pub struct Order {
 pub struct Authz {
     pub id: AuthzId,
     pub account_id: AccountId,
-    /// The identifier value without any `*.` prefix.
+    pub identifier_type: IdentifierType,
+    /// The identifier value without any `*.` prefix (an IP address in its
+    /// canonical text form).
     pub identifier: String,
     pub wildcard: bool,
+    /// The profile of the order that created it (see [`Order::profile`]).
+    pub profile: String,
     pub status: AuthzStatus,
     pub expires: i64,
     pub challenges: Vec<Challenge>,
@@ -271,7 +301,8 @@ pub struct Certificate {
     pub issued_at: i64,
     pub revoked_at: Option<i64>,
     pub revoked_reason: Option<i64>,
-    /// The dNSNames certified, as ordered in the certificate.
+    /// The dNSNames and IP addresses (canonical text) certified, as
+    /// ordered in the certificate.
     pub names: Vec<String>,
     /// When an operator asked for early renewal (the ARI window moves into
     /// the past).

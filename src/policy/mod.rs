@@ -1,15 +1,18 @@
-//! Identifier policy: which names may be ordered. Syntax (RFC 1035 LDH labels,
-//! wildcards only as the whole leftmost label, `xn--` labels only as valid
-//! IDNA2008 A-labels: `idn.rs`), the Public Suffix List (a bare
-//! ICANN public suffix is never issued for), and configured blocked names.
+//! Identifier policy: which identifiers may be ordered under which profile.
+//! DNS names: syntax (RFC 1035 LDH labels, wildcards only as the whole
+//! leftmost label, `xn--` labels only as valid IDNA2008 A-labels: `idn.rs`),
+//! the Public Suffix List (a bare ICANN public suffix is never issued for),
+//! and configured blocked names. IP addresses (RFC 8738): canonical text,
+//! and the VA's address policy applied to the identifier itself.
 
 mod idn;
 
-use crate::config::PolicyConfig;
-use crate::core::Identifier;
+use crate::config::{PolicyConfig, ProfileConfig};
+use crate::core::{Identifier, IdentifierType};
 use crate::problem::{Problem, Subproblem};
 use anyhow::Context;
 use publicsuffix::{List, Psl};
+use std::net::{IpAddr, Ipv6Addr};
 
 /// The snapshot shipped with Cairn, used when no list file is configured.
 const PSL_SNAPSHOT: &[u8] = include_bytes!("../../test-fixtures/public_suffix_list.dat");
@@ -19,15 +22,21 @@ pub struct Policy {
     blocked: Vec<String>,
 }
 
-/// A dns identifier that passed policy: lower-case, wildcard split off.
+/// An identifier that passed policy: a DNS name lower-case with any
+/// wildcard split off, or an IP address in canonical text.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
-pub struct DnsName {
-    /// The name without any `*.` prefix.
+pub struct Name {
+    pub kind: IdentifierType,
+    /// The name without any `*.` prefix, or the address.
     pub base: String,
     pub wildcard: bool,
 }
 
-impl DnsName {
+impl Name {
+    pub fn identifier(&self) -> Identifier {
+        Identifier::of(self.kind, self.value())
+    }
+
     /// The identifier value as ordered, `*.base` for wildcards.
     pub fn value(&self) -> String {
         if self.wildcard {
@@ -56,13 +65,19 @@ impl Policy {
         Ok(Policy { psl, blocked })
     }
 
-    /// Check a new order's identifiers. Returns them normalised (lower-case,
-    /// de-duplicated, sorted), or a problem with one subproblem per bad one.
+    /// Check a new order's identifiers against the policy and the order's
+    /// profile (`profile_name`, and `ip_profiles`: the profiles that take IP
+    /// addresses, for the refusal's detail). `private_ips` lets IP
+    /// identifiers be private, loopback or link-local addresses. Returns
+    /// them normalised (lower-case, de-duplicated, sorted), or a problem
+    /// with one subproblem per bad one.
     pub fn check_order(
         &self,
         ids: &[Identifier],
-        max_names: usize,
-    ) -> Result<Vec<DnsName>, Problem> {
+        (profile_name, profile): (&str, &ProfileConfig),
+        private_ips: bool,
+    ) -> Result<Vec<Name>, Problem> {
+        let max_names = profile.max_names;
         if ids.is_empty() {
             return Err(Problem::malformed(
                 "NewOrder request did not specify any identifiers",
@@ -72,18 +87,35 @@ impl Policy {
         let mut subs: Vec<Subproblem> = Vec::new();
         let mut unsupported = false;
         for id in ids {
-            if id.kind != "dns" {
-                unsupported = true;
+            let kind = match id.kind.as_str() {
+                "dns" => IdentifierType::Dns,
+                "ip" => IdentifierType::Ip,
+                other => {
+                    unsupported = true;
+                    subs.push(
+                        Problem::unsupported_identifier(format!(
+                            "identifier type {other:?} is not supported (\"dns\" or \"ip\")"
+                        ))
+                        .sub(id.clone()),
+                    );
+                    continue;
+                }
+            };
+            if !profile.identifier_types.contains(&kind) {
                 subs.push(
-                    Problem::unsupported_identifier(format!(
-                        "identifier type {:?} is not supported (only \"dns\")",
-                        id.kind
+                    Problem::rejected_identifier(format!(
+                        "profile {profile_name:?} does not allow {} identifiers",
+                        kind.as_str()
                     ))
                     .sub(id.clone()),
                 );
                 continue;
             }
-            match self.check_name(&id.value) {
+            let checked = match kind {
+                IdentifierType::Dns => self.check_name(&id.value),
+                IdentifierType::Ip => check_ip(&id.value, private_ips),
+            };
+            match checked {
                 Ok(n) => names.push(n),
                 Err(p) => subs.push(p.sub(id.clone())),
             }
@@ -116,7 +148,7 @@ impl Policy {
     }
 
     /// Check one dns identifier value.
-    pub fn check_name(&self, value: &str) -> Result<DnsName, Problem> {
+    pub fn check_name(&self, value: &str) -> Result<Name, Problem> {
         let lower = value.to_ascii_lowercase();
         let (wildcard, base) = match lower.strip_prefix("*.") {
             Some(rest) => (true, rest),
@@ -154,10 +186,27 @@ impl Policy {
                 "{value:?} is blocked by this CA's policy ({b})"
             )));
         }
-        Ok(DnsName {
+        Ok(Name {
+            kind: IdentifierType::Dns,
             base: base.to_string(),
             wildcard,
         })
+    }
+
+    /// The key of the per-registered-domain limits for an identifier: the
+    /// registered domain of a name; for an IP address, as Let's Encrypt's
+    /// limits, the IPv4 address itself or the IPv6 address's /64.
+    pub fn domain_key(&self, name: &Name) -> String {
+        if name.kind == IdentifierType::Ip {
+            return match name.base.parse::<IpAddr>() {
+                Ok(IpAddr::V6(v6)) => {
+                    let net = u128::from(v6) & (u128::MAX << 64);
+                    format!("{}/64", Ipv6Addr::from(net))
+                }
+                _ => name.base.clone(),
+            };
+        }
+        self.registered_domain(&name.base)
     }
 
     /// The registered domain (eTLD+1) of a name; a name under a suffix that
@@ -168,6 +217,36 @@ impl Policy {
             None => name.to_string(),
         }
     }
+}
+
+/// Check one ip identifier value (RFC 8738 §3): an IPv4 address in
+/// dotted-decimal or an IPv6 address in RFC 5952 text, exactly as it would
+/// be printed (so one address has one identifier), and one the VA could be
+/// asked to dial.
+fn check_ip(value: &str, private_ips: bool) -> Result<Name, Problem> {
+    let ip: IpAddr = value.parse().map_err(|_| {
+        Problem::malformed(format!(
+            "{value:?} is not an IPv4 or IPv6 address (RFC 8738 ip identifier)"
+        ))
+    })?;
+    let canonical = ip.to_string();
+    if canonical != value {
+        return Err(Problem::malformed(format!(
+            "IP address {value:?} is not in canonical form; write it as {canonical:?}"
+        )));
+    }
+    let dialable = crate::va::addr::is_public(ip)
+        || (private_ips && crate::va::addr::is_unicast(ip));
+    if !dialable {
+        return Err(Problem::rejected_identifier(format!(
+            "{value} is not a publicly routable unicast address; this CA does not issue for it"
+        )));
+    }
+    Ok(Name {
+        kind: IdentifierType::Ip,
+        base: canonical,
+        wildcard: false,
+    })
 }
 
 /// RFC 1035/1123 syntax for a DNS name as Let's Encrypt accepts it: ASCII
@@ -223,6 +302,61 @@ fn well_formed(name: &str) -> Result<(), &'static str> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn profile(types: &[IdentifierType], max_names: usize) -> ProfileConfig {
+        ProfileConfig {
+            description: String::new(),
+            validity_secs: 86_400,
+            identifier_types: types.to_vec(),
+            max_names,
+            pending_authz_lifetime_secs: 60,
+            order_lifetime_secs: 60,
+            valid_authz_lifetime_secs: 60,
+            common_name: true,
+            subject_key_id: true,
+            client_auth: false,
+            key_encipherment: true,
+        }
+    }
+
+    fn check(
+        p: &Policy,
+        ids: &[Identifier],
+        max_names: usize,
+    ) -> Result<Vec<Name>, Problem> {
+        let pr = profile(&[IdentifierType::Dns], max_names);
+        p.check_order(ids, ("classic", &pr), false)
+    }
+
+    #[test]
+    fn ip_identifiers_follow_rfc_8738_and_the_profile() {
+        let p = policy();
+        let ip = |v: &str| Identifier::of(IdentifierType::Ip, v);
+        let both = profile(&[IdentifierType::Dns, IdentifierType::Ip], 100);
+        let got = p
+            .check_order(&[ip("2001:4860::1"), ip("8.8.8.8")], ("shortlived", &both), false)
+            .unwrap();
+        assert_eq!(got[0].base, "2001:4860::1");
+        assert_eq!(got[1].base, "8.8.8.8");
+        assert!(got.iter().all(|n| n.kind == IdentifierType::Ip && !n.wildcard));
+        // Not canonical, not an address, private without the preset's leave.
+        for bad in ["2001:4860:0::1", "008.8.8.8", "8.8.8", "example.com", "127.0.0.1", "10.0.0.1", "fe80::1"] {
+            let e = p.check_order(&[ip(bad)], ("shortlived", &both), false).unwrap_err();
+            assert_eq!(e.subproblems.len(), 1, "{bad}: {e:?}");
+            assert_eq!(e.subproblems[0].identifier.value, bad);
+        }
+        assert!(p.check_order(&[ip("127.0.0.1")], ("s", &both), true).is_ok());
+        for never in ["0.0.0.0", "224.0.0.1", "255.255.255.255", "::", "ff02::1"] {
+            assert!(p.check_order(&[ip(never)], ("s", &both), true).is_err(), "{never}");
+        }
+        // A profile without "ip" refuses it as rejectedIdentifier.
+        let e = check(&p, &[ip("8.8.8.8")], 100).unwrap_err();
+        assert_eq!(e.kind, crate::problem::Kind::RejectedIdentifier);
+        assert!(e.detail.contains("\"classic\" does not allow ip"), "{}", e.detail);
+        // Limit keys: the IPv4 address, the IPv6 /64.
+        assert_eq!(p.domain_key(&got[1]), "8.8.8.8");
+        assert_eq!(p.domain_key(&got[0]), "2001:4860::/64");
+    }
 
     fn policy() -> Policy {
         Policy::new(&PolicyConfig {
@@ -285,7 +419,7 @@ mod tests {
                 value: "x@y".into(),
             },
         ];
-        let e = p.check_order(&ids, 100).unwrap_err();
+        let e = check(&p, &ids, 100).unwrap_err();
         assert_eq!(e.subproblems.len(), 2);
         assert_eq!(e.subproblems[0].identifier.value, "a..b");
         assert_eq!(
@@ -301,12 +435,12 @@ mod tests {
             Identifier::dns("A.example.com"),
             Identifier::dns("a.example.com"),
         ];
-        assert_eq!(p.check_order(&ids, 100).unwrap().len(), 1);
+        assert_eq!(check(&p, &ids, 100).unwrap().len(), 1);
         let many: Vec<_> = (0..101)
             .map(|i| Identifier::dns(format!("n{i}.example.com")))
             .collect();
-        assert!(p.check_order(&many, 100).is_err());
-        assert!(p.check_order(&many[..100], 100).is_ok());
+        assert!(check(&p, &many, 100).is_err());
+        assert!(check(&p, &many[..100], 100).is_ok());
     }
 
     #[test]

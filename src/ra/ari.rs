@@ -90,7 +90,7 @@ impl Ra {
         &self,
         acct: &Account,
         cert_id: &str,
-        names: &[DnsName],
+        names: &[Name],
     ) -> Result<String, Problem> {
         let serial = self.parse_cert_id(cert_id).map_err(|p| {
             if p.status == 404 {

@@ -9,7 +9,7 @@ use crate::core::lifecycle::{self, WhyInvalid};
 use crate::core::*;
 use crate::crl::CrlPublisher;
 use crate::key::{KeyError, PublicKey};
-use crate::policy::{DnsName, Policy};
+use crate::policy::{Name, Policy};
 use crate::problem::Problem;
 use crate::ratelimit::{LimitError, Limiter, RateLimitInfo, Spent};
 use crate::sa::*;
@@ -80,6 +80,9 @@ pub struct NewOrderRequest {
     /// RFC 9773 §5: the certID of the certificate this order replaces.
     #[serde(default)]
     pub replaces: Option<String>,
+    /// A certificate profile offered in the directory's `meta.profiles`.
+    #[serde(default)]
+    pub profile: Option<String>,
 }
 
 impl Ra {
@@ -343,24 +346,34 @@ impl Ra {
         let ids = req
             .identifiers
             .ok_or_else(|| Problem::malformed("newOrder requires identifiers"))?;
-        let names = self.policy.check_order(&ids, self.cfg.acme.max_names)?;
+        let (profile_name, profile) = self.order_profile(req.profile.as_deref())?;
+        let names = self.policy.check_order(
+            &ids,
+            (profile_name, profile),
+            self.cfg.va.allow_private_addresses,
+        )?;
         let replaces = match &req.replaces {
             Some(id) => Some(self.check_replaces(acct, id, &names).await?),
             None => None,
         };
         let now = self.clock.unix();
-        let mut expires = now + self.cfg.acme.order_lifetime_secs as i64;
+        let mut expires = now + profile.order_lifetime_secs as i64;
         let mut authzs = Vec::with_capacity(names.len());
         // Reuse a valid authorization only if it outlives a day of work on the order.
-        let min_reuse = now + 86_400.min(self.cfg.acme.order_lifetime_secs as i64);
+        let min_reuse = now + 86_400.min(profile.order_lifetime_secs as i64);
         for n in &names {
             match self
                 .store
-                .reusable_authz(acct.id, &n.base, n.wildcard, min_reuse)
+                .reusable_authz(
+                    acct.id,
+                    (n.kind, &n.base, n.wildcard),
+                    Some(profile_name),
+                    min_reuse,
+                )
                 .await?
             {
                 Some(id) => authzs.push(OrderAuthz::Reuse(id)),
-                None => authzs.push(OrderAuthz::New(self.new_authz(n, now))),
+                None => authzs.push(OrderAuthz::New(self.new_authz(n, profile_name, now))),
             }
         }
         for a in &authzs {
@@ -373,7 +386,7 @@ impl Ra {
         } else {
             self.check_order_limits(acct, &names, &authzs, now).await?
         };
-        let identifiers = names.iter().map(|n| Identifier::dns(n.value())).collect();
+        let identifiers = names.iter().map(Name::identifier).collect();
         let created = self
             .store
             .create_order(NewOrder {
@@ -383,6 +396,7 @@ impl Ra {
                 authzs,
                 replaces,
                 reservation: spent.reservation(),
+                profile: profile_name.to_string(),
                 now,
             })
             .await;
@@ -401,11 +415,32 @@ impl Ra {
         Ok((order, authzs, spent.info))
     }
 
+    /// The profile a newOrder asked for, or the default; `invalidProfile`
+    /// naming the offered ones for any other.
+    fn order_profile<'a>(
+        &'a self,
+        asked: Option<&'a str>,
+    ) -> Result<(&'a str, &'a crate::config::ProfileConfig), Problem> {
+        let name = asked.unwrap_or(&self.cfg.acme.default_profile);
+        match self.cfg.profiles.get_key_value(name) {
+            Some((n, p)) => Ok((n.as_str(), p)),
+            None => Err(Problem::invalid_profile(format!(
+                "profile {name:?} is not offered; this CA offers {}",
+                self.cfg
+                    .profiles
+                    .keys()
+                    .map(|k| format!("{k:?}"))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ))),
+        }
+    }
+
     /// The rate limits of a new order that is not an ARI renewal.
     async fn check_order_limits(
         &self,
         acct: &Account,
-        names: &[DnsName],
+        names: &[Name],
         authzs: &[OrderAuthz],
         now: i64,
     ) -> Result<Spent, Problem> {
@@ -416,10 +451,10 @@ impl Ra {
         let values: Vec<String> = names.iter().map(|n| n.value()).collect();
         // A renewal: this exact set was certified within a certificate's
         // lifetime (plus a margin for late renewals).
-        let since = now - self.cfg.ca.cert_validity_secs as i64 - RENEWAL_MARGIN_SECS;
+        let since = now - self.cfg.max_validity_secs() as i64 - RENEWAL_MARGIN_SECS;
         let domains: Vec<String> = names
             .iter()
-            .map(|n| self.policy.registered_domain(&n.base))
+            .map(|n| self.policy.domain_key(n))
             .collect();
         // Two round trips: what the limits need to know (pending
         // authorizations, renewal, pauses), then the atomic bucket batch.
@@ -505,10 +540,13 @@ impl Ra {
         });
     }
 
-    fn new_authz(&self, n: &DnsName, now: i64) -> NewAuthz {
+    fn new_authz(&self, n: &Name, profile_name: &str, now: i64) -> NewAuthz {
         let types: &[ChallengeType] = if n.wildcard {
             // RFC 8555 §7.1.3: wildcards only by dns-01.
             &[ChallengeType::Dns01]
+        } else if n.kind == IdentifierType::Ip {
+            // RFC 8738 §7: there is no DNS name to put a TXT record under.
+            &[ChallengeType::Http01, ChallengeType::TlsAlpn01]
         } else {
             &[
                 ChallengeType::Http01,
@@ -516,10 +554,16 @@ impl Ra {
                 ChallengeType::TlsAlpn01,
             ]
         };
+        let lifetime = self
+            .cfg
+            .profile(profile_name)
+            .map_or(0, |p| p.pending_authz_lifetime_secs);
         NewAuthz {
+            identifier_type: n.kind,
             identifier: n.base.clone(),
+            profile: profile_name.to_string(),
             wildcard: n.wildcard,
-            expires: now + self.cfg.acme.pending_authz_lifetime_secs as i64,
+            expires: now + lifetime as i64,
             challenges: types.iter().map(|t| (*t, new_token())).collect(),
         }
     }
@@ -569,7 +613,7 @@ impl Ra {
             }
             Some(WhyInvalid::Expired) => Problem::malformed("the order expired"),
             Some(WhyInvalid::Authz(a, a_status)) => {
-                let ident = Identifier::dns(a.display_name());
+                let ident = Identifier::of(a.identifier_type, a.display_name());
                 let cause = a
                     .challenges
                     .iter()
@@ -704,6 +748,7 @@ impl Ra {
             .await?
             .ok_or_else(|| Problem::internal("account vanished"))?;
         let req = ValidationRequest {
+            identifier_type: a.identifier_type,
             domain: a.identifier.clone(),
             wildcard: a.wildcard,
             challenge: c.kind,
@@ -733,7 +778,12 @@ impl Ra {
         };
         tracing::info!(challenge = id.0, kind = c.kind.as_str(), domain = %a.identifier, %outcome, "validation finished");
         let now = self.clock.unix();
-        let valid_expires = now + self.cfg.acme.valid_authz_lifetime_secs as i64;
+        // Reused for as long as the authorization's profile says.
+        let reuse = self
+            .cfg
+            .profile(&a.profile)
+            .map_or(0, |p| p.valid_authz_lifetime_secs);
+        let valid_expires = now + reuse as i64;
         // Only the run that records the result counts it: a validation may
         // run twice (a restart re-runs every one in flight; a peer's lease
         // may look stale) and must not count as two failures. A client
@@ -873,42 +923,53 @@ impl Ra {
                 "the certificate's public key must differ from the account key",
             ));
         }
-        let wanted: Vec<String> = order
-            .identifiers
-            .iter()
-            .map(|i| i.value.to_ascii_lowercase())
-            .collect();
-        let mut wanted_sorted = wanted.clone();
-        wanted_sorted.sort();
-        if csr.names != wanted_sorted {
-            let missing: Vec<&String> = wanted_sorted
+        // The CSR's names, by type, must be exactly the order's identifiers.
+        let wanted = |kind: IdentifierType| -> Vec<String> {
+            let mut v: Vec<String> = order
+                .identifiers
                 .iter()
-                .filter(|n| !csr.names.contains(n))
+                .filter(|i| i.kind == kind.as_str())
+                .map(|i| i.value.to_ascii_lowercase())
                 .collect();
-            let extra: Vec<&String> = csr
-                .names
-                .iter()
-                .filter(|n| !wanted_sorted.contains(n))
-                .collect();
-            return Err(Problem::bad_csr(format!(
-                "CSR names must equal the order's identifiers; missing {missing:?}, not in the order {extra:?}"
-            )));
+            v.sort();
+            v
+        };
+        let (wanted_dns, wanted_ips) = (wanted(IdentifierType::Dns), wanted(IdentifierType::Ip));
+        for (what, want, got) in [
+            ("DNS names", &wanted_dns, &csr.names),
+            ("IP addresses", &wanted_ips, &csr.ips),
+        ] {
+            if want != got {
+                let missing: Vec<&String> = want.iter().filter(|n| !got.contains(n)).collect();
+                let extra: Vec<&String> = got.iter().filter(|n| !want.contains(n)).collect();
+                return Err(Problem::bad_csr(format!(
+                    "CSR {what} must equal the order's identifiers; missing {missing:?}, not in the order {extra:?}"
+                )));
+            }
         }
+        let profile = self.cfg.profile(&order.profile).ok_or_else(|| {
+            Problem::server_internal(format!(
+                "the order's profile {:?} is no longer offered; create a new order",
+                order.profile
+            ))
+        })?;
         let now = self.clock.now();
         if !self.store.begin_finalize(id, now.unix_timestamp()).await? {
             return Err(Problem::order_not_ready(
                 "order is no longer ready (finalized concurrently or an authorization changed)",
             ));
         }
-        // The CN, if the CSR had one, goes first so it becomes the subject CN.
-        let mut names = wanted_sorted;
+        // The CN, if the CSR had one, goes first so it becomes the subject
+        // CN; the addresses after the names.
+        let mut names = wanted_dns;
         if let Some(cn) = &csr.common_name {
             if let Some(pos) = names.iter().position(|n| n == cn) {
                 let cn = names.remove(pos);
                 names.insert(0, cn);
             }
         }
-        let issued = match self.ca.issue(&csr, &names, now) {
+        names.extend(wanted_ips);
+        let issued = match self.ca.issue(&csr, &names, profile, now) {
             Ok(c) => c,
             Err(p) => {
                 self.store
@@ -1043,24 +1104,38 @@ impl Ra {
         };
         let now = self.clock.unix();
         for name in &san.value.general_names {
-            let x509_parser::extensions::GeneralName::DNSName(n) = name else {
-                return Ok(false);
+            let (kind, n) = match name {
+                x509_parser::extensions::GeneralName::DNSName(n) => {
+                    (IdentifierType::Dns, n.to_ascii_lowercase())
+                }
+                x509_parser::extensions::GeneralName::IPAddress(b) => {
+                    let ip = match b.len() {
+                        4 => <[u8; 4]>::try_from(*b).ok().map(IpAddr::from),
+                        16 => <[u8; 16]>::try_from(*b).ok().map(IpAddr::from),
+                        _ => None,
+                    };
+                    match ip {
+                        Some(ip) => (IdentifierType::Ip, ip.to_string()),
+                        None => return Ok(false),
+                    }
+                }
+                _ => return Ok(false),
             };
-            let n = n.to_ascii_lowercase();
             let (base, wildcard) = match n.strip_prefix("*.") {
-                Some(b) => (b.to_string(), true),
-                None => (n.clone(), false),
+                Some(b) if kind == IdentifierType::Dns => (b.to_string(), true),
+                _ => (n.clone(), false),
             };
-            // Control of the base name covers its wildcard too.
+            // Control of the base name covers its wildcard too; an
+            // authorization of any profile shows control.
             let found = self
                 .store
-                .reusable_authz(acct.id, &base, wildcard, now)
+                .reusable_authz(acct.id, (kind, &base, wildcard), None, now)
                 .await?
                 .is_some()
                 || (wildcard
                     && self
                         .store
-                        .reusable_authz(acct.id, &base, false, now)
+                        .reusable_authz(acct.id, (kind, &base, false), None, now)
                         .await?
                         .is_some());
             if !found {
@@ -1103,6 +1178,11 @@ fn dns_names(cert: &x509_parser::certificate::X509Certificate<'_>) -> Vec<String
         .iter()
         .filter_map(|n| match n {
             x509_parser::extensions::GeneralName::DNSName(d) => Some(d.to_ascii_lowercase()),
+            x509_parser::extensions::GeneralName::IPAddress(b) => match b.len() {
+                4 => <[u8; 4]>::try_from(*b).ok().map(|a| IpAddr::from(a).to_string()),
+                16 => <[u8; 16]>::try_from(*b).ok().map(|a| IpAddr::from(a).to_string()),
+                _ => None,
+            },
             _ => None,
         })
         .collect()

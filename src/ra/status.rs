@@ -5,7 +5,8 @@
 //! and the account's paused identifiers. Read-only: nothing is spent.
 
 use super::{Ra, RENEWAL_MARGIN_SECS};
-use crate::core::{AccountId, Certificate};
+use crate::core::{AccountId, Certificate, Identifier, IdentifierType};
+use std::net::IpAddr;
 use crate::problem::Problem;
 use crate::ratelimit::{BucketState, LimitName};
 use crate::sa::CertQuery;
@@ -86,15 +87,26 @@ impl Ra {
             r.paused = self.limiter.paused(account).await?;
         }
         if !q.names.is_empty() {
-            let names = self.policy.check_order(
-                &q.names
-                    .iter()
-                    .map(crate::core::Identifier::dns)
-                    .collect::<Vec<_>>(),
-                self.cfg.acme.max_names,
-            )?;
+            // Addresses are ip identifiers, anything else a DNS name; checked
+            // as the default profile would, with every type allowed.
+            let mut any_type = self
+                .cfg
+                .profile("")
+                .cloned()
+                .ok_or_else(|| Problem::internal("no default profile"))?;
+            any_type.identifier_types = vec![IdentifierType::Dns, IdentifierType::Ip];
+            any_type.max_names = 100;
+            let ids: Vec<Identifier> = q
+                .names
+                .iter()
+                .map(|n| match n.parse::<IpAddr>() {
+                    Ok(_) => Identifier::of(IdentifierType::Ip, n),
+                    Err(_) => Identifier::dns(n),
+                })
+                .collect();
+            let names = self.policy.check_order(&ids, ("", &any_type), true)?;
             let values: Vec<String> = names.iter().map(|n| n.value()).collect();
-            let since = now - self.cfg.ca.cert_validity_secs as i64 - RENEWAL_MARGIN_SECS;
+            let since = now - self.cfg.max_validity_secs() as i64 - RENEWAL_MARGIN_SECS;
             let facts = self
                 .limiter
                 .order_facts(q.account.unwrap_or(AccountId(0)), &values, since)

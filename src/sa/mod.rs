@@ -33,7 +33,9 @@ pub struct CertQuery {
 /// A new authorization to create with an order.
 #[derive(Debug, Clone)]
 pub struct NewAuthz {
+    pub identifier_type: IdentifierType,
     pub identifier: String,
+    pub profile: String,
     pub wildcard: bool,
     pub expires: i64,
     pub challenges: Vec<(ChallengeType, String)>,
@@ -59,6 +61,7 @@ pub struct NewOrder {
     /// Rate-limit tokens the order reserved (JSON), kept until it issues
     /// (consumed) or fails (given back).
     pub reservation: Option<String>,
+    pub profile: String,
     pub now: i64,
 }
 
@@ -132,11 +135,13 @@ pub trait Store: LimitStore + Send + Sync {
         limit: u32,
     ) -> Result<Vec<OrderId>, StoreError>;
     /// A valid, unexpired (beyond `min_expires`) authorization to reuse.
+    /// A valid authorization of this account for this identifier, created
+    /// under `profile` (any, if `None`), that lives past `min_expires`.
     async fn reusable_authz(
         &self,
         account: AccountId,
-        identifier: &str,
-        wildcard: bool,
+        identifier: (IdentifierType, &str, bool),
+        profile: Option<&str>,
         min_expires: i64,
     ) -> Result<Option<AuthzId>, StoreError>;
     async fn authz(&self, id: AuthzId) -> Result<Option<Authz>, StoreError>;

@@ -495,8 +495,8 @@ where
             DB::lock_replaced(&mut *tx, serial).await?;
         }
         let order_id: i64 = sqlx::query_scalar(
-            "INSERT INTO orders (account_id, status, expires, identifiers, created_at, updated_at, replaces)
-             VALUES ($1, 'pending', $2, $3, $4, $5, $6) RETURNING id",
+            "INSERT INTO orders (account_id, status, expires, identifiers, created_at, updated_at, replaces, profile)
+             VALUES ($1, 'pending', $2, $3, $4, $5, $6, $7) RETURNING id",
         )
         .bind(o.account_id.0)
         .bind(o.expires)
@@ -504,6 +504,7 @@ where
         .bind(o.now)
         .bind(o.now)
         .bind(o.replaces.as_deref())
+        .bind(o.profile.as_str())
         .fetch_one(&mut *tx)
         .await?;
         if let Some(serial) = &o.replaces {
@@ -533,14 +534,16 @@ where
                 OrderAuthz::Reuse(id) => id.0,
                 OrderAuthz::New(n) => {
                     let id: i64 = sqlx::query_scalar(
-                        "INSERT INTO authzs (account_id, identifier, wildcard, status, expires, created_at)
-                         VALUES ($1, $2, $3, 'pending', $4, $5) RETURNING id",
+                        "INSERT INTO authzs (account_id, identifier, wildcard, status, expires, created_at, identifier_type, profile)
+                         VALUES ($1, $2, $3, 'pending', $4, $5, $6, $7) RETURNING id",
                     )
                     .bind(o.account_id.0)
                     .bind(n.identifier.as_str())
                     .bind(n.wildcard)
                     .bind(n.expires)
                     .bind(o.now)
+                    .bind(n.identifier_type.as_str())
+                    .bind(n.profile.as_str())
                     .fetch_one(&mut *tx)
                     .await?;
                     for (kind, token) in &n.challenges {
@@ -578,6 +581,7 @@ where
             error: None,
             cert_serial: None,
             replaces: o.replaces,
+            profile: o.profile,
             created_at: o.now,
             updated_at: o.now,
         })
@@ -587,7 +591,7 @@ where
         // One round trip: the order and its authorization ids together.
         let Some(r) = sqlx::query(&format!(
             "SELECT id, account_id, status, expires, identifiers, error, cert_serial, replaces,
-                    created_at, updated_at, {} AS authz_ids
+                    profile, created_at, updated_at, {} AS authz_ids
              FROM orders WHERE id = $1",
             DB::array("SELECT authz_id AS v FROM order_authzs WHERE order_id = orders.id")
         ))
@@ -614,6 +618,7 @@ where
                 .transpose()?,
             cert_serial: r.try_get("cert_serial")?,
             replaces: r.try_get("replaces")?,
+            profile: r.try_get("profile")?,
             created_at: r.try_get("created_at")?,
             updated_at: r.try_get("updated_at")?,
         }))
@@ -639,17 +644,20 @@ where
     async fn reusable_authz(
         &self,
         account: AccountId,
-        identifier: &str,
-        wildcard: bool,
+        (kind, identifier, wildcard): (IdentifierType, &str, bool),
+        profile: Option<&str>,
         min_expires: i64,
     ) -> Result<Option<AuthzId>, StoreError> {
         let id: Option<i64> = sqlx::query_scalar(
-            "SELECT id FROM authzs WHERE account_id = $1 AND identifier = $2 AND wildcard = $3
-             AND status = 'valid' AND expires > $4 ORDER BY expires DESC LIMIT 1",
+            "SELECT id FROM authzs WHERE account_id = $1 AND identifier = $2 AND identifier_type = $3
+             AND wildcard = $4 AND profile = COALESCE($5, profile) AND status = 'valid' AND expires > $6
+             ORDER BY expires DESC LIMIT 1",
         )
         .bind(account.0)
         .bind(identifier)
+        .bind(kind.as_str())
         .bind(wildcard)
+        .bind(profile)
         .bind(min_expires)
         .fetch_optional(&self.pool)
         .await?;
@@ -666,8 +674,8 @@ where
         }
         let ids: Vec<i64> = ids.iter().map(|id| id.0).collect();
         let sql = format!(
-            "SELECT id, account_id, identifier, wildcard, status, expires FROM authzs
-             WHERE {} ORDER BY id",
+            "SELECT id, account_id, identifier_type, identifier, wildcard, profile, status, expires
+             FROM authzs WHERE {} ORDER BY id",
             DB::in_list("id", 1, ids.len())
         );
         let rows = DB::bind_ids(sqlx::query(&sql), &ids)
@@ -689,8 +697,10 @@ where
                 Ok(Authz {
                     id,
                     account_id: AccountId(r.try_get("account_id")?),
+                    identifier_type: parse_name(&r.try_get::<String, _>("identifier_type")?)?,
                     identifier: r.try_get("identifier")?,
                     wildcard: r.try_get("wildcard")?,
+                    profile: r.try_get("profile")?,
                     status: parse_name(&r.try_get::<String, _>("status")?)?,
                     expires: r.try_get("expires")?,
                     challenges: challenges

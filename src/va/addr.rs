@@ -15,6 +15,18 @@ pub fn is_public(ip: IpAddr) -> bool {
     }
 }
 
+/// True if `ip` could be a unicast host at all: not unspecified,
+/// multicast, broadcast or in a reserved range. What
+/// `allow_private_addresses` still refuses.
+pub fn is_unicast(ip: IpAddr) -> bool {
+    match ip {
+        IpAddr::V4(v4) => {
+            !(in_v4(v4, [0, 0, 0, 0], 8) || in_v4(v4, [224, 0, 0, 0], 4) || in_v4(v4, [240, 0, 0, 0], 4))
+        }
+        IpAddr::V6(v6) => !(v6.is_unspecified() || v6.is_multicast()),
+    }
+}
+
 fn in_v4(ip: Ipv4Addr, net: [u8; 4], prefix: u32) -> bool {
     let mask = if prefix == 0 {
         0

@@ -19,31 +19,50 @@ impl Va {
         key_authorization: &str,
     ) -> Result<Vec<ValidationRecord>, Problem> {
         let port = self.cfg.http01_port;
-        let start = format!("http://{domain}:{port}/.well-known/acme-challenge/{token}");
+        // An IP identifier is dialled directly, IPv6 in brackets (RFC 8738 §7.1).
+        let ip_identifier = domain.parse::<IpAddr>().ok();
+        let host = match ip_identifier {
+            Some(IpAddr::V6(a)) => format!("[{a}]"),
+            _ => domain.to_string(),
+        };
+        let start = format!("http://{host}:{port}/.well-known/acme-challenge/{token}");
         let mut url = Url::parse(&start)
             .map_err(|e| Problem::malformed(format!("cannot build http-01 URL {start:?}: {e}")))?;
         let mut records = Vec::new();
         let mut redirects = 0usize;
 
         loop {
-            let host = match url.host() {
-                Some(url::Host::Domain(h)) => h.to_ascii_lowercase(),
+            let hop_port = url.port_or_known_default().unwrap_or(port);
+            let (host, all, targets) = match url.host() {
+                Some(url::Host::Domain(h)) => {
+                    let host = h.to_ascii_lowercase();
+                    let resolved = self.dns.resolve(&host).await?;
+                    let targets = dial_order(&resolved.usable, hop_port);
+                    (host, resolved.all, targets)
+                }
+                // An IP identifier's own address (RFC 8738 §7.1), also when
+                // its server redirects to it; any other address is refused.
+                Some(url::Host::Ipv4(a)) if ip_identifier == Some(IpAddr::V4(a)) => {
+                    self.check_ip_target(IpAddr::V4(a))?;
+                    (a.to_string(), vec![IpAddr::V4(a)], vec![SocketAddr::new(a.into(), hop_port)])
+                }
+                Some(url::Host::Ipv6(a)) if ip_identifier == Some(IpAddr::V6(a)) => {
+                    self.check_ip_target(IpAddr::V6(a))?;
+                    (a.to_string(), vec![IpAddr::V6(a)], vec![SocketAddr::new(a.into(), hop_port)])
+                }
                 _ => {
                     return Err(Problem::connection(format!(
-                        "Invalid host in {url}: only domain names are supported, not IP addresses"
+                        "Invalid host in {url}: only domain names (or the IP identifier's own address) are supported"
                     )))
                 }
             };
-            let hop_port = url.port_or_known_default().unwrap_or(port);
-            let resolved = self.dns.resolve(&host).await?;
             let mut record = ValidationRecord {
                 url: Some(url.to_string()),
                 hostname: host.clone(),
                 port: Some(hop_port.to_string()),
-                addresses_resolved: resolved.all.iter().map(|ip| ip.to_string()).collect(),
+                addresses_resolved: all.iter().map(|ip| ip.to_string()).collect(),
                 address_used: None,
             };
-            let targets = dial_order(&resolved.usable, hop_port);
 
             let client = reqwest::Client::builder()
                 .no_proxy()
@@ -135,6 +154,20 @@ impl Va {
                 )));
             }
             return Ok(records);
+        }
+    }
+
+    /// An IP identifier's address passes the address policy the resolver
+    /// applies to names' addresses.
+    pub(super) fn check_ip_target(&self, ip: IpAddr) -> Result<(), Problem> {
+        let ok = super::addr::is_public(ip)
+            || (self.cfg.allow_private_addresses && super::addr::is_unicast(ip));
+        if ok {
+            Ok(())
+        } else {
+            Err(Problem::connection(format!(
+                "{ip} is not a publicly routable unicast address; the CA does not connect to it"
+            )))
         }
     }
 

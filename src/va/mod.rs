@@ -20,14 +20,16 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::config::VaConfig;
-use crate::core::ChallengeType;
+use crate::core::{ChallengeType, IdentifierType};
 use crate::problem::Problem;
 use serde::{Deserialize, Serialize};
 
 /// One validation to perform.
 #[derive(Debug, Clone)]
 pub struct ValidationRequest {
-    /// The identifier, lower-case, without any `*.` prefix.
+    pub identifier_type: IdentifierType,
+    /// The identifier, lower-case, without any `*.` prefix; for an ip
+    /// identifier, the address's canonical text.
     pub domain: String,
     /// True if the authorization is for `*.domain` (only dns-01 is offered then).
     pub wildcard: bool,
@@ -100,6 +102,13 @@ impl Va {
                 req.challenge.as_str()
             )));
         }
+        let ip = req.identifier_type == IdentifierType::Ip;
+        if ip && req.challenge == ChallengeType::Dns01 {
+            return Err(Problem::malformed(format!(
+                "IP address {} cannot be validated with dns-01 (RFC 8738 §7)",
+                req.domain
+            )));
+        }
         let secs = self.cfg.timeout_secs.max(1);
         let work = async {
             let records = match req.challenge {
@@ -112,7 +121,8 @@ impl Va {
                     self.tls_alpn01(&req.domain, &req.key_authorization).await?
                 }
             };
-            if self.cfg.check_caa {
+            // CAA is a DNS record; an address has none to check (RFC 8738 §9).
+            if self.cfg.check_caa && !ip {
                 self.check_caa(&req.domain, req.wildcard, req.challenge, &req.account_uri)
                     .await?;
             }

@@ -51,6 +51,7 @@ fn va(c: &VaConfig) -> Va {
 
 fn req(domain: &str, challenge: ChallengeType, token: &str, ka: &str) -> ValidationRequest {
     ValidationRequest {
+        identifier_type: crate::core::IdentifierType::Dns,
         domain: domain.into(),
         wildcard: false,
         challenge,

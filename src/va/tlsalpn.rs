@@ -1,6 +1,7 @@
 //! tls-alpn-01 (RFC 8737): a TLS handshake offering only ALPN `acme-tls/1`,
 //! then checks on the self-signed certificate the server presents.
 
+use std::net::IpAddr;
 use std::sync::Arc;
 
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
@@ -150,8 +151,16 @@ pub fn check_certificate(der: &[u8], domain: &str, key_authorization: &str) -> R
         .map_err(|_| bad("Invalid or repeated subjectAltName extension".into()))?
         .ok_or_else(|| bad("Requested {domain} from the server but the certificate has no subjectAltName extension".replace("{domain}", domain)))?;
     let names = &san.value.general_names;
+    // An IP identifier's certificate names its address as an iPAddress SAN
+    // (RFC 8738 §6).
+    let ip = domain.parse::<IpAddr>().ok();
     let ok = names.len() == 1
-        && matches!(&names[0], GeneralName::DNSName(n) if n.eq_ignore_ascii_case(domain));
+        && match (&names[0], ip) {
+            (GeneralName::DNSName(n), None) => n.eq_ignore_ascii_case(domain),
+            (GeneralName::IPAddress(b), Some(IpAddr::V4(a))) => *b == a.octets().as_slice(),
+            (GeneralName::IPAddress(b), Some(IpAddr::V6(a))) => *b == a.octets().as_slice(),
+            _ => false,
+        };
     if !ok {
         let shown: Vec<String> = names
             .iter()
@@ -163,7 +172,8 @@ pub fn check_certificate(der: &[u8], domain: &str, key_authorization: &str) -> R
             })
             .collect();
         return Err(bad(format!(
-            "Requested {domain} from the server but the certificate must name exactly that one DNS name; it names: {}",
+            "Requested {domain} from the server but the certificate must name exactly that one {}; it names: {}",
+            if ip.is_some() { "IP address" } else { "DNS name" },
             shown.join(", ")
         )));
     }
@@ -210,6 +220,26 @@ pub fn check_certificate(der: &[u8], domain: &str, key_authorization: &str) -> R
     Ok(())
 }
 
+/// The reverse-DNS name of an address (RFC 8738 §6, after RFC 1035
+/// §3.5 and RFC 3596 §2.5): `4.3.2.1.in-addr.arpa`, or the 32 nibbles of
+/// an IPv6 address, least significant first, under `ip6.arpa`.
+pub fn reverse_name(ip: IpAddr) -> String {
+    match ip {
+        IpAddr::V4(a) => {
+            let o = a.octets();
+            format!("{}.{}.{}.{}.in-addr.arpa", o[3], o[2], o[1], o[0])
+        }
+        IpAddr::V6(a) => {
+            let mut s = String::with_capacity(72);
+            for b in a.octets().iter().rev() {
+                s.push_str(&format!("{:x}.{:x}.", b & 0xf, b >> 4));
+            }
+            s.push_str("ip6.arpa");
+            s
+        }
+    }
+}
+
 impl Va {
     pub(super) async fn tls_alpn01(
         &self,
@@ -217,22 +247,32 @@ impl Va {
         key_authorization: &str,
     ) -> Result<Vec<ValidationRecord>, Problem> {
         let port = self.cfg.tls_alpn01_port;
-        let resolved = self.dns.resolve(domain).await?;
+        // An IP identifier is dialled directly, with its reverse-DNS name
+        // as the SNI (RFC 8738 §6).
+        let (all, usable, sni) = match domain.parse::<IpAddr>() {
+            Ok(ip) => {
+                self.check_ip_target(ip)?;
+                (vec![ip], vec![ip], reverse_name(ip))
+            }
+            Err(_) => {
+                let resolved = self.dns.resolve(domain).await?;
+                (resolved.all, resolved.usable, domain.to_string())
+            }
+        };
         let mut record = ValidationRecord {
             url: None,
             hostname: domain.to_string(),
             port: Some(port.to_string()),
-            addresses_resolved: resolved.all.iter().map(|ip| ip.to_string()).collect(),
+            addresses_resolved: all.iter().map(|ip| ip.to_string()).collect(),
             address_used: None,
         };
-        let server_name = ServerName::try_from(domain.to_string()).map_err(|_| {
-            Problem::malformed(format!("{domain:?} is not a valid TLS server name"))
-        })?;
+        let server_name = ServerName::try_from(sni)
+            .map_err(|_| Problem::malformed(format!("{domain:?} is not a valid TLS server name")))?;
 
         // IPv6 first, then IPv4 if the IPv6 connection fails.
         let mut stream = None;
         let mut last_err = String::new();
-        for addr in dial_order(&resolved.usable, port) {
+        for addr in dial_order(&usable, port) {
             record.address_used = Some(addr.ip().to_string());
             match TcpStream::connect(addr).await {
                 Ok(s) => {
@@ -291,6 +331,18 @@ mod tests {
 
     fn digest(ka: &str) -> Vec<u8> {
         Sha256::digest(ka.as_bytes()).to_vec()
+    }
+
+    #[test]
+    fn reverse_names_follow_rfc_8738() {
+        assert_eq!(
+            reverse_name("192.0.2.1".parse().unwrap()),
+            "1.2.0.192.in-addr.arpa"
+        );
+        assert_eq!(
+            reverse_name("2001:db8::1".parse().unwrap()),
+            "1.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.8.b.d.0.1.0.0.2.ip6.arpa"
+        );
     }
 
     #[test]

@@ -17,6 +17,7 @@ pub async fn directory(
     let mut meta = json!({
         "caaIdentities": a.caa_identities,
         "externalAccountRequired": a.external_account_required,
+        "profiles": s.cfg.profiles.iter().map(|(n, p)| (n.clone(), json!(p.description))).collect::<serde_json::Map<_, _>>(),
     });
     if let Some(tos) = base.terms_url(&s.cfg) {
         meta["termsOfService"] = json!(tos);

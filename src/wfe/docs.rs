@@ -256,10 +256,21 @@ fn render(cfg: &crate::config::Config, base: &Base) -> String {
          let them expire) first. The refusal's <code>Retry-After</code> is when enough of them \
          expire for the order to fit.</p>\n</section>\n\
          <section id=\"names-per-order\">\n<h3>Identifiers per order</h3>\n\
-         <p>An order (and so a certificate) has at most <strong>{}</strong> names; more is a \
-         <code>rejectedIdentifier</code> error, not a rate limit.</p>\n</section>\n",
+         <p>An order (and so a certificate) has at most as many identifiers as its profile \
+         allows ({}); more is a <code>rejectedIdentifier</code> error, not a rate limit.</p>\n\
+         </section>\n\
+         <section id=\"profiles\">\n<h3>Profiles and IP addresses</h3>\n\
+         <p>As at Let's Encrypt, every limit is the same whatever the order's profile: orders \
+         and certificates of all profiles spend the same buckets, and a renewal is the same \
+         set of identifiers certified within the longest profile's validity. For an IP address \
+         identifier the \"registered domain\" is the IPv4 address itself, or the IPv6 \
+         address's /64.</p>\n</section>\n",
         num(cfg.limits.max_pending_authzs),
-        cfg.acme.max_names,
+        cfg.profiles
+            .iter()
+            .map(|(n, p)| format!("<code>{n}</code> <strong>{}</strong>", p.max_names))
+            .collect::<Vec<_>>()
+            .join(", "),
     );
 
     // Request rates.

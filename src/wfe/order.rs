@@ -24,6 +24,8 @@ fn order_json(s: &AppState, base: &Base, o: &Order) -> Value {
         "identifiers": o.identifiers,
         "authorizations": o.authz_ids.iter().map(|a| base.url(&format!("/acme/authz/{a}"))).collect::<Vec<_>>(),
         "finalize": base.url(&format!("/acme/finalize/{}", o.id)),
+        // Orders from before profiles have the default one.
+        "profile": if o.profile.is_empty() { &s.cfg.acme.default_profile } else { &o.profile },
     });
     if let (OrderStatus::Valid, Some(serial)) = (o.status, &o.cert_serial) {
         v["certificate"] = json!(base.url(&format!("/acme/cert/{serial}")));
@@ -70,7 +72,7 @@ fn challenge_json(base: &Base, c: &Challenge) -> Value {
 
 fn authz_json(base: &Base, a: &Authz) -> Value {
     let mut v = json!({
-        "identifier": {"type": "dns", "value": a.identifier},
+        "identifier": {"type": a.identifier_type.as_str(), "value": a.identifier},
         "status": a.status.as_str(),
         "expires": rfc3339(a.expires),
         "challenges": a.challenges.iter().map(|c| challenge_json(base, c)).collect::<Vec<_>>(),
