@@ -45,6 +45,17 @@ pub fn csr_der(names: &[&str], key: &PKey<Private>) -> Vec<u8> {
 
 /// A DER CSR with an explicit (or no) CN and the given SANs (none if `names` is empty).
 pub fn csr_der_with_cn(names: &[&str], cn: Option<&str>, key: &PKey<Private>) -> Vec<u8> {
+    csr_der_full(names, &[], cn, key)
+}
+
+/// A DER CSR with dNSName SANs `names`, iPAddress SANs `ips` and an
+/// explicit (or no) CN.
+pub fn csr_der_full(
+    names: &[&str],
+    ips: &[&str],
+    cn: Option<&str>,
+    key: &PKey<Private>,
+) -> Vec<u8> {
     let mut b = X509ReqBuilder::new().expect("X509ReqBuilder");
     b.set_pubkey(key).expect("set_pubkey");
     let mut subject = X509NameBuilder::new().expect("X509NameBuilder");
@@ -52,10 +63,13 @@ pub fn csr_der_with_cn(names: &[&str], cn: Option<&str>, key: &PKey<Private>) ->
         subject.append_entry_by_text("CN", cn).expect("CN");
     }
     b.set_subject_name(&subject.build()).expect("subject");
-    if !names.is_empty() {
+    if !names.is_empty() || !ips.is_empty() {
         let mut san = SubjectAlternativeName::new();
         for n in names {
             san.dns(n);
+        }
+        for ip in ips {
+            san.ip(ip);
         }
         let ext = san.build(&b.x509v3_context(None)).expect("SAN extension");
         let mut exts = Stack::new().expect("stack");

@@ -48,15 +48,20 @@ async fn answer(State(s): State<Arc<Shared>>, Path(token): Path<String>) -> (Sta
 impl Http01Responder {
     /// Binds 127.0.0.1:port (retrying for up to 5 s if the port is still taken) and serves.
     pub fn start(port: u16) -> Http01Responder {
+        Self::start_on("127.0.0.1", port)
+    }
+
+    /// The same on another loopback address (`::1` for IPv6 identifiers).
+    pub fn start_on(ip: &str, port: u16) -> Http01Responder {
         let deadline = Instant::now() + Duration::from_secs(5);
         let listener = loop {
-            match std::net::TcpListener::bind(("127.0.0.1", port)) {
+            match std::net::TcpListener::bind((ip, port)) {
                 Ok(l) => break l,
                 Err(e) if Instant::now() < deadline => {
                     let _ = e;
                     std::thread::sleep(Duration::from_millis(100));
                 }
-                Err(e) => panic!("http-01 responder: bind 127.0.0.1:{port}: {e}"),
+                Err(e) => panic!("http-01 responder: bind {ip} port {port}: {e}"),
             }
         };
         listener.set_nonblocking(true).expect("set_nonblocking");

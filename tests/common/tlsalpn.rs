@@ -39,14 +39,19 @@ pub struct TlsAlpn01Responder {
 impl TlsAlpn01Responder {
     /// Binds 127.0.0.1:port (retrying for up to 5 s) and serves handshakes.
     pub fn start(port: u16) -> TlsAlpn01Responder {
+        Self::start_on("127.0.0.1", port)
+    }
+
+    /// The same on another loopback address (`::1` for IPv6 identifiers).
+    pub fn start_on(ip: &str, port: u16) -> TlsAlpn01Responder {
         let deadline = Instant::now() + Duration::from_secs(5);
         let listener = loop {
-            match std::net::TcpListener::bind(("127.0.0.1", port)) {
+            match std::net::TcpListener::bind((ip, port)) {
                 Ok(l) => break l,
                 Err(_) if Instant::now() < deadline => {
                     std::thread::sleep(Duration::from_millis(100))
                 }
-                Err(e) => panic!("tls-alpn-01 responder: bind 127.0.0.1:{port}: {e}"),
+                Err(e) => panic!("tls-alpn-01 responder: bind {ip} port {port}: {e}"),
             }
         };
         listener.set_nonblocking(true).expect("set_nonblocking");
@@ -93,8 +98,16 @@ impl TlsAlpn01Responder {
 
     /// Answer handshakes for `domain` with the acmeIdentifier of `key_authorization`.
     pub fn set(&self, domain: &str, key_authorization: &str) {
+        self.set_for(domain, domain, key_authorization)
+    }
+
+    /// Answer handshakes whose SNI is `sni` with a certificate naming `san`
+    /// (an IP address becomes an iPAddress SAN: RFC 8738 §6 has the SNI be
+    /// the address's reverse-DNS name).
+    pub fn set_for(&self, sni: &str, san: &str, key_authorization: &str) {
+        let domain = sni;
         let digest = Sha256::digest(key_authorization.as_bytes());
-        let mut params = rcgen::CertificateParams::new(vec![domain.to_string()]).expect("params");
+        let mut params = rcgen::CertificateParams::new(vec![san.to_string()]).expect("params");
         params.custom_extensions = vec![rcgen::CustomExtension::new_acme_identifier(&digest)];
         let kp = rcgen::KeyPair::generate().expect("key");
         let cert = params.self_signed(&kp).expect("self-signed certificate");
