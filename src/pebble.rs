@@ -374,25 +374,27 @@ pub fn translate(
         0 => 7_776_000,
         v => v,
     };
-    let pebble_profile = |description: &str, validity: u64, cn: bool| -> anyhow::Result<toml::Value> {
-        let v = i64::try_from(validity).map_err(|_| anyhow!("validityPeriod {validity} is too large"))?;
-        let mut t = toml::Table::new();
-        t.insert("description".into(), description.into());
-        t.insert("validity_secs".into(), v.into());
-        t.insert(
-            "identifier_types".into(),
-            toml::Value::Array(vec!["dns".into(), "ip".into()]),
-        );
-        t.insert("max_names".into(), 100.into());
-        t.insert("pending_authz_lifetime_secs".into(), 3600.into());
-        t.insert("order_lifetime_secs".into(), 3600.into());
-        t.insert("valid_authz_lifetime_secs".into(), 2_592_000.into());
-        t.insert("common_name".into(), cn.into());
-        t.insert("subject_key_id".into(), true.into());
-        t.insert("client_auth".into(), true.into());
-        t.insert("key_encipherment".into(), true.into());
-        Ok(toml::Value::Table(t))
-    };
+    let pebble_profile =
+        |description: &str, validity: u64, cn: bool| -> anyhow::Result<toml::Value> {
+            let v = i64::try_from(validity)
+                .map_err(|_| anyhow!("validityPeriod {validity} is too large"))?;
+            let mut t = toml::Table::new();
+            t.insert("description".into(), description.into());
+            t.insert("validity_secs".into(), v.into());
+            t.insert(
+                "identifier_types".into(),
+                toml::Value::Array(vec!["dns".into(), "ip".into()]),
+            );
+            t.insert("max_names".into(), 100.into());
+            t.insert("pending_authz_lifetime_secs".into(), 3600.into());
+            t.insert("order_lifetime_secs".into(), 3600.into());
+            t.insert("valid_authz_lifetime_secs".into(), 2_592_000.into());
+            t.insert("common_name".into(), cn.into());
+            t.insert("subject_key_id".into(), true.into());
+            t.insert("client_auth".into(), true.into());
+            t.insert("key_encipherment".into(), true.into());
+            Ok(toml::Value::Table(t))
+        };
     let mut profiles = toml::Table::new();
     match fields.get("profiles") {
         None | Some(Value::Null) => {}
@@ -414,7 +416,9 @@ pub fn translate(
                         "description" => {
                             description = v
                                 .as_str()
-                                .ok_or_else(|| anyhow!("pebble.profiles.{name}.{k} must be a string"))?
+                                .ok_or_else(|| {
+                                    anyhow!("pebble.profiles.{name}.{k} must be a string")
+                                })?
                                 .to_string()
                         }
                         "promotecommonname" => {

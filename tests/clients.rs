@@ -479,6 +479,96 @@ fn certbot_http01(env: &Env, bin: &Path, cert_name: &str, names: &[&str]) -> Iss
     verify_issued(env, &certbot_live(env, cert_name, "fullchain.pem"), names)
 }
 
+/// The leaf of a PEM file as `openssl x509 -text` prints it.
+fn openssl_text(path: &Path) -> String {
+    let out = Command::new("/usr/bin/openssl")
+        .args(["x509", "-noout", "-text", "-in"])
+        .arg(path)
+        .output()
+        .expect("run openssl x509");
+    assert!(
+        out.status.success(),
+        "openssl x509 -text {}",
+        path.display()
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// notAfter - notBefore of a DER certificate, seconds.
+fn validity_secs(der: &[u8]) -> i64 {
+    let (_, c) = x509_parser::parse_x509_certificate(der).expect("parse the leaf");
+    c.validity().not_after.timestamp() - c.validity().not_before.timestamp()
+}
+
+#[test]
+fn certbot_profiles_and_ip_addresses() {
+    let Some(bin) = client_path("CAIRN_TEST_CERTBOT") else {
+        return;
+    };
+    let env = Env::start();
+    let port = env.server.http01_port.to_string();
+    let standalone = |cmd: &mut Command| {
+        cmd.args(["--standalone", "--http-01-address", "127.0.0.1"])
+            .args(["--http-01-port", &port]);
+    };
+
+    // --preferred-profile, offered: a shortlived (160 hours) certificate.
+    let mut cmd = certbot(&env, &bin, "certonly");
+    standalone(&mut cmd);
+    cmd.args(["--preferred-profile", "shortlived", "--cert-name", "short"])
+        .args(["-d", "short.example.com"]);
+    env.run("certbot --preferred-profile shortlived", cmd);
+    let short = verify_issued(
+        &env,
+        &certbot_live(&env, "short", "fullchain.pem"),
+        &["short.example.com"],
+    );
+    assert_eq!(validity_secs(&short.leaf), 160 * 3600);
+
+    // --required-profile, not offered: Cairn's invalidProfile stops it.
+    let mut cmd = certbot(&env, &bin, "certonly");
+    standalone(&mut cmd);
+    cmd.args(["--required-profile", "nonsense", "--cert-name", "nonsense"])
+        .args(["-d", "nonsense.example.com"]);
+    let out = env.run_expecting_failure("certbot --required-profile nonsense", cmd);
+    let said = format!("{out}\n{}", certbot_log(&env));
+    assert!(
+        said.contains("invalidProfile") && said.contains("is not offered"),
+        "certbot did not report Cairn's invalidProfile:\n{out}"
+    );
+
+    // An IP address (RFC 8738) by http-01, in the profile that takes them.
+    let mut cmd = certbot(&env, &bin, "certonly");
+    standalone(&mut cmd);
+    cmd.args(["--preferred-profile", "shortlived", "--cert-name", "ip"])
+        .args(["--ip-address", "127.0.0.1"]);
+    env.run("certbot --ip-address 127.0.0.1", cmd);
+    let chain = certbot_live(&env, "ip", "fullchain.pem");
+    let pem = fs::read_to_string(&chain).expect("read the IP chain");
+    assert!(
+        verify_chain(&pem, &env.server.root_pem()).is_empty(),
+        "no dNSName for an address"
+    );
+    let text = openssl_text(&certbot_live(&env, "ip", "cert.pem"));
+    assert!(text.contains("IP Address:127.0.0.1"), "{text}");
+    let subject = text
+        .lines()
+        .find(|l| l.trim_start().starts_with("Subject:"))
+        .unwrap_or_default();
+    assert!(
+        !subject.contains("CN"),
+        "an address is no subject CN:\n{text}"
+    );
+
+    // Without the profile the default (classic) refuses the address.
+    let mut cmd = certbot(&env, &bin, "certonly");
+    standalone(&mut cmd);
+    cmd.args(["--cert-name", "ip-classic", "--ip-address", "127.0.0.1"]);
+    let out = env.run_expecting_failure("certbot --ip-address under classic", cmd);
+    let said = format!("{out}\n{}", certbot_log(&env));
+    assert!(said.contains("does not allow ip"), "{out}");
+}
+
 /// certbot's debug log of its last run (each run starts a new one).
 fn certbot_log(env: &Env) -> String {
     fs::read_to_string(env.dir().join("logs/letsencrypt.log")).unwrap_or_default()

@@ -38,7 +38,23 @@ fn config_check_names_what_is_wrong() {
     for (text, needle) in [
         ("[server]\nbogus = 3\n", "server.bogus"),
         ("[va]\nhttp01_port = \"x\"\n", "va.http01_port"),
-        ("[acme]\nmax_names = 0\n", "acme.max_names"),
+        ("[acme]\nmax_names = 100\n", "acme.max_names"),
+        (
+            "[acme]\ndefault_profile = \"gold\"\n",
+            "acme.default_profile",
+        ),
+        (
+            "[profiles.mine]\ndescription = \"x\"\n",
+            "missing field `validity_secs`",
+        ),
+        (
+            "[acme]\ndefault_profile = \"mine\"\n[profiles.mine]\ndescription = \"x\"\n\
+             validity_secs = 600\nidentifier_types = [\"dns\", \"email\"]\nmax_names = 1\n\
+             pending_authz_lifetime_secs = 60\norder_lifetime_secs = 60\n\
+             valid_authz_lifetime_secs = 60\ncommon_name = false\nsubject_key_id = false\n\
+             client_auth = false\nkey_encipherment = false\n",
+            "unknown variant `email`",
+        ),
         (
             "[server]\nexternal_url = \"http://x\"\n",
             "server.external_url",
@@ -53,6 +69,27 @@ fn config_check_names_what_is_wrong() {
             "{text:?}: the error must name {needle:?}: {err}"
         );
     }
+    // A [profiles] table replaces the preset's set: the default must be in it.
+    let own = write(
+        "own.toml",
+        "[profiles.mine]\ndescription = \"x\"\nvalidity_secs = 600\n\
+         identifier_types = [\"dns\"]\nmax_names = 1\npending_authz_lifetime_secs = 60\n\
+         order_lifetime_secs = 60\nvalid_authz_lifetime_secs = 60\ncommon_name = false\n\
+         subject_key_id = false\nclient_auth = false\nkey_encipherment = false\n",
+    );
+    let (ok, _, err) = cairn(&["config", "check", &own], &[]);
+    assert!(
+        !ok && err
+            .contains("acme.default_profile: \"classic\" is not one of the profiles [\"mine\"]"),
+        "{err}"
+    );
+    let (ok, out, err) = cairn(
+        &["config", "check", &own],
+        &[("CAIRN_ACME_DEFAULT_PROFILE", "mine")],
+    );
+    assert!(ok, "{err}");
+    assert!(out.starts_with("ok: "), "{out}");
+
     // Staging without its required external URL fails the check too.
     let (ok, _, err) = cairn(&["config", "check", "--preset", "staging", &good], &[]);
     assert!(

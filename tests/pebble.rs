@@ -438,7 +438,21 @@ async fn pebble_by_name_serves_dir_and_issues() {
     // -strict and the variables were reported, not ignored.
     let log = p.proc.log();
     assert!(log.contains("-strict"), "{log}");
-    assert!(log.contains("pebble.profiles [\"shortlived\"]"), "{log}");
+    // Pebble's profiles are the directory's, and are honoured.
+    let profiles = client.directory()["meta"]["profiles"].clone();
+    let names: Vec<&String> = profiles
+        .as_object()
+        .expect("meta.profiles")
+        .keys()
+        .collect();
+    assert_eq!(names, ["default", "shortlived"], "{profiles}");
+    let mut payload = AcmeClient::order_payload(&["short.example.com"]);
+    payload["profile"] = serde_json::json!("shortlived");
+    let r = client.new_order_raw(payload).await;
+    assert_eq!(r.status, 201, "{r}");
+    assert_eq!(r.json()["profile"], "shortlived");
+    let (_, order) = client.new_order(&["plain.example.com"]).await;
+    assert_eq!(order["profile"], "default");
 }
 
 /// `cairn pebble` behaves the same; Pebble's variables it cannot honour

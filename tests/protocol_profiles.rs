@@ -13,7 +13,10 @@ use x509_parser::prelude::FromDer;
 const DAY: i64 = 86_400;
 
 fn ip_payload(ips: &[&str], profile: Option<&str>) -> Value {
-    let ids: Vec<Value> = ips.iter().map(|v| json!({"type": "ip", "value": v})).collect();
+    let ids: Vec<Value> = ips
+        .iter()
+        .map(|v| json!({"type": "ip", "value": v}))
+        .collect();
     let mut p = json!({ "identifiers": ids });
     if let Some(name) = profile {
         p["profile"] = json!(name);
@@ -63,8 +66,11 @@ fn leaf(pem: &str) -> Leaf {
                     match g {
                         GeneralName::DNSName(n) => l.dns.push(n.to_string()),
                         GeneralName::IPAddress(b) => l.ips.push(match b.len() {
-                            4 => std::net::IpAddr::from(<[u8; 4]>::try_from(*b).unwrap()).to_string(),
-                            _ => std::net::IpAddr::from(<[u8; 16]>::try_from(*b).unwrap()).to_string(),
+                            4 => {
+                                std::net::IpAddr::from(<[u8; 4]>::try_from(*b).unwrap()).to_string()
+                            }
+                            _ => std::net::IpAddr::from(<[u8; 16]>::try_from(*b).unwrap())
+                                .to_string(),
                         }),
                         other => panic!("unexpected SAN {other:?}"),
                     }
@@ -90,7 +96,11 @@ async fn directory_offers_the_three_profiles() {
     let server = Server::start(ServerOpts::test());
     let client = AcmeClient::new(&server, KeyKind::Es256).await;
     let profiles = &client.directory()["meta"]["profiles"];
-    let names: Vec<&String> = profiles.as_object().expect("meta.profiles").keys().collect();
+    let names: Vec<&String> = profiles
+        .as_object()
+        .expect("meta.profiles")
+        .keys()
+        .collect();
     assert_eq!(names, ["classic", "shortlived", "tlsserver"], "{profiles}");
     for (_, d) in profiles.as_object().unwrap() {
         assert!(d.as_str().is_some_and(|d| !d.is_empty()), "{profiles}");
@@ -112,7 +122,10 @@ async fn orders_echo_their_profile_and_unknown_ones_are_refused() {
     assert_eq!(r.json()["profile"], "shortlived");
     // The order as read back says the same.
     let url = r.location().unwrap();
-    assert_eq!(client.post_as_get(&url).await.json()["profile"], "shortlived");
+    assert_eq!(
+        client.post_as_get(&url).await.json()["profile"],
+        "shortlived"
+    );
 
     let r = client
         .new_order_raw(with_profile(&["x.example"], "nonsense"))
@@ -123,7 +136,9 @@ async fn orders_echo_their_profile_and_unknown_ones_are_refused() {
         assert!(detail.contains(offered), "{detail}");
     }
     let r = client
-        .new_order_raw(json!({"identifiers": [{"type": "dns", "value": "x.example"}], "profile": 7}))
+        .new_order_raw(
+            json!({"identifiers": [{"type": "dns", "value": "x.example"}], "profile": 7}),
+        )
         .await;
     assert_problem(&r, 400, "malformed");
     // tlsserver and shortlived allow 25 names, classic 100.
@@ -155,7 +170,9 @@ async fn each_profile_shapes_its_certificate() {
         let (csr, _) = make_csr(&[&name], CertKey::P256);
         let f = client.finalize(&order, &csr).await;
         assert_eq!(f.status, 200, "{f}");
-        let order = client.wait_status(&url, &["valid"], Duration::from_secs(15)).await;
+        let order = client
+            .wait_status(&url, &["valid"], Duration::from_secs(15))
+            .await;
         let pem = client
             .download_cert_pem(order["certificate"].as_str().unwrap())
             .await;
@@ -183,8 +200,14 @@ async fn each_profile_shapes_its_certificate() {
         .unwrap()
         .unix_timestamp();
         let now = time::OffsetDateTime::now_utc().unix_timestamp();
-        assert!(start - now < validity, "{profile}: window {w} inside the validity");
-        assert!(start - now > validity / 3, "{profile}: window {w} late in the validity");
+        assert!(
+            start - now < validity,
+            "{profile}: window {w} inside the validity"
+        );
+        assert!(
+            start - now > validity / 3,
+            "{profile}: window {w} late in the validity"
+        );
     }
 }
 
@@ -196,7 +219,9 @@ fn cert_id_of(pem: &str) -> String {
         .extensions()
         .iter()
         .find_map(|e| match e.parsed_extension() {
-            ParsedExtension::AuthorityKeyIdentifier(a) => a.key_identifier.as_ref().map(|k| k.0.to_vec()),
+            ParsedExtension::AuthorityKeyIdentifier(a) => {
+                a.key_identifier.as_ref().map(|k| k.0.to_vec())
+            }
             _ => None,
         })
         .expect("AKI");
@@ -211,12 +236,22 @@ async fn authorizations_are_reused_only_within_a_profile() {
     let (url, order) = client.new_order(&["reuse.example"]).await;
     client.authorize_always_valid(&url, &order).await;
 
-    let again = client.new_order_raw(with_profile(&["reuse.example"], "classic")).await;
-    assert_eq!(again.json()["status"], "ready", "classic reuses classic: {again}");
+    let again = client
+        .new_order_raw(with_profile(&["reuse.example"], "classic"))
+        .await;
+    assert_eq!(
+        again.json()["status"],
+        "ready",
+        "classic reuses classic: {again}"
+    );
     let other = client
         .new_order_raw(with_profile(&["reuse.example"], "shortlived"))
         .await;
-    assert_eq!(other.json()["status"], "pending", "shortlived validates anew: {other}");
+    assert_eq!(
+        other.json()["status"],
+        "pending",
+        "shortlived validates anew: {other}"
+    );
 }
 
 #[tokio::test]
@@ -227,12 +262,24 @@ async fn ip_identifiers_need_a_profile_that_takes_them_and_canonical_text() {
 
     // classic (the default) and tlsserver take DNS names only.
     for profile in [None, Some("tlsserver")] {
-        let r = client.new_order_raw(ip_payload(&["127.0.0.1"], profile)).await;
+        let r = client
+            .new_order_raw(ip_payload(&["127.0.0.1"], profile))
+            .await;
         let p = assert_problem(&r, 400, "rejectedIdentifier");
         assert_eq!(p["subproblems"][0]["identifier"]["type"], "ip", "{p}");
-        assert!(p["detail"].as_str().unwrap().contains("does not allow ip"), "{p}");
+        assert!(
+            p["detail"].as_str().unwrap().contains("does not allow ip"),
+            "{p}"
+        );
     }
-    for bad in ["127.000.0.1", "::0001", "0:0:0:0:0:0:0:1", "localhost", "127.0.0.1/8", "*.127.0.0.1"] {
+    for bad in [
+        "127.000.0.1",
+        "::0001",
+        "0:0:0:0:0:0:0:1",
+        "localhost",
+        "127.0.0.1/8",
+        "*.127.0.0.1",
+    ] {
         let r = client
             .new_order_raw(ip_payload(&[bad], Some("shortlived")))
             .await;
@@ -255,20 +302,32 @@ async fn ip_identifiers_need_a_profile_that_takes_them_and_canonical_text() {
 #[tokio::test]
 async fn the_staging_preset_refuses_private_ip_identifiers() {
     let server = Server::start(
-        ServerOpts::always_valid()
-            .with_env("CAIRN_VA_ALLOW_PRIVATE_ADDRESSES", "false"),
+        ServerOpts::always_valid().with_env("CAIRN_VA_ALLOW_PRIVATE_ADDRESSES", "false"),
     );
     let client = AcmeClient::new(&server, KeyKind::Es256).await;
     client.register().await;
-    for private in ["127.0.0.1", "10.1.2.3", "192.168.1.1", "::1", "fe80::1", "fd00::1"] {
+    for private in [
+        "127.0.0.1",
+        "10.1.2.3",
+        "192.168.1.1",
+        "::1",
+        "fe80::1",
+        "fd00::1",
+    ] {
         let r = client
             .new_order_raw(ip_payload(&[private], Some("shortlived")))
             .await;
         let p = assert_problem(&r, 400, "rejectedIdentifier");
-        assert!(p["detail"].as_str().unwrap().contains("publicly routable"), "{p}");
+        assert!(
+            p["detail"].as_str().unwrap().contains("publicly routable"),
+            "{p}"
+        );
     }
     let r = client
-        .new_order_raw(ip_payload(&["8.8.8.8", "2001:4860:4860::8888"], Some("shortlived")))
+        .new_order_raw(ip_payload(
+            &["8.8.8.8", "2001:4860:4860::8888"],
+            Some("shortlived"),
+        ))
         .await;
     assert_eq!(r.status, 201, "{r}");
 }
@@ -278,14 +337,20 @@ async fn the_staging_preset_refuses_private_ip_identifiers() {
 async fn issue_for_ip(server: &Server, ip: &str, kind: &str) {
     let client = AcmeClient::new(server, KeyKind::Es256).await;
     client.register().await;
-    let r = client.new_order_raw(ip_payload(&[ip], Some("shortlived"))).await;
+    let r = client
+        .new_order_raw(ip_payload(&[ip], Some("shortlived")))
+        .await;
     assert_eq!(r.status, 201, "{r}");
     let url = r.location().unwrap();
     let order = r.json();
     assert_eq!(order["identifiers"], json!([{"type": "ip", "value": ip}]));
     let authz_url = AcmeClient::authz_urls(&order)[0].clone();
     let authz = client.post_as_get(&authz_url).await.json();
-    assert_eq!(authz["identifier"], json!({"type": "ip", "value": ip}), "{authz}");
+    assert_eq!(
+        authz["identifier"],
+        json!({"type": "ip", "value": ip}),
+        "{authz}"
+    );
     let mut types: Vec<&str> = authz["challenges"]
         .as_array()
         .unwrap()
@@ -293,7 +358,11 @@ async fn issue_for_ip(server: &Server, ip: &str, kind: &str) {
         .map(|c| c["type"].as_str().unwrap())
         .collect();
     types.sort();
-    assert_eq!(types, ["http-01", "tls-alpn-01"], "no dns-01 for an address: {authz}");
+    assert_eq!(
+        types,
+        ["http-01", "tls-alpn-01"],
+        "no dns-01 for an address: {authz}"
+    );
     let ch = AcmeClient::challenge(&authz, kind).unwrap();
     let token = ch["token"].as_str().unwrap();
     let ka = client.key_authorization(token);
@@ -311,7 +380,9 @@ async fn issue_for_ip(server: &Server, ip: &str, kind: &str) {
         _t = Some(t);
         _h = None;
     }
-    let r = client.post(ch["url"].as_str().unwrap(), Some(json!({}))).await;
+    let r = client
+        .post(ch["url"].as_str().unwrap(), Some(json!({})))
+        .await;
     assert_eq!(r.status, 200, "{r}");
     let authz = client
         .wait_status(&authz_url, &["valid", "invalid"], Duration::from_secs(15))
@@ -320,27 +391,45 @@ async fn issue_for_ip(server: &Server, ip: &str, kind: &str) {
     let record = &AcmeClient::challenge(&authz, kind).unwrap()["validationRecord"][0];
     assert_eq!(record["hostname"], ip, "{record}");
     if kind == "http-01" {
-        let host = if ip.contains(':') { format!("[{ip}]") } else { ip.to_string() };
+        let host = if ip.contains(':') {
+            format!("[{ip}]")
+        } else {
+            ip.to_string()
+        };
         assert_eq!(
             record["url"],
-            format!("http://{host}:{}/.well-known/acme-challenge/{token}", server.http01_port)
+            format!(
+                "http://{host}:{}/.well-known/acme-challenge/{token}",
+                server.http01_port
+            )
         );
     }
 
-    let order = client.wait_status(&url, &["ready"], Duration::from_secs(15)).await;
+    let order = client
+        .wait_status(&url, &["ready"], Duration::from_secs(15))
+        .await;
     // A CSR with the address as a dNSName does not match.
     let key = gen_cert_key(CertKey::P256);
-    let f = client.finalize(&order, &csr_der_full(&[ip], &[], None, &key)).await;
+    let f = client
+        .finalize(&order, &csr_der_full(&[ip], &[], None, &key))
+        .await;
     assert_problem(&f, 400, "badCSR");
-    let f = client.finalize(&order, &csr_der_full(&[], &[ip], None, &key)).await;
+    let f = client
+        .finalize(&order, &csr_der_full(&[], &[ip], None, &key))
+        .await;
     assert_eq!(f.status, 200, "{f}");
-    let order = client.wait_status(&url, &["valid"], Duration::from_secs(15)).await;
+    let order = client
+        .wait_status(&url, &["valid"], Duration::from_secs(15))
+        .await;
     let pem = client
         .download_cert_pem(order["certificate"].as_str().unwrap())
         .await;
     let l = leaf(&pem);
     assert_eq!(l.ips, vec![ip.to_string()]);
-    assert!(l.dns.is_empty() && l.cn.is_empty(), "no CN or dNSName for an address");
+    assert!(
+        l.dns.is_empty() && l.cn.is_empty(),
+        "no CN or dNSName for an address"
+    );
     assert_eq!(l.validity, 160 * 3600);
     let root = std::fs::read_to_string(&server.root_pem_path).unwrap();
     verify_chain(&pem, &root);

@@ -12,10 +12,9 @@
 mod common;
 
 use cairn::core::{
-    IdentifierType,
     identifier_set_hash, Account, AccountId, AccountStatus, AuthzId, AuthzStatus, Certificate,
-    ChallengeId, ChallengeStatus, ChallengeType, Conflict, Identifier, Order, OrderId, OrderStatus,
-    RevokedEntry, StoreError, StoredCrl,
+    ChallengeId, ChallengeStatus, ChallengeType, Conflict, Identifier, IdentifierType, Order,
+    OrderId, OrderStatus, RevokedEntry, StoreError, StoredCrl,
 };
 use cairn::problem::Problem;
 use cairn::ra::{error_doc, problem_of};
@@ -515,29 +514,54 @@ async fn create_order_with_new_and_reused_authzs(f: &Fixture) {
     // wildcard-ness is reusable.
     let plain_id = plain.id;
     assert!(s
-        .reusable_authz(a.id, (IdentifierType::Dns, "a.example", false), Some("classic"), NOW)
+        .reusable_authz(
+            a.id,
+            (IdentifierType::Dns, "a.example", false),
+            Some("classic"),
+            NOW
+        )
         .await
         .unwrap()
         .is_none());
     validate(&*s, plain_id, NOW + 30 * DAY).await;
     assert_eq!(
-        s.reusable_authz(a.id, (IdentifierType::Dns, "a.example", false), Some("classic"), NOW)
-            .await
-            .unwrap(),
+        s.reusable_authz(
+            a.id,
+            (IdentifierType::Dns, "a.example", false),
+            Some("classic"),
+            NOW
+        )
+        .await
+        .unwrap(),
         Some(plain_id)
     );
     assert!(s
-        .reusable_authz(a.id, (IdentifierType::Dns, "a.example", true), Some("classic"), NOW)
+        .reusable_authz(
+            a.id,
+            (IdentifierType::Dns, "a.example", true),
+            Some("classic"),
+            NOW
+        )
         .await
         .unwrap()
         .is_none());
     assert!(s
-        .reusable_authz(a.id, (IdentifierType::Dns, "a.example", false), Some("classic"), NOW + 30 * DAY)
+        .reusable_authz(
+            a.id,
+            (IdentifierType::Dns, "a.example", false),
+            Some("classic"),
+            NOW + 30 * DAY
+        )
         .await
         .unwrap()
         .is_none());
     assert!(s
-        .reusable_authz(other.id, (IdentifierType::Dns, "a.example", false), Some("classic"), NOW)
+        .reusable_authz(
+            other.id,
+            (IdentifierType::Dns, "a.example", false),
+            Some("classic"),
+            NOW
+        )
         .await
         .unwrap()
         .is_none());

@@ -213,17 +213,10 @@ fn san_name(gn: &GeneralName<'_>) -> Result<SanName, Problem> {
     };
     match gn {
         GeneralName::DNSName(s) => checked_name(s, "dNSName SAN").map(SanName::Dns),
-        GeneralName::IPAddress(b) => {
-            let ip = match b.len() {
-                4 => <[u8; 4]>::try_from(*b).map(IpAddr::from).ok(),
-                16 => <[u8; 16]>::try_from(*b).map(IpAddr::from).ok(),
-                _ => None,
-            };
-            match ip {
-                Some(ip) => Ok(SanName::Ip(ip)),
-                None => refuse(format!("malformed IP address ({} bytes)", b.len())),
-            }
-        }
+        GeneralName::IPAddress(b) => match super::san_ip(b) {
+            Some(ip) => Ok(SanName::Ip(ip)),
+            None => refuse(format!("malformed IP address ({} bytes)", b.len())),
+        },
         GeneralName::RFC822Name(s) => refuse(format!("email address ({s:?})")),
         GeneralName::URI(s) => refuse(format!("URI ({s:?})")),
         GeneralName::OtherName(oid, _) => refuse(format!("otherName ({oid})")),

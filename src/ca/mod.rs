@@ -440,10 +440,12 @@ impl Ca {
         }
         params.use_authority_key_identifier_extension = true;
         if let Some(aia) = &self.aia {
-            params.custom_extensions.push(CustomExtension::from_oid_content(
-                OID_AUTHORITY_INFO_ACCESS,
-                aia.clone(),
-            ));
+            params
+                .custom_extensions
+                .push(CustomExtension::from_oid_content(
+                    OID_AUTHORITY_INFO_ACCESS,
+                    aia.clone(),
+                ));
         }
         if let Some(url) = &self.crl_url {
             params.crl_distribution_points = vec![rcgen::CrlDistributionPoint {
@@ -485,6 +487,15 @@ impl Ca {
 /// are refused.
 pub fn parse_csr(der: &[u8]) -> Result<Csr, Problem> {
     csr::parse(der)
+}
+
+/// The address of an iPAddress SAN's octets (4 or 16 of them).
+pub fn san_ip(octets: &[u8]) -> Option<std::net::IpAddr> {
+    match octets.len() {
+        4 => <[u8; 4]>::try_from(octets).ok().map(Into::into),
+        16 => <[u8; 16]>::try_from(octets).ok().map(Into::into),
+        _ => None,
+    }
 }
 
 const OID_AUTHORITY_INFO_ACCESS: &[u64] = &[1, 3, 6, 1, 5, 5, 7, 1, 1];

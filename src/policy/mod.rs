@@ -235,8 +235,8 @@ fn check_ip(value: &str, private_ips: bool) -> Result<Name, Problem> {
             "IP address {value:?} is not in canonical form; write it as {canonical:?}"
         )));
     }
-    let dialable = crate::va::addr::is_public(ip)
-        || (private_ips && crate::va::addr::is_unicast(ip));
+    let dialable =
+        crate::va::addr::is_public(ip) || (private_ips && crate::va::addr::is_unicast(ip));
     if !dialable {
         return Err(Problem::rejected_identifier(format!(
             "{value} is not a publicly routable unicast address; this CA does not issue for it"
@@ -319,11 +319,7 @@ mod tests {
         }
     }
 
-    fn check(
-        p: &Policy,
-        ids: &[Identifier],
-        max_names: usize,
-    ) -> Result<Vec<Name>, Problem> {
+    fn check(p: &Policy, ids: &[Identifier], max_names: usize) -> Result<Vec<Name>, Problem> {
         let pr = profile(&[IdentifierType::Dns], max_names);
         p.check_order(ids, ("classic", &pr), false)
     }
@@ -334,25 +330,50 @@ mod tests {
         let ip = |v: &str| Identifier::of(IdentifierType::Ip, v);
         let both = profile(&[IdentifierType::Dns, IdentifierType::Ip], 100);
         let got = p
-            .check_order(&[ip("2001:4860::1"), ip("8.8.8.8")], ("shortlived", &both), false)
+            .check_order(
+                &[ip("2001:4860::1"), ip("8.8.8.8")],
+                ("shortlived", &both),
+                false,
+            )
             .unwrap();
         assert_eq!(got[0].base, "2001:4860::1");
         assert_eq!(got[1].base, "8.8.8.8");
-        assert!(got.iter().all(|n| n.kind == IdentifierType::Ip && !n.wildcard));
+        assert!(got
+            .iter()
+            .all(|n| n.kind == IdentifierType::Ip && !n.wildcard));
         // Not canonical, not an address, private without the preset's leave.
-        for bad in ["2001:4860:0::1", "008.8.8.8", "8.8.8", "example.com", "127.0.0.1", "10.0.0.1", "fe80::1"] {
-            let e = p.check_order(&[ip(bad)], ("shortlived", &both), false).unwrap_err();
+        for bad in [
+            "2001:4860:0::1",
+            "008.8.8.8",
+            "8.8.8",
+            "example.com",
+            "127.0.0.1",
+            "10.0.0.1",
+            "fe80::1",
+        ] {
+            let e = p
+                .check_order(&[ip(bad)], ("shortlived", &both), false)
+                .unwrap_err();
             assert_eq!(e.subproblems.len(), 1, "{bad}: {e:?}");
             assert_eq!(e.subproblems[0].identifier.value, bad);
         }
-        assert!(p.check_order(&[ip("127.0.0.1")], ("s", &both), true).is_ok());
+        assert!(p
+            .check_order(&[ip("127.0.0.1")], ("s", &both), true)
+            .is_ok());
         for never in ["0.0.0.0", "224.0.0.1", "255.255.255.255", "::", "ff02::1"] {
-            assert!(p.check_order(&[ip(never)], ("s", &both), true).is_err(), "{never}");
+            assert!(
+                p.check_order(&[ip(never)], ("s", &both), true).is_err(),
+                "{never}"
+            );
         }
         // A profile without "ip" refuses it as rejectedIdentifier.
         let e = check(&p, &[ip("8.8.8.8")], 100).unwrap_err();
         assert_eq!(e.kind, crate::problem::Kind::RejectedIdentifier);
-        assert!(e.detail.contains("\"classic\" does not allow ip"), "{}", e.detail);
+        assert!(
+            e.detail.contains("\"classic\" does not allow ip"),
+            "{}",
+            e.detail
+        );
         // Limit keys: the IPv4 address, the IPv6 /64.
         assert_eq!(p.domain_key(&got[1]), "8.8.8.8");
         assert_eq!(p.domain_key(&got[0]), "2001:4860::/64");

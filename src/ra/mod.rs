@@ -452,10 +452,7 @@ impl Ra {
         // A renewal: this exact set was certified within a certificate's
         // lifetime (plus a margin for late renewals).
         let since = now - self.cfg.max_validity_secs() as i64 - RENEWAL_MARGIN_SECS;
-        let domains: Vec<String> = names
-            .iter()
-            .map(|n| self.policy.domain_key(n))
-            .collect();
+        let domains: Vec<String> = names.iter().map(|n| self.policy.domain_key(n)).collect();
         // Two round trips: what the limits need to know (pending
         // authorizations, renewal, pauses), then the atomic bucket batch.
         let facts = match self.limiter.order_facts(acct.id, &values, since).await {
@@ -1108,17 +1105,10 @@ impl Ra {
                 x509_parser::extensions::GeneralName::DNSName(n) => {
                     (IdentifierType::Dns, n.to_ascii_lowercase())
                 }
-                x509_parser::extensions::GeneralName::IPAddress(b) => {
-                    let ip = match b.len() {
-                        4 => <[u8; 4]>::try_from(*b).ok().map(IpAddr::from),
-                        16 => <[u8; 16]>::try_from(*b).ok().map(IpAddr::from),
-                        _ => None,
-                    };
-                    match ip {
-                        Some(ip) => (IdentifierType::Ip, ip.to_string()),
-                        None => return Ok(false),
-                    }
-                }
+                x509_parser::extensions::GeneralName::IPAddress(b) => match ca::san_ip(b) {
+                    Some(ip) => (IdentifierType::Ip, ip.to_string()),
+                    None => return Ok(false),
+                },
                 _ => return Ok(false),
             };
             let (base, wildcard) = match n.strip_prefix("*.") {
@@ -1178,11 +1168,9 @@ fn dns_names(cert: &x509_parser::certificate::X509Certificate<'_>) -> Vec<String
         .iter()
         .filter_map(|n| match n {
             x509_parser::extensions::GeneralName::DNSName(d) => Some(d.to_ascii_lowercase()),
-            x509_parser::extensions::GeneralName::IPAddress(b) => match b.len() {
-                4 => <[u8; 4]>::try_from(*b).ok().map(|a| IpAddr::from(a).to_string()),
-                16 => <[u8; 16]>::try_from(*b).ok().map(|a| IpAddr::from(a).to_string()),
-                _ => None,
-            },
+            x509_parser::extensions::GeneralName::IPAddress(b) => {
+                ca::san_ip(b).map(|ip| ip.to_string())
+            }
             _ => None,
         })
         .collect()

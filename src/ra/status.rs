@@ -6,10 +6,10 @@
 
 use super::{Ra, RENEWAL_MARGIN_SECS};
 use crate::core::{AccountId, Certificate, Identifier, IdentifierType};
-use std::net::IpAddr;
 use crate::problem::Problem;
 use crate::ratelimit::{BucketState, LimitName};
 use crate::sa::CertQuery;
+use std::net::IpAddr;
 
 /// What the page asks about: any of the three.
 #[derive(Debug, Default)]

@@ -21,7 +21,9 @@ pub fn is_public(ip: IpAddr) -> bool {
 pub fn is_unicast(ip: IpAddr) -> bool {
     match ip {
         IpAddr::V4(v4) => {
-            !(in_v4(v4, [0, 0, 0, 0], 8) || in_v4(v4, [224, 0, 0, 0], 4) || in_v4(v4, [240, 0, 0, 0], 4))
+            !(in_v4(v4, [0, 0, 0, 0], 8)
+                || in_v4(v4, [224, 0, 0, 0], 4)
+                || in_v4(v4, [240, 0, 0, 0], 4))
         }
         IpAddr::V6(v6) => !(v6.is_unspecified() || v6.is_multicast()),
     }

@@ -266,8 +266,9 @@ impl Va {
             addresses_resolved: all.iter().map(|ip| ip.to_string()).collect(),
             address_used: None,
         };
-        let server_name = ServerName::try_from(sni)
-            .map_err(|_| Problem::malformed(format!("{domain:?} is not a valid TLS server name")))?;
+        let server_name = ServerName::try_from(sni).map_err(|_| {
+            Problem::malformed(format!("{domain:?} is not a valid TLS server name"))
+        })?;
 
         // IPv6 first, then IPv4 if the IPv6 connection fails.
         let mut stream = None;
