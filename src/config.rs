@@ -151,6 +151,8 @@ pub struct AcmeConfig {
     pub terms_of_service: String,
     pub website: String,
     pub caa_identities: Vec<String>,
+    /// RFC 8555 §7.3.4: newAccount must carry an external account binding
+    /// made with a key from `cairn admin eab create`.
     pub external_account_required: bool,
     /// Lifetime of a pending authorization and of an order, seconds.
     pub pending_authz_lifetime_secs: u64,
@@ -315,9 +317,6 @@ impl Config {
                 "acme.terms_of_service: {tos:?} is neither an http(s) URL nor {BUILTIN_TERMS:?} \
                  (Cairn's own page)"
             );
-        }
-        if self.acme.external_account_required {
-            bail!("acme.external_account_required: external account binding is not supported yet");
         }
         let ext = &self.server.external_url;
         if ext.is_empty() {

@@ -103,6 +103,7 @@ async fn new_account(s: &dyn Store, thumbprint: &str) -> Account {
             &format!("{{\"kty\":\"OKP\",\"x\":\"{thumbprint}\"}}"),
             thumbprint,
             &[format!("mailto:{thumbprint}@example.com")],
+            None,
             NOW,
         )
         .await
@@ -310,7 +311,7 @@ async fn create_account_is_idempotent_by_thumbprint(f: &Fixture) {
     let s = f.open(4).await;
     let contact = vec!["mailto:a@example.com".to_owned()];
     let (a, created) = s
-        .create_account("{\"k\":1}", "tp-a", &contact, NOW)
+        .create_account("{\"k\":1}", "tp-a", &contact, None, NOW)
         .await
         .unwrap();
     assert!(created);
@@ -322,7 +323,7 @@ async fn create_account_is_idempotent_by_thumbprint(f: &Fixture) {
 
     // The same key again: the existing account, unchanged.
     let (again, created) = s
-        .create_account("{\"k\":2}", "tp-a", &[], NOW + 10)
+        .create_account("{\"k\":2}", "tp-a", &[], None, NOW + 10)
         .await
         .unwrap();
     assert!(!created);
@@ -1097,7 +1098,7 @@ async fn race_start_while_finishing(f: &Fixture) {
 async fn race_create_account(f: &Fixture) {
     let wins = race(f, 4, 20, |s, i| async move {
         let (acct, created) = s
-            .create_account(&format!("{{\"i\":{i}}}"), "tp-raced", &[], NOW)
+            .create_account(&format!("{{\"i\":{i}}}"), "tp-raced", &[], None, NOW)
             .await?;
         assert_eq!(acct.thumbprint, "tp-raced");
         Ok(created)
