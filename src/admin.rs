@@ -1,4 +1,5 @@
-//! `cairn admin`: operator controls. `certs list` finds issued
+//! `cairn admin`: operator controls. `eab` manages external account
+//! binding keys (`admin/eab.rs`). `certs list` finds issued
 //! certificates, `certs revoke` revokes one and publishes a CRL at once, and
 //! `certs renew-early` moves ARI windows into the past (how a CA handles an
 //! incident without revoking). `overrides list|set|remove` edits the
@@ -7,6 +8,8 @@
 //! consecutive authorization failures put on an account. It opens the same
 //! database and CA files as `cairn serve`, and works while servers run on
 //! them.
+
+mod eab;
 
 use crate::ca::Ca;
 use crate::clock::Clock;
@@ -61,6 +64,10 @@ pub enum AdminCommand {
     /// Rate-limit state.
     #[command(subcommand)]
     Limits(LimitsCommand),
+    /// External account binding keys (RFC 8555 §7.3.4): create, list,
+    /// revoke.
+    #[command(subcommand)]
+    Eab(eab::EabCommand),
 }
 
 #[derive(clap::Subcommand)]
@@ -250,6 +257,7 @@ pub async fn run(args: AdminArgs) -> anyhow::Result<()> {
         AdminCommand::Unpause(a) => return unpause(&src, a).await,
         AdminCommand::Accounts(cmd) => return accounts(&src, cmd).await,
         AdminCommand::Limits(LimitsCommand::Show(a)) => return limit_show(&src, a).await,
+        AdminCommand::Eab(cmd) => return eab::run(&src, cmd).await,
     };
     // Check the arguments before touching the database: a typo must change
     // nothing.
@@ -604,6 +612,7 @@ async fn accounts(src: &Sources, cmd: AccountsCommand) -> anyhow::Result<()> {
                 "createdAt": fmt_time(acct.created_at),
                 "keyThumbprint": acct.thumbprint,
                 "keyType": key_type,
+                "externalAccountKey": acct.eab_kid,
                 "certificates": certs.len(),
                 "validCertificates": valid,
                 "paused": paused,
@@ -617,6 +626,7 @@ async fn accounts(src: &Sources, cmd: AccountsCommand) -> anyhow::Result<()> {
         println!("contact     {}", acct.contact.join(", "));
         println!("created     {}", fmt_time(acct.created_at));
         println!("key         {key_type}, thumbprint {}", acct.thumbprint);
+        println!("eab key     {}", acct.eab_kid.as_deref().unwrap_or("none"));
         println!("certs       {} ({valid} valid)", certs.len());
         if let Some((left, burst)) = orders {
             println!("new orders  {left} of {burst} left (newOrdersPerAccount)");

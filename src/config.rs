@@ -184,6 +184,8 @@ pub struct AcmeConfig {
     pub terms_of_service: String,
     pub website: String,
     pub caa_identities: Vec<String>,
+    /// RFC 8555 §7.3.4: newAccount must carry an external account binding
+    /// made with a key from `cairn admin eab create`.
     pub external_account_required: bool,
     /// The profile of orders that name none; one of `[profiles]`.
     pub default_profile: String,
@@ -412,9 +414,6 @@ impl Config {
                 "acme.terms_of_service: {tos:?} is neither an http(s) URL nor {BUILTIN_TERMS:?} \
                  (Cairn's own page)"
             );
-        }
-        if self.acme.external_account_required {
-            bail!("acme.external_account_required: external account binding is not supported yet");
         }
         let ext = &self.server.external_url;
         if ext.is_empty() {

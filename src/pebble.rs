@@ -12,10 +12,14 @@
 //!
 //! Nothing is ignored silently. A key Pebble does not have is an error
 //! naming it (Pebble would ignore a misspelt key; Cairn stops). A key or
-//! variable Pebble has but Cairn cannot honour yet is a warning naming it,
-//! or an error where running on would mislead (EAB required).
+//! variable Pebble has but Cairn cannot honour yet is a warning naming it.
+//! `externalAccountMACKeys` become external account keys in the store at
+//! start (reusable, any name, as Pebble's are), replacing any of the same
+//! id, so a restart with a `-datadir` is idempotent.
 
 use anyhow::{anyhow, bail, Context};
+use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64;
+use base64::Engine;
 use serde_json::Value;
 use std::net::{IpAddr, Ipv6Addr, SocketAddr};
 use std::path::{Path, PathBuf};
@@ -144,9 +148,38 @@ pub async fn run(args: PebbleArgs) -> anyhow::Result<()> {
         Some(t.overlay),
         |k| std::env::var(k).ok(),
     )?;
+    put_eab_keys(&cfg, &t.eab_keys).await?;
     let result = crate::serve::run(cfg).await;
     drop(temp);
     result
+}
+
+/// Pebble's MAC keys into the store, before the server starts.
+async fn put_eab_keys(cfg: &Config, keys: &[(String, Vec<u8>)]) -> anyhow::Result<()> {
+    if keys.is_empty() {
+        return Ok(());
+    }
+    crate::config::ensure_dir(&cfg.data_dir)?;
+    let store = crate::sa::open(&cfg.database_url(), 1).await?;
+    let now = crate::clock::Clock::system().unix();
+    for (kid, hmac_key) in keys {
+        store
+            .put_eab_key(&crate::core::EabKey {
+                kid: kid.clone(),
+                hmac_key: hmac_key.clone(),
+                names: Vec::new(),
+                created_at: now,
+                expires: None,
+                reusable: true,
+                revoked_at: None,
+                bound_count: 0,
+                first_account: None,
+            })
+            .await
+            .with_context(|| format!("pebble.externalAccountMACKeys.{kid}"))?;
+    }
+    store.close().await;
+    Ok(())
 }
 
 /// A Pebble configuration and environment, as Cairn settings.
@@ -157,6 +190,8 @@ pub struct Translation {
     /// What Cairn accepts but cannot do as Pebble does, one line each,
     /// naming the key or variable.
     pub warnings: Vec<String>,
+    /// `externalAccountMACKeys`: key id and HMAC key (decoded).
+    pub eab_keys: Vec<(String, Vec<u8>)>,
 }
 
 /// Pebble's configuration keys (Go's JSON decoding matches them ignoring
@@ -351,19 +386,24 @@ pub fn translate(
         ));
     }
     if bool_of("externalAccountBindingRequired")? {
-        bail!(
-            "pebble.externalAccountBindingRequired: external account binding is not supported \
-             yet"
-        );
+        acme.insert("external_account_required".into(), true.into());
     }
+    let mut eab_keys = Vec::new();
     match fields.get("externalAccountMACKeys") {
         None | Some(Value::Null) => {}
-        Some(Value::Object(m)) if m.is_empty() => {}
-        Some(Value::Object(m)) => warnings.push(format!(
-            "pebble.externalAccountMACKeys ({} keys): external account binding is not \
-             supported yet; the keys are not used",
-            m.len()
-        )),
+        Some(Value::Object(m)) => {
+            for (kid, key) in m {
+                // Pebble decodes them as base64url without padding.
+                let key = key
+                    .as_str()
+                    .and_then(|k| B64.decode(k.trim_end_matches('=')).ok())
+                    .filter(|k| !k.is_empty())
+                    .ok_or_else(|| {
+                        anyhow!("pebble.externalAccountMACKeys.{kid} must be a base64url key")
+                    })?;
+                eab_keys.push((kid.clone(), key));
+            }
+        }
         Some(_) => bail!("pebble.externalAccountMACKeys must be an object of key ID to key"),
     }
 
@@ -499,6 +539,7 @@ pub fn translate(
     Ok(Translation {
         overlay: toml::Value::Table(overlay),
         warnings,
+        eab_keys,
     })
 }
 
@@ -771,16 +812,32 @@ mod tests {
 
     #[test]
     fn what_cairn_cannot_do_is_named() {
-        let e = t(json!({"pebble": {"externalAccountBindingRequired": true}})).unwrap_err();
-        assert!(format!("{e:#}").contains("not supported yet"), "{e:#}");
+        let tr = t(json!({"pebble": {"ocspResponderURL": "http://ocsp.example"}})).unwrap();
+        let w = tr.warnings.join("\n");
+        assert!(w.contains("pebble.ocspResponderURL"), "{w}");
+    }
+
+    #[test]
+    fn eab_maps_onto_cairns_keys() {
         let tr = t(json!({"pebble": {
-            "externalAccountMACKeys": {"kid": "key"},
-            "ocspResponderURL": "http://ocsp.example"
+            "externalAccountBindingRequired": true,
+            "externalAccountMACKeys": {"kid-1": "zWNDZM6eQGHWpSRTPal5eIUYFTu7EajVIoguysqZ9wG44nMEtx3MUAsUDkMTQ12W"}
         }}))
         .unwrap();
         let w = tr.warnings.join("\n");
-        assert!(w.contains("pebble.externalAccountMACKeys"), "{w}");
-        assert!(w.contains("pebble.ocspResponderURL"), "{w}");
+        assert!(!w.contains("externalAccount"), "{w}");
+        assert_eq!(
+            tr.overlay["acme"]["external_account_required"].as_bool(),
+            Some(true)
+        );
+        assert_eq!(tr.eab_keys.len(), 1);
+        assert_eq!(tr.eab_keys[0].0, "kid-1");
+        assert_eq!(tr.eab_keys[0].1.len(), 48);
+        let e = t(json!({"pebble": {"externalAccountMACKeys": {"k": "not base64!"}}})).unwrap_err();
+        assert!(
+            format!("{e:#}").contains("externalAccountMACKeys.k"),
+            "{e:#}"
+        );
     }
 
     #[test]

@@ -12,7 +12,9 @@
 //! renew-early`. lego's dns-01 also runs against a mock DNS whose API
 //! throttles writes (issue 16's forum thread): with a hook that gives up on a
 //! 429 it fails as users saw it fail; with a hook that waits `Retry-After`,
-//! or with `EXEC_SEQUENCE_INTERVAL`, it issues.
+//! or with `EXEC_SEQUENCE_INTERVAL`, it issues. certbot and lego register
+//! with external account binding keys made by `cairn admin eab create`, and
+//! are refused without one where the server requires it.
 //!
 //! `scripts/test` installs the clients and points `CAIRN_TEST_CERTBOT`,
 //! `CAIRN_TEST_LEGO`, `CAIRN_TEST_CADDY` and `CAIRN_TEST_RUBY` (a `ruby`
@@ -1000,6 +1002,104 @@ fn lego_http01_fails_when_the_challenge_is_not_served() {
         !lego_cert(&env, names[0]).exists(),
         "lego stored a certificate for a failed order"
     );
+}
+
+// ------------------------------------------------- external account binding
+
+/// A server that requires external account binding (an internal PKI).
+fn eab_env() -> Env {
+    Env::start_with(|o| o.with_env("CAIRN_ACME_EXTERNAL_ACCOUNT_REQUIRED", "true"))
+}
+
+/// `cairn admin eab create --json`, as an operator hands a key out:
+/// (kid, base64url HMAC key).
+fn eab_key(env: &Env) -> (String, String) {
+    let out = cairn_admin(env, &["eab", "create", "--json"]);
+    let v: serde_json::Value = serde_json::from_str(out.trim())
+        .unwrap_or_else(|e| panic!("cairn admin eab create --json: {e}:\n{out}"));
+    let field = |k: &str| {
+        v[k].as_str()
+            .unwrap_or_else(|| panic!("no {k}: {v}"))
+            .to_string()
+    };
+    (field("kid"), field("hmacKey"))
+}
+
+/// The key bound exactly one account, and `accounts show` names the key.
+fn assert_bound_once(env: &Env, kid: &str) {
+    let out = cairn_admin(env, &["eab", "list", "--json"]);
+    let row: serde_json::Value = out
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).expect("JSON line"))
+        .find(|r| r["kid"] == kid)
+        .unwrap_or_else(|| panic!("{kid} not listed:\n{out}"));
+    assert_eq!(row["boundAccounts"], 1, "{row}");
+    let account = row["firstAccount"].to_string();
+    let shown = cairn_admin(env, &["accounts", "show", &account, "--json"]);
+    let shown: serde_json::Value = serde_json::from_str(shown.trim()).expect("JSON");
+    assert_eq!(shown["externalAccountKey"], kid, "{shown}");
+}
+
+/// Refused without a key (certbot reads `externalAccountRequired` from the
+/// directory, or gets the server's problem); registers with one from
+/// `cairn admin eab create` (`--eab-kid`, `--eab-hmac-key`) and issues.
+#[test]
+fn certbot_registers_with_an_eab_key_and_not_without() {
+    let Some(bin) = client_path("CAIRN_TEST_CERTBOT") else {
+        return;
+    };
+    let env = eab_env();
+    let output = env.run_expecting_failure(
+        "certbot register without EAB",
+        certbot(&env, &bin, "register"),
+    );
+    let line = output
+        .lines()
+        .find(|l| l.to_ascii_lowercase().contains("external account"))
+        .unwrap_or_else(|| {
+            panic!("certbot did not say an external account binding is required:\n{output}")
+        });
+    eprintln!("certbot showed: {line}");
+
+    let (kid, hmac) = eab_key(&env);
+    let mut cmd = certbot(&env, &bin, "register");
+    // `=`: a key may start with `-` for all certbot knows.
+    cmd.args(["--eab-kid", &kid])
+        .arg(format!("--eab-hmac-key={hmac}"));
+    env.run("certbot register with EAB", cmd);
+    assert_bound_once(&env, &kid);
+    certbot_http01(&env, &bin, "eab", &["eab.example.com"]);
+}
+
+/// lego the same: refused without `--eab`, registers and issues with
+/// `--eab --kid --hmac`.
+#[test]
+fn lego_registers_with_an_eab_key_and_not_without() {
+    let Some(bin) = client_path("CAIRN_TEST_LEGO") else {
+        return;
+    };
+    let env = eab_env();
+    let names = ["eab.example.com"];
+    let listen = format!("127.0.0.1:{}", env.server.http01_port);
+    let mut cmd = lego(&env, &bin, "ec256", &names);
+    cmd.args(["--http", "--http.port", &listen, "run"]);
+    let output = env.run_expecting_failure("lego without EAB", cmd);
+    let line = output
+        .lines()
+        .find(|l| l.to_ascii_lowercase().contains("external account"))
+        .unwrap_or_else(|| {
+            panic!("lego did not say an external account binding is required:\n{output}")
+        });
+    eprintln!("lego showed: {line}");
+
+    let (kid, hmac) = eab_key(&env);
+    let mut cmd = lego(&env, &bin, "ec256", &names);
+    cmd.args(["--eab", "--kid", &kid])
+        .arg(format!("--hmac={hmac}"))
+        .args(["--http", "--http.port", &listen, "run"]);
+    env.run("lego with EAB", cmd);
+    verify_issued(&env, &lego_cert(&env, names[0]), &names);
+    assert_bound_once(&env, &kid);
 }
 
 /// A client meeting a limit is told what happened: with certificatesPerDomain

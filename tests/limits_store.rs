@@ -272,7 +272,7 @@ async fn pause_and_unpause(f: &Fixture) {
 async fn pending_authzs_are_counted(f: &Fixture) {
     let s = f.open(2).await;
     let (acct, _) = s
-        .create_account("{}", "tp-pending", &[], NOW_SECS)
+        .create_account("{}", "tp-pending", &[], None, NOW_SECS)
         .await
         .unwrap();
     let authz = |name: &str, expires: i64| {

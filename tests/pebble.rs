@@ -229,18 +229,31 @@ impl Pebble {
     /// `cmd` is the binary as `pebble` or as `cairn pebble`.
     fn start(
         dir: &Path,
-        mut cmd: Command,
+        cmd: Command,
         cert: &ListenerCert,
         chall: &ChallTestSrv,
         env: &[(&str, &str)],
     ) -> Pebble {
+        Pebble::start_with(dir, cmd, cert, chall, env, &json!({}))
+    }
+
+    /// `start`, with `settings` (members of `"pebble"`) over the typical
+    /// configuration.
+    fn start_with(
+        dir: &Path,
+        mut cmd: Command,
+        cert: &ListenerCert,
+        chall: &ChallTestSrv,
+        env: &[(&str, &str)],
+        settings: &Value,
+    ) -> Pebble {
         let (listen, mgmt) = (free_port(), free_port());
         let config = dir.join("pebble-config.json");
-        std::fs::write(
-            &config,
-            pebble_config(cert, listen, mgmt, chall).to_string(),
-        )
-        .expect("config");
+        let mut json = pebble_config(cert, listen, mgmt, chall);
+        if let (Some(p), Some(extra)) = (json["pebble"].as_object_mut(), settings.as_object()) {
+            p.extend(extra.clone());
+        }
+        std::fs::write(&config, json.to_string()).expect("config");
         cmd.arg("-config")
             .arg(&config)
             .args(["-dnsserver", &chall.dns.to_string()])
@@ -506,22 +519,46 @@ async fn cairn_pebble_reports_what_it_cannot_do() {
     let (st, log) = bad.wait_exit(Duration::from_secs(20));
     assert!(!st.success());
     assert!(log.contains("\"pebble.listenAdress\""), "{log}");
+}
 
-    // What Cairn cannot do yet and would mislead a suite: an error.
-    std::fs::write(
-        &config,
-        json!({"pebble": {"externalAccountBindingRequired": true}}).to_string(),
-    )
-    .expect("write");
-    let mut cmd = Command::new(named(dir.path(), "pebble"));
-    cmd.arg("-config").arg(&config);
-    let mut eab = Proc::spawn(&mut cmd, dir.path().join("eab.log"));
-    let (st, log) = eab.wait_exit(Duration::from_secs(20));
-    assert!(!st.success());
-    assert!(
-        log.contains("externalAccountBindingRequired") && log.contains("not supported yet"),
-        "{log}"
-    );
+/// Pebble's EAB settings are Cairn's: with `externalAccountBindingRequired`
+/// a newAccount without a binding gets `externalAccountRequired`; a binding
+/// made with a key of `externalAccountMACKeys` creates accounts (more than
+/// one: Pebble's keys are reusable), one with a wrong MAC is refused; and a
+/// restart on the same `-datadir` puts the keys in again without complaint.
+#[tokio::test]
+async fn pebble_eab_settings_bind_accounts() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let cert = listener_cert(dir.path());
+    let chall = ChallTestSrv::start(dir.path(), "-dns01", &["-https01", ""]);
+    let data = dir.path().join("data");
+    // instant-acme's eab_required test key.
+    let mac = "zWNDZM6eQGHWpSRTPal5eIUYFTu7EajVIoguysqZ9wG44nMEtx3MUAsUDkMTQ12W";
+    let eab = json!({
+        "externalAccountBindingRequired": true,
+        "externalAccountMACKeys": {"test-account": mac}
+    });
+    let pebble = named(dir.path(), "pebble");
+    for run in 0..2 {
+        let mut cmd = Command::new(&pebble);
+        cmd.arg("-datadir").arg(&data);
+        let p = Pebble::start_with(dir.path(), cmd, &cert, &chall, &[], &eab);
+        let c = AcmeClient::from_parts(
+            p.http.clone(),
+            &p.dir_url,
+            AcmeKey::generate(KeyKind::Es256),
+        )
+        .await;
+        assert_eq!(c.directory()["meta"]["externalAccountRequired"], true);
+        let r = c.new_account(&[], true).await;
+        common::assert_problem(&r, 401, "externalAccountRequired");
+        let r = c
+            .new_account_eab("test-account", &b64u(b"another key"))
+            .await;
+        common::assert_problem(&r, 403, "unauthorized");
+        let r = c.new_account_eab("test-account", mac).await;
+        assert_eq!(r.status, 201, "run {run}: {r}\n{}", p.proc.log());
+    }
 }
 
 fn dns_query(addr: SocketAddr, name: &str, t: RecordType) -> Message {

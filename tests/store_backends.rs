@@ -13,8 +13,8 @@ mod common;
 
 use cairn::core::{
     identifier_set_hash, Account, AccountId, AccountStatus, AuthzId, AuthzStatus, Certificate,
-    ChallengeId, ChallengeStatus, ChallengeType, Conflict, Identifier, IdentifierType, Order,
-    OrderId, OrderStatus, RevokedEntry, StoreError, StoredCrl,
+    ChallengeId, ChallengeStatus, ChallengeType, Conflict, EabKey, Identifier, IdentifierType,
+    Order, OrderId, OrderStatus, RevokedEntry, StoreError, StoredCrl,
 };
 use cairn::problem::Problem;
 use cairn::ra::{error_doc, problem_of};
@@ -57,6 +57,8 @@ contract_tests!(
     race_start_sibling_challenges,
     race_start_while_finishing,
     race_create_account,
+    eab_key_binds_by_its_terms,
+    race_single_use_eab_key,
     certificates_found_by_name_account_serial_and_date,
     renew_early_marks_only_live_unmarked_certificates,
     issued_for_set_ignores_order_and_case,
@@ -103,6 +105,7 @@ async fn new_account(s: &dyn Store, thumbprint: &str) -> Account {
             &format!("{{\"kty\":\"OKP\",\"x\":\"{thumbprint}\"}}"),
             thumbprint,
             &[format!("mailto:{thumbprint}@example.com")],
+            None,
             NOW,
         )
         .await
@@ -314,7 +317,7 @@ async fn create_account_is_idempotent_by_thumbprint(f: &Fixture) {
     let s = f.open(4).await;
     let contact = vec!["mailto:a@example.com".to_owned()];
     let (a, created) = s
-        .create_account("{\"k\":1}", "tp-a", &contact, NOW)
+        .create_account("{\"k\":1}", "tp-a", &contact, None, NOW)
         .await
         .unwrap();
     assert!(created);
@@ -326,7 +329,7 @@ async fn create_account_is_idempotent_by_thumbprint(f: &Fixture) {
 
     // The same key again: the existing account, unchanged.
     let (again, created) = s
-        .create_account("{\"k\":2}", "tp-a", &[], NOW + 10)
+        .create_account("{\"k\":2}", "tp-a", &[], None, NOW + 10)
         .await
         .unwrap();
     assert!(!created);
@@ -1130,13 +1133,125 @@ async fn race_start_while_finishing(f: &Fixture) {
 async fn race_create_account(f: &Fixture) {
     let wins = race(f, 4, 20, |s, i| async move {
         let (acct, created) = s
-            .create_account(&format!("{{\"i\":{i}}}"), "tp-raced", &[], NOW)
+            .create_account(&format!("{{\"i\":{i}}}"), "tp-raced", &[], None, NOW)
             .await?;
         assert_eq!(acct.thumbprint, "tp-raced");
         Ok(created)
     })
     .await;
     assert_eq!(wins, 1, "one key created {wins} accounts");
+}
+
+fn eab_key(kid: &str, reusable: bool, expires: Option<i64>) -> EabKey {
+    EabKey {
+        kid: kid.into(),
+        hmac_key: vec![7; 32],
+        names: vec!["*.corp.example".into()],
+        created_at: NOW,
+        expires,
+        reusable,
+        revoked_at: None,
+        bound_count: 0,
+        first_account: None,
+    }
+}
+
+async fn bind(s: &dyn Store, thumbprint: &str, kid: &str) -> Result<(Account, bool), StoreError> {
+    s.create_account("{}", thumbprint, &[], Some(kid), NOW)
+        .await
+}
+
+fn unusable(r: Result<(Account, bool), StoreError>, kid: &str) {
+    match r {
+        Err(StoreError::Conflict(Conflict::EabKeyUnusable(k))) => assert_eq!(k, kid),
+        other => panic!("expected EabKeyUnusable({kid}), got {other:?}"),
+    }
+}
+
+async fn eab_key_binds_by_its_terms(f: &Fixture) {
+    let s = f.open(2).await;
+    s.put_eab_key(&eab_key("once", false, None)).await.unwrap();
+    s.put_eab_key(&eab_key("many", true, None)).await.unwrap();
+    s.put_eab_key(&eab_key("old", true, Some(NOW)))
+        .await
+        .unwrap();
+    let k = s.eab_key("once").await.unwrap().unwrap();
+    assert_eq!(k, eab_key("once", false, None));
+    assert!(s.eab_key("none").await.unwrap().is_none());
+
+    let (a, created) = bind(&*s, "tp-1", "once").await.unwrap();
+    assert!(created);
+    assert_eq!(a.eab_kid.as_deref(), Some("once"));
+    assert_eq!(
+        s.account(a.id).await.unwrap().unwrap().eab_kid.as_deref(),
+        Some("once")
+    );
+    // Used: no second account, and nothing created.
+    unusable(bind(&*s, "tp-2", "once").await, "once");
+    assert!(s.account_by_thumbprint("tp-2").await.unwrap().is_none());
+    // The existing account is found without using the key again.
+    let (again, created) = bind(&*s, "tp-1", "once").await.unwrap();
+    assert!(!created);
+    assert_eq!(again.id, a.id);
+    let k = s.eab_key("once").await.unwrap().unwrap();
+    assert_eq!((k.bound_count, k.first_account), (1, Some(a.id)));
+
+    // Reusable: many accounts, the first remembered.
+    let (b, _) = bind(&*s, "tp-3", "many").await.unwrap();
+    bind(&*s, "tp-4", "many").await.unwrap();
+    let k = s.eab_key("many").await.unwrap().unwrap();
+    assert_eq!((k.bound_count, k.first_account), (2, Some(b.id)));
+
+    // Expired at `now`, revoked.
+    unusable(bind(&*s, "tp-5", "old").await, "old");
+    assert!(s.revoke_eab_key("many", NOW + 1).await.unwrap());
+    assert!(!s.revoke_eab_key("many", NOW + 2).await.unwrap());
+    assert!(!s.revoke_eab_key("none", NOW).await.unwrap());
+    assert_eq!(
+        s.eab_key("many").await.unwrap().unwrap().revoked_at,
+        Some(NOW + 1)
+    );
+    unusable(bind(&*s, "tp-6", "many").await, "many");
+
+    // Put again (Pebble's keys at each start): new secret and terms,
+    // unrevoked, its bindings kept.
+    let mut renewed = eab_key("many", true, None);
+    renewed.hmac_key = vec![9; 48];
+    s.put_eab_key(&renewed).await.unwrap();
+    let k = s.eab_key("many").await.unwrap().unwrap();
+    assert_eq!(k.hmac_key, vec![9; 48]);
+    assert_eq!((k.revoked_at, k.bound_count), (None, 2));
+
+    let kids: Vec<String> = s
+        .eab_keys()
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|k| k.kid)
+        .collect();
+    assert_eq!(kids, ["many", "old", "once"]);
+}
+
+async fn race_single_use_eab_key(f: &Fixture) {
+    f.open(1)
+        .await
+        .put_eab_key(&eab_key("raced", false, None))
+        .await
+        .unwrap();
+    let wins = race(f, 4, 20, |s, i| async move {
+        match s
+            .create_account("{}", &format!("tp-eab-{i}"), &[], Some("raced"), NOW)
+            .await
+        {
+            Ok((_, created)) => Ok(created),
+            Err(StoreError::Conflict(Conflict::EabKeyUnusable(_))) => Ok(false),
+            Err(e) => Err(e),
+        }
+    })
+    .await;
+    assert_eq!(wins, 1, "a single-use key bound {wins} accounts");
+    let k = f.open(1).await.eab_key("raced").await.unwrap().unwrap();
+    assert_eq!(k.bound_count, 1);
 }
 
 async fn certificates_found_by_name_account_serial_and_date(f: &Fixture) {

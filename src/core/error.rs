@@ -27,6 +27,10 @@ pub enum Conflict {
     /// A key change whose old key is no longer the account's.
     #[error("the account's key changed concurrently")]
     KeyChanged,
+    /// Binding an account with an external account key that is revoked,
+    /// expired, or single-use and already bound (its kid).
+    #[error("external account key {0} is revoked, expired or already used")]
+    EabKeyUnusable(String),
     /// Completing an order that is no longer processing.
     #[error("the order left processing during issuance")]
     NotProcessing,

@@ -225,6 +225,40 @@ pub struct Account {
     pub contact: Vec<String>,
     pub status: AccountStatus,
     pub created_at: i64,
+    /// The external account key that bound it (RFC 8555 §7.3.4), if any.
+    pub eab_kid: Option<String>,
+}
+
+/// An external account binding key (RFC 8555 §7.3.4), handed to a
+/// subscriber out of band (`cairn admin eab create`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct EabKey {
+    pub kid: String,
+    /// The HMAC key the binding's MAC is made with.
+    pub hmac_key: Vec<u8>,
+    /// What accounts bound by it may order: exact names, or `*.domain` for
+    /// any name below `domain` (wildcards included). Empty: anything.
+    pub names: Vec<String>,
+    pub created_at: i64,
+    pub expires: Option<i64>,
+    /// Binds any number of accounts; otherwise one.
+    pub reusable: bool,
+    pub revoked_at: Option<i64>,
+    /// How many accounts it bound, and the first of them.
+    pub bound_count: i64,
+    pub first_account: Option<AccountId>,
+}
+
+impl EabKey {
+    /// Whether an account bound by this key may order `identifier` (an
+    /// identifier value, lower-case, `*.` for a wildcard).
+    pub fn allows(&self, identifier: &str) -> bool {
+        self.names.is_empty()
+            || self.names.iter().any(|p| match p.strip_prefix('*') {
+                Some(suffix) => identifier.ends_with(suffix),
+                None => identifier == p,
+            })
+    }
 }
 
 /// An order as stored; `status` is the stored status, which
@@ -380,6 +414,40 @@ mod tests {
         ]);
         round_trip::<ChallengeStatus>(&["pending", "processing", "valid", "invalid"]);
         round_trip::<ChallengeType>(&["http-01", "dns-01", "tls-alpn-01"]);
+    }
+
+    #[test]
+    fn eab_patterns_are_exact_names_or_suffixes() {
+        let key = |names: &[&str]| EabKey {
+            kid: "k".into(),
+            hmac_key: vec![],
+            names: names.iter().map(|n| n.to_string()).collect(),
+            created_at: 0,
+            expires: None,
+            reusable: false,
+            revoked_at: None,
+            bound_count: 0,
+            first_account: None,
+        };
+        assert!(key(&[]).allows("anything.example"));
+        let k = key(&["exact.example", "*.corp.example"]);
+        for ok in [
+            "exact.example",
+            "a.corp.example",
+            "a.b.corp.example",
+            "*.corp.example",
+        ] {
+            assert!(k.allows(ok), "{ok}");
+        }
+        for no in [
+            "corp.example",
+            "a.exact.example",
+            "*.exact.example",
+            "xcorp.example",
+            "example",
+        ] {
+            assert!(!k.allows(no), "{no}");
+        }
     }
 
     #[test]

@@ -21,9 +21,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 mod ari;
+mod eab;
 pub mod status;
 mod store;
 pub use ari::{cert_id, window, RenewalInfo};
+pub use eab::{ExternalBinding, MacAlg};
 pub use store::{error_doc, problem_of};
 
 pub struct Ra {
@@ -116,11 +118,14 @@ impl Ra {
     /// newAccount: create, or find the account of this key (`false` when it
     /// existed already). Creating one spends the registration limits of
     /// `client` (the requester's address); the most constrained of them
-    /// comes back for the response's rate-limit headers.
+    /// comes back for the response's rate-limit headers. `binding` is the
+    /// request's external account binding, well-formed (the WFE checked
+    /// it); finding an existing account needs none.
     pub async fn new_account(
         &self,
         key: &PublicKey,
         req: NewAccountRequest,
+        binding: Option<ExternalBinding>,
         client: Option<IpAddr>,
     ) -> Result<(Account, bool, Option<RateLimitInfo>), Problem> {
         let thumbprint = key.thumbprint();
@@ -144,9 +149,20 @@ impl Ra {
                 "you must agree to the terms of service (termsOfServiceAgreed: true)",
             ));
         }
-        // RFC 8555 §7.3.4: a server that does not require external account
-        // binding may ignore one; clients configured with EAB still work.
-        let _ = req.external_account_binding;
+        // RFC 8555 §7.3.4 lets a server that does not require a binding
+        // ignore one; Cairn checks any binding it is given (as Pebble
+        // does), so a bad key is never silently accepted and the account is
+        // held to the key's names.
+        let eab = match binding {
+            Some(b) => Some(self.check_binding(&b).await?),
+            None if self.cfg.acme.external_account_required => {
+                return Err(Problem::external_account_required(
+                    "this CA requires an external account binding (externalAccountBinding) \
+                     to create an account; ask its operator for a key",
+                ))
+            }
+            None => None,
+        };
         let contact = self.check_contacts(req.contact.as_deref().unwrap_or_default())?;
         let spent = match client {
             Some(ip) => allow(self.limiter.check_new_account(ip).await)?,
@@ -158,6 +174,7 @@ impl Ra {
                 &key.to_jwk().to_string(),
                 &thumbprint,
                 &contact,
+                eab.as_ref().map(|k| k.kid.as_str()),
                 self.clock.unix(),
             )
             .await;
@@ -352,6 +369,7 @@ impl Ra {
             (profile_name, profile),
             self.cfg.va.allow_private_addresses,
         )?;
+        self.check_binding_names(acct, &names).await?;
         let replaces = match &req.replaces {
             Some(id) => Some(self.check_replaces(acct, id, &names).await?),
             None => None,

@@ -28,6 +28,9 @@ impl From<StoreError> for Problem {
             StoreError::Conflict(Conflict::KeyChanged) => Problem::malformed(
                 "the account's key changed concurrently; retry with the current key",
             ),
+            StoreError::Conflict(Conflict::EabKeyUnusable(kid)) => Problem::unauthorized(format!(
+                "external account key {kid:?} is revoked, expired or already bound to another account"
+            )),
             StoreError::Conflict(Conflict::NotProcessing) => {
                 Problem::internal("order left processing during issuance")
             }

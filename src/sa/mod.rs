@@ -90,12 +90,17 @@ pub trait Store: LimitStore + Send + Sync {
     async fn secret(&self, name: &str, fresh: &[u8]) -> Result<Vec<u8>, StoreError>;
 
     /// Create the account for this key, or return the existing one
-    /// (`false` when it already existed).
+    /// (`false` when it already existed). With `eab_kid`, a new account is
+    /// bound by that external account key in the same transaction, which
+    /// counts the use: the key must be unrevoked, unexpired at `now`, and
+    /// unused unless reusable, or nothing is created
+    /// (`Conflict::EabKeyUnusable`), whatever runs concurrently.
     async fn create_account(
         &self,
         jwk: &str,
         thumbprint: &str,
         contact: &[String],
+        eab_kid: Option<&str>,
         now: i64,
     ) -> Result<(Account, bool), StoreError>;
     async fn account(&self, id: AccountId) -> Result<Option<Account>, StoreError>;
@@ -124,6 +129,16 @@ pub trait Store: LimitStore + Send + Sync {
         jwk: &str,
         thumbprint: &str,
     ) -> Result<KeyChange, StoreError>;
+
+    /// Store an external account key; an existing key with this kid gets
+    /// the new secret and terms and is unrevoked (its bindings are kept).
+    async fn put_eab_key(&self, key: &EabKey) -> Result<(), StoreError>;
+    async fn eab_key(&self, kid: &str) -> Result<Option<EabKey>, StoreError>;
+    /// Every external account key, oldest first.
+    async fn eab_keys(&self) -> Result<Vec<EabKey>, StoreError>;
+    /// Revoke the key: it binds no more accounts (those it bound stay).
+    /// False if there is no such unrevoked key.
+    async fn revoke_eab_key(&self, kid: &str, now: i64) -> Result<bool, StoreError>;
 
     async fn create_order(&self, order: NewOrder) -> Result<Order, StoreError>;
     async fn order(&self, id: OrderId) -> Result<Option<Order>, StoreError>;

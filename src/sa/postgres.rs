@@ -107,7 +107,7 @@ impl Backend for Postgres {
                  INSERT INTO used_nonces (nonce, expires) VALUES ($2, $3)
                  ON CONFLICT DO NOTHING RETURNING 1)
              SELECT (SELECT count(*) FROM spent) AS fresh,
-                    a.id, a.thumbprint, a.jwk, a.contact, a.status, a.created_at
+                    a.id, a.thumbprint, a.jwk, a.contact, a.status, a.created_at, a.eab_kid
              FROM (SELECT 1) AS one LEFT JOIN accounts a ON a.id = $1",
         )
         .bind(id.0)

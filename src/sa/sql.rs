@@ -94,7 +94,9 @@ pub(crate) struct SqlStore<DB: Database> {
     pub(super) pool: Pool<DB>,
 }
 
-const ACCOUNT_COLS: &str = "id, thumbprint, jwk, contact, status, created_at";
+const ACCOUNT_COLS: &str = "id, thumbprint, jwk, contact, status, created_at, eab_kid";
+const EAB_COLS: &str =
+    "kid, hmac_key, names, created_at, expires, reusable, revoked_at, bound_count, first_account";
 const CHALLENGE_COLS: &str = "id, authz_id, type, token, status, validated, error, records";
 const CERT_COLS: &str =
     "serial, account_id, order_id, der, chain_pem, not_before, not_after, issued_at,
@@ -144,6 +146,7 @@ where
     for<'q> &'q str: Encode<'q, DB> + Type<DB>,
     for<'q> &'q [u8]: Encode<'q, DB> + Type<DB>,
     for<'q> Option<String>: Encode<'q, DB> + Type<DB>,
+    for<'q> Option<i64>: Encode<'q, DB> + Type<DB>,
     for<'q> Option<&'q str>: Encode<'q, DB> + Type<DB>,
     for<'q> Option<&'q [u8]>: Encode<'q, DB> + Type<DB>,
     for<'a> &'a str: ColumnIndex<DB::Row>,
@@ -163,6 +166,21 @@ where
             contact: from_json(&r.try_get::<String, _>("contact")?)?,
             status: parse_name(&r.try_get::<String, _>("status")?)?,
             created_at: r.try_get("created_at")?,
+            eab_kid: r.try_get("eab_kid")?,
+        })
+    }
+
+    fn eab_key_from_row(r: &DB::Row) -> Result<EabKey, StoreError> {
+        Ok(EabKey {
+            kid: r.try_get("kid")?,
+            hmac_key: r.try_get("hmac_key")?,
+            names: from_json(&r.try_get::<String, _>("names")?)?,
+            created_at: r.try_get("created_at")?,
+            expires: r.try_get("expires")?,
+            reusable: r.try_get("reusable")?,
+            revoked_at: r.try_get("revoked_at")?,
+            bound_count: r.try_get("bound_count")?,
+            first_account: r.try_get::<Option<i64>, _>("first_account")?.map(AccountId),
         })
     }
 
@@ -308,6 +326,7 @@ where
     for<'q> &'q str: Encode<'q, DB> + Type<DB>,
     for<'q> &'q [u8]: Encode<'q, DB> + Type<DB>,
     for<'q> Option<String>: Encode<'q, DB> + Type<DB>,
+    for<'q> Option<i64>: Encode<'q, DB> + Type<DB>,
     for<'q> Option<&'q str>: Encode<'q, DB> + Type<DB>,
     for<'q> Option<&'q [u8]>: Encode<'q, DB> + Type<DB>,
     for<'a> &'a str: ColumnIndex<DB::Row>,
@@ -368,24 +387,50 @@ where
         jwk: &str,
         thumbprint: &str,
         contact: &[String],
+        eab_kid: Option<&str>,
         now: i64,
     ) -> Result<(Account, bool), StoreError> {
-        let r = sqlx::query(
-            "INSERT INTO accounts (thumbprint, jwk, contact, status, created_at)
-             VALUES ($1, $2, $3, 'valid', $4) ON CONFLICT (thumbprint) DO NOTHING",
+        let mut tx = self.pool.begin().await?;
+        let id: Option<i64> = sqlx::query_scalar(
+            "INSERT INTO accounts (thumbprint, jwk, contact, status, created_at, eab_kid)
+             VALUES ($1, $2, $3, 'valid', $4, $5) ON CONFLICT (thumbprint) DO NOTHING
+             RETURNING id",
         )
         .bind(thumbprint)
         .bind(jwk)
         .bind(to_json(&contact)?)
         .bind(now)
-        .execute(&self.pool)
+        .bind(eab_kid)
+        .fetch_optional(&mut *tx)
         .await?;
-        let created = DB::rows_affected(&r) == 1;
+        if let (Some(id), Some(kid)) = (id, eab_kid) {
+            // The key's use, conditional on the key row alone: two accounts
+            // racing for a single-use key both reach this UPDATE, and the
+            // second (on PostgreSQL, after waiting for the first's commit
+            // and re-evaluating) finds bound_count = 1 and changes nothing.
+            let r = sqlx::query(
+                "UPDATE eab_keys SET bound_count = bound_count + 1,
+                     first_account = COALESCE(first_account, $2)
+                 WHERE kid = $1 AND revoked_at IS NULL AND (expires IS NULL OR expires > $3)
+                   AND (reusable OR bound_count = 0)",
+            )
+            .bind(kid)
+            .bind(id)
+            .bind(now)
+            .execute(&mut *tx)
+            .await?;
+            if DB::rows_affected(&r) != 1 {
+                return Err(StoreError::Conflict(Conflict::EabKeyUnusable(
+                    kid.to_string(),
+                )));
+            }
+        }
+        tx.commit().await?;
         let acct = self
             .account_by_thumbprint(thumbprint)
             .await?
             .ok_or(StoreError::NotFound("account vanished after insert"))?;
-        Ok((acct, created))
+        Ok((acct, id.is_some()))
     }
 
     async fn account(&self, id: AccountId) -> Result<Option<Account>, StoreError> {
@@ -483,6 +528,56 @@ where
             }
             Err(e) => Err(e.into()),
         }
+    }
+
+    async fn put_eab_key(&self, k: &EabKey) -> Result<(), StoreError> {
+        sqlx::query(
+            "INSERT INTO eab_keys (kid, hmac_key, names, created_at, expires, reusable)
+             VALUES ($1, $2, $3, $4, $5, $6)
+             ON CONFLICT (kid) DO UPDATE SET hmac_key = excluded.hmac_key,
+                 names = excluded.names, expires = excluded.expires,
+                 reusable = excluded.reusable, revoked_at = NULL",
+        )
+        .bind(k.kid.as_str())
+        .bind(k.hmac_key.as_slice())
+        .bind(to_json(&k.names)?)
+        .bind(k.created_at)
+        .bind(k.expires)
+        .bind(k.reusable)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    async fn eab_key(&self, kid: &str) -> Result<Option<EabKey>, StoreError> {
+        sqlx::query(&format!("SELECT {EAB_COLS} FROM eab_keys WHERE kid = $1"))
+            .bind(kid)
+            .fetch_optional(&self.pool)
+            .await?
+            .map(|r| Self::eab_key_from_row(&r))
+            .transpose()
+    }
+
+    async fn eab_keys(&self) -> Result<Vec<EabKey>, StoreError> {
+        sqlx::query(&format!(
+            "SELECT {EAB_COLS} FROM eab_keys ORDER BY created_at, kid"
+        ))
+        .fetch_all(&self.pool)
+        .await?
+        .iter()
+        .map(Self::eab_key_from_row)
+        .collect()
+    }
+
+    async fn revoke_eab_key(&self, kid: &str, now: i64) -> Result<bool, StoreError> {
+        let r = sqlx::query(
+            "UPDATE eab_keys SET revoked_at = $1 WHERE kid = $2 AND revoked_at IS NULL",
+        )
+        .bind(now)
+        .bind(kid)
+        .execute(&self.pool)
+        .await?;
+        Ok(DB::rows_affected(&r) == 1)
     }
 
     async fn create_order(&self, o: NewOrder) -> Result<Order, StoreError> {

@@ -43,11 +43,16 @@ pub async fn new_account(
     let post = s
         .verify_post(&base, &uri, &headers, body, KeyMode::Jwk)
         .await?;
-    let req: NewAccountRequest = post.json()?;
+    let mut req: NewAccountRequest = post.json()?;
     let Signer::Jwk(key) = &post.signer else {
         return Err(Problem::malformed("newAccount must be signed with \"jwk\""));
     };
-    let (acct, created, limits) = s.ra.new_account(key, req, client).await?;
+    let binding = req
+        .external_account_binding
+        .take()
+        .map(|b| jws::parse_binding(b, &base.url(uri.path()), key))
+        .transpose()?;
+    let (acct, created, limits) = s.ra.new_account(key, req, binding, client).await?;
     let status = if created {
         StatusCode::CREATED
     } else {

@@ -4,6 +4,7 @@
 
 use crate::key::{KeyError, PublicKey};
 use crate::problem::Problem;
+use crate::ra::{ExternalBinding, MacAlg};
 use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64;
 use base64::Engine;
 use josekit::jwk::Jwk;
@@ -49,10 +50,24 @@ impl Jws {
 pub fn parse(body: &[u8]) -> Result<Jws, Problem> {
     let v: Value = serde_json::from_slice(body)
         .map_err(|e| Problem::malformed(format!("request body is not JSON: {e}")))?;
-    let Value::Object(obj) = v else {
-        return Err(Problem::malformed(
-            "request body must be a flattened JWS object",
+    let jws = parse_flattened(v, "request body")?;
+    if !ALGORITHMS.contains(&jws.alg.as_str()) {
+        return Err(Problem::bad_signature_algorithm(
+            format!("JWS algorithm {:?} is not supported", jws.alg),
+            ALGORITHMS,
         ));
+    }
+    check_no_extensions(&jws.header)?;
+    Ok(jws)
+}
+
+/// The parts of a flattened JWS (`what` names it in problems), its
+/// algorithm not yet checked.
+fn parse_flattened(v: Value, what: &str) -> Result<Jws, Problem> {
+    let Value::Object(obj) = v else {
+        return Err(Problem::malformed(format!(
+            "{what} must be a flattened JWS object"
+        )));
     };
     if obj.contains_key("signatures") {
         return Err(Problem::malformed(
@@ -89,19 +104,74 @@ pub fn parse(body: &[u8]) -> Result<Jws, Problem> {
         Some(Value::String(a)) => a.clone(),
         _ => return Err(Problem::malformed("JWS protected header has no \"alg\"")),
     };
-    if !ALGORITHMS.contains(&alg.as_str()) {
-        return Err(Problem::bad_signature_algorithm(
-            format!("JWS algorithm {alg:?} is not supported"),
-            ALGORITHMS,
-        ));
-    }
-    check_no_extensions(&header)?;
     Ok(Jws {
         protected_b64,
         payload_b64,
         signature,
         header,
         alg,
+    })
+}
+
+/// RFC 8555 §7.3.4: newAccount's `externalAccountBinding` is a flattened
+/// JWS with a MAC algorithm, the key id as `kid`, the newAccount URL as
+/// `url` and no nonce, over the account key (`account_key`, compared as a
+/// key: its thumbprint, not its JSON). Every flaw is `malformed`; the MAC is
+/// checked by the RA, which holds the key.
+pub fn parse_binding(
+    v: Value,
+    url: &str,
+    account_key: &PublicKey,
+) -> Result<ExternalBinding, Problem> {
+    let in_binding = |mut p: Problem| {
+        p.detail = format!("externalAccountBinding: {}", p.detail);
+        p
+    };
+    let jws = parse_flattened(v, "it").map_err(in_binding)?;
+    let alg = MacAlg::parse(&jws.alg).ok_or_else(|| {
+        in_binding(Problem::malformed(format!(
+            "algorithm {:?} is not a MAC algorithm (one of {})",
+            jws.alg,
+            MacAlg::NAMES.join(", ")
+        )))
+    })?;
+    check_no_extensions(&jws.header).map_err(in_binding)?;
+    if jws.header.contains_key("nonce") {
+        return Err(in_binding(Problem::malformed(
+            "it must not have a \"nonce\"",
+        )));
+    }
+    let kid = match jws.header_str("kid").map_err(in_binding)? {
+        Some(k) if !k.is_empty() => k.to_string(),
+        _ => {
+            return Err(in_binding(Problem::malformed(
+                "its protected header must have \"kid\", the external account key id",
+            )))
+        }
+    };
+    if jws.header_str("url").map_err(in_binding)? != Some(url) {
+        return Err(in_binding(Problem::malformed(format!(
+            "its \"url\" must be the newAccount URL {url:?}"
+        ))));
+    }
+    let payload: Value = serde_json::from_slice(&jws.payload().map_err(in_binding)?)
+        .map_err(|_| in_binding(Problem::malformed("its payload is not JSON (a JWK)")))?;
+    let bound = PublicKey::from_jwk(&payload).map_err(|e| {
+        in_binding(Problem::malformed(format!(
+            "its payload is not the account key: {}",
+            e.for_jws().detail
+        )))
+    })?;
+    if bound.thumbprint() != account_key.thumbprint() {
+        return Err(in_binding(Problem::malformed(
+            "its payload is not the account key (the JWS's \"jwk\")",
+        )));
+    }
+    Ok(ExternalBinding {
+        kid,
+        alg,
+        signing_input: jws.signing_input(),
+        mac: jws.signature,
     })
 }
 

@@ -259,6 +259,34 @@ pub fn jws_raw_header(protected: &[u8], payload: &[u8], key: &AcmeKey) -> Value 
     json!({"protected": p, "payload": pl, "signature": b64u(sig)})
 }
 
+/// RFC 8555 §7.3.4: an external account binding, a flattened JWS over
+/// `payload` with `protected` as given, MACed (OpenSSL's HMAC, not the
+/// server's code) with `hmac_key` under the header's `alg` (HS256, HS384 or
+/// HS512).
+pub fn eab_jws(protected: &Value, payload: &[u8], hmac_key: &[u8]) -> Value {
+    use openssl::hash::MessageDigest;
+    let digest = match protected["alg"].as_str() {
+        Some("HS384") => MessageDigest::sha384(),
+        Some("HS512") => MessageDigest::sha512(),
+        _ => MessageDigest::sha256(),
+    };
+    let p = b64u(serde_json::to_vec(protected).expect("serialize header"));
+    let pl = b64u(payload);
+    let pkey = openssl::pkey::PKey::hmac(hmac_key).expect("HMAC key");
+    let mut signer = openssl::sign::Signer::new(digest, &pkey).expect("HMAC signer");
+    signer
+        .update(format!("{p}.{pl}").as_bytes())
+        .expect("HMAC update");
+    let mac = signer.sign_to_vec().expect("HMAC");
+    json!({"protected": p, "payload": pl, "signature": b64u(mac)})
+}
+
+/// The binding a client sends: `kid`, HS256, `url`, over `key`'s JWK.
+pub fn eab_binding(kid: &str, hmac_key: &[u8], url: &str, key: &AcmeKey) -> Value {
+    let h = json!({"alg": "HS256", "kid": kid, "url": url});
+    eab_jws(&h, &serde_json::to_vec(&key.jwk()).expect("JWK"), hmac_key)
+}
+
 /// Flips a bit in the signature (still valid base64url, still the right length).
 pub fn corrupt_signature(jws: &mut Value) {
     let mut sig = b64u_decode(jws["signature"].as_str().expect("signature"));
@@ -850,6 +878,21 @@ impl AcmeClient {
         assert_eq!(r.status, 201, "newAccount: {r}");
         r.location()
             .unwrap_or_else(|| panic!("newAccount without Location: {r}"))
+    }
+
+    /// POSTs `newAccount` (ToS agreed) bound to the external account key
+    /// `kid` (`hmac_key` base64url, as `cairn admin eab create` prints it).
+    pub async fn new_account_eab(&self, kid: &str, hmac_key_b64: &str) -> AcmeResponse {
+        let binding = eab_binding(
+            kid,
+            &b64u_decode(hmac_key_b64),
+            &self.endpoint("newAccount"),
+            &self.key(),
+        );
+        self.new_account_payload(
+            json!({"termsOfServiceAgreed": true, "externalAccountBinding": binding}),
+        )
+        .await
     }
 
     /// `{"identifiers": [{"type":"dns","value":..}, ..]}`
