@@ -43,6 +43,7 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
                 crate::config::redact_url(&cfg.database_url())
             )
         })?;
+    let store = crate::sa::timed(store, crate::metrics::db_query);
     let ca = Arc::new(Ca::load_or_create(&cfg).context("loading the CA")?);
     // The RA publishes through this after each revocation; the updater and
     // the management listener share it.

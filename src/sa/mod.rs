@@ -8,6 +8,9 @@ mod limits;
 mod postgres;
 mod sql;
 mod sqlite;
+mod timed;
+
+pub use timed::{timed, Observe};
 
 use crate::core::limits::LimitStore;
 use crate::core::*;
