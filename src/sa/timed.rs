@@ -48,7 +48,7 @@ timed_impl! {
     impl Store {
         async fn ping(&self) -> Result<(), StoreError>;
         async fn redeem_nonce(&self, nonce: &[u8], expires: i64) -> Result<bool, StoreError>;
-        async fn prune_nonces(&self, now: i64) -> Result<u64, StoreError>;
+        async fn prune_nonces(&self, before: i64, limit: u32) -> Result<u64, StoreError>;
         async fn secret(&self, name: &str, fresh: &[u8]) -> Result<Vec<u8>, StoreError>;
         async fn create_account(&self, jwk: &str, thumbprint: &str, contact: &[String], now: i64) -> Result<(Account, bool), StoreError>;
         async fn account(&self, id: AccountId) -> Result<Option<Account>, StoreError>;
@@ -82,6 +82,9 @@ timed_impl! {
         async fn certificates_without_names(&self, limit: u32) -> Result<Vec<(String, Vec<u8>)>, StoreError>;
         async fn set_certificate_names(&self, serial: &str, names: &[String], spki_sha256: Option<&[u8]>) -> Result<(), StoreError>;
         async fn revoked_certificates(&self, not_after_after: i64) -> Result<Vec<RevokedEntry>, StoreError>;
+        async fn purge_orders(&self, expired_before: i64, limit: u32) -> Result<Purged, StoreError>;
+        async fn purge_authzs(&self, expired_before: i64, limit: u32) -> Result<Purged, StoreError>;
+        async fn purgeable(&self, expired_before: i64, nonces_before: i64, buckets_before: i64) -> Result<Purged, StoreError>;
         async fn latest_crl(&self) -> Result<Option<StoredCrl>, StoreError>;
         async fn insert_crl(&self, crl: &StoredCrl) -> Result<bool, StoreError>;
     } also {
@@ -100,7 +103,7 @@ timed_impl! {
         async fn spend_buckets(&self, txns: &[BucketTxn], now: i64) -> Result<Vec<Decision>, StoreError>;
         async fn refund_buckets(&self, txns: &[BucketTxn], now: i64) -> Result<u64, StoreError>;
         async fn reset_buckets(&self, keys: &[String]) -> Result<u64, StoreError>;
-        async fn prune_buckets(&self, now: i64) -> Result<u64, StoreError>;
+        async fn prune_buckets(&self, now: i64, limit: u32) -> Result<u64, StoreError>;
         async fn pause(&self, account: AccountId, identifier: &str, now: i64) -> Result<bool, StoreError>;
         async fn unpause(&self, account: AccountId, identifier: Option<&str>, now: i64) -> Result<Vec<String>, StoreError>;
         async fn order_limit_facts(&self, account: AccountId, identifiers: &[String], set_hash: &str, since: i64, now: i64) -> Result<OrderLimitFacts, StoreError>;
