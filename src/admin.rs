@@ -1,11 +1,13 @@
 //! `cairn admin`: operator controls. `eab` manages external account
 //! binding keys (`admin/eab.rs`). `certs list` finds issued
-//! certificates, `certs revoke` revokes one and publishes a CRL at once, and
+//! certificates, `certs show` prints one (or its PEM chain), `certs revoke`
+//! revokes one and publishes a CRL at once, and
 //! `certs renew-early` moves ARI windows into the past (how a CA handles an
 //! incident without revoking). `overrides list|set|remove` edits the
 //! rate-limit override file that running servers re-read within
 //! `limits.overrides_reload_secs`, and `unpause` lifts the pauses that
-//! consecutive authorization failures put on an account. It opens the same
+//! consecutive authorization failures put on an account, and `purge` runs
+//! one retention purge (`crate::retention`). It opens the same
 //! database and CA files as `cairn serve`, and works while servers run on
 //! them.
 
@@ -68,6 +70,21 @@ pub enum AdminCommand {
     /// revoke.
     #[command(subcommand)]
     Eab(eab::EabCommand),
+    /// Purge expired orders, authorizations, used nonces and full
+    /// rate-limit buckets now, as the servers do every
+    /// `retention.interval_secs` (`[retention]`; certificates, revocations,
+    /// accounts and valid orders are kept).
+    Purge(PurgeArgs),
+}
+
+#[derive(clap::Args)]
+pub struct PurgeArgs {
+    /// Count what would be purged; delete nothing.
+    #[arg(long)]
+    pub dry_run: bool,
+    /// One JSON object instead of text.
+    #[arg(long)]
+    pub json: bool,
 }
 
 #[derive(clap::Subcommand)]
@@ -175,6 +192,9 @@ pub struct UnpauseArgs {
 pub enum CertsCommand {
     /// List certificates by name, account or serial, newest first.
     List(ListArgs),
+    /// One certificate: names, account, order, validity, revocation; its
+    /// PEM chain with `--pem`.
+    Show(ShowArgs),
     /// Revoke a certificate and publish a fresh CRL.
     Revoke(RevokeArgs),
     /// Move the ARI renewal window of matching certificates into the past,
@@ -200,6 +220,18 @@ pub struct ListArgs {
     /// One JSON object a line instead of a table.
     #[arg(long)]
     pub json: bool,
+}
+
+#[derive(clap::Args)]
+pub struct ShowArgs {
+    /// The serial number (hex; colons and a leading 0x are ignored).
+    pub serial: String,
+    /// One JSON object instead of text.
+    #[arg(long, conflicts_with = "pem")]
+    pub json: bool,
+    /// The certificate and its chain (PEM), as ACME clients download it.
+    #[arg(long)]
+    pub pem: bool,
 }
 
 #[derive(clap::Args)]
@@ -258,6 +290,7 @@ pub async fn run(args: AdminArgs) -> anyhow::Result<()> {
         AdminCommand::Accounts(cmd) => return accounts(&src, cmd).await,
         AdminCommand::Limits(LimitsCommand::Show(a)) => return limit_show(&src, a).await,
         AdminCommand::Eab(cmd) => return eab::run(&src, cmd).await,
+        AdminCommand::Purge(a) => return purge(&src, a).await,
     };
     // Check the arguments before touching the database: a typo must change
     // nothing.
@@ -276,6 +309,21 @@ pub async fn run(args: AdminArgs) -> anyhow::Result<()> {
             let certs = store.find_certificates(&q).await?;
             let now = Clock::system().unix();
             print!("{}", render_list(&certs, now, a.json)?);
+            Ok(())
+        }
+        CertsCommand::Show(a) => {
+            let serial = normalize_serial(&a.serial)?;
+            let cfg = Config::load(&src)?;
+            let store = open_store(&cfg).await?;
+            let cert = store
+                .certificate(&serial)
+                .await?
+                .ok_or_else(|| anyhow!("no certificate with serial {serial}"))?;
+            if a.pem {
+                print!("{}", cert.chain_pem);
+            } else {
+                print!("{}", render_show(&cert, Clock::system().unix(), a.json)?);
+            }
             Ok(())
         }
         CertsCommand::Revoke(a) => {
@@ -401,6 +449,38 @@ async fn revoke(cfg: &Config, serial: &str, reason: i64) -> anyhow::Result<()> {
             )
         })?;
     println!("published CRL number {}", crl.number);
+    Ok(())
+}
+
+/// `purge [--dry-run]`: one retention purge with the configured
+/// `keep_expired_secs`, whether or not the servers' schedule is enabled.
+async fn purge(src: &Sources, a: PurgeArgs) -> anyhow::Result<()> {
+    let cfg = Config::load(src)?;
+    let store = open_store(&cfg).await?;
+    let retention =
+        crate::retention::Retention::new(store, Arc::new(Clock::system()), cfg.retention.clone());
+    let report = retention.run(true, a.dry_run).await?;
+    if a.json {
+        let mut v = serde_json::to_value(report)?;
+        v["dryRun"] = a.dry_run.into();
+        v["expiredBefore"] = fmt_time(report.expired_before).into();
+        println!("{v}");
+        return Ok(());
+    }
+    println!(
+        "{} expired before {}:",
+        if a.dry_run { "would purge" } else { "purged" },
+        fmt_time(report.expired_before)
+    );
+    let mut out = String::new();
+    let rows: Vec<Vec<String>> = report
+        .rows
+        .tables()
+        .iter()
+        .map(|(table, n)| vec![table.to_string(), n.to_string()])
+        .collect();
+    render_table(&["TABLE", "ROWS"], &rows, &mut out)?;
+    print!("{out}");
     Ok(())
 }
 
@@ -1047,6 +1127,49 @@ fn render_list(certs: &[Certificate], now: i64, json: bool) -> anyhow::Result<St
         &rows,
         &mut out,
     )?;
+    Ok(out)
+}
+
+/// `certs show`: everything stored about one certificate.
+fn render_show(c: &Certificate, now: i64, json: bool) -> anyhow::Result<String> {
+    if json {
+        let v = serde_json::json!({
+            "serial": c.serial,
+            "account": c.account_id.0,
+            "order": c.order_id.0,
+            "names": c.names,
+            "not_before": fmt_time(c.not_before),
+            "not_after": fmt_time(c.not_after),
+            "issued_at": fmt_time(c.issued_at),
+            "status": status(c, now),
+            "revoked_at": c.revoked_at.map(fmt_time),
+            "revoked_reason": c.revoked_reason.map(reason_name),
+            "renew_early_at": c.renew_early_at.map(fmt_time),
+            "spki_sha256": hex::encode(&c.spki_sha256),
+        });
+        return Ok(format!("{}\n", serde_json::to_string(&v)?));
+    }
+    let mut out = String::new();
+    writeln!(out, "serial       {}", c.serial)?;
+    writeln!(out, "status       {}", status(c, now))?;
+    writeln!(out, "names        {}", c.names.join(", "))?;
+    writeln!(out, "account      {}", c.account_id.0)?;
+    writeln!(out, "order        {}", c.order_id.0)?;
+    writeln!(out, "not before   {}", fmt_time(c.not_before))?;
+    writeln!(out, "not after    {}", fmt_time(c.not_after))?;
+    writeln!(out, "issued       {}", fmt_time(c.issued_at))?;
+    if let Some(at) = c.revoked_at {
+        writeln!(
+            out,
+            "revoked      {} ({})",
+            fmt_time(at),
+            reason_name(c.revoked_reason.unwrap_or(0))
+        )?;
+    }
+    if let Some(at) = c.renew_early_at {
+        writeln!(out, "renew early  since {}", fmt_time(at))?;
+    }
+    writeln!(out, "key sha256   {}", hex::encode(&c.spki_sha256))?;
     Ok(out)
 }
 

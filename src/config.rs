@@ -35,6 +35,7 @@ pub struct Config {
     /// Certificate profiles offered (directory `meta.profiles`), by name.
     /// A `[profiles]` table in a file replaces the preset's whole set.
     pub profiles: std::collections::BTreeMap<String, ProfileConfig>,
+    pub retention: RetentionConfig,
 }
 
 /// A certificate profile: what an order of this profile may contain, how
@@ -67,6 +68,21 @@ pub struct ProfileConfig {
     /// Add the keyEncipherment key usage for RSA keys (TLS 1.2 RSA key
     /// exchange; always digitalSignature).
     pub key_encipherment: bool,
+}
+
+/// What the database forgets, and when (`crate::retention`).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RetentionConfig {
+    /// Purge expired orders and authorizations every `interval_secs`. Used
+    /// nonces and full rate-limit buckets are pruned either way.
+    pub enabled: bool,
+    /// Seconds between purges.
+    pub interval_secs: u64,
+    /// Seconds an order or authorization is kept after it expired.
+    pub keep_expired_secs: u64,
+    /// Rows deleted per transaction (each table in turn).
+    pub batch_size: u32,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -398,6 +414,15 @@ impl Config {
         self.validate_profiles()?;
         if self.ca.crl_update_secs == 0 || self.ca.crl_lifetime_secs <= self.ca.crl_update_secs {
             bail!("ca.crl_update_secs must be at least 1 and less than ca.crl_lifetime_secs");
+        }
+        if self.retention.interval_secs == 0 || self.retention.interval_secs > 86_400 {
+            bail!("retention.interval_secs must be between 1 and 86400");
+        }
+        if self.retention.batch_size == 0 || self.retention.batch_size > 10_000 {
+            bail!("retention.batch_size must be between 1 and 10000");
+        }
+        if self.retention.keep_expired_secs > 100 * 366 * 86_400 {
+            bail!("retention.keep_expired_secs must be at most 100 years");
         }
         if self.acme.orders_per_page == 0 {
             bail!("acme.orders_per_page must be at least 1");

@@ -12,6 +12,7 @@
 //! - [`listener`]: connections: TLS, per-phase timeouts, the connection cap.
 //! - [`lookup`]: the management listener's status page (issued certificates, limits).
 //! - [`metrics`]: Prometheus series; [`request`]: the request being answered (id, account).
+//! - [`retention`]: the scheduled purge of expired orders, authorizations and nonces.
 //! - `va`: validation authority: http-01, dns-01, tls-alpn-01, CAA.
 //! - `policy`: which identifiers may be issued for.
 //! - [`testdns`]: the mock DNS server of `cairn testdns`.
@@ -38,6 +39,7 @@ pub mod problem;
 pub mod ra;
 pub mod ratelimit;
 pub mod request;
+pub mod retention;
 pub mod sa;
 pub mod serve;
 pub mod testdns;

@@ -26,8 +26,8 @@ enum Command {
     /// Run as a drop-in for Pebble: `cairn pebble -config FILE [-dnsserver
     /// HOST:PORT] [-strict]`, or the binary run under the name `pebble`.
     Pebble(cairn::pebble::PebbleArgs),
-    /// Operator controls: certificates (list, revoke, renew early), rate-limit
-    /// overrides, and unpausing accounts.
+    /// Operator controls: certificates (list, show, revoke, renew early),
+    /// accounts, rate-limit overrides and state, unpausing, retention purge.
     Admin(cairn::admin::AdminArgs),
     /// Check or print the configuration without starting anything.
     #[command(subcommand)]

@@ -47,6 +47,14 @@ pub fn install() -> anyhow::Result<PrometheusHandle> {
         "cairn_db_pool_connections",
         "Database pool connections by state (idle, in_use), read at each scrape."
     );
+    describe_histogram!(
+        "cairn_db_query_duration_seconds",
+        "Time a store call took (its statements and transaction), by operation."
+    );
+    describe_counter!(
+        "cairn_retention_purged_rows_total",
+        "Rows the retention purge deleted, by table."
+    );
     describe_gauge!(
         "cairn_build_info",
         "Always 1; the labels say which build runs."
@@ -91,6 +99,19 @@ pub fn db_pool(open: u32, idle: usize) {
     let idle = idle.min(open as usize);
     gauge!("cairn_db_pool_connections", "state" => "idle").set(idle as f64);
     gauge!("cairn_db_pool_connections", "state" => "in_use").set((open as usize - idle) as f64);
+}
+
+/// Rows the retention purge deleted from `table`.
+pub fn purged(table: &'static str, rows: u64) {
+    if rows > 0 {
+        counter!("cairn_retention_purged_rows_total", "table" => table).increment(rows);
+    }
+}
+
+/// One store call (`sa::Store` or `LimitStore` method) and how long it took.
+pub fn db_query(operation: &'static str, took: std::time::Duration) {
+    histogram!("cairn_db_query_duration_seconds", "operation" => operation)
+        .record(took.as_secs_f64());
 }
 
 /// The route template a path belongs to: a fixed label per ACME resource,

@@ -10,6 +10,7 @@ use crate::listener::{self, Connections, Limits};
 use crate::problem::Path;
 use crate::ra::Ra;
 use crate::ratelimit::{LimitSet, Limiter, Overrides, RequestRateLimiter, TrustedProxies};
+use crate::retention::Retention;
 use crate::sa::DynStore;
 use crate::va::Va;
 use crate::wfe::{self, Nonces, Wfe};
@@ -43,6 +44,7 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
                 crate::config::redact_url(&cfg.database_url())
             )
         })?;
+    let store = crate::sa::timed(store, crate::metrics::db_query);
     let ca = Arc::new(Ca::load_or_create(&cfg).context("loading the CA")?);
     // The RA publishes through this after each revocation; the updater and
     // the management listener share it.
@@ -125,7 +127,12 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
     }
     ra.spawn_validation_sweeper();
     ra.spawn_reservation_sweeper();
-    spawn_pruner(wfe.clone(), store.clone(), clock.clone());
+    let retention = Arc::new(Retention::new(
+        store.clone(),
+        clock.clone(),
+        cfg.retention.clone(),
+    ))
+    .spawn();
     crl.spawn_updater();
 
     if let Some(addr) = cfg.management_listen() {
@@ -216,6 +223,7 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
         tracing::warn!(connections = left, "grace period over: closing the rest");
     }
     acme.abort();
+    retention.abort();
     store.close().await;
     tracing::info!("shut down");
     Ok(())
@@ -234,24 +242,6 @@ fn tls_acceptor(cert_pem: &str, key_pem: &str) -> anyhow::Result<tokio_rustls::T
         .with_single_cert(chain, key)?;
     cfg.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
     Ok(tokio_rustls::TlsAcceptor::from(Arc::new(cfg)))
-}
-
-/// Forget what no longer matters: used nonces past their lifetime, and
-/// rate-limit buckets that are full again (they read as missing ones).
-fn spawn_pruner(wfe: Arc<Wfe>, store: DynStore, clock: Arc<Clock>) {
-    tokio::spawn(async move {
-        let mut tick = tokio::time::interval(Duration::from_secs(60));
-        loop {
-            tick.tick().await;
-            if let Err(e) = wfe.nonces.prune().await {
-                tracing::warn!("pruning used nonces: {e}");
-            }
-            let now_ns = clock.now().unix_timestamp_nanos() as i64;
-            if let Err(e) = store.prune_buckets(now_ns).await {
-                tracing::warn!("pruning rate-limit buckets: {e}");
-            }
-        }
-    });
 }
 
 /// What the management listener's `/metrics`, `/health` and `/ready` read.

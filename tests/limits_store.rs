@@ -162,7 +162,7 @@ async fn check_only_never_writes(f: &Fixture) {
     assert_eq!(remaining(&s, &t, NOW).await, 2);
     assert_eq!(remaining(&s, &spend, NOW).await, 1);
     // Nor is a row made for it: pruning far ahead finds only the spent one.
-    assert_eq!(s.prune_buckets(NOW + 10 * 3600 * S).await.unwrap(), 1);
+    assert_eq!(s.prune_buckets(NOW + 10 * 3600 * S, 100).await.unwrap(), 1);
 }
 
 async fn refunds_never_exceed_the_burst(f: &Fixture) {
@@ -218,7 +218,7 @@ async fn reset_and_prune(f: &Fixture) {
 
     // Two minutes on, `b` (refilled) is pruned and `a` (not) is kept.
     let later = NOW + 120 * S;
-    assert_eq!(s.prune_buckets(later).await.unwrap(), 1);
+    assert_eq!(s.prune_buckets(later, 100).await.unwrap(), 1);
     assert!(!spend1(&s, &a, later).await.allowed);
     assert!(spend1(&s, &b, later).await.allowed);
 }

@@ -12,28 +12,6 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-/// The value of the first sample of `metric` whose labels include all of
-/// `labels` (Prometheus text format).
-fn sample(text: &str, metric: &str, labels: &[(&str, &str)]) -> Option<f64> {
-    text.lines()
-        .filter(|l| !l.starts_with('#'))
-        .filter_map(|l| l.rsplit_once(' '))
-        .find(|(series, _)| {
-            let (name, rest) = series.split_once('{').unwrap_or((series, ""));
-            name == metric
-                && labels
-                    .iter()
-                    .all(|(k, v)| rest.contains(&format!("{k}=\"{v}\"")))
-        })
-        .and_then(|(_, v)| v.parse().ok())
-}
-
-async fn scrape(server: &Server) -> String {
-    let (status, text) = mgmt_get(server, "/metrics").await;
-    assert_eq!(status, 200, "{text}");
-    text
-}
-
 #[tokio::test]
 async fn metrics_count_a_real_issuance() {
     let server = Server::start(ServerOpts::always_valid());
@@ -107,6 +85,13 @@ async fn metrics_count_a_real_issuance() {
     assert!(get("cairn_nonces_total", &[("result", "redeemed")]) >= 4.0);
     assert_eq!(get("cairn_nonces_total", &[("result", "malformed")]), 1.0);
     assert!(get("cairn_db_pool_connections", &[("state", "idle")]) >= 0.0);
+    // Store calls, timed by operation: none stored a certificate before.
+    let db = "cairn_db_query_duration_seconds_count";
+    let completed = [("operation", "complete_order")];
+    assert_eq!(sample(&before, db, &completed), None, "{before}");
+    assert_eq!(get(db, &completed), 1.0);
+    assert!(get(db, &[("operation", "account_spending_nonce")]) >= 3.0);
+    assert!(get("cairn_db_query_duration_seconds_sum", &completed) > 0.0);
     assert!(after.contains("cairn_rate_limit_refusals_total"), "{after}");
     // Ids never become label values.
     assert!(!after.contains("/acme/order/"), "{after}");

@@ -72,6 +72,7 @@ contract_tests!(
     race_account_spending_nonce,
     dead_reservations_are_failed_expired_or_stuck_orders,
     lifecycle_sql_matches_rust,
+    purge_takes_only_what_nothing_needs,
 );
 
 /// Several instances migrating one fresh PostgreSQL database at the same
@@ -293,11 +294,11 @@ async fn prune_nonces_forgets_expired(f: &Fixture) {
     assert!(s.redeem_nonce(b"edge", NOW + 1).await.unwrap());
     assert!(s.redeem_nonce(b"young", NOW + 100).await.unwrap());
     // Strictly before `now`: a nonce expiring at `now` is kept.
-    assert_eq!(s.prune_nonces(NOW + 1).await.unwrap(), 1);
+    assert_eq!(s.prune_nonces(NOW + 1, 100).await.unwrap(), 1);
     assert!(s.redeem_nonce(b"old", NOW + 200).await.unwrap());
     assert!(!s.redeem_nonce(b"edge", NOW + 200).await.unwrap());
     assert!(!s.redeem_nonce(b"young", NOW + 200).await.unwrap());
-    assert_eq!(s.prune_nonces(NOW + 1).await.unwrap(), 0);
+    assert_eq!(s.prune_nonces(NOW + 1, 100).await.unwrap(), 0);
 }
 
 async fn secret_first_writer_wins(f: &Fixture) {
@@ -1793,4 +1794,85 @@ impl Raw {
         }
         .unwrap_or_else(|e| panic!("{sql}: {e}"))
     }
+}
+
+/// Retention (src/retention.rs), purging as of `NOW + 100 days`: orders
+/// that never issued go once expired, unless they still hold rate-limit
+/// tokens; authorizations go once expired, unless a live order's status
+/// depends on them; valid orders and certificates stay; batches are bounded.
+async fn purge_takes_only_what_nothing_needs(f: &Fixture) {
+    let s = f.open(4).await;
+    let cutoff = NOW + 100 * DAY;
+    let acct = new_account(&*s, "purge").await.id;
+    let issued = issued(&*s, acct, "0a01", &["i.example"], NOW).await;
+    let pending = new_order(&*s, acct, &["p.example"], NOW + 7 * DAY).await;
+    let failed = new_order(&*s, acct, &["f.example"], NOW + 7 * DAY).await;
+    let doc = error_doc(&Problem::unauthorized("no"));
+    s.fail_order(failed.id, &doc, NOW).await.unwrap();
+    let reserved = order_with_reservation(&*s, acct, "r.example", NOW + 7 * DAY).await;
+    // Live at the cutoff, with an authorization expired before it: the
+    // order reads invalid *because of* that authorization, so it stays.
+    let live = s
+        .create_order(NewOrder {
+            profile: "classic".into(),
+            account_id: acct,
+            expires: NOW + 200 * DAY,
+            identifiers: vec![Identifier::dns("l.example")],
+            authzs: vec![new_authz("l.example", NOW + 50 * DAY)],
+            replaces: None,
+            reservation: None,
+            now: NOW,
+        })
+        .await
+        .unwrap();
+    let young = new_order(&*s, acct, &["y.example"], NOW + 200 * DAY).await;
+    assert!(s.redeem_nonce(b"old", NOW).await.unwrap());
+    assert!(s.redeem_nonce(b"young", cutoff + 10).await.unwrap());
+
+    let expected = cairn::sa::Purged {
+        orders: 2,
+        // issued's, pending's, failed's and reserved's authorizations.
+        authzs: 4,
+        challenges: 12,
+        order_authzs: 4,
+        used_nonces: 1,
+        rate_limit_buckets: 0,
+    };
+    assert_eq!(s.purgeable(cutoff, cutoff, 0).await.unwrap(), expected);
+    // Bounded: one order per batch.
+    let one = s.purge_orders(cutoff, 1).await.unwrap();
+    assert_eq!((one.orders, one.order_authzs), (1, 1));
+    assert_eq!(s.purge_orders(cutoff, 1).await.unwrap().orders, 1);
+    assert_eq!(s.purge_orders(cutoff, 1).await.unwrap().orders, 0);
+    let a = s.purge_authzs(cutoff, 100).await.unwrap();
+    assert_eq!((a.authzs, a.challenges, a.order_authzs), (4, 12, 2));
+    assert_eq!(s.prune_nonces(cutoff, 100).await.unwrap(), 1);
+    assert_eq!(
+        s.purgeable(cutoff, cutoff, 0).await.unwrap(),
+        cairn::sa::Purged::default()
+    );
+
+    for gone in [pending.id, failed.id] {
+        assert!(s.order(gone).await.unwrap().is_none(), "order {gone}");
+    }
+    for gone in pending.authz_ids.iter().chain(&issued.authz_ids) {
+        assert!(s.authz(*gone).await.unwrap().is_none(), "authz {gone}");
+    }
+    // The issued order stays (its certificate refers to it), without its
+    // purged authorizations; the certificate is untouched.
+    let kept = s.order(issued.id).await.unwrap().expect("issued order");
+    assert_eq!(kept.status, OrderStatus::Valid);
+    assert_eq!(kept.cert_serial.as_deref(), Some("0a01"));
+    assert!(kept.authz_ids.is_empty());
+    let cert = s.certificate("0a01").await.unwrap().expect("certificate");
+    assert_eq!(cert.order_id, issued.id);
+    // The order holding tokens waits for the sweeper; then it goes too.
+    assert!(s.order(reserved.id).await.unwrap().is_some());
+    assert!(s.take_reservation(reserved.id).await.unwrap().is_some());
+    assert_eq!(s.purge_orders(cutoff, 10).await.unwrap().orders, 1);
+    // Live orders keep their authorizations.
+    let live = s.order(live.id).await.unwrap().expect("live order");
+    assert_eq!(live.authz_ids.len(), 1);
+    assert!(s.authz(live.authz_ids[0]).await.unwrap().is_some());
+    assert_eq!(s.order(young.id).await.unwrap().unwrap().authz_ids.len(), 1);
 }

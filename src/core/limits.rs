@@ -120,9 +120,9 @@ pub trait LimitStore: Send + Sync {
     /// Delete these buckets (they read as full). Returns how many existed.
     async fn reset_buckets(&self, keys: &[String]) -> Result<u64, StoreError>;
 
-    /// Delete buckets that are full again (TAT before `now`, nanoseconds);
-    /// they read the same as missing ones. Returns how many.
-    async fn prune_buckets(&self, now: i64) -> Result<u64, StoreError>;
+    /// Delete up to `limit` buckets that are full again (TAT before `now`,
+    /// nanoseconds); they read the same as missing ones. Returns how many.
+    async fn prune_buckets(&self, now: i64, limit: u32) -> Result<u64, StoreError>;
 
     /// Pause the account for the identifier (`now` in Unix seconds). True if
     /// it was not paused already.

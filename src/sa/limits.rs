@@ -53,8 +53,19 @@ where
         DB::reset_buckets(self, keys).await
     }
 
-    async fn prune_buckets(&self, now: i64) -> Result<u64, StoreError> {
-        DB::prune_buckets(self, now).await
+    async fn prune_buckets(&self, now: i64, limit: u32) -> Result<u64, StoreError> {
+        // SKIP LOCKED (PostgreSQL): never wait for, or deadlock with, a
+        // batch in flight; `rate_limit_spend` recreates a row pruned under it.
+        let r = sqlx::query(&format!(
+            "DELETE FROM rate_limit_buckets WHERE key IN (
+               SELECT key FROM rate_limit_buckets WHERE tat < $1 LIMIT $2{})",
+            DB::SKIP_LOCKED
+        ))
+        .bind(now)
+        .bind(i64::from(limit))
+        .execute(&self.pool)
+        .await?;
+        Ok(DB::rows_affected(&r))
     }
 
     async fn pause(

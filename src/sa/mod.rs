@@ -8,6 +8,9 @@ mod limits;
 mod postgres;
 mod sql;
 mod sqlite;
+mod timed;
+
+pub use timed::{timed, Observe};
 
 use crate::core::limits::LimitStore;
 use crate::core::*;
@@ -75,6 +78,42 @@ pub enum KeyChange {
 
 pub type DynStore = Arc<dyn Store>;
 
+/// Rows a purge removed (or, counted dry, would remove), by table
+/// (`crate::retention` says what goes and why).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Purged {
+    pub orders: u64,
+    pub authzs: u64,
+    pub challenges: u64,
+    pub order_authzs: u64,
+    pub used_nonces: u64,
+    pub rate_limit_buckets: u64,
+}
+
+impl Purged {
+    /// (table, rows), in the order a purge deletes them.
+    pub fn tables(&self) -> [(&'static str, u64); 6] {
+        [
+            ("orders", self.orders),
+            ("order_authzs", self.order_authzs),
+            ("authzs", self.authzs),
+            ("challenges", self.challenges),
+            ("used_nonces", self.used_nonces),
+            ("rate_limit_buckets", self.rate_limit_buckets),
+        ]
+    }
+
+    pub fn add(&mut self, o: Purged) {
+        self.orders += o.orders;
+        self.authzs += o.authzs;
+        self.challenges += o.challenges;
+        self.order_authzs += o.order_authzs;
+        self.used_nonces += o.used_nonces;
+        self.rate_limit_buckets += o.rate_limit_buckets;
+    }
+}
+
 #[async_trait]
 pub trait Store: LimitStore + Send + Sync {
     /// One trivial round trip: is the database there (`/ready`)?
@@ -85,7 +124,8 @@ pub trait Store: LimitStore + Send + Sync {
     async fn close(&self);
     /// Record a nonce as used; false if it was used before.
     async fn redeem_nonce(&self, nonce: &[u8], expires: i64) -> Result<bool, StoreError>;
-    async fn prune_nonces(&self, now: i64) -> Result<u64, StoreError>;
+    /// Forget up to `limit` used nonces that expired before `before`.
+    async fn prune_nonces(&self, before: i64, limit: u32) -> Result<u64, StoreError>;
     /// The named secret, created from `fresh` if absent (first writer wins).
     async fn secret(&self, name: &str, fresh: &[u8]) -> Result<Vec<u8>, StoreError>;
 
@@ -250,6 +290,26 @@ pub trait Store: LimitStore + Send + Sync {
         &self,
         not_after_after: i64,
     ) -> Result<Vec<RevokedEntry>, StoreError>;
+    /// Retention, one bounded batch: up to `limit` orders that never
+    /// issued (not valid, no certificate) and expired before
+    /// `expired_before`, with their authorization links; an order still
+    /// holding rate-limit tokens waits until the reservation sweeper gave
+    /// them back.
+    async fn purge_orders(&self, expired_before: i64, limit: u32) -> Result<Purged, StoreError>;
+    /// Retention, one bounded batch: up to `limit` authorizations that
+    /// expired before `expired_before`, with their challenges and order
+    /// links, unless an order that is not valid and not yet expired before
+    /// `expired_before` links them (its status is derived from them).
+    async fn purge_authzs(&self, expired_before: i64, limit: u32) -> Result<Purged, StoreError>;
+    /// What `purge_orders`, `purge_authzs`, `prune_nonces` (`nonces_before`)
+    /// and `prune_buckets` (`buckets_before`, nanoseconds) would remove now,
+    /// all batches together.
+    async fn purgeable(
+        &self,
+        expired_before: i64,
+        nonces_before: i64,
+        buckets_before: i64,
+    ) -> Result<Purged, StoreError>;
     async fn latest_crl(&self) -> Result<Option<StoredCrl>, StoreError>;
     /// Insert a CRL; false if one with this number exists (another
     /// instance signed it first).

@@ -36,6 +36,11 @@ const ATTEMPTS: usize = 5;
 
 #[async_trait]
 impl Backend for Postgres {
+    const BEGIN_PURGE: &'static str = "BEGIN";
+    /// Purges running at once on several instances take disjoint rows, and
+    /// none waits for a row another transaction holds.
+    const SKIP_LOCKED: &'static str = " FOR UPDATE SKIP LOCKED";
+
     /// Safe when several instances start at once: sqlx 0.8's migrator
     /// (`Migrator::run_direct`, sqlx-core `migrate/migrator.rs`) first takes
     /// `pg_advisory_lock(id)` on its connection, with `id` derived from the
@@ -258,19 +263,6 @@ impl Backend for Postgres {
                 .rows_affected();
         }
         Ok(n)
-    }
-
-    async fn prune_buckets(s: &SqlStore<Postgres>, now: i64) -> Result<u64, StoreError> {
-        // SKIP LOCKED: never wait for (or deadlock with) a batch in flight.
-        let r = sqlx::query(
-            "DELETE FROM rate_limit_buckets WHERE key IN ( \
-               SELECT key FROM rate_limit_buckets WHERE tat < $1 \
-               FOR UPDATE SKIP LOCKED)",
-        )
-        .bind(now)
-        .execute(&s.pool)
-        .await?;
-        Ok(r.rows_affected())
     }
 }
 

@@ -30,6 +30,11 @@ use std::sync::LazyLock;
 /// (`sqlite.rs`) and `sqlx::Postgres` (`postgres.rs`).
 #[async_trait]
 pub(super) trait Backend: Database + Sized {
+    /// How a purge batch's transaction begins.
+    const BEGIN_PURGE: &'static str;
+    /// Appended to a purge's SELECT of the rows to delete.
+    const SKIP_LOCKED: &'static str;
+
     /// Connect, set the connections up, and bring the schema up to date.
     async fn connect(url: &str, max_connections: u32) -> anyhow::Result<Pool<Self>>;
 
@@ -79,7 +84,6 @@ pub(super) trait Backend: Database + Sized {
         now: i64,
     ) -> Result<u64, StoreError>;
     async fn reset_buckets(s: &SqlStore<Self>, keys: &[String]) -> Result<u64, StoreError>;
-    async fn prune_buckets(s: &SqlStore<Self>, now: i64) -> Result<u64, StoreError>;
 }
 
 /// A parameter of a statement built at run time.
@@ -104,6 +108,21 @@ const CERT_COLS: &str =
 
 /// How many superseded CRLs stay in the table.
 const CRLS_KEPT: i64 = 10;
+
+/// Retention: order `o` never issued and expired before `$1`, and holds no
+/// rate-limit tokens (the reservation sweeper gives them back first). A
+/// valid order is kept for good: its certificate's `order_id` refers to it.
+const PURGEABLE_ORDER: &str = "o.expires < $1 AND o.status <> 'valid'
+     AND NOT EXISTS (SELECT 1 FROM order_reservations r WHERE r.order_id = o.id)
+     AND NOT EXISTS (SELECT 1 FROM certificates c WHERE c.order_id = o.id)";
+
+/// Retention: authorization `a` expired before `$1` (nothing reuses it, and
+/// no pending-authorization count sees it), and no order whose status is
+/// derived from it links it: only a valid order (final; it issued) or one
+/// expired before `$1` (its own expiry decides its status) may.
+const PURGEABLE_AUTHZ: &str = "a.expires < $1 AND NOT EXISTS (
+       SELECT 1 FROM order_authzs oa JOIN orders o ON o.id = oa.order_id
+       WHERE oa.authz_id = a.id AND o.status <> 'valid' AND o.expires >= $1)";
 
 /// Another live order (`lifecycle`: not invalid) that replaces certificate
 /// `$1`, other than order `$2`, at `$3` (stale before `$4`).
@@ -358,11 +377,16 @@ where
         Ok(DB::rows_affected(&r) == 1)
     }
 
-    async fn prune_nonces(&self, now: i64) -> Result<u64, StoreError> {
-        let r = sqlx::query("DELETE FROM used_nonces WHERE expires < $1")
-            .bind(now)
-            .execute(&self.pool)
-            .await?;
+    async fn prune_nonces(&self, before: i64, limit: u32) -> Result<u64, StoreError> {
+        let r = sqlx::query(&format!(
+            "DELETE FROM used_nonces WHERE nonce IN (
+               SELECT nonce FROM used_nonces WHERE expires < $1 LIMIT $2{})",
+            DB::SKIP_LOCKED
+        ))
+        .bind(before)
+        .bind(i64::from(limit))
+        .execute(&self.pool)
+        .await?;
         Ok(DB::rows_affected(&r))
     }
 
@@ -1196,6 +1220,118 @@ where
                 })
             })
             .collect()
+    }
+
+    async fn purge_orders(&self, expired_before: i64, limit: u32) -> Result<Purged, StoreError> {
+        let mut tx = self.pool.begin_with(DB::BEGIN_PURGE).await?;
+        let ids: Vec<i64> = sqlx::query_scalar(&format!(
+            "SELECT o.id FROM orders o WHERE {PURGEABLE_ORDER} ORDER BY o.id LIMIT $2{}",
+            DB::SKIP_LOCKED
+        ))
+        .bind(expired_before)
+        .bind(i64::from(limit))
+        .fetch_all(&mut *tx)
+        .await?;
+        if ids.is_empty() {
+            return Ok(Purged::default());
+        }
+        let links = format!(
+            "DELETE FROM order_authzs WHERE {}",
+            DB::in_list("order_id", 1, ids.len())
+        );
+        let links = DB::bind_ids(sqlx::query(&links), &ids)
+            .execute(&mut *tx)
+            .await?;
+        let orders = format!(
+            "DELETE FROM orders WHERE {}",
+            DB::in_list("id", 1, ids.len())
+        );
+        let orders = DB::bind_ids(sqlx::query(&orders), &ids)
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        Ok(Purged {
+            orders: DB::rows_affected(&orders),
+            order_authzs: DB::rows_affected(&links),
+            ..Purged::default()
+        })
+    }
+
+    async fn purge_authzs(&self, expired_before: i64, limit: u32) -> Result<Purged, StoreError> {
+        // On PostgreSQL the authorizations are locked first, as every
+        // transaction that changes a challenge does (postgres.rs).
+        let mut tx = self.pool.begin_with(DB::BEGIN_PURGE).await?;
+        let ids: Vec<i64> = sqlx::query_scalar(&format!(
+            "SELECT a.id FROM authzs a WHERE {PURGEABLE_AUTHZ} ORDER BY a.id LIMIT $2{}",
+            DB::SKIP_LOCKED
+        ))
+        .bind(expired_before)
+        .bind(i64::from(limit))
+        .fetch_all(&mut *tx)
+        .await?;
+        if ids.is_empty() {
+            return Ok(Purged::default());
+        }
+        let mut deleted = [0u64; 3];
+        for (n, sql) in [
+            "DELETE FROM challenges WHERE {authz_id}",
+            "DELETE FROM order_authzs WHERE {authz_id}",
+            "DELETE FROM authzs WHERE {id}",
+        ]
+        .into_iter()
+        .enumerate()
+        {
+            let sql = sql
+                .replace("{authz_id}", &DB::in_list("authz_id", 1, ids.len()))
+                .replace("{id}", &DB::in_list("id", 1, ids.len()));
+            let r = DB::bind_ids(sqlx::query(&sql), &ids)
+                .execute(&mut *tx)
+                .await?;
+            deleted[n] = DB::rows_affected(&r);
+        }
+        tx.commit().await?;
+        Ok(Purged {
+            challenges: deleted[0],
+            order_authzs: deleted[1],
+            authzs: deleted[2],
+            ..Purged::default()
+        })
+    }
+
+    async fn purgeable(
+        &self,
+        expired_before: i64,
+        nonces_before: i64,
+        buckets_before: i64,
+    ) -> Result<Purged, StoreError> {
+        let orders = format!("SELECT o.id FROM orders o WHERE {PURGEABLE_ORDER}");
+        let authzs = format!("SELECT a.id FROM authzs a WHERE {PURGEABLE_AUTHZ}");
+        let r = sqlx::query(&format!(
+            "SELECT
+               (SELECT COUNT(*) FROM ({orders}) x) AS orders,
+               (SELECT COUNT(*) FROM order_authzs
+                 WHERE order_id IN ({orders}) OR authz_id IN ({authzs})) AS order_authzs,
+               (SELECT COUNT(*) FROM ({authzs}) x) AS authzs,
+               (SELECT COUNT(*) FROM challenges WHERE authz_id IN ({authzs})) AS challenges,
+               (SELECT COUNT(*) FROM used_nonces WHERE expires < $2) AS used_nonces,
+               (SELECT COUNT(*) FROM rate_limit_buckets WHERE tat < $3) AS rate_limit_buckets"
+        ))
+        .bind(expired_before)
+        .bind(nonces_before)
+        .bind(buckets_before)
+        .fetch_one(&self.pool)
+        .await?;
+        let n = |col: &str| -> Result<u64, StoreError> {
+            Ok(u64::try_from(r.try_get::<i64, _>(col)?).unwrap_or(0))
+        };
+        Ok(Purged {
+            orders: n("orders")?,
+            authzs: n("authzs")?,
+            challenges: n("challenges")?,
+            order_authzs: n("order_authzs")?,
+            used_nonces: n("used_nonces")?,
+            rate_limit_buckets: n("rate_limit_buckets")?,
+        })
     }
 
     async fn latest_crl(&self) -> Result<Option<StoredCrl>, StoreError> {

@@ -16,6 +16,13 @@ use std::time::Duration;
 
 #[async_trait]
 impl Backend for Sqlite {
+    /// The write lock at once: the batch's read and its deletes see one
+    /// state, and no read lock has to be upgraded (which fails at once,
+    /// busy timeout or not, when another connection wrote in between).
+    const BEGIN_PURGE: &'static str = "BEGIN IMMEDIATE";
+    /// One writer at a time: nothing to skip.
+    const SKIP_LOCKED: &'static str = "";
+
     async fn connect(url: &str, max_connections: u32) -> anyhow::Result<Pool<Sqlite>> {
         let opts = SqliteConnectOptions::from_str(url)?;
         restrict_database_files(opts.get_filename())?;
@@ -167,14 +174,6 @@ impl Backend for Sqlite {
             .execute(&s.pool)
             .await?
             .rows_affected())
-    }
-
-    async fn prune_buckets(s: &SqlStore<Sqlite>, now: i64) -> Result<u64, StoreError> {
-        let r = sqlx::query("DELETE FROM rate_limit_buckets WHERE tat < $1")
-            .bind(now)
-            .execute(&s.pool)
-            .await?;
-        Ok(r.rows_affected())
     }
 }
 

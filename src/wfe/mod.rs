@@ -30,7 +30,7 @@ use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use time::format_description::well_known::Rfc3339;
 
-pub use nonce::Nonces;
+pub use nonce::{Nonces, SKEW_SECS as NONCE_SKEW_SECS};
 
 pub struct Wfe {
     pub ra: Arc<Ra>,

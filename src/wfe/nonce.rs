@@ -21,7 +21,7 @@ type HmacSha256 = Hmac<Sha256>;
 const BODY_LEN: usize = 16;
 const TAG_LEN: usize = 16;
 /// Tolerated clock difference between instances, seconds.
-const SKEW_SECS: i64 = 60;
+pub const SKEW_SECS: i64 = 60;
 
 pub struct Nonces {
     mac: HmacSha256,
@@ -97,14 +97,6 @@ impl Nonces {
         }
         crate::metrics::nonce("redeemed");
         Ok(())
-    }
-
-    /// Forget used nonces that can no longer be presented.
-    pub async fn prune(&self) -> Result<u64, Problem> {
-        Ok(self
-            .store
-            .prune_nonces(self.clock.unix() - SKEW_SECS)
-            .await?)
     }
 }
 

@@ -879,3 +879,25 @@ pub async fn clock_offset(server: &Server) -> i64 {
         .as_i64()
         .unwrap_or_else(|| panic!("GET /clock without offsetSeconds: {v}"))
 }
+
+/// The value of the first sample of `metric` whose labels include all of
+/// `labels` (Prometheus text format).
+pub fn sample(text: &str, metric: &str, labels: &[(&str, &str)]) -> Option<f64> {
+    text.lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter_map(|l| l.rsplit_once(' '))
+        .find(|(series, _)| {
+            let (name, rest) = series.split_once('{').unwrap_or((series, ""));
+            name == metric
+                && labels
+                    .iter()
+                    .all(|(k, v)| rest.contains(&format!("{k}=\"{v}\"")))
+        })
+        .and_then(|(_, v)| v.parse().ok())
+}
+
+pub async fn scrape(server: &Server) -> String {
+    let (status, text) = mgmt_get(server, "/metrics").await;
+    assert_eq!(status, 200, "{text}");
+    text
+}
