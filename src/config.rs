@@ -36,6 +36,18 @@ pub struct Config {
     /// A `[profiles]` table in a file replaces the preset's whole set.
     pub profiles: std::collections::BTreeMap<String, ProfileConfig>,
     pub retention: RetentionConfig,
+    /// Injected faults for client test suites (`crate::faults`).
+    pub faults: FaultsConfig,
+}
+
+/// Fault injection (README, "Fault injection"): off while `rules` is empty.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FaultsConfig {
+    /// Seed of the draws for `P%` rules: one seed, one sequence of faults.
+    pub seed: u64,
+    /// Rules `ENDPOINT:FAULT[=N][@WHEN]`, e.g. `newOrder:rateLimited=30@50%`.
+    pub rules: Vec<String>,
 }
 
 /// A certificate profile: what an order of this profile may contain, how
@@ -412,6 +424,9 @@ impl Config {
             k => bail!("ca.key_type: {k:?} is not ecdsa-p256, ecdsa-p384 or rsa-2048"),
         }
         self.validate_profiles()?;
+        for rule in &self.faults.rules {
+            crate::faults::Rule::parse(rule).map_err(|e| anyhow!("faults.rules: {e}"))?;
+        }
         if self.ca.crl_update_secs == 0 || self.ca.crl_lifetime_secs <= self.ca.crl_update_secs {
             bail!("ca.crl_update_secs must be at least 1 and less than ca.crl_lifetime_secs");
         }

@@ -29,6 +29,7 @@ pub mod clock;
 pub mod config;
 pub mod core;
 pub mod crl;
+pub mod faults;
 pub mod key;
 pub mod listener;
 pub mod lookup;

@@ -521,7 +521,8 @@ pub fn translate(
         Some(_) => bail!("pebble.retryAfter must be an object {{\"authz\": N, \"order\": N}}"),
     }
 
-    translate_env(env, &mut warnings, &mut va, &mut acme);
+    let mut faults = toml::Table::new();
+    translate_env(env, &mut warnings, &mut va, &mut acme, &mut faults);
 
     let mut overlay = toml::Table::new();
     for (name, t) in [
@@ -531,6 +532,7 @@ pub fn translate(
         ("va", va),
         ("policy", policy),
         ("profiles", profiles),
+        ("faults", faults),
     ] {
         if !t.is_empty() {
             overlay.insert(name.into(), toml::Value::Table(t));
@@ -549,6 +551,7 @@ fn translate_env(
     warnings: &mut Vec<String>,
     va: &mut toml::Table,
     acme: &mut toml::Table,
+    faults: &mut toml::Table,
 ) {
     let truthy = |v: &str| matches!(v, "1" | "true" | "True" | "TRUE");
     let get = |name: &str| env.iter().find(|(k, _)| k == name).map(|(_, v)| v.as_str());
@@ -563,11 +566,25 @@ fn translate_env(
              PEBBLE_VA_NOSLEEP=1"
         ));
     }
-    if let Some(n) = int("PEBBLE_WFE_NONCEREJECT").filter(|n| *n > 0) {
-        warnings.push(format!(
-            "PEBBLE_WFE_NONCEREJECT={n}: rejecting good nonces is not supported yet; Cairn \
-             rejects none (Pebble's default is 5%)"
-        ));
+    // Pebble refuses this share of good nonces, 5% unless told otherwise;
+    // a fault rule does the same, reproducibly (seed 0).
+    let reject = match get("PEBBLE_WFE_NONCEREJECT") {
+        None => 5,
+        Some(v) => match v.trim().parse::<u8>() {
+            Ok(n) if n <= 100 => n,
+            _ => {
+                warnings.push(format!(
+                    "PEBBLE_WFE_NONCEREJECT={v}: not a percentage (0-100); using Pebble's 5"
+                ));
+                5
+            }
+        },
+    };
+    if reject > 0 {
+        faults.insert(
+            "rules".into(),
+            toml::Value::Array(vec![format!("*:badNonce@{reject}%").into()]),
+        );
     }
     if let Some(v) = get("PEBBLE_AUTHZREUSE") {
         if v.trim() != "100" {
@@ -860,10 +877,22 @@ mod tests {
         assert_eq!(tr.overlay["va"]["always_valid"].as_bool(), Some(true));
         assert_eq!(tr.overlay["va"]["resolver"].as_str(), Some("[::1]:5555"));
         assert_eq!(tr.overlay["acme"]["orders_per_page"].as_integer(), Some(7));
+        assert_eq!(
+            tr.overlay["faults"]["rules"][0].as_str(),
+            Some("*:badNonce@15%")
+        );
+        // Unset, Pebble's 5%; 0 turns it off.
+        let tr5 = translate(&json!({"pebble": {}}), &[], None).unwrap();
+        assert_eq!(
+            tr5.overlay["faults"]["rules"][0].as_str(),
+            Some("*:badNonce@5%")
+        );
+        let off = [("PEBBLE_WFE_NONCEREJECT".to_string(), "0".to_string())];
+        let tr0 = translate(&json!({"pebble": {}}), &off, None).unwrap();
+        assert!(tr0.overlay.get("faults").is_none());
         let w = tr.warnings.join("\n");
         for name in [
             "PEBBLE_VA_SLEEPTIME",
-            "PEBBLE_WFE_NONCEREJECT",
             "PEBBLE_AUTHZREUSE",
             "PEBBLE_CHAIN_LENGTH",
             "PEBBLE_ALTERNATE_ROOTS",

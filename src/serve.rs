@@ -86,6 +86,10 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
         limiter.clone(),
     )?;
     let nonces = Nonces::new(store.clone(), clock.clone(), cfg.acme.nonce_lifetime_secs).await?;
+    let faults = Arc::new(
+        crate::faults::Faults::new(cfg.faults.seed, &cfg.faults.rules, clock.clone())
+            .map_err(|e| anyhow::anyhow!("faults.rules: {e}"))?,
+    );
     let wfe = Arc::new(Wfe {
         ra: ra.clone(),
         nonces,
@@ -93,6 +97,7 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
         rates: rates.clone(),
         verifiers: Default::default(),
         bodies: wfe::BodyBudget::new(cfg.server.max_buffered_body_bytes),
+        faults: faults.clone(),
     });
 
     let (cert_pem, key_pem) = if cfg.server.tls_cert.is_empty() {
@@ -161,6 +166,7 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
                 .with_state(observed),
         )
         .merge(crate::lookup::router(ra.clone()))
+        .merge(crate::faults::router(faults.clone()))
         // Every answer the management listener shapes is a problem
         // document too, unknown paths and methods included.
         .fallback(|| async { crate::problem::Problem::not_found("no such resource") })

@@ -493,7 +493,8 @@ async fn cairn_pebble_reports_what_it_cannot_do() {
     issue(&p, &chall).await;
     let log = p.proc.log();
     for name in [
-        "PEBBLE_WFE_NONCEREJECT=10",
+        // Honoured now, as a fault rule refusing 10% of good nonces.
+        "*:badNonce@10%",
         "PEBBLE_ALTERNATE_ROOTS=2",
         "PEBBLE_VA_SLEEPTYME",
         "pebble.retryAfter",

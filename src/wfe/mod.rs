@@ -42,6 +42,8 @@ pub struct Wfe {
     pub verifiers: VerifierCache,
     /// Request bodies in memory, all connections together.
     pub bodies: BodyBudget,
+    /// Injected faults (`crate::faults`), off unless configured.
+    pub faults: Arc<crate::faults::Faults>,
 }
 
 /// Bytes of request bodies that may be in memory at once
@@ -178,6 +180,12 @@ pub fn router(state: AppState) -> Router {
         )
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
+        // Innermost: an injected fault stands where the handler's answer
+        // would, with the nonce, Link and request log of any answer.
+        .layer(axum::middleware::from_fn_with_state(
+            state.faults.clone(),
+            crate::faults::layer,
+        ))
         // Inside the common headers: a refusal carries a nonce and Link too.
         .layer(RequestRateLayer::new(state.rates.clone()))
         .layer(axum::middleware::from_fn_with_state(

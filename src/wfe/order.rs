@@ -18,8 +18,14 @@ use base64::Engine;
 use serde_json::{json, Value};
 
 fn order_json(s: &AppState, base: &Base, o: &Order) -> Value {
+    let held = held_processing(s, o);
+    let status = if held {
+        OrderStatus::Processing
+    } else {
+        o.status
+    };
     let mut v = json!({
-        "status": o.status.as_str(),
+        "status": status.as_str(),
         "expires": rfc3339(o.expires),
         "identifiers": o.identifiers,
         "authorizations": o.authz_ids.iter().map(|a| base.url(&format!("/acme/authz/{a}"))).collect::<Vec<_>>(),
@@ -27,7 +33,7 @@ fn order_json(s: &AppState, base: &Base, o: &Order) -> Value {
         // Orders from before profiles have the default one.
         "profile": if o.profile.is_empty() { &s.cfg.acme.default_profile } else { &o.profile },
     });
-    if let (OrderStatus::Valid, Some(serial)) = (o.status, &o.cert_serial) {
+    if let (OrderStatus::Valid, Some(serial)) = (status, &o.cert_serial) {
         v["certificate"] = json!(base.url(&format!("/acme/cert/{serial}")));
     }
     if let Some(e) = &o.error {
@@ -39,9 +45,15 @@ fn order_json(s: &AppState, base: &Base, o: &Order) -> Value {
     v
 }
 
+/// An issued order a `processing` fault (`crate::faults`) still shows as
+/// processing, as Let's Encrypt's asynchronous finalize does.
+fn held_processing(s: &AppState, o: &Order) -> bool {
+    o.status == OrderStatus::Valid && s.faults.held_until(o.id.0).is_some()
+}
+
 fn order_response(s: &AppState, base: &Base, o: &Order, status: StatusCode) -> Response {
     let mut h = vec![(header::LOCATION, base.url(&format!("/acme/order/{}", o.id)))];
-    if o.status == OrderStatus::Processing {
+    if o.status == OrderStatus::Processing || held_processing(s, o) {
         h.push((header::RETRY_AFTER, s.cfg.acme.retry_after_secs.to_string()));
     }
     json_response(status, &order_json(s, base, o), h)
