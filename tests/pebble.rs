@@ -299,6 +299,8 @@ async fn issue(p: &Pebble, chall: &ChallTestSrv) -> String {
         AcmeKey::generate(KeyKind::Es256),
     )
     .await;
+    // Pebble (and Cairn as Pebble) refuses some good nonces on purpose.
+    client.retry_bad_nonce();
     client.register().await;
     let (order_url, order) = client
         .new_order(&["http.example.com", "alpn.example.com"])
@@ -439,6 +441,8 @@ async fn pebble_by_name_serves_dir_and_issues() {
         AcmeKey::generate(KeyKind::Es256),
     )
     .await;
+    // Pebble (and Cairn as Pebble) refuses some good nonces on purpose.
+    client.retry_bad_nonce();
     client.register().await;
     let r = client
         .new_order_raw(AcmeClient::order_payload(&["blocked-domain.example"]))
@@ -550,6 +554,7 @@ async fn pebble_eab_settings_bind_accounts() {
             AcmeKey::generate(KeyKind::Es256),
         )
         .await;
+        c.retry_bad_nonce();
         assert_eq!(c.directory()["meta"]["externalAccountRequired"], true);
         let r = c.new_account(&[], true).await;
         common::assert_problem(&r, 401, "externalAccountRequired");

@@ -617,9 +617,18 @@ pub struct AcmeClient {
     key: Mutex<Arc<AcmeKey>>,
     kid: Mutex<Option<String>>,
     nonce: Mutex<Option<String>>,
+    /// Retry `post` on `badNonce` as RFC 8555 §6.5 asks of clients (for
+    /// servers that refuse good nonces on purpose, as Pebble does).
+    retry_bad_nonce: std::sync::atomic::AtomicBool,
 }
 
 impl AcmeClient {
+    /// From now on, `post` retries (up to 5 times) when a nonce is refused.
+    pub fn retry_bad_nonce(&self) {
+        self.retry_bad_nonce
+            .store(true, std::sync::atomic::Ordering::Relaxed);
+    }
+
     /// A client for `server` with a fresh key of the given kind (no account yet).
     pub async fn new(server: &Server, kind: KeyKind) -> AcmeClient {
         Self::with_key(server, AcmeKey::generate(kind)).await
@@ -648,6 +657,7 @@ impl AcmeClient {
             key: Mutex::new(Arc::new(key)),
             kid: Mutex::new(None),
             nonce: Mutex::new(None),
+            retry_bad_nonce: Default::default(),
         }
     }
 
@@ -825,11 +835,26 @@ impl AcmeClient {
 
     /// Signed POST with `kid` if there is an account, else `jwk`. `None` = POST-as-GET.
     pub async fn post(&self, url: &str, payload: Option<Value>) -> AcmeResponse {
-        if self.kid().is_some() {
-            self.post_kid(url, payload).await
-        } else {
-            self.post_jwk(url, payload).await
+        let mut tries = 0;
+        loop {
+            let r = if self.kid().is_some() {
+                self.post_kid(url, payload.clone()).await
+            } else {
+                self.post_jwk(url, payload.clone()).await
+            };
+            tries += 1;
+            if !(self.should_retry(&r) && tries < 6) {
+                return r;
+            }
         }
+    }
+
+    /// A refused nonce, and the client retries those.
+    fn should_retry(&self, r: &AcmeResponse) -> bool {
+        self.retry_bad_nonce
+            .load(std::sync::atomic::Ordering::Relaxed)
+            && r.status == 400
+            && r.problem_type().as_deref() == Some("urn:ietf:params:acme:error:badNonce")
     }
 
     /// POST-as-GET.
@@ -861,9 +886,16 @@ impl AcmeClient {
 
     /// POSTs `newAccount` with an arbitrary payload (always with `jwk`).
     pub async fn new_account_payload(&self, payload: Value) -> AcmeResponse {
-        let r = self
-            .post_jwk(&self.endpoint("newAccount"), Some(payload))
-            .await;
+        let mut tries = 0;
+        let r = loop {
+            let r = self
+                .post_jwk(&self.endpoint("newAccount"), Some(payload.clone()))
+                .await;
+            tries += 1;
+            if !(self.should_retry(&r) && tries < 6) {
+                break r;
+            }
+        };
         if r.status == 200 || r.status == 201 {
             if let Some(loc) = r.location() {
                 self.set_kid(Some(loc));
