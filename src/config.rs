@@ -253,6 +253,12 @@ pub struct VaConfig {
     pub http_max_redirects: usize,
     /// Check CAA records before marking a challenge valid.
     pub check_caa: bool,
+    /// The Issuer Domain Names a dns-persist-01 record may name for this CA
+    /// (the challenge's `issuer-domain-names`, draft-ietf-acme-dns-persist-01
+    /// §3.1): lower-case A-labels without a trailing dot, at most 10. Empty:
+    /// dns-persist-01 is not offered.
+    #[serde(default)]
+    pub dns_persist_issuer_domains: Vec<String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -445,6 +451,7 @@ impl Config {
         if !self.va.resolver.is_empty() && self.va.resolver.parse::<SocketAddr>().is_err() {
             bail!("va.resolver: {:?} is not ip:port", self.va.resolver);
         }
+        check_issuer_domains(&self.va.dns_persist_issuer_domains)?;
         let tos = &self.acme.terms_of_service;
         if !tos.is_empty()
             && tos != BUILTIN_TERMS
@@ -614,6 +621,33 @@ fn merge(base: &mut toml::Value, over: toml::Value, path: &str) -> anyhow::Resul
 }
 
 /// Override every leaf that has a `CAIRN_*` variable set.
+/// draft-ietf-acme-dns-persist-01 §3.1: one to ten names, each a lower-case
+/// A-label name with no trailing dot, at most 253 octets. Checked rather
+/// than normalized, so the challenge shows exactly what was configured.
+fn check_issuer_domains(names: &[String]) -> anyhow::Result<()> {
+    const KEY: &str = "va.dns_persist_issuer_domains";
+    if names.len() > 10 {
+        bail!("{KEY}: {} names; the draft allows at most 10", names.len());
+    }
+    for n in names {
+        let label_ok = |l: &str| {
+            !l.is_empty()
+                && l.len() <= 63
+                && !l.starts_with('-')
+                && !l.ends_with('-')
+                && l.bytes()
+                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        };
+        if n.len() > 253 || !n.split('.').all(label_ok) {
+            bail!(
+                "{KEY}: {n:?} is not a lower-case A-label domain name without a trailing dot \
+                 (e.g. \"ca.example.com\")"
+            );
+        }
+    }
+    Ok(())
+}
+
 fn apply_env(
     value: &mut toml::Value,
     prefix: &str,
@@ -801,5 +835,37 @@ mod tests {
         }
         let c = load("test", &[("CAIRN_SERVER_DIRECTORY_ALIAS", "/dir")]).unwrap();
         assert_eq!(c.server.directory_alias, "/dir");
+    }
+
+    #[test]
+    fn dns_persist_issuer_domains_are_checked() {
+        let key = "CAIRN_VA_DNS_PERSIST_ISSUER_DOMAINS";
+        assert_eq!(
+            load("test", &[]).unwrap().va.dns_persist_issuer_domains,
+            vec!["cairn.localhost"]
+        );
+        assert!(load("dev", &[(key, "")])
+            .unwrap()
+            .va
+            .dns_persist_issuer_domains
+            .is_empty());
+        let eleven = (0..11)
+            .map(|i| format!("ca{i}.example"))
+            .collect::<Vec<_>>();
+        for bad in [
+            "CA.example",
+            "ca.example.",
+            "ca..example",
+            "-ca.example",
+            "ca_x.example",
+            &eleven.join(","),
+        ] {
+            let e = load("test", &[(key, bad)]).unwrap_err();
+            assert!(
+                format!("{e:#}").contains("va.dns_persist_issuer_domains"),
+                "{bad}: {e:#}"
+            );
+        }
+        load("test", &[(key, "ca.example, xn--bcher-kva.example")]).unwrap();
     }
 }

@@ -109,7 +109,12 @@ async fn new_order_single_name() {
         .map(|c| c["type"].as_str().unwrap_or(""))
         .collect();
     types.sort();
-    assert_eq!(types, vec!["dns-01", "http-01", "tls-alpn-01"], "{authz}");
+    // dns-persist-01: the test preset sets va.dns_persist_issuer_domains.
+    assert_eq!(
+        types,
+        vec!["dns-01", "dns-persist-01", "http-01", "tls-alpn-01"],
+        "{authz}"
+    );
     let mut tokens = std::collections::HashSet::new();
     for ch in challenges {
         assert_eq!(ch["status"], "pending", "{ch}");
@@ -119,6 +124,11 @@ async fn new_order_single_name() {
                 .is_some_and(|u| u.starts_with(&server.base_url)),
             "{ch}"
         );
+        if ch["type"] == "dns-persist-01" {
+            // draft-ietf-acme-dns-persist-01 §3.1: no token.
+            assert!(ch.get("token").is_none(), "{ch}");
+            continue;
+        }
         let token = ch["token"]
             .as_str()
             .unwrap_or_else(|| panic!("no token: {ch}"));
@@ -135,7 +145,7 @@ async fn new_order_single_name() {
 }
 
 /// `*.x` and `x` in one order: two authorizations for `x`, the wildcard one marked and
-/// offering only dns-01 (RFC 8555 §7.1.3, §7.4).
+/// offering only dns-01 (RFC 8555 §7.1.3, §7.4) and dns-persist-01 (its draft, §5).
 #[tokio::test]
 async fn new_order_wildcard_and_base() {
     let server = Server::start(ServerOpts::test());
@@ -166,8 +176,8 @@ async fn new_order_wildcard_and_base() {
             saw_wild = true;
             assert_eq!(
                 types,
-                vec!["dns-01"],
-                "wildcard authz must offer only dns-01: {authz}"
+                vec!["dns-01", "dns-persist-01"],
+                "wildcard authz must offer only dns-01 and dns-persist-01: {authz}"
             );
         } else {
             saw_base = true;

@@ -153,6 +153,10 @@ pub enum ChallengeType {
     Dns01,
     #[serde(rename = "tls-alpn-01")]
     TlsAlpn01,
+    /// draft-ietf-acme-dns-persist-01: a standing TXT record at
+    /// `_validation-persist.<name>` naming the CA and the account.
+    #[serde(rename = "dns-persist-01")]
+    DnsPersist01,
 }
 
 impl ChallengeType {
@@ -161,6 +165,7 @@ impl ChallengeType {
             ChallengeType::Http01 => "http-01",
             ChallengeType::Dns01 => "dns-01",
             ChallengeType::TlsAlpn01 => "tls-alpn-01",
+            ChallengeType::DnsPersist01 => "dns-persist-01",
         }
     }
 
@@ -315,6 +320,7 @@ pub struct Challenge {
     pub id: ChallengeId,
     pub authz_id: AuthzId,
     pub kind: ChallengeType,
+    /// Empty for dns-persist-01, which has none (draft-ietf-acme-dns-persist-01 §3.1).
     pub token: String,
     pub status: ChallengeStatus,
     pub validated: Option<i64>,
@@ -413,7 +419,7 @@ mod tests {
             "revoked",
         ]);
         round_trip::<ChallengeStatus>(&["pending", "processing", "valid", "invalid"]);
-        round_trip::<ChallengeType>(&["http-01", "dns-01", "tls-alpn-01"]);
+        round_trip::<ChallengeType>(&["http-01", "dns-01", "tls-alpn-01", "dns-persist-01"]);
     }
 
     #[test]

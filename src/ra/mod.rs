@@ -556,19 +556,25 @@ impl Ra {
     }
 
     fn new_authz(&self, n: &Name, profile_name: &str, now: i64) -> NewAuthz {
-        let types: &[ChallengeType] = if n.wildcard {
+        let mut types: Vec<ChallengeType> = if n.wildcard {
             // RFC 8555 §7.1.3: wildcards only by dns-01.
-            &[ChallengeType::Dns01]
+            vec![ChallengeType::Dns01]
         } else if n.kind == IdentifierType::Ip {
             // RFC 8738 §7: there is no DNS name to put a TXT record under.
-            &[ChallengeType::Http01, ChallengeType::TlsAlpn01]
+            vec![ChallengeType::Http01, ChallengeType::TlsAlpn01]
         } else {
-            &[
+            vec![
                 ChallengeType::Http01,
                 ChallengeType::Dns01,
                 ChallengeType::TlsAlpn01,
             ]
         };
+        // draft-ietf-acme-dns-persist-01 registers the method for dns
+        // identifiers only (§8.1); wildcards too, by a record with
+        // policy=wildcard (§5). It has no token (§3.1).
+        if n.kind == IdentifierType::Dns && !self.cfg.va.dns_persist_issuer_domains.is_empty() {
+            types.push(ChallengeType::DnsPersist01);
+        }
         let lifetime = self
             .cfg
             .profile(profile_name)
@@ -579,7 +585,13 @@ impl Ra {
             profile: profile_name.to_string(),
             wildcard: n.wildcard,
             expires: now + lifetime as i64,
-            challenges: types.iter().map(|t| (*t, new_token())).collect(),
+            challenges: types
+                .into_iter()
+                .map(|t| match t {
+                    ChallengeType::DnsPersist01 => (t, String::new()),
+                    _ => (t, new_token()),
+                })
+                .collect(),
         }
     }
 
@@ -770,6 +782,7 @@ impl Ra {
             key_authorization: format!("{}.{}", c.token, acct.thumbprint),
             token: c.token.clone(),
             account_uri: format!("{}/acme/acct/{}", self.cfg.default_base_url(), acct.id.0),
+            now: self.clock.unix(),
         };
         // Bound the whole validation so a challenge never stays processing.
         let started = std::time::Instant::now();

@@ -1,9 +1,9 @@
-//! Validation authority: http-01, dns-01, tls-alpn-01 and CAA, with a
-//! configurable resolver, ports and address policy.
+//! Validation authority: http-01, dns-01, tls-alpn-01, dns-persist-01 and
+//! CAA, with a configurable resolver, ports and address policy.
 //!
 //! Layout: [`addr`] is the address policy (no private addresses unless
 //! configured), [`dns`] the resolver (hickory, caching off), `http01`,
-//! `dns01` and [`tlsalpn`] the three challenges, [`caa`] the CAA check that
+//! `dns01`, [`tlsalpn`] and `dns_persist` the challenges, [`caa`] the CAA check that
 //! follows a successful challenge. Everything a network peer sends is
 //! untrusted: bounded reads, sanitized echoes in problem details, no panics.
 
@@ -11,6 +11,7 @@ pub mod addr;
 pub mod caa;
 pub mod dns;
 mod dns01;
+mod dns_persist;
 mod http01;
 #[cfg(test)]
 mod tests;
@@ -31,14 +32,17 @@ pub struct ValidationRequest {
     /// The identifier, lower-case, without any `*.` prefix; for an ip
     /// identifier, the address's canonical text.
     pub domain: String,
-    /// True if the authorization is for `*.domain` (only dns-01 is offered then).
+    /// True if the authorization is for `*.domain` (only dns-01 and
+    /// dns-persist-01 are offered then).
     pub wildcard: bool,
     pub challenge: ChallengeType,
     pub token: String,
     /// `token || '.' || base64url(JWK thumbprint)` (RFC 8555 §8.1).
     pub key_authorization: String,
-    /// The account URL, for CAA `accounturi` (RFC 8657).
+    /// The account URL, for CAA `accounturi` (RFC 8657) and dns-persist-01's.
     pub account_uri: String,
+    /// The server's clock (UNIX seconds), for dns-persist-01's `persistUntil`.
+    pub now: i64,
 }
 
 /// What the VA saw, recorded on the challenge as `validationRecord`
@@ -95,18 +99,29 @@ impl Va {
                 ..ValidationRecord::default()
             }]);
         }
-        if req.wildcard && req.challenge != ChallengeType::Dns01 {
+        if req.wildcard
+            && !matches!(
+                req.challenge,
+                ChallengeType::Dns01 | ChallengeType::DnsPersist01
+            )
+        {
             return Err(Problem::malformed(format!(
-                "wildcard authorization for *.{} can only be validated with dns-01, not {}",
+                "wildcard authorization for *.{} can only be validated with dns-01 or dns-persist-01, not {}",
                 req.domain,
                 req.challenge.as_str()
             )));
         }
         let ip = req.identifier_type == IdentifierType::Ip;
-        if ip && req.challenge == ChallengeType::Dns01 {
+        if ip
+            && matches!(
+                req.challenge,
+                ChallengeType::Dns01 | ChallengeType::DnsPersist01
+            )
+        {
             return Err(Problem::malformed(format!(
-                "IP address {} cannot be validated with dns-01 (RFC 8738 §7)",
-                req.domain
+                "IP address {} cannot be validated with {} (RFC 8738 §7)",
+                req.domain,
+                req.challenge.as_str()
             )));
         }
         let secs = self.cfg.timeout_secs.max(1);
@@ -119,6 +134,10 @@ impl Va {
                 ChallengeType::Dns01 => self.dns01(&req.domain, &req.key_authorization).await?,
                 ChallengeType::TlsAlpn01 => {
                     self.tls_alpn01(&req.domain, &req.key_authorization).await?
+                }
+                ChallengeType::DnsPersist01 => {
+                    self.dns_persist01(&req.domain, req.wildcard, &req.account_uri, req.now)
+                        .await?
                 }
             };
             // CAA is a DNS record; an address has none to check (RFC 8738 §9).

@@ -42,6 +42,7 @@ fn cfg(h: &TestDnsHandle) -> VaConfig {
         http_max_body_bytes: 1024,
         http_max_redirects: 3,
         check_caa: false,
+        dns_persist_issuer_domains: vec!["cairn.test".into()],
     }
 }
 
@@ -58,6 +59,7 @@ fn req(domain: &str, challenge: ChallengeType, token: &str, ka: &str) -> Validat
         token: token.into(),
         key_authorization: ka.into(),
         account_uri: "https://ca.test/acme/acct/1".into(),
+        now: 0,
     }
 }
 
@@ -477,6 +479,50 @@ async fn dns01_outcomes() {
         "dns",
         "SERVFAIL looking up TXT for _acme-challenge.sf.example",
     );
+}
+
+/// dns-persist-01 through the resolver: CNAMEs followed, SERVFAIL a `dns`
+/// problem, IP identifiers refused. (Record semantics: `dns_persist`'s unit
+/// tests and tests/protocol_dns_persist.rs.)
+#[tokio::test]
+async fn dns_persist01_through_the_resolver() {
+    let h = dns().await;
+    let va_ = va(&cfg(&h));
+    let p = |dom: &str| req(dom, ChallengeType::DnsPersist01, "", "");
+    let value = "cairn.test; accounturi=https://ca.test/acme/acct/1";
+
+    api(
+        &h,
+        "/set-cname",
+        serde_json::json!({"host": "_validation-persist.cn.example", "target": "persist.dns-operator.example"}),
+    )
+    .await;
+    api(
+        &h,
+        "/set-txt",
+        serde_json::json!({"host": "persist.dns-operator.example", "value": value}),
+    )
+    .await;
+    let recs = va_.validate(&p("cn.example")).await.unwrap();
+    assert_eq!(recs[0].hostname, "cn.example");
+
+    api(
+        &h,
+        "/set-servfail",
+        serde_json::json!({"host": "_validation-persist.sf.example"}),
+    )
+    .await;
+    let e = va_.validate(&p("sf.example")).await.unwrap_err();
+    assert_problem(
+        &e,
+        "dns",
+        "SERVFAIL looking up TXT for _validation-persist.sf.example",
+    );
+
+    let mut ip = p("127.0.0.1");
+    ip.identifier_type = crate::core::IdentifierType::Ip;
+    let e = va_.validate(&ip).await.unwrap_err();
+    assert_problem(&e, "malformed", "cannot be validated with dns-persist-01");
 }
 
 #[tokio::test]

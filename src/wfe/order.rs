@@ -3,8 +3,8 @@
 
 use super::{json_response, path_id, rfc3339, AppState, Base, KeyMode, Signer};
 use crate::core::{
-    Authz, AuthzId, AuthzStatus, Challenge, ChallengeId, ChallengeStatus, Order, OrderId,
-    OrderStatus,
+    Authz, AuthzId, AuthzStatus, Challenge, ChallengeId, ChallengeStatus, ChallengeType, Order,
+    OrderId, OrderStatus,
 };
 use crate::problem::{Path, Problem};
 use crate::ra::{NewOrderRequest, RevokeBy};
@@ -59,13 +59,19 @@ fn order_response(s: &AppState, base: &Base, o: &Order, status: StatusCode) -> R
     json_response(status, &order_json(s, base, o), h)
 }
 
-fn challenge_json(base: &Base, c: &Challenge) -> Value {
+fn challenge_json(s: &AppState, base: &Base, c: &Challenge) -> Value {
     let mut v = json!({
         "type": c.kind.as_str(),
         "url": base.url(&format!("/acme/chall/{}", c.id)),
         "status": c.status.as_str(),
-        "token": c.token,
     });
+    if c.kind == ChallengeType::DnsPersist01 {
+        // draft-ietf-acme-dns-persist-01 §3.1: no token; the names a record
+        // may use for this CA instead.
+        v["issuer-domain-names"] = json!(s.cfg.va.dns_persist_issuer_domains);
+    } else {
+        v["token"] = json!(c.token);
+    }
     if let Some(t) = c.validated {
         v["validated"] = json!(rfc3339(t));
     }
@@ -82,12 +88,12 @@ fn challenge_json(base: &Base, c: &Challenge) -> Value {
     v
 }
 
-fn authz_json(base: &Base, a: &Authz) -> Value {
+fn authz_json(s: &AppState, base: &Base, a: &Authz) -> Value {
     let mut v = json!({
         "identifier": {"type": a.identifier_type.as_str(), "value": a.identifier},
         "status": a.status.as_str(),
         "expires": rfc3339(a.expires),
-        "challenges": a.challenges.iter().map(|c| challenge_json(base, c)).collect::<Vec<_>>(),
+        "challenges": a.challenges.iter().map(|c| challenge_json(s, base, c)).collect::<Vec<_>>(),
     });
     if a.wildcard {
         v["wildcard"] = json!(true);
@@ -188,7 +194,7 @@ pub async fn authz(
     if a.status == AuthzStatus::Pending {
         h.push((header::RETRY_AFTER, s.cfg.acme.retry_after_secs.to_string()));
     }
-    Ok(json_response(StatusCode::OK, &authz_json(&base, &a), h))
+    Ok(json_response(StatusCode::OK, &authz_json(&s, &base, &a), h))
 }
 
 /// POST-as-GET reads; a JSON object (`{}`) asks for validation (§7.5.1).
@@ -224,7 +230,11 @@ pub async fn challenge(
     ) {
         h.push((header::RETRY_AFTER, s.cfg.acme.retry_after_secs.to_string()));
     }
-    Ok(json_response(StatusCode::OK, &challenge_json(&base, &c), h))
+    Ok(json_response(
+        StatusCode::OK,
+        &challenge_json(&s, &base, &c),
+        h,
+    ))
 }
 
 /// RFC 8555 §7.4.2: the chain as PEM, leaf first.
