@@ -281,7 +281,34 @@ pub struct Sources {
 impl Config {
     /// Load a preset, then `file`, then `CAIRN_*` variables, then flags.
     pub fn load(src: &Sources) -> anyhow::Result<Config> {
-        Self::load_with_env(src, |k| std::env::var(k).ok())
+        let cfg = Self::load_with_env(src, |k| std::env::var(k).ok())?;
+        cfg.check_env_names(std::env::vars().map(|(k, _)| k))?;
+        Ok(cfg)
+    }
+
+    /// A `CAIRN_*` variable that names no setting is a mistake (a renamed
+    /// or misspelt key) that would otherwise be ignored: refuse it, naming
+    /// it. Variables Cairn reads outside the configuration are allowed.
+    pub fn check_env_names(&self, names: impl Iterator<Item = String>) -> anyhow::Result<()> {
+        const OTHERS: &[&str] = &["CAIRN_LOG", "CAIRN_LOG_FORMAT", "CAIRN_PRESET", "CAIRN_CONFIG"];
+        const OTHER_PREFIXES: &[&str] = &["CAIRN_TEST_", "CAIRN_TESTDNS_"];
+        let mut known = std::collections::BTreeSet::new();
+        let value = toml::Value::try_from(self).map_err(|e| anyhow!("configuration: {e}"))?;
+        env_names(&value, "CAIRN", &mut known);
+        let mut unknown: Vec<String> = names
+            .filter(|k| k.starts_with("CAIRN_"))
+            .filter(|k| !known.contains(k) && !OTHERS.contains(&k.as_str()))
+            .filter(|k| !OTHER_PREFIXES.iter().any(|p| k.starts_with(p)))
+            .collect();
+        unknown.sort();
+        match unknown.as_slice() {
+            [] => Ok(()),
+            names => bail!(
+                "environment variable {} names no setting (each is a TOML path upper-cased \
+                 and joined with _, e.g. CAIRN_VA_HTTP01_PORT; `cairn config show` lists them)",
+                names.join(", ")
+            ),
+        }
     }
 
     pub fn load_with_env(
@@ -616,6 +643,20 @@ fn merge(base: &mut toml::Value, over: toml::Value, path: &str) -> anyhow::Resul
         (slot, v) => {
             *slot = v;
             Ok(())
+        }
+    }
+}
+
+/// The variable name of every leaf of `value`.
+fn env_names(value: &toml::Value, prefix: &str, out: &mut std::collections::BTreeSet<String>) {
+    if let toml::Value::Table(t) = value {
+        for (k, v) in t {
+            let name = format!("{prefix}_{}", k.to_uppercase());
+            if v.is_table() {
+                env_names(v, &name, out);
+            } else {
+                out.insert(name);
+            }
         }
     }
 }

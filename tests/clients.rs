@@ -1474,3 +1474,102 @@ fn ruby_acme_client_issues_renews_and_revokes() {
     assert_eq!(admin_status(&env, &first), "revoked(superseded)");
     assert_eq!(admin_status(&env, &renewed), "valid");
 }
+
+// ------------------------------------------------------------ fault injection
+
+/// The faults of the README's table, each as a rule for the run.
+const FAULTS: &[(&str, &str)] = &[
+    ("429 on newOrder", "newOrder:rateLimited=2@#1"),
+    ("503 on newNonce", "newNonce:unavailable=1@#1"),
+    ("500 on finalize", "finalize:serverInternal@#1"),
+    ("badNonce on a good nonce", "*:badNonce@#1"),
+    ("slow order (3 s)", "order:slow=3000@#1"),
+    ("processing for 5 s after finalize", "finalize:processing=5"),
+];
+
+/// Puts `rules` on the server's management listener (`PUT /faults`).
+fn set_faults(env: &Env, rules: &[&str]) -> serde_json::Value {
+    let body = serde_json::json!({ "rules": rules }).to_string();
+    let out = Command::new("curl")
+        .args(["-sS", "-X", "PUT", "-H", "content-type: application/json"])
+        .args(["--data", &body])
+        .arg(format!("{}/faults", env.server.mgmt_url))
+        .output()
+        .expect("run curl");
+    serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|e| panic!("PUT /faults: {e}: {}", String::from_utf8_lossy(&out.stdout)))
+}
+
+fn get_faults(env: &Env) -> serde_json::Value {
+    let out = Command::new("curl")
+        .args(["-sS"])
+        .arg(format!("{}/faults", env.server.mgmt_url))
+        .output()
+        .expect("run curl");
+    serde_json::from_slice(&out.stdout).expect("GET /faults")
+}
+
+/// One client run under one fault: did it get its certificate, how many
+/// requests reached the faulted endpoint, how long it took.
+struct Reaction {
+    issued: bool,
+    requests: u64,
+    secs: f64,
+}
+
+fn react(env: &Env, label: &str, rule: &str, cmd: Command) -> Reaction {
+    set_faults(env, &[rule]);
+    let started = Instant::now();
+    let run = env.execute(label, cmd);
+    let issued = matches!(&run.outcome, Ok(s) if s.success());
+    let v = get_faults(env);
+    set_faults(env, &[]);
+    Reaction {
+        issued,
+        requests: v["rules"][0]["requests"].as_u64().unwrap_or(0),
+        secs: started.elapsed().as_secs_f64(),
+    }
+}
+
+/// What certbot and lego do when Cairn injects each fault once: the table
+/// in the README ("Fault injection"), checked here run by run.
+#[test]
+fn clients_react_to_injected_faults() {
+    let (Some(certbot_bin), Some(lego_bin)) = (
+        client_path("CAIRN_TEST_CERTBOT"),
+        client_path("CAIRN_TEST_LEGO"),
+    ) else {
+        return;
+    };
+    let env = Env::start();
+    let port = env.server.http01_port.to_string();
+    let listen = format!("127.0.0.1:{}", env.server.http01_port);
+    let mut table = Vec::new();
+    for (i, (what, rule)) in FAULTS.iter().enumerate() {
+        let name = format!("fault{i}.example.com");
+        let mut cmd = certbot(&env, &certbot_bin, "certonly");
+        cmd.args(["--standalone", "--http-01-address", "127.0.0.1"])
+            .args(["--http-01-port", &port])
+            .args(["--cert-name", &format!("fault{i}"), "-d", &name]);
+        let c = react(&env, &format!("certbot under {rule}"), rule, cmd);
+        let lname = format!("lego-fault{i}.example.com");
+        let mut cmd = lego(&env, &lego_bin, "ec256", &[&lname]);
+        cmd.args(["--http", "--http.port", &listen, "run"]);
+        let l = react(&env, &format!("lego under {rule}"), rule, cmd);
+        table.push((*what, *rule, c, l));
+    }
+    let shown: Vec<String> = table
+        .iter()
+        .map(|(what, rule, c, l)| {
+            format!(
+                "{what} ({rule}): certbot issued={} requests={} {:.1}s; lego issued={} requests={} {:.1}s",
+                c.issued, c.requests, c.secs, l.issued, l.requests, l.secs
+            )
+        })
+        .collect();
+    eprintln!("{}", shown.join("\n"));
+    // (certbot issued, lego issued) per fault, as the README says.
+    let expected: &[(bool, bool)] = &[];
+    let got: Vec<(bool, bool)> = table.iter().map(|(_, _, c, l)| (c.issued, l.issued)).collect();
+    assert_eq!(got, expected, "\n{}", shown.join("\n"));
+}

@@ -90,6 +90,22 @@ fn config_check_names_what_is_wrong() {
     assert!(ok, "{err}");
     assert!(out.starts_with("ok: "), "{out}");
 
+    // A variable that names no setting (here one that moved into the
+    // profiles) is refused, not ignored.
+    let (ok, _, err) = cairn(
+        &["config", "check", &good],
+        &[("CAIRN_ACME_ORDER_LIFETIME_SECS", "5")],
+    );
+    assert!(
+        !ok && err.contains("CAIRN_ACME_ORDER_LIFETIME_SECS names no setting"),
+        "{err}"
+    );
+    let (ok, _, err) = cairn(
+        &["config", "check", &good],
+        &[("CAIRN_PROFILES_CLASSIC_ORDER_LIFETIME_SECS", "5"), ("CAIRN_LOG", "debug")],
+    );
+    assert!(ok, "{err}");
+
     // Staging without its required external URL fails the check too.
     let (ok, _, err) = cairn(&["config", "check", "--preset", "staging", &good], &[]);
     assert!(

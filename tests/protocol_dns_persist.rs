@@ -99,9 +99,11 @@ async fn record_naming_issuer_and_account_validates() {
     let ch = &chs[0].1;
     assert_eq!(ch["status"], "pending", "{ch}");
     assert_eq!(ch["issuer-domain-names"], json!([ISSUER]), "{ch}");
+    // An unused token, for clients that expect one on every challenge
+    // (Ruby's acme-client); the record below does not name it.
     assert!(
-        ch.get("token").is_none(),
-        "dns-persist-01 has no token: {ch}"
+        ch["token"].as_str().is_some_and(|t| t.len() >= 22),
+        "dns-persist-01 carries a token: {ch}"
     );
     dns.set_txt("_validation-persist.p1.example.com", &record(&c, ""));
     let authz = validate_all(&c, &order).await.remove(0);

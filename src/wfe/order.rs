@@ -64,13 +64,15 @@ fn challenge_json(s: &AppState, base: &Base, c: &Challenge) -> Value {
         "type": c.kind.as_str(),
         "url": base.url(&format!("/acme/chall/{}", c.id)),
         "status": c.status.as_str(),
+        "token": c.token,
     });
     if c.kind == ChallengeType::DnsPersist01 {
-        // draft-ietf-acme-dns-persist-01 §3.1: no token; the names a record
-        // may use for this CA instead.
+        // draft-ietf-acme-dns-persist-01 §3.1: the names a record may use
+        // for this CA. The draft's object has no token; this one carries an
+        // unused random one, because clients that read every challenge of
+        // an authorization fail on one without (Ruby's acme-client 2.0.9
+        // raises KeyError), and clients of the draft ignore it.
         v["issuer-domain-names"] = json!(s.cfg.va.dns_persist_issuer_domains);
-    } else {
-        v["token"] = json!(c.token);
     }
     if let Some(t) = c.validated {
         v["validated"] = json!(rfc3339(t));
