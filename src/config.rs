@@ -290,7 +290,12 @@ impl Config {
     /// or misspelt key) that would otherwise be ignored: refuse it, naming
     /// it. Variables Cairn reads outside the configuration are allowed.
     pub fn check_env_names(&self, names: impl Iterator<Item = String>) -> anyhow::Result<()> {
-        const OTHERS: &[&str] = &["CAIRN_LOG", "CAIRN_LOG_FORMAT", "CAIRN_PRESET", "CAIRN_CONFIG"];
+        const OTHERS: &[&str] = &[
+            "CAIRN_LOG",
+            "CAIRN_LOG_FORMAT",
+            "CAIRN_PRESET",
+            "CAIRN_CONFIG",
+        ];
         const OTHER_PREFIXES: &[&str] = &["CAIRN_TEST_", "CAIRN_TESTDNS_"];
         let mut known = std::collections::BTreeSet::new();
         let value = toml::Value::try_from(self).map_err(|e| anyhow!("configuration: {e}"))?;

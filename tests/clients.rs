@@ -1515,6 +1515,8 @@ struct Reaction {
     issued: bool,
     requests: u64,
     secs: f64,
+    /// The client showed the problem's detail to its user.
+    told: bool,
 }
 
 fn react(env: &Env, label: &str, rule: &str, cmd: Command) -> Reaction {
@@ -1528,6 +1530,7 @@ fn react(env: &Env, label: &str, rule: &str, cmd: Command) -> Reaction {
         issued,
         requests: v["rules"][0]["requests"].as_u64().unwrap_or(0),
         secs: started.elapsed().as_secs_f64(),
+        told: format!("{}{}", run.stdout, run.stderr).contains("injected fault"),
     }
 }
 
@@ -1562,14 +1565,41 @@ fn clients_react_to_injected_faults() {
         .iter()
         .map(|(what, rule, c, l)| {
             format!(
-                "{what} ({rule}): certbot issued={} requests={} {:.1}s; lego issued={} requests={} {:.1}s",
-                c.issued, c.requests, c.secs, l.issued, l.requests, l.secs
+                "{what} ({rule}): certbot issued={} requests={} told={} {:.1}s; lego issued={} requests={} told={} {:.1}s",
+                c.issued, c.requests, c.told, c.secs, l.issued, l.requests, l.told, l.secs
             )
         })
         .collect();
     eprintln!("{}", shown.join("\n"));
-    // (certbot issued, lego issued) per fault, as the README says.
-    let expected: &[(bool, bool)] = &[];
-    let got: Vec<(bool, bool)> = table.iter().map(|(_, _, c, l)| (c.issued, l.issued)).collect();
+    // Per fault, as the README's table says: (certbot issued, retried the
+    // faulted endpoint; lego issued, retried). Neither retries a 429, a
+    // 503 or a 500 even once; both retry a refused nonce; both wait out a
+    // slow answer and an order left processing.
+    let expected = [
+        (false, false, false, false),
+        (false, false, false, false),
+        (false, false, false, false),
+        (true, true, true, true),
+        (true, false, true, false),
+        (true, false, true, false),
+    ];
+    let got: Vec<(bool, bool, bool, bool)> = table
+        .iter()
+        // More than one request reached the endpoint: a retry (for
+        // `*:badNonce`, every POST counts, and issuing at all proves it).
+        .map(|(_, _, c, l)| (c.issued, c.requests > 1, l.issued, l.requests > 1))
+        .collect();
     assert_eq!(got, expected, "\n{}", shown.join("\n"));
+    // Refusals with a body are shown to the user with Cairn's detail (a
+    // HEAD newNonce answer has no body to show).
+    for (what, _, c, l) in [&table[0], &table[2]] {
+        assert!(
+            c.told && l.told,
+            "{what}: the detail was not shown\n{}",
+            shown.join("\n")
+        );
+    }
+    // The waits are real: the order was processing for 5 s.
+    let (_, _, c, l) = &table[5];
+    assert!(c.secs >= 5.0 && l.secs >= 5.0, "{}", shown.join("\n"));
 }

@@ -102,7 +102,10 @@ fn config_check_names_what_is_wrong() {
     );
     let (ok, _, err) = cairn(
         &["config", "check", &good],
-        &[("CAIRN_PROFILES_CLASSIC_ORDER_LIFETIME_SECS", "5"), ("CAIRN_LOG", "debug")],
+        &[
+            ("CAIRN_PROFILES_CLASSIC_ORDER_LIFETIME_SECS", "5"),
+            ("CAIRN_LOG", "debug"),
+        ],
     );
     assert!(ok, "{err}");
 
