@@ -282,14 +282,14 @@ impl Config {
     /// Load a preset, then `file`, then `CAIRN_*` variables, then flags.
     pub fn load(src: &Sources) -> anyhow::Result<Config> {
         let cfg = Self::load_with_env(src, |k| std::env::var(k).ok())?;
-        cfg.check_env_names(std::env::vars().map(|(k, _)| k))?;
+        cfg.warn_unknown_env();
         Ok(cfg)
     }
 
-    /// A `CAIRN_*` variable that names no setting is a mistake (a renamed
-    /// or misspelt key) that would otherwise be ignored: refuse it, naming
-    /// it. Variables Cairn reads outside the configuration are allowed.
-    pub fn check_env_names(&self, names: impl Iterator<Item = String>) -> anyhow::Result<()> {
+    /// `CAIRN_*` variables of this process that name no setting: a renamed
+    /// or misspelt key, which would otherwise be ignored without a word.
+    /// Variables Cairn reads outside the configuration are not counted.
+    pub fn unknown_env_names(&self, names: impl Iterator<Item = String>) -> Vec<String> {
         const OTHERS: &[&str] = &[
             "CAIRN_LOG",
             "CAIRN_LOG_FORMAT",
@@ -298,21 +298,28 @@ impl Config {
         ];
         const OTHER_PREFIXES: &[&str] = &["CAIRN_TEST_", "CAIRN_TESTDNS_"];
         let mut known = std::collections::BTreeSet::new();
-        let value = toml::Value::try_from(self).map_err(|e| anyhow!("configuration: {e}"))?;
-        env_names(&value, "CAIRN", &mut known);
+        if let Ok(value) = toml::Value::try_from(self) {
+            env_names(&value, "CAIRN", &mut known);
+        }
         let mut unknown: Vec<String> = names
             .filter(|k| k.starts_with("CAIRN_"))
             .filter(|k| !known.contains(k) && !OTHERS.contains(&k.as_str()))
             .filter(|k| !OTHER_PREFIXES.iter().any(|p| k.starts_with(p)))
             .collect();
         unknown.sort();
-        match unknown.as_slice() {
-            [] => Ok(()),
-            names => bail!(
-                "environment variable {} names no setting (each is a TOML path upper-cased \
-                 and joined with _, e.g. CAIRN_VA_HTTP01_PORT; `cairn config show` lists them)",
-                names.join(", ")
-            ),
+        unknown
+    }
+
+    /// A warning naming each unknown `CAIRN_*` variable (scripts around
+    /// Cairn may use the prefix for their own, so a start goes on;
+    /// `cairn config check` refuses them).
+    pub fn warn_unknown_env(&self) {
+        for name in self.unknown_env_names(std::env::vars().map(|(k, _)| k)) {
+            tracing::warn!(
+                "environment variable {name} names no setting, so it changes nothing (a \
+                 setting's variable is its TOML path upper-cased and joined with _, e.g. \
+                 CAIRN_VA_HTTP01_PORT)"
+            );
         }
     }
 

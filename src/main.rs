@@ -180,6 +180,14 @@ fn main() -> std::process::ExitCode {
                     file: Some(file.clone()),
                     data_dir: None,
                 })?;
+                let unknown = cfg.unknown_env_names(std::env::vars().map(|(k, _)| k));
+                if !unknown.is_empty() {
+                    anyhow::bail!(
+                        "environment variable {} names no setting (a setting's variable is its \
+                         TOML path upper-cased and joined with _, e.g. CAIRN_VA_HTTP01_PORT)",
+                        unknown.join(", ")
+                    );
+                }
                 println!(
                     "ok: {} is valid (preset {}, database {})",
                     file.display(),

@@ -148,7 +148,7 @@ pub async fn run(args: PebbleArgs) -> anyhow::Result<()> {
         Some(t.overlay),
         |k| std::env::var(k).ok(),
     )?;
-    cfg.check_env_names(std::env::vars().map(|(k, _)| k))?;
+    cfg.warn_unknown_env();
     put_eab_keys(&cfg, &t.eab_keys).await?;
     let result = crate::serve::run(cfg).await;
     drop(temp);

@@ -91,7 +91,7 @@ fn config_check_names_what_is_wrong() {
     assert!(out.starts_with("ok: "), "{out}");
 
     // A variable that names no setting (here one that moved into the
-    // profiles) is refused, not ignored.
+    // profiles) is refused by the check (a start warns about it).
     let (ok, _, err) = cairn(
         &["config", "check", &good],
         &[("CAIRN_ACME_ORDER_LIFETIME_SECS", "5")],

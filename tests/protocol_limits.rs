@@ -722,6 +722,68 @@ async fn registered_domains_follow_the_public_suffix_list() {
     c.new_order(&["another.test"]).await;
 }
 
+/// An order for IP addresses under `shortlived` (the profile that takes them).
+async fn ip_order(c: &AcmeClient, ips: &[&str]) -> AcmeResponse {
+    let ids: Vec<Value> = ips
+        .iter()
+        .map(|v| json!({"type": "ip", "value": v}))
+        .collect();
+    c.new_order_raw(json!({"identifiers": ids, "profile": "shortlived"}))
+        .await
+}
+
+/// Issues a certificate for IP addresses on an `always_valid` server.
+async fn issue_ips(c: &AcmeClient, ips: &[&str]) {
+    let r = ip_order(c, ips).await;
+    assert_eq!(r.status, 201, "{r}");
+    let url = r.location().unwrap();
+    let order = c.authorize_always_valid(&url, &r.json()).await;
+    let key = gen_cert_key(CertKey::P256);
+    let f = c
+        .finalize(&order, &csr_der_full(&[], ips, None, &key))
+        .await;
+    assert_eq!(f.status, 200, "{f}");
+    c.wait_status(&url, &["valid"], Duration::from_secs(15))
+        .await;
+}
+
+#[tokio::test]
+async fn ip_addresses_count_by_address_and_ipv6_64() {
+    let server = Server::start(with_limit(
+        ServerOpts::always_valid(),
+        "certificates_per_domain",
+        1,
+        1,
+        WEEK,
+    ));
+    let (c, _) = account(&server).await;
+    let wait = (WEEK - 120, WEEK + 1);
+    // IPv6: the /64 is the "registered domain".
+    issue_ips(&c, &["2001:db8:1:2::10"]).await;
+    let r = ip_order(&c, &["2001:db8:1:2:ffff::20"]).await;
+    assert_refused(
+        &server,
+        &r,
+        "certificatesPerDomain",
+        Key::Exact("2001:db8:1:2::/64"),
+        wait,
+    )
+    .await;
+    assert_eq!(ip_order(&c, &["2001:db8:1:3::10"]).await.status, 201);
+    // IPv4: the address itself; its neighbour has its own bucket.
+    issue_ips(&c, &["198.51.100.7"]).await;
+    let r = ip_order(&c, &["198.51.100.7", "2001:db8:9::1"]).await;
+    assert_refused(
+        &server,
+        &r,
+        "certificatesPerDomain",
+        Key::Exact("198.51.100.7"),
+        wait,
+    )
+    .await;
+    assert_eq!(ip_order(&c, &["198.51.100.8"]).await.status, 201);
+}
+
 // ---------------------------------------------------------------------------------------
 // 4. Renewal and ARI exemptions
 // ---------------------------------------------------------------------------------------
