@@ -217,6 +217,11 @@ pub struct AcmeConfig {
     pub external_account_required: bool,
     /// The profile of orders that name none; one of `[profiles]`.
     pub default_profile: String,
+    /// Pebble's `-strict` checks: refuse a JWS payload carrying ACME v1's
+    /// `resource` field, and a challenge POST whose body is not exactly
+    /// `{}` (RFC 8555 §7.5.1). Off in every preset (Let's Encrypt makes
+    /// neither refusal); `cairn pebble -strict` turns it on.
+    pub strict: bool,
     /// Orders per page in the account's orders list.
     pub orders_per_page: u32,
     /// Maximum contacts per account.

@@ -37,10 +37,17 @@ pub struct PebbleArgs {
     /// when absent).
     #[arg(long)]
     pub dnsserver: Option<String>,
-    /// Pebble's strict mode. Accepted; Cairn's checks do not change with it
-    /// (README, "Replacing Pebble").
+    /// Pebble's strict mode: a JWS payload with ACME v1's `resource` field
+    /// and a challenge POST whose body is not `{}` are refused
+    /// (`acme.strict`).
     #[arg(long)]
     pub strict: bool,
+    /// Behave as Let's Encrypt does where Pebble differs on purpose
+    /// (README, "Let's Encrypt's behaviour"): its profiles, no good nonce
+    /// refused, an asynchronous finalize, no strict checks. Also
+    /// `CAIRN_PEBBLE_LETSENCRYPT=1`.
+    #[arg(long, env = "CAIRN_PEBBLE_LETSENCRYPT")]
+    pub letsencrypt: bool,
     /// Print the version and exit.
     #[arg(long)]
     pub version: bool,
@@ -52,7 +59,14 @@ pub struct PebbleArgs {
 
 /// Flags of Pebble and `pebble-challtestsrv` that Go spells with one dash:
 /// [`go_flags`] gives them clap's two.
-pub const PEBBLE_FLAGS: &[&str] = &["config", "dnsserver", "strict", "version", "datadir"];
+pub const PEBBLE_FLAGS: &[&str] = &[
+    "config",
+    "dnsserver",
+    "strict",
+    "version",
+    "datadir",
+    "letsencrypt",
+];
 
 /// Rewrites Go-style `-name[=value]` flags among `names` as `--name[=value]`,
 /// up to a `--`; everything else passes unchanged.
@@ -101,6 +115,55 @@ pub fn go_listen_addr(s: &str) -> anyhow::Result<SocketAddr> {
     Ok(SocketAddr::new(ip, port))
 }
 
+/// `-strict` and `-letsencrypt` on top of a translated configuration.
+///
+/// `-letsencrypt` makes Cairn do what Let's Encrypt does where Pebble
+/// deliberately differs: Let's Encrypt's three profiles (the preset's,
+/// `classic` by default, IP addresses only in `shortlived`) instead of
+/// Pebble's; no good nonce refused (`PEBBLE_WFE_NONCEREJECT` ignored); an
+/// asynchronous finalize (the order reads `processing` for a second after
+/// it, as Let's Encrypt's does while it issues); none of `-strict`'s
+/// refusals, which Let's Encrypt does not make. What Cairn always does is
+/// Let's Encrypt's already: validation at once, valid authorizations
+/// always reused, one chain (leaf and intermediate).
+pub fn apply_modes(t: &mut Translation, strict: bool, letsencrypt: bool) {
+    let Some(overlay) = t.overlay.as_table_mut() else {
+        return;
+    };
+    let table = |overlay: &mut toml::Table, name: &str| -> toml::Table {
+        match overlay.remove(name) {
+            Some(toml::Value::Table(t)) => t,
+            _ => toml::Table::new(),
+        }
+    };
+    let mut acme = table(overlay, "acme");
+    if letsencrypt {
+        overlay.remove("profiles");
+        acme.remove("default_profile");
+        let mut faults = toml::Table::new();
+        faults.insert(
+            "rules".into(),
+            toml::Value::Array(vec!["finalize:processing=1".into()]),
+        );
+        overlay.insert("faults".into(), toml::Value::Table(faults));
+        if strict {
+            t.warnings.push(
+                "-strict: off under -letsencrypt (Let's Encrypt makes none of its refusals)".into(),
+            );
+        }
+        t.warnings.push(
+            "-letsencrypt: Let's Encrypt's profiles (pebble.profiles not used), no good \
+             nonce refused, finalize asynchronous for a second"
+                .into(),
+        );
+    } else if strict {
+        acme.insert("strict".into(), true.into());
+    }
+    if !acme.is_empty() {
+        overlay.insert("acme".into(), toml::Value::Table(acme));
+    }
+}
+
 /// `cairn pebble`: translate, then serve until SIGTERM/SIGINT.
 pub async fn run(args: PebbleArgs) -> anyhow::Result<()> {
     if args.version {
@@ -112,15 +175,16 @@ pub async fn run(args: PebbleArgs) -> anyhow::Result<()> {
     let json: Value = serde_json::from_str(&text)
         .with_context(|| format!("parsing {} (JSON)", args.config.display()))?;
     let env: Vec<(String, String)> = std::env::vars().collect();
-    let t = translate(&json, &env, args.dnsserver.as_deref())
+    let mut t = translate(&json, &env, args.dnsserver.as_deref())
         .with_context(|| format!("{}", args.config.display()))?;
+    apply_modes(&mut t, args.strict, args.letsencrypt);
     for w in &t.warnings {
         tracing::warn!("{w}");
     }
-    if args.strict {
+    if args.strict && !args.letsencrypt {
         tracing::info!(
-            "-strict: accepted; Cairn's checks are the same with and without it \
-             (README, \"Replacing Pebble\")"
+            "-strict: ACME v1's \"resource\" field and challenge POST bodies other than {{}} \
+             are refused (acme.strict)"
         );
     }
     let (data_dir, temp) = match &args.datadir {

@@ -926,3 +926,81 @@ async fn http2_clients_get_urls_on_the_host_they_dialled() {
         "{dir}"
     );
 }
+
+/// `-strict` (which suites pass, and `Pebble::start` too) refuses ACME v1's
+/// `resource` and a challenge POST body other than `{}`, as Pebble's does;
+/// `-letsencrypt` brings Let's Encrypt's behaviour instead: its profiles,
+/// no good nonce refused, no strict refusals, an asynchronous finalize.
+#[tokio::test]
+async fn strict_refusals_and_letsencrypt_behaviour() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let cert = listener_cert(dir.path());
+    let chall = ChallTestSrv::start(dir.path(), "-dnsserver", &["-https01", "", "-doh", ""]);
+    let v1_order = json!({"resource": "new-order", "identifiers": [{"type": "dns", "value": "v1.example.com"}]});
+    let pebble = named(dir.path(), "pebble");
+
+    let p = Pebble::start(
+        dir.path(),
+        Command::new(&pebble),
+        &cert,
+        &chall,
+        &[("PEBBLE_WFE_NONCEREJECT", "0")],
+    );
+    let c = AcmeClient::from_parts(
+        p.http.clone(),
+        &p.dir_url,
+        AcmeKey::generate(KeyKind::Es256),
+    )
+    .await;
+    c.register().await;
+    let r = c.new_order_raw(v1_order.clone()).await;
+    let prob = common::assert_problem(&r, 400, "malformed");
+    assert!(
+        prob["detail"].as_str().unwrap().contains("\"resource\""),
+        "{prob}"
+    );
+    let (_, order) = c.new_order(&["strict.example.com"]).await;
+    let authz = c
+        .post_as_get(&AcmeClient::authz_urls(&order)[0])
+        .await
+        .json();
+    let ch = AcmeClient::challenge(&authz, "http-01").expect("http-01");
+    let url = ch["url"].as_str().expect("url");
+    let r = c.post(url, Some(json!({"keyAuthorization": "x"}))).await;
+    let prob = common::assert_problem(&r, 400, "malformed");
+    assert!(
+        prob["detail"].as_str().unwrap().contains("was not"),
+        "{prob}"
+    );
+    drop(p);
+
+    let mut cmd = Command::new(&pebble);
+    cmd.arg("-letsencrypt");
+    let p = Pebble::start(dir.path(), cmd, &cert, &chall, &[]);
+    let c = AcmeClient::from_parts(
+        p.http.clone(),
+        &p.dir_url,
+        AcmeKey::generate(KeyKind::Es256),
+    )
+    .await;
+    let profiles = c.directory()["meta"]["profiles"].clone();
+    let names: Vec<&String> = profiles.as_object().expect("profiles").keys().collect();
+    assert_eq!(names, ["classic", "shortlived", "tlsserver"], "{profiles}");
+    // No good nonce refused (Pebble's default would refuse 5%), and no
+    // retry needed: 40 signed reads in a row.
+    c.register().await;
+    for _ in 0..40 {
+        let r = c.post_as_get(&c.account_url()).await;
+        assert_eq!(r.status, 200, "{r}");
+    }
+    // No strict refusal: Let's Encrypt takes the v1 field silently.
+    assert_eq!(c.new_order_raw(v1_order).await.status, 201);
+    // Finalize is asynchronous: the order first reads processing.
+    let pem = issue(&p, &chall).await;
+    assert!(pem.contains("BEGIN CERTIFICATE"));
+    let log = p.proc.log();
+    assert!(
+        log.contains("-letsencrypt") && log.contains("finalize:processing=1"),
+        "{log}"
+    );
+}

@@ -8,17 +8,14 @@ use super::{dns01_digest, sanitize, Va, ValidationRecord};
 use crate::problem::Problem;
 
 impl Va {
-    pub(super) async fn dns01(
-        &self,
-        domain: &str,
-        key_authorization: &str,
-    ) -> Result<Vec<ValidationRecord>, Problem> {
-        let name = format!("_acme-challenge.{domain}");
-        let values: Vec<String> = match self.dns.lookup(&name, RecordType::TXT).await {
-            Ok(rds) => rds
+    /// The TXT records at `name`, each as one value (a record's
+    /// character-strings joined); none for NXDOMAIN or no data, a `dns`
+    /// problem for a failed lookup.
+    pub(super) async fn txt_values(&self, name: &str) -> Result<Vec<String>, Problem> {
+        match self.dns.lookup(name, RecordType::TXT).await {
+            Ok(rds) => Ok(rds
                 .iter()
                 .filter_map(|rd| match rd {
-                    // A TXT record's character-strings form one value.
                     RData::TXT(t) => Some(
                         t.txt_data()
                             .iter()
@@ -27,10 +24,19 @@ impl Va {
                     ),
                     _ => None,
                 })
-                .collect(),
-            Err(LookupError::NoData | LookupError::NxDomain) => Vec::new(),
-            Err(e) => return Err(e.problem(RecordType::TXT, &name)),
-        };
+                .collect()),
+            Err(LookupError::NoData | LookupError::NxDomain) => Ok(Vec::new()),
+            Err(e) => Err(e.problem(RecordType::TXT, name)),
+        }
+    }
+
+    pub(super) async fn dns01(
+        &self,
+        domain: &str,
+        key_authorization: &str,
+    ) -> Result<Vec<ValidationRecord>, Problem> {
+        let name = format!("_acme-challenge.{domain}");
+        let values = self.txt_values(&name).await?;
         if values.is_empty() {
             return Err(Problem::unauthorized(format!(
                 "No TXT record found at {name}"

@@ -9,9 +9,6 @@
 //! (§4.4), and letting a parent's policy=wildcard record authorize a
 //! subdomain (§6).
 
-use hickory_proto::rr::{RData, RecordType};
-
-use super::dns::LookupError;
 use super::{sanitize, Va, ValidationRecord};
 use crate::problem::Problem;
 
@@ -235,23 +232,8 @@ impl Va {
         }
         // §4 and §5: the record sits under the name itself, for *.name too.
         let name = format!("{LABEL}.{domain}");
-        let values: Vec<String> = match self.dns.lookup(&name, RecordType::TXT).await {
-            Ok(rds) => rds
-                .iter()
-                .filter_map(|rd| match rd {
-                    // §9.1: a record's character-strings form one value.
-                    RData::TXT(t) => Some(
-                        t.txt_data()
-                            .iter()
-                            .map(|s| String::from_utf8_lossy(s).into_owned())
-                            .collect::<String>(),
-                    ),
-                    _ => None,
-                })
-                .collect(),
-            Err(LookupError::NoData | LookupError::NxDomain) => Vec::new(),
-            Err(e) => return Err(e.problem(RecordType::TXT, &name)),
-        };
+        // §9.1: a record's character-strings form one value.
+        let values = self.txt_values(&name).await?;
         let policy = if wildcard { "; policy=wildcard" } else { "" };
         let example = format!("\"{}; accounturi={account_uri}{policy}\"", issuers[0]);
         if values.is_empty() {

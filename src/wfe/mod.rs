@@ -478,10 +478,28 @@ impl Wfe {
             }
         };
         check_url(base, uri, &url)?;
-        Ok(Post {
-            payload: jws.payload()?,
-            signer,
-        })
+        let payload = jws.payload()?;
+        if self.cfg.acme.strict {
+            refuse_v1_resource(&payload)?;
+        }
+        Ok(Post { payload, signer })
+    }
+}
+
+/// `acme.strict` (Pebble's `-strict`): a payload carrying ACME v1's
+/// non-empty `resource` field is refused.
+fn refuse_v1_resource(payload: &[u8]) -> Result<(), Problem> {
+    #[derive(serde::Deserialize)]
+    struct V1 {
+        resource: Option<serde_json::Value>,
+    }
+    match serde_json::from_slice::<V1>(payload) {
+        Ok(V1 {
+            resource: Some(serde_json::Value::String(r)),
+        }) if !r.is_empty() => Err(Problem::malformed(format!(
+            "JWS payload carries ACME v1's \"resource\" field ({r:?}); ACME (RFC 8555) has none"
+        ))),
+        _ => Ok(()),
     }
 }
 

@@ -216,6 +216,13 @@ pub async fn challenge(
     let (c, a) = if post.is_post_as_get() {
         s.ra.challenge(acct, id).await?
     } else {
+        // RFC 8555 §7.5.1: the body is `{}`; `acme.strict` (Pebble's
+        // -strict) refuses anything else.
+        if s.cfg.acme.strict && post.payload != b"{}" {
+            return Err(Problem::malformed(
+                "challenge initiation POST JWS body was not \"{}\"",
+            ));
+        }
         let _: Value = post.json()?;
         s.ra.respond_challenge(acct, id).await?
     };
