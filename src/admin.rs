@@ -18,6 +18,7 @@ use crate::clock::Clock;
 use crate::config::{Config, Sources};
 use crate::core::limits::LimitStore;
 use crate::core::{spki_hash, AccountId, Certificate};
+use crate::ra::KEY_COMPROMISE;
 use crate::ratelimit::{
     go_duration, Limit, LimitName, LimitSet, Limiter, OverrideEntry, Overrides,
 };
@@ -273,8 +274,6 @@ const OPERATOR_REASONS: &[(i64, &str)] = &[
     (9, "privilegeWithdrawn"),
 ];
 
-const KEY_COMPROMISE: i64 = 1;
-
 /// Run one `cairn admin` command; output goes to stdout, the error (if
 /// any) becomes the one-line message `main` prints.
 pub async fn run(args: AdminArgs) -> anyhow::Result<()> {
@@ -416,21 +415,19 @@ async fn revoke(cfg: &Config, serial: &str, reason: i64) -> anyhow::Result<()> {
     } else {
         None
     };
-    if let Some(at) = cert.revoked_at {
-        // Only keyCompromise changes a revoked certificate (and blocks its key).
-        if block_key.is_none() || cert.revoked_reason == Some(KEY_COMPROMISE) {
-            bail!(
+    // The RA's rule: only a newly shown key compromise changes a revoked
+    // certificate.
+    if !crate::ra::record_revocation(&*store, &cert, reason, block_key.as_deref(), clock.unix())
+        .await?
+    {
+        match cert.revoked_at {
+            Some(at) => bail!(
                 "certificate {serial} is already revoked ({}, at {})",
                 reason_name(cert.revoked_reason.unwrap_or(0)),
                 fmt_time(at)
-            );
+            ),
+            None => bail!("certificate {serial} is already revoked (concurrently)"),
         }
-    }
-    if !store
-        .revoke_certificate(serial, reason, clock.unix(), block_key.as_deref())
-        .await?
-    {
-        bail!("certificate {serial} is already revoked (concurrently)");
     }
     println!("revoked {serial} ({})", reason_name(reason));
     if block_key.is_some() {

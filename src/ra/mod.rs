@@ -1093,14 +1093,14 @@ impl Ra {
                 5
             }
         };
-        // Already revoked: only a proof of key compromise changes anything
-        // (the reason becomes keyCompromise and the key is blocked).
-        let upgrade = block_key.is_some() && cert.revoked_reason != Some(recorded);
-        if (cert.revoked_at.is_some() && !upgrade)
-            || !self
-                .store
-                .revoke_certificate(&serial, recorded, self.clock.unix(), block_key.as_deref())
-                .await?
+        if !record_revocation(
+            &*self.store,
+            &cert,
+            recorded,
+            block_key.as_deref(),
+            self.clock.unix(),
+        )
+        .await?
         {
             return Err(Problem::already_revoked(
                 "the certificate is already revoked",
@@ -1231,6 +1231,31 @@ fn test_fault(name: &str) {
 /// Revocation reasons a subscriber may give (RFC 5280 §5.3.1): unspecified,
 /// keyCompromise, affiliationChanged, superseded, cessationOfOperation.
 const USER_REVOCATION_REASONS: &[i64] = &[0, 1, 3, 4, 5];
+
+/// RFC 5280 §5.3.1 keyCompromise.
+pub const KEY_COMPROMISE: i64 = 1;
+
+/// Record a revocation with `reason`, blocking the key whose SPKI hash is
+/// `block_key` (which also revokes that key's other certificates): the one
+/// rule for ACME requests and for operators (`cairn admin certs revoke`).
+/// A revoked certificate changes only when a key compromise is newly
+/// shown (its reason becomes keyCompromise and the key is blocked). False
+/// when it was already revoked, before or concurrently.
+pub async fn record_revocation(
+    store: &dyn Store,
+    cert: &Certificate,
+    reason: i64,
+    block_key: Option<&[u8]>,
+    now: i64,
+) -> Result<bool, StoreError> {
+    let upgrade = block_key.is_some() && cert.revoked_reason != Some(KEY_COMPROMISE);
+    if cert.revoked_at.is_some() && !upgrade {
+        return Ok(false);
+    }
+    store
+        .revoke_certificate(&cert.serial, reason, now, block_key)
+        .await
+}
 
 /// Who signed a revocation request.
 pub enum RevokeBy<'a> {
