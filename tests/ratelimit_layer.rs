@@ -8,9 +8,8 @@ use axum::extract::Extension;
 use axum::routing::{get, post};
 use axum::Router;
 use cairn::clock::Clock;
-use cairn::ratelimit::{
-    ClientIp, LimitSet, LimitsConfig, Profile, RequestRateLayer, RequestRateLimiter, TrustedProxies,
-};
+use cairn::ratelimit::{LimitSet, LimitsConfig, Profile, RequestRateLimiter, TrustedProxies};
+use cairn::wfe::rates::{ClientIp, RequestRateLayer};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;

@@ -1,6 +1,7 @@
-//! Request rates per client IP and endpoint (LIMITS.md §1): a tower layer
-//! over in-memory GCRA buckets, one keyed `governor` limiter per endpoint
-//! class, per instance.
+//! Request rates per client IP and endpoint (LIMITS.md §1): in-memory GCRA
+//! buckets, one keyed `governor` limiter per endpoint class, per instance.
+//! The tower layer that applies them to requests is the WFE's
+//! (`wfe::rates`); this file knows no HTTP types.
 //!
 //! Cost: for a client already seen, a request costs a path match, one
 //! lookup in a sharded map and one compare-and-swap: no I/O, no allocation
@@ -8,7 +9,7 @@
 //! housekeeping task drops every bucket that has refilled
 //! (`retain_recent`), and with these rates a bucket refills within seconds.
 //!
-//! The client is the socket peer (axum's `ConnectInfo<SocketAddr>`), or, when
+//! The client is the socket peer, or, when
 //! the peer is a configured trusted proxy, the right-most address of
 //! `X-Forwarded-For` that is not itself a trusted proxy: the left part of
 //! that header is whatever the client chose to send. IPv6 clients are keyed
@@ -18,19 +19,13 @@ use super::config::{EndpointClass, LimitSet, RequestRate};
 use super::format_utc;
 use crate::clock::Clock;
 use crate::problem::Problem;
-use axum::extract::ConnectInfo;
-use axum::http::{HeaderMap, Request};
-use axum::response::{IntoResponse, Response};
-use futures::future::Either;
 use governor::clock::{Clock as _, DefaultClock};
 use governor::state::keyed::DashMapStateStore;
 use governor::{Quota, RateLimiter};
-use std::future::Ready;
 use std::net::{IpAddr, Ipv6Addr, SocketAddr};
 use std::num::NonZeroU32;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Weak};
-use std::task::{Context, Poll};
 use std::time::Duration;
 
 /// Peers whose `X-Forwarded-For` is believed.
@@ -89,15 +84,23 @@ impl TrustedProxies {
         self.nets.iter().any(|(net, bits)| a & mask(*bits) == *net)
     }
 
-    /// The client of a request that arrived from `peer`.
-    pub fn client_ip(&self, peer: IpAddr, headers: &HeaderMap) -> IpAddr {
+    /// The client of a request that arrived from `peer` with these
+    /// `X-Forwarded-For` field lines (in the order received; read only when
+    /// the peer is a trusted proxy).
+    pub fn client_ip<'a, I>(&self, peer: IpAddr, forwarded: I) -> IpAddr
+    where
+        I: IntoIterator<Item = &'a [u8]>,
+        I::IntoIter: DoubleEndedIterator,
+    {
         if self.nets.is_empty() || !self.contains(peer) {
             return peer;
         }
         let mut client = peer;
         // Right to left over every X-Forwarded-For field line.
-        for value in headers.get_all("x-forwarded-for").iter().rev() {
-            let Ok(s) = value.to_str() else { return client };
+        for value in forwarded.into_iter().rev() {
+            let Ok(s) = std::str::from_utf8(value) else {
+                return client;
+            };
             for token in s.rsplit(',') {
                 let Some(ip) = parse_forwarded(token) else {
                     return client;
@@ -124,11 +127,6 @@ fn parse_forwarded(token: &str) -> Option<IpAddr> {
     }
     t.parse::<SocketAddr>().ok().map(|s| s.ip())
 }
-
-/// The client address the layer settled on, added to new-account requests
-/// (the only handler that counts by IP) so it counts the same client.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct ClientIp(pub IpAddr);
 
 /// A bucket key: IPv4 addresses whole, IPv6 by /64, in one 128-bit space.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -224,8 +222,12 @@ impl RequestRateLimiter {
 
     /// The client a request comes from: the peer, or the address a trusted
     /// proxy forwarded for.
-    pub fn client_ip(&self, peer: IpAddr, headers: &HeaderMap) -> IpAddr {
-        self.proxies.client_ip(peer, headers)
+    pub fn client_ip<'a, I>(&self, peer: IpAddr, forwarded: I) -> IpAddr
+    where
+        I: IntoIterator<Item = &'a [u8]>,
+        I::IntoIter: DoubleEndedIterator,
+    {
+        self.proxies.client_ip(peer, forwarded)
     }
 
     /// Spend one request of `class` for `client`: `Err(wait)` when refused.
@@ -237,9 +239,13 @@ impl RequestRateLimiter {
             .map_err(|not_until| not_until.wait_time_from(l.clock().now()))
     }
 
-    /// The whole decision for a request: path → class, peer and headers →
-    /// client, then the bucket. This is the hot path.
-    pub fn decide(&self, path: &str, peer: Option<IpAddr>, headers: &HeaderMap) -> Verdict {
+    /// The whole decision for a request: path → class, peer and
+    /// `X-Forwarded-For` → client, then the bucket. This is the hot path.
+    pub fn decide<'a, I>(&self, path: &str, peer: Option<IpAddr>, forwarded: I) -> Verdict
+    where
+        I: IntoIterator<Item = &'a [u8]>,
+        I::IntoIter: DoubleEndedIterator,
+    {
         let Some(class) = EndpointClass::of_path(path) else {
             return Verdict::Unlimited;
         };
@@ -255,7 +261,7 @@ impl RequestRateLimiter {
             }
             return Verdict::Unlimited;
         };
-        let client = self.proxies.client_ip(peer, headers);
+        let client = self.proxies.client_ip(peer, forwarded);
         match self.check(class, client) {
             Ok(()) => Verdict::Allowed { class, client },
             Err(wait) => Verdict::Refused {
@@ -330,83 +336,6 @@ impl RequestRateLimiter {
     }
 }
 
-/// The tower layer. Put it inside the middleware that adds `Replay-Nonce`
-/// and `Link` so refusals carry them too.
-#[derive(Clone)]
-pub struct RequestRateLayer {
-    limiter: Arc<RequestRateLimiter>,
-}
-
-impl RequestRateLayer {
-    /// Wrap a limiter; when called on a Tokio runtime this also starts its
-    /// housekeeping (every 60 s).
-    pub fn new(limiter: Arc<RequestRateLimiter>) -> RequestRateLayer {
-        if tokio::runtime::Handle::try_current().is_ok() && !limiter.is_unlimited() {
-            limiter.spawn_housekeeping(Duration::from_secs(60));
-        }
-        RequestRateLayer { limiter }
-    }
-
-    pub fn limiter(&self) -> &Arc<RequestRateLimiter> {
-        &self.limiter
-    }
-}
-
-impl<S> tower::Layer<S> for RequestRateLayer {
-    type Service = RequestRateService<S>;
-
-    fn layer(&self, inner: S) -> Self::Service {
-        RequestRateService {
-            inner,
-            limiter: self.limiter.clone(),
-        }
-    }
-}
-
-/// The service of [`RequestRateLayer`].
-#[derive(Clone)]
-pub struct RequestRateService<S> {
-    inner: S,
-    limiter: Arc<RequestRateLimiter>,
-}
-
-impl<S, B> tower::Service<Request<B>> for RequestRateService<S>
-where
-    S: tower::Service<Request<B>, Response = Response>,
-{
-    type Response = Response;
-    type Error = S::Error;
-    type Future = Either<Ready<Result<Response, S::Error>>, S::Future>;
-
-    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
-        self.inner.poll_ready(cx)
-    }
-
-    fn call(&mut self, mut req: Request<B>) -> Self::Future {
-        let peer = req
-            .extensions()
-            .get::<ConnectInfo<SocketAddr>>()
-            .map(|c| c.0.ip());
-        match self.limiter.decide(req.uri().path(), peer, req.headers()) {
-            Verdict::Unlimited => Either::Right(self.inner.call(req)),
-            Verdict::Allowed { class, client } => {
-                if class == EndpointClass::NewAccount {
-                    req.extensions_mut().insert(ClientIp(client));
-                }
-                Either::Right(self.inner.call(req))
-            }
-            Verdict::Refused {
-                class,
-                client,
-                wait,
-            } => Either::Left(std::future::ready(Ok(self
-                .limiter
-                .refusal(class, client, wait)
-                .into_response()))),
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -416,12 +345,9 @@ mod tests {
         TrustedProxies::parse(&l.iter().map(|s| s.to_string()).collect::<Vec<_>>()).unwrap()
     }
 
-    fn xff(v: &[&str]) -> HeaderMap {
-        let mut h = HeaderMap::new();
-        for x in v {
-            h.append("x-forwarded-for", x.parse().unwrap());
-        }
-        h
+    /// X-Forwarded-For field lines, in the order received.
+    fn xff<'a>(v: &[&'a str]) -> Vec<&'a [u8]> {
+        v.iter().map(|s| s.as_bytes()).collect()
     }
 
     #[test]
@@ -448,26 +374,26 @@ mod tests {
         // A spoofed left part is ignored; inner proxies are skipped.
         let h = xff(&["1.1.1.1, 203.0.113.5", "10.0.0.7"]);
         assert_eq!(
-            p.client_ip(proxy, &h),
+            p.client_ip(proxy, h.clone()),
             "203.0.113.5".parse::<IpAddr>().unwrap()
         );
         // Untrusted peer: the header is ignored.
-        assert_eq!(p.client_ip(stranger, &h), stranger);
+        assert_eq!(p.client_ip(stranger, h.clone()), stranger);
         // No header, or garbage on the right: the peer itself.
-        assert_eq!(p.client_ip(proxy, &HeaderMap::new()), proxy);
-        assert_eq!(p.client_ip(proxy, &xff(&["203.0.113.5, junk"])), proxy);
+        assert_eq!(p.client_ip(proxy, xff(&[])), proxy);
+        assert_eq!(p.client_ip(proxy, xff(&["203.0.113.5, junk"])), proxy);
         // Ports and brackets.
         assert_eq!(
-            p.client_ip(proxy, &xff(&["[2001:db8::5]:443"])),
+            p.client_ip(proxy, xff(&["[2001:db8::5]:443"])),
             "2001:db8::5".parse::<IpAddr>().unwrap()
         );
         assert_eq!(
-            p.client_ip(proxy, &xff(&["203.0.113.6:1234"])),
+            p.client_ip(proxy, xff(&["203.0.113.6:1234"])),
             "203.0.113.6".parse::<IpAddr>().unwrap()
         );
         // Everything trusted: the left-most address.
         assert_eq!(
-            p.client_ip(proxy, &xff(&["10.9.9.9, 10.0.0.2"])),
+            p.client_ip(proxy, xff(&["10.9.9.9, 10.0.0.2"])),
             "10.9.9.9".parse::<IpAddr>().unwrap()
         );
     }
@@ -503,24 +429,24 @@ mod tests {
         );
         let a: IpAddr = "192.0.2.1".parse().unwrap();
         let b: IpAddr = "192.0.2.2".parse().unwrap();
-        let h = HeaderMap::new();
+        let h: [&[u8]; 0] = [];
         for _ in 0..3 {
             assert!(matches!(
-                l.decide("/acme/new-nonce", Some(a), &h),
+                l.decide("/acme/new-nonce", Some(a), h),
                 Verdict::Allowed { .. }
             ));
         }
-        let Verdict::Refused { class, wait, .. } = l.decide("/acme/new-nonce", Some(a), &h) else {
+        let Verdict::Refused { class, wait, .. } = l.decide("/acme/new-nonce", Some(a), h) else {
             panic!("fourth request allowed")
         };
         assert!(wait > Duration::ZERO && wait <= Duration::from_millis(100));
         assert!(matches!(
-            l.decide("/acme/new-nonce", Some(b), &h),
+            l.decide("/acme/new-nonce", Some(b), h),
             Verdict::Allowed { .. }
         ));
         // Other classes are unlimited on this profile.
-        assert_eq!(l.decide("/directory", Some(a), &h), Verdict::Unlimited);
-        assert_eq!(l.decide("/acme/new-nonce", None, &h), Verdict::Unlimited);
+        assert_eq!(l.decide("/directory", Some(a), h), Verdict::Unlimited);
+        assert_eq!(l.decide("/acme/new-nonce", None, h), Verdict::Unlimited);
 
         let p = l.refusal(class, a, wait);
         assert_eq!(p.status, 429);

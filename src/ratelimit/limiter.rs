@@ -21,7 +21,6 @@ use crate::clock::Clock;
 use crate::core::limits::{BucketTxn, LimitStore, OrderLimitFacts, TxnMode};
 use crate::core::{AccountId, StoreError};
 use crate::problem::Problem;
-use axum::http::{HeaderMap, HeaderName, HeaderValue};
 use std::net::IpAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -210,18 +209,6 @@ impl RateLimitInfo {
             "\"{}\";r={};t={}",
             self.limit, self.remaining, self.reset_secs
         )
-    }
-
-    /// Add both fields to a response's headers.
-    pub fn apply(&self, headers: &mut HeaderMap) {
-        for (name, value) in [
-            ("ratelimit-policy", self.policy_header()),
-            ("ratelimit", self.header()),
-        ] {
-            if let Ok(v) = HeaderValue::from_str(&value) {
-                headers.insert(HeaderName::from_static(name), v);
-            }
-        }
     }
 }
 
@@ -868,9 +855,6 @@ mod tests {
             "\"certificatesPerDomain\";q=50;w=3600"
         );
         assert_eq!(info.header(), "\"certificatesPerDomain\";r=3;t=100");
-        let mut h = HeaderMap::new();
-        info.apply(&mut h);
-        assert_eq!(h["ratelimit"], "\"certificatesPerDomain\";r=3;t=100");
     }
 
     #[test]

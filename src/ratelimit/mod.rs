@@ -34,10 +34,7 @@ pub use keys::{
     bucket_key, fqdn_set_hash, ipv6_prefix, normalize_identifiers, registration_ip_key,
     registration_range_key,
 };
-pub use layer::{
-    ClientIp, IpKey, RequestRateLayer, RequestRateLimiter, RequestRateService, TrustedProxies,
-    Verdict,
-};
+pub use layer::{IpKey, RequestRateLimiter, TrustedProxies, Verdict};
 pub use limiter::{BucketState, Denial, LimitError, Limiter, RateLimitInfo, Spent};
 pub use overrides::{OverrideEntry, Overrides};
 

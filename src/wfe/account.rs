@@ -67,7 +67,7 @@ pub async fn new_account(
         account_headers(&s, &base, &acct),
     );
     if let Some(info) = limits {
-        info.apply(resp.headers_mut());
+        super::rates::apply(&info, resp.headers_mut());
     }
     Ok(resp)
 }

@@ -10,13 +10,14 @@ mod docs;
 pub mod jws;
 mod nonce;
 mod order;
+pub mod rates;
 
 use crate::config::Config;
 use crate::core::{Account, AccountId};
 use crate::key::{KeyError, PublicKey};
 use crate::problem::Problem;
 use crate::ra::Ra;
-use crate::ratelimit::{ClientIp, RequestRateLayer, RequestRateLimiter};
+use crate::ratelimit::RequestRateLimiter;
 use axum::body::Body;
 use axum::extract::{ConnectInfo, FromRequest, FromRequestParts};
 use axum::extract::{Request, State};
@@ -26,6 +27,7 @@ use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::Router;
+use rates::{ClientIp, RequestRateLayer};
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use time::format_description::well_known::Rfc3339;
@@ -211,10 +213,14 @@ impl FromRequestParts<AppState> for ClientAddr {
         if let Some(ClientIp(ip)) = parts.extensions.get::<ClientIp>() {
             return Ok(ClientAddr(Some(*ip)));
         }
-        let peer = parts
-            .extensions
-            .get::<ConnectInfo<SocketAddr>>()
-            .map(|c| state.rates.client_ip(c.0.ip(), &parts.headers));
+        let peer = parts.extensions.get::<ConnectInfo<SocketAddr>>().map(|c| {
+            let forwarded = parts
+                .headers
+                .get_all("x-forwarded-for")
+                .iter()
+                .map(|v| v.as_bytes());
+            state.rates.client_ip(c.0.ip(), forwarded)
+        });
         Ok(ClientAddr(peer))
     }
 }

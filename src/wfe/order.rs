@@ -117,7 +117,7 @@ pub async fn new_order(
     let (order, _, limits) = s.ra.new_order(post.account()?, req).await?;
     let mut resp = order_response(&s, &base, &order, StatusCode::CREATED);
     if let Some(info) = limits {
-        info.apply(resp.headers_mut());
+        super::rates::apply(&info, resp.headers_mut());
     }
     Ok(resp)
 }
