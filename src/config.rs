@@ -80,6 +80,11 @@ pub struct ProfileConfig {
     /// Add the keyEncipherment key usage for RSA keys (TLS 1.2 RSA key
     /// exchange; always digitalSignature).
     pub key_encipherment: bool,
+    /// ARI (RFC 9773): the suggested renewal window opens when 1/N of the
+    /// certificate's validity is left (Let's Encrypt: 3; 2 for short-lived
+    /// certificates), and lasts 1/M of the validity.
+    pub ari_window_divisor: u32,
+    pub ari_window_length_divisor: u32,
 }
 
 /// What the database forgets, and when (`crate::retention`).
@@ -445,6 +450,17 @@ impl Config {
             }
             if p.max_names == 0 || p.max_names > 100 {
                 bail!("profiles.{name}.max_names must be between 1 and 100");
+            }
+            if !(2..=100).contains(&p.ari_window_divisor) {
+                bail!("profiles.{name}.ari_window_divisor must be between 2 and 100");
+            }
+            if !(2..=1000).contains(&p.ari_window_length_divisor)
+                || p.ari_window_length_divisor < p.ari_window_divisor
+            {
+                bail!(
+                    "profiles.{name}.ari_window_length_divisor must be between \
+                     ari_window_divisor and 1000 (the window ends before the certificate)"
+                );
             }
             for (k, v) in [
                 ("pending_authz_lifetime_secs", p.pending_authz_lifetime_secs),

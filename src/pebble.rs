@@ -498,6 +498,13 @@ pub fn translate(
             t.insert("subject_key_id".into(), true.into());
             t.insert("client_auth".into(), true.into());
             t.insert("key_encipherment".into(), true.into());
+            // Pebble's window is Let's Encrypt's rule by validity.
+            let short = validity < 10 * 86_400;
+            t.insert(
+                "ari_window_divisor".into(),
+                (if short { 2 } else { 3 }).into(),
+            );
+            t.insert("ari_window_length_divisor".into(), 50.into());
             Ok(toml::Value::Table(t))
         };
     let mut profiles = toml::Table::new();

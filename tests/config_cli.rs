@@ -75,7 +75,8 @@ fn config_check_names_what_is_wrong() {
         "[profiles.mine]\ndescription = \"x\"\nvalidity_secs = 600\n\
          identifier_types = [\"dns\"]\nmax_names = 1\npending_authz_lifetime_secs = 60\n\
          order_lifetime_secs = 60\nvalid_authz_lifetime_secs = 60\ncommon_name = false\n\
-         subject_key_id = false\nclient_auth = false\nkey_encipherment = false\n",
+         subject_key_id = false\nclient_auth = false\nkey_encipherment = false\n\
+         ari_window_divisor = 3\nari_window_length_divisor = 50\n",
     );
     let (ok, _, err) = cairn(&["config", "check", &own], &[]);
     assert!(

@@ -229,6 +229,45 @@ fn cert_id_of(pem: &str) -> String {
 }
 
 #[tokio::test]
+async fn the_ari_window_is_the_profiles() {
+    // classic's window moved to the last quarter, a tenth of the validity long.
+    let server = Server::start(
+        ServerOpts::always_valid()
+            .with_env("CAIRN_PROFILES_CLASSIC_ARI_WINDOW_DIVISOR", "4")
+            .with_env("CAIRN_PROFILES_CLASSIC_ARI_WINDOW_LENGTH_DIVISOR", "10"),
+    );
+    let client = AcmeClient::new(&server, KeyKind::Es256).await;
+    client.register().await;
+    let (csr, _) = make_csr(&["ari.example.com"], CertKey::P256);
+    let (_, _, pem) = client.issue_always_valid(&["ari.example.com"], &csr).await;
+    let der = &pem_to_ders(&pem)[0];
+    let (_, c) = x509_parser::certificate::X509Certificate::from_der(der).unwrap();
+    let (nb, na) = (
+        c.validity().not_before.timestamp(),
+        c.validity().not_after.timestamp(),
+    );
+    let ari = client
+        .get(&format!(
+            "{}/{}",
+            client.endpoint("renewalInfo"),
+            cert_id_of(&pem)
+        ))
+        .await;
+    let w = &ari.json()["suggestedWindow"];
+    let t = |k: &str| {
+        time::OffsetDateTime::parse(
+            w[k].as_str().unwrap(),
+            &time::format_description::well_known::Rfc3339,
+        )
+        .unwrap()
+        .unix_timestamp()
+    };
+    let validity = na + 1 - nb;
+    assert_eq!(t("start"), na - validity / 4, "{w}");
+    assert_eq!(t("end") - t("start"), validity / 10, "{w}");
+}
+
+#[tokio::test]
 async fn authorizations_are_reused_only_within_a_profile() {
     let server = Server::start(ServerOpts::always_valid());
     let client = AcmeClient::new(&server, KeyKind::Es256).await;

@@ -316,6 +316,8 @@ mod tests {
             subject_key_id: true,
             client_auth: false,
             key_encipherment: true,
+            ari_window_divisor: 3,
+            ari_window_length_divisor: 50,
         }
     }
 

@@ -73,7 +73,21 @@ impl Ra {
                 retry_after,
             });
         }
-        let (start, end) = window(cert.not_before, cert.not_after);
+        // The window of the certificate's profile, if the order that
+        // issued it still names one this CA offers.
+        let profile = match self.store.order(cert.order_id).await? {
+            Some(o) => self.cfg.profile(&o.profile).cloned(),
+            None => None,
+        };
+        let (start, end) = match profile {
+            Some(p) => window_of(
+                cert.not_before,
+                cert.not_after,
+                p.ari_window_divisor,
+                p.ari_window_length_divisor,
+            ),
+            None => window(cert.not_before, cert.not_after),
+        };
         Ok(RenewalInfo {
             start,
             end,
@@ -126,14 +140,21 @@ impl Ra {
 /// The default window: from two thirds of the validity (half for
 /// short-lived certificates) for a fiftieth of the validity.
 pub fn window(not_before: i64, not_after: i64) -> (i64, i64) {
+    let validity = (not_after + 1 - not_before).max(1);
+    let divisor = if validity < SHORT_LIVED_SECS { 2 } else { 3 };
+    window_of(not_before, not_after, divisor, 50)
+}
+
+/// A profile's window: it opens when 1/`divisor` of the validity is left
+/// and lasts 1/`length_divisor` of it.
+pub fn window_of(not_before: i64, not_after: i64, divisor: u32, length_divisor: u32) -> (i64, i64) {
     // notAfter is inclusive (RFC 5280 §4.1.2.5).
     let validity = (not_after + 1 - not_before).max(1);
-    let start = if validity < SHORT_LIVED_SECS {
-        not_after - validity / 2
-    } else {
-        not_after - validity / 3
-    };
-    (start, start + (validity / 50).max(1))
+    let start = not_after - validity / i64::from(divisor.max(1));
+    (
+        start,
+        start + (validity / i64::from(length_divisor.max(1))).max(1),
+    )
 }
 
 /// The certID of a DER certificate: what a client computes.
@@ -168,6 +189,15 @@ mod tests {
         assert!(s < e && e < na);
         assert_eq!(e - s, 90 * 86_400 / 50);
         assert!(s - nb >= 2 * (na - nb) / 3);
+    }
+
+    #[test]
+    fn a_profile_sets_its_own_window() {
+        let (nb, na) = (0, 100 * 86_400 - 1);
+        let (s, e) = window_of(nb, na, 4, 10);
+        assert_eq!(s, na - 25 * 86_400);
+        assert_eq!(e - s, 10 * 86_400);
+        assert_eq!(window_of(nb, na, 3, 50), window(nb, na));
     }
 
     #[test]
