@@ -21,6 +21,7 @@ use anyhow::{anyhow, bail, Context};
 use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64;
 use base64::Engine;
 use serde_json::Value;
+use std::collections::HashMap;
 use std::net::{IpAddr, Ipv6Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 
@@ -282,6 +283,53 @@ const KEYS: &[&str] = &[
 /// Pebble's default CAA identity when the configuration names none.
 const PEBBLE_CAA_IDENTITY: &str = "pebble.letsencrypt.org";
 
+/// The members of `"pebble"`, by their canonical key, read as Go's JSON
+/// decoding would: absent or null is the zero value, a wrong type an error
+/// naming the key.
+struct Fields<'a>(HashMap<&'static str, &'a Value>);
+
+impl Fields<'_> {
+    fn str(&self, key: &str) -> anyhow::Result<String> {
+        match self.0.get(key) {
+            None | Some(Value::Null) => Ok(String::new()),
+            Some(Value::String(s)) => Ok(s.clone()),
+            Some(_) => bail!("pebble.{key} must be a string"),
+        }
+    }
+
+    fn int(&self, key: &str) -> anyhow::Result<u64> {
+        match self.0.get(key) {
+            None | Some(Value::Null) => Ok(0),
+            Some(v) => v
+                .as_u64()
+                .ok_or_else(|| anyhow!("pebble.{key} must be a whole number")),
+        }
+    }
+
+    fn bool(&self, key: &str) -> anyhow::Result<bool> {
+        match self.0.get(key) {
+            None | Some(Value::Null) => Ok(false),
+            Some(Value::Bool(b)) => Ok(*b),
+            Some(_) => bail!("pebble.{key} must be true or false"),
+        }
+    }
+
+    fn strings(&self, key: &str) -> anyhow::Result<Vec<String>> {
+        match self.0.get(key) {
+            None | Some(Value::Null) => Ok(Vec::new()),
+            Some(Value::Array(a)) => a
+                .iter()
+                .map(|v| {
+                    v.as_str()
+                        .map(str::to_string)
+                        .ok_or_else(|| anyhow!("pebble.{key} must be a list of strings"))
+                })
+                .collect(),
+            Some(_) => bail!("pebble.{key} must be a list of strings"),
+        }
+    }
+}
+
 /// Translates `{"pebble": {...}}` and the `PEBBLE_*` variables in `env`
 /// (with `-dnsserver`) into settings over the `test` preset.
 pub fn translate(
@@ -307,7 +355,7 @@ pub fn translate(
             .as_object()
             .ok_or_else(|| anyhow!("\"pebble\" must be an object"))?,
     };
-    let mut fields = std::collections::HashMap::new();
+    let mut fields = HashMap::new();
     for (k, v) in p {
         let Some(known) = KEYS.iter().find(|n| n.eq_ignore_ascii_case(k)) else {
             bail!(
@@ -318,43 +366,7 @@ pub fn translate(
         };
         fields.insert(*known, v);
     }
-    let str_of = |key: &str| -> anyhow::Result<String> {
-        match fields.get(key) {
-            None | Some(Value::Null) => Ok(String::new()),
-            Some(Value::String(s)) => Ok(s.clone()),
-            Some(_) => bail!("pebble.{key} must be a string"),
-        }
-    };
-    let int_of = |key: &str| -> anyhow::Result<u64> {
-        match fields.get(key) {
-            None | Some(Value::Null) => Ok(0),
-            Some(v) => v
-                .as_u64()
-                .ok_or_else(|| anyhow!("pebble.{key} must be a whole number")),
-        }
-    };
-    let bool_of = |key: &str| -> anyhow::Result<bool> {
-        match fields.get(key) {
-            None | Some(Value::Null) => Ok(false),
-            Some(Value::Bool(b)) => Ok(*b),
-            Some(_) => bail!("pebble.{key} must be true or false"),
-        }
-    };
-    let strings_of = |key: &str| -> anyhow::Result<Vec<String>> {
-        match fields.get(key) {
-            None | Some(Value::Null) => Ok(Vec::new()),
-            Some(Value::Array(a)) => a
-                .iter()
-                .map(|v| {
-                    v.as_str()
-                        .map(str::to_string)
-                        .ok_or_else(|| anyhow!("pebble.{key} must be a list of strings"))
-                })
-                .collect(),
-            Some(_) => bail!("pebble.{key} must be a list of strings"),
-        }
-    };
-
+    let f = Fields(fields);
     let mut warnings = Vec::new();
     let mut server = toml::Table::new();
     let mut ca = toml::Table::new();
@@ -363,7 +375,7 @@ pub fn translate(
     let mut policy = toml::Table::new();
 
     // Listeners. Go's ListenAndServeTLS takes "" as ":https".
-    let listen = str_of("listenAddress")?;
+    let listen = f.str("listenAddress")?;
     let listen = if listen.is_empty() {
         ":443".into()
     } else {
@@ -371,7 +383,7 @@ pub fn translate(
     };
     let listen = go_listen_addr(&listen).context("pebble.listenAddress")?;
     server.insert("listen".into(), listen.to_string().into());
-    let mgmt = str_of("managementListenAddress")?;
+    let mgmt = f.str("managementListenAddress")?;
     let mgmt = if mgmt.is_empty() {
         String::new()
     } else {
@@ -385,7 +397,7 @@ pub fn translate(
     server.insert("directory_alias".into(), "/dir".into());
     // Pebble's own clients trust its certificate for whatever name they
     // dial; Cairn's listener certificate is issued for localhost only.
-    let (cert, key) = (str_of("certificate")?, str_of("privateKey")?);
+    let (cert, key) = (f.str("certificate")?, f.str("privateKey")?);
     if cert.is_empty() != key.is_empty() {
         bail!("pebble.certificate and pebble.privateKey must be given together");
     }
@@ -401,7 +413,7 @@ pub fn translate(
 
     // Validation.
     for (key, cairn) in [("httpPort", "http01_port"), ("tlsPort", "tls_alpn01_port")] {
-        let port = int_of(key)?;
+        let port = f.int(key)?;
         let port =
             u16::try_from(port).map_err(|_| anyhow!("pebble.{key}: {port} is not a port"))?;
         if port == 0 {
@@ -427,55 +439,59 @@ pub fn translate(
     va.insert("resolver".into(), resolver.into());
 
     // Identities, names, keys.
-    let mut caa = strings_of("caaIdentities")?;
+    let mut caa = f.strings("caaIdentities")?;
     if caa.is_empty() {
         caa.push(PEBBLE_CAA_IDENTITY.into());
     }
     acme.insert("caa_identities".into(), caa.into());
-    policy.insert(
-        "blocked_names".into(),
-        strings_of("domainBlocklist")?.into(),
-    );
-    let key_type = match str_of("keyAlgorithm")?.as_str() {
+    policy.insert("blocked_names".into(), f.strings("domainBlocklist")?.into());
+    let key_type = match f.str("keyAlgorithm")?.as_str() {
         "" | "rsa" => "rsa-2048",
         "ecdsa" => "ecdsa-p256",
         other => bail!("pebble.keyAlgorithm: {other:?} is not one of \"rsa\", \"ecdsa\""),
     };
     ca.insert("key_type".into(), key_type.into());
 
-    let ocsp = str_of("ocspResponderURL")?;
+    let ocsp = f.str("ocspResponderURL")?;
     if !ocsp.is_empty() {
         warnings.push(format!(
             "pebble.ocspResponderURL {ocsp:?}: not supported; Cairn publishes revocation \
              through a CRL only (no OCSP URL in certificates)"
         ));
     }
-    if bool_of("externalAccountBindingRequired")? {
-        acme.insert("external_account_required".into(), true.into());
-    }
-    let mut eab_keys = Vec::new();
-    match fields.get("externalAccountMACKeys") {
-        None | Some(Value::Null) => {}
-        Some(Value::Object(m)) => {
-            for (kid, key) in m {
-                // Pebble decodes them as base64url without padding.
-                let key = key
-                    .as_str()
-                    .and_then(|k| B64.decode(k.trim_end_matches('=')).ok())
-                    .filter(|k| !k.is_empty())
-                    .ok_or_else(|| {
-                        anyhow!("pebble.externalAccountMACKeys.{kid} must be a base64url key")
-                    })?;
-                eab_keys.push((kid.clone(), key));
-            }
-        }
-        Some(_) => bail!("pebble.externalAccountMACKeys must be an object of key ID to key"),
-    }
+    let eab_keys = eab_of(&f, &mut acme)?;
+    let profiles = profiles_of(&f, &mut acme)?;
+    retry_after_of(&f, &mut acme, &mut warnings)?;
 
-    // Profiles: Pebble's, each a Cairn profile with Pebble's behaviour
-    // (every identifier type, 100 names, client auth too); orders naming
-    // none get "default" (Pebble would pick one at random).
-    let fallback = match int_of("certificateValidityPeriod")? {
+    let mut faults = toml::Table::new();
+    translate_env(env, &mut warnings, &mut va, &mut acme, &mut faults);
+
+    let mut overlay = toml::Table::new();
+    for (name, t) in [
+        ("server", server),
+        ("ca", ca),
+        ("acme", acme),
+        ("va", va),
+        ("policy", policy),
+        ("profiles", profiles),
+        ("faults", faults),
+    ] {
+        if !t.is_empty() {
+            overlay.insert(name.into(), toml::Value::Table(t));
+        }
+    }
+    Ok(Translation {
+        overlay: toml::Value::Table(overlay),
+        warnings,
+        eab_keys,
+    })
+}
+
+/// Pebble's profiles, each a Cairn profile with Pebble's behaviour (every
+/// identifier type, 100 names, client auth too); orders naming none get
+/// "default" (Pebble would pick one at random).
+fn profiles_of(f: &Fields, acme: &mut toml::Table) -> anyhow::Result<toml::Table> {
+    let fallback = match f.int("certificateValidityPeriod")? {
         0 => 7_776_000,
         v => v,
     };
@@ -508,7 +524,7 @@ pub fn translate(
             Ok(toml::Value::Table(t))
         };
     let mut profiles = toml::Table::new();
-    match fields.get("profiles") {
+    match f.0.get("profiles") {
         None | Some(Value::Null) => {}
         Some(Value::Object(ps)) => {
             for (name, prof) in ps {
@@ -563,9 +579,17 @@ pub fn translate(
     };
     acme.insert("default_profile".into(), default.into());
 
-    // Retry-After: Pebble has one for authorizations and one for orders;
-    // Cairn one for both, so the shorter (clients poll no later than asked).
-    match fields.get("retryAfter") {
+    Ok(profiles)
+}
+
+/// Retry-After: Pebble has one for authorizations and one for orders;
+/// Cairn one for both, so the shorter (clients poll no later than asked).
+fn retry_after_of(
+    f: &Fields,
+    acme: &mut toml::Table,
+    warnings: &mut Vec<String>,
+) -> anyhow::Result<()> {
+    match f.0.get("retryAfter") {
         None | Some(Value::Null) => {}
         Some(Value::Object(r)) => {
             let (mut authz, mut order) = (0, 0);
@@ -593,28 +617,35 @@ pub fn translate(
         Some(_) => bail!("pebble.retryAfter must be an object {{\"authz\": N, \"order\": N}}"),
     }
 
-    let mut faults = toml::Table::new();
-    translate_env(env, &mut warnings, &mut va, &mut acme, &mut faults);
+    Ok(())
+}
 
-    let mut overlay = toml::Table::new();
-    for (name, t) in [
-        ("server", server),
-        ("ca", ca),
-        ("acme", acme),
-        ("va", va),
-        ("policy", policy),
-        ("profiles", profiles),
-        ("faults", faults),
-    ] {
-        if !t.is_empty() {
-            overlay.insert(name.into(), toml::Value::Table(t));
-        }
+/// External account binding: whether it is required, and Pebble's keys
+/// (key id, HMAC key) to put in the store.
+fn eab_of(f: &Fields, acme: &mut toml::Table) -> anyhow::Result<Vec<(String, Vec<u8>)>> {
+    if f.bool("externalAccountBindingRequired")? {
+        acme.insert("external_account_required".into(), true.into());
     }
-    Ok(Translation {
-        overlay: toml::Value::Table(overlay),
-        warnings,
-        eab_keys,
-    })
+    let mut eab_keys = Vec::new();
+    match f.0.get("externalAccountMACKeys") {
+        None | Some(Value::Null) => {}
+        Some(Value::Object(m)) => {
+            for (kid, key) in m {
+                // Pebble decodes them as base64url without padding.
+                let key = key
+                    .as_str()
+                    .and_then(|k| B64.decode(k.trim_end_matches('=')).ok())
+                    .filter(|k| !k.is_empty())
+                    .ok_or_else(|| {
+                        anyhow!("pebble.externalAccountMACKeys.{kid} must be a base64url key")
+                    })?;
+                eab_keys.push((kid.clone(), key));
+            }
+        }
+        Some(_) => bail!("pebble.externalAccountMACKeys must be an object of key ID to key"),
+    }
+
+    Ok(eab_keys)
 }
 
 /// Pebble's variables, read as Pebble reads them.
