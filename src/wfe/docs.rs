@@ -139,9 +139,19 @@ fn about(limit: LimitName) -> About {
 
 fn render(cfg: &crate::config::Config, base: &Base) -> String {
     let set = LimitSet::resolve(&cfg.limits);
-    let profile = format!("{:?}", cfg.limits.profile).to_lowercase();
-    let docs = esc(&base.url("/docs/rate-limits"));
     let mut h = String::with_capacity(16 * 1024);
+    head(&mut h, cfg);
+    issuance_limits(&mut h, &set);
+    fixed_limits(&mut h, cfg);
+    request_rates(&mut h, &set);
+    rules(&mut h);
+    refusal(&mut h, base);
+    h
+}
+
+/// The page's head and what a limit is.
+fn head(h: &mut String, cfg: &crate::config::Config) {
+    let profile = format!("{:?}", cfg.limits.profile).to_lowercase();
     h.push_str(
         "<!DOCTYPE html>\n<html lang=\"en\">\n<head>\n<meta charset=\"utf-8\">\n\
          <meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">\n\
@@ -166,8 +176,10 @@ fn render(cfg: &crate::config::Config, base: &Base) -> String {
          few tokens is refused with <a href=\"#rate-limited-responses\">429 rateLimited</a>, \
          and a refused request costs nothing.</p>"
     );
+}
 
-    // Summary of the issuance windows.
+/// The issuance windows: a summary table, then a section per limit.
+fn issuance_limits(h: &mut String, set: &LimitSet) {
     h.push_str(
         "<h2 id=\"issuance-limits\">Issuance limits</h2>\n\
          <p>Shared by every instance of this CA.</p>\n<table>\n\
@@ -245,8 +257,10 @@ fn render(cfg: &crate::config::Config, base: &Base) -> String {
             }
         );
     }
+}
 
-    // Fixed policy limits.
+/// The limits that are policy rather than buckets.
+fn fixed_limits(h: &mut String, cfg: &crate::config::Config) {
     let _ = write!(
         h,
         "<section id=\"pending-authorizations\">\n<h3>Pending authorizations per account</h3>\n\
@@ -272,8 +286,10 @@ fn render(cfg: &crate::config::Config, base: &Base) -> String {
             .collect::<Vec<_>>()
             .join(", "),
     );
+}
 
-    // Request rates.
+/// The per-IP request rates.
+fn request_rates(h: &mut String, set: &LimitSet) {
     h.push_str(
         "<section id=\"request-rates\">\n<h2>Request rates</h2>\n\
          <p>Per client IP address (IPv6 addresses grouped by /64), per endpoint, counted by \
@@ -297,8 +313,10 @@ fn render(cfg: &crate::config::Config, base: &Base) -> String {
         );
     }
     h.push_str("</table>\n</section>\n");
+}
 
-    // Rules.
+/// Renewals, ARI, refunds, pauses and overrides.
+fn rules(h: &mut String) {
     h.push_str(
         "<section id=\"renewals\">\n<h2>Renewals</h2>\n\
          <p>An order whose set of names equals that of a certificate already issued (order \
@@ -335,6 +353,11 @@ fn render(cfg: &crate::config::Config, base: &Base) -> String {
          (<code>cairn admin overrides set</code>); running servers apply it within seconds, \
          without a restart. No other limit has overrides.</p>\n</section>\n",
     );
+}
+
+/// What a refusal looks like, and the RateLimit headers.
+fn refusal(h: &mut String, base: &Base) {
+    let docs = esc(&base.url("/docs/rate-limits"));
     let _ = write!(
         h,
         "<section id=\"rate-limited-responses\">\n<h2>What a refusal looks like</h2>\n\
@@ -361,7 +384,6 @@ fn render(cfg: &crate::config::Config, base: &Base) -> String {
          down before it is refused.</p>\n</section>\n</body>\n</html>\n",
         dir = esc(&base.url("/directory")),
     );
-    h
 }
 
 fn short_key(limit: LimitName) -> &'static str {
