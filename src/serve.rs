@@ -209,11 +209,20 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
         limits,
     ));
     shutdown_signal().await;
-    // Graceful: accept nothing new, let what is in flight finish (HTTP/1
-    // answers say `Connection: close`), then close the database. A
-    // validation still running is left `processing` under its lease: the
-    // next start, or another instance, runs it again.
-    let grace = Duration::from_secs(cfg.server.shutdown_grace_secs);
+    drain(&conns, Duration::from_secs(cfg.server.shutdown_grace_secs)).await;
+    acme.abort();
+    retention.abort();
+    store.close().await;
+    tracing::info!("shut down");
+    Ok(())
+}
+
+/// Graceful shutdown: accept nothing new, let what is in flight finish
+/// (HTTP/1 answers say `Connection: close`) for at most `grace`, then the
+/// caller closes the database. A validation still running is left
+/// `processing` under its lease: the next start, or another instance, runs
+/// it again.
+async fn drain(conns: &Connections, grace: Duration) {
     tracing::info!(
         open_connections = conns.open_count(),
         grace_secs = grace.as_secs(),
@@ -228,11 +237,6 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
     if left > 0 {
         tracing::warn!(connections = left, "grace period over: closing the rest");
     }
-    acme.abort();
-    retention.abort();
-    store.close().await;
-    tracing::info!("shut down");
-    Ok(())
 }
 
 /// The ACME listener's TLS: the PEM chain and key, ALPN `h2` and `http/1.1`.
