@@ -1,14 +1,13 @@
 //! newAccount, the account resource (read, update, deactivate), its orders
 //! list, and keyChange (RFC 8555 §7.3).
 
-use super::{json_response, jws, path_id, AppState, Base, ClientAddr, KeyMode, Signer};
+use super::{json_response, jws, path_id, AppState, Base, ClientAddr, Jwk, Kid, Signed, Signer};
 use crate::core::{Account, OrderId};
 use crate::key::PublicKey;
 use crate::problem::{Path, Problem, Query};
 use crate::ra::{AccountUpdate, NewAccountRequest};
-use axum::body::Body;
 use axum::extract::State;
-use axum::http::{header, HeaderMap, StatusCode, Uri};
+use axum::http::{header, StatusCode, Uri};
 use axum::response::Response;
 use axum::Extension;
 use serde_json::{json, Value};
@@ -37,12 +36,8 @@ pub async fn new_account(
     Extension(base): Extension<Base>,
     ClientAddr(client): ClientAddr,
     uri: Uri,
-    headers: HeaderMap,
-    body: Body,
+    Signed(post, _): Signed<Jwk>,
 ) -> Result<Response, Problem> {
-    let post = s
-        .verify_post(&base, &uri, &headers, body, KeyMode::Jwk)
-        .await?;
     let mut req: NewAccountRequest = post.json()?;
     let Signer::Jwk(key) = &post.signer else {
         return Err(Problem::malformed("newAccount must be signed with \"jwk\""));
@@ -77,14 +72,9 @@ pub async fn account(
     State(s): State<AppState>,
     Extension(base): Extension<Base>,
     Path(id): Path<String>,
-    uri: Uri,
-    headers: HeaderMap,
-    body: Body,
+    Signed(post, _): Signed<Kid>,
 ) -> Result<Response, Problem> {
     let id = path_id(&id)?;
-    let post = s
-        .verify_post(&base, &uri, &headers, body, KeyMode::Kid)
-        .await?;
     let acct = post.account()?;
     if acct.id.0 != id {
         return Err(Problem::unauthorized(
@@ -115,14 +105,9 @@ pub async fn orders(
     Extension(base): Extension<Base>,
     Path(id): Path<String>,
     Query(q): Query<Cursor>,
-    uri: Uri,
-    headers: HeaderMap,
-    body: Body,
+    Signed(post, _): Signed<Kid>,
 ) -> Result<Response, Problem> {
     let id = path_id(&id)?;
-    let post = s
-        .verify_post(&base, &uri, &headers, body, KeyMode::Kid)
-        .await?;
     post.require_post_as_get()?;
     let acct = post.account()?;
     if acct.id.0 != id {
@@ -162,12 +147,8 @@ pub async fn key_change(
     State(s): State<AppState>,
     Extension(base): Extension<Base>,
     uri: Uri,
-    headers: HeaderMap,
-    body: Body,
+    Signed(post, _): Signed<Kid>,
 ) -> Result<Response, Problem> {
-    let post = s
-        .verify_post(&base, &uri, &headers, body, KeyMode::Kid)
-        .await?;
     let acct = post.account()?;
     let inner = jws::parse(&post.payload)?;
     if inner.header.contains_key("nonce") {

@@ -361,6 +361,50 @@ impl FromRequest<AppState> for PublicRead {
     }
 }
 
+/// A verified signed POST (RFC 8555 §6.2) as a handler's last argument:
+/// content type, size, JWS, key or account, signature, nonce and `url`
+/// checked by [`Wfe::verify_post`] with `M`'s key mode; any failure is the
+/// problem document the handler would have returned.
+pub struct Signed<M: SignedBy>(pub Post, std::marker::PhantomData<M>);
+
+/// How a [`Signed`] request identifies its key.
+pub trait SignedBy: Send {
+    const MODE: KeyMode;
+}
+
+/// Signed with the account's `kid` (every request but two).
+pub struct Kid;
+/// Signed with a `jwk` (newAccount).
+pub struct Jwk;
+/// Either (revokeCert: the account, or the certificate's own key).
+pub struct AnyKey;
+
+impl SignedBy for Kid {
+    const MODE: KeyMode = KeyMode::Kid;
+}
+impl SignedBy for Jwk {
+    const MODE: KeyMode = KeyMode::Jwk;
+}
+impl SignedBy for AnyKey {
+    const MODE: KeyMode = KeyMode::Any;
+}
+
+impl<M: SignedBy> FromRequest<AppState> for Signed<M> {
+    type Rejection = Problem;
+
+    async fn from_request(req: Request, state: &AppState) -> Result<Self, Problem> {
+        let (parts, body) = req.into_parts();
+        let base = parts
+            .extensions
+            .get::<Base>()
+            .ok_or_else(|| Problem::internal("no Base: the common-headers layer is missing"))?;
+        let post = state
+            .verify_post(base, &parts.uri, &parts.headers, body, M::MODE)
+            .await?;
+        Ok(Signed(post, std::marker::PhantomData))
+    }
+}
+
 /// How a request must identify its key (RFC 8555 §6.2).
 #[derive(Clone, Copy, PartialEq, Eq)]
 pub enum KeyMode {

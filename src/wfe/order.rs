@@ -1,16 +1,15 @@
 //! newOrder, orders, finalize, authorizations, challenges and certificate
 //! download (RFC 8555 §7.4, §7.5).
 
-use super::{json_response, path_id, rfc3339, AppState, Base, KeyMode, Signer};
+use super::{json_response, path_id, rfc3339, AnyKey, AppState, Base, Kid, Signed, Signer};
 use crate::core::{
     Authz, AuthzId, AuthzStatus, Challenge, ChallengeId, ChallengeStatus, ChallengeType, Order,
     OrderId, OrderStatus,
 };
 use crate::problem::{Path, Problem};
 use crate::ra::{NewOrderRequest, RevokeBy};
-use axum::body::Body;
 use axum::extract::State;
-use axum::http::{header, HeaderMap, HeaderValue, StatusCode, Uri};
+use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Extension;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64;
@@ -106,13 +105,8 @@ fn authz_json(s: &AppState, base: &Base, a: &Authz) -> Value {
 pub async fn new_order(
     State(s): State<AppState>,
     Extension(base): Extension<Base>,
-    uri: Uri,
-    headers: HeaderMap,
-    body: Body,
+    Signed(post, _): Signed<Kid>,
 ) -> Result<Response, Problem> {
-    let post = s
-        .verify_post(&base, &uri, &headers, body, KeyMode::Kid)
-        .await?;
     let req: NewOrderRequest = post.json()?;
     let (order, _, limits) = s.ra.new_order(post.account()?, req).await?;
     let mut resp = order_response(&s, &base, &order, StatusCode::CREATED);
@@ -126,14 +120,9 @@ pub async fn order(
     State(s): State<AppState>,
     Extension(base): Extension<Base>,
     Path(id): Path<String>,
-    uri: Uri,
-    headers: HeaderMap,
-    body: Body,
+    Signed(post, _): Signed<Kid>,
 ) -> Result<Response, Problem> {
     let id = OrderId(path_id(&id)?);
-    let post = s
-        .verify_post(&base, &uri, &headers, body, KeyMode::Kid)
-        .await?;
     post.require_post_as_get()?;
     let order = s.ra.order(post.account()?, id).await?;
     Ok(order_response(&s, &base, &order, StatusCode::OK))
@@ -143,14 +132,9 @@ pub async fn finalize(
     State(s): State<AppState>,
     Extension(base): Extension<Base>,
     Path(id): Path<String>,
-    uri: Uri,
-    headers: HeaderMap,
-    body: Body,
+    Signed(post, _): Signed<Kid>,
 ) -> Result<Response, Problem> {
     let id = OrderId(path_id(&id)?);
-    let post = s
-        .verify_post(&base, &uri, &headers, body, KeyMode::Kid)
-        .await?;
     #[derive(serde::Deserialize)]
     struct Finalize {
         csr: String,
@@ -168,14 +152,9 @@ pub async fn authz(
     State(s): State<AppState>,
     Extension(base): Extension<Base>,
     Path(id): Path<String>,
-    uri: Uri,
-    headers: HeaderMap,
-    body: Body,
+    Signed(post, _): Signed<Kid>,
 ) -> Result<Response, Problem> {
     let id = AuthzId(path_id(&id)?);
-    let post = s
-        .verify_post(&base, &uri, &headers, body, KeyMode::Kid)
-        .await?;
     let acct = post.account()?;
     let a = if post.is_post_as_get() {
         s.ra.authz(acct, id).await?
@@ -204,14 +183,9 @@ pub async fn challenge(
     State(s): State<AppState>,
     Extension(base): Extension<Base>,
     Path(id): Path<String>,
-    uri: Uri,
-    headers: HeaderMap,
-    body: Body,
+    Signed(post, _): Signed<Kid>,
 ) -> Result<Response, Problem> {
     let id = ChallengeId(path_id(&id)?);
-    let post = s
-        .verify_post(&base, &uri, &headers, body, KeyMode::Kid)
-        .await?;
     let acct = post.account()?;
     let (c, a) = if post.is_post_as_get() {
         s.ra.challenge(acct, id).await?
@@ -251,16 +225,11 @@ pub async fn certificate(
     State(s): State<AppState>,
     Extension(base): Extension<Base>,
     Path(serial): Path<String>,
-    uri: Uri,
-    headers: HeaderMap,
-    body: Body,
+    Signed(post, _): Signed<Kid>,
 ) -> Result<Response, Problem> {
     if serial.len() > 64 || !serial.bytes().all(|b| b.is_ascii_hexdigit()) {
         return Err(Problem::not_found("no such certificate"));
     }
-    let post = s
-        .verify_post(&base, &uri, &headers, body, KeyMode::Kid)
-        .await?;
     post.require_post_as_get()?;
     let cert =
         s.ra.certificate(post.account()?, &serial.to_ascii_lowercase())
@@ -281,14 +250,8 @@ pub async fn certificate(
 /// certificate's key (`jwk`); 200 with an empty body.
 pub async fn revoke(
     State(s): State<AppState>,
-    Extension(base): Extension<Base>,
-    uri: Uri,
-    headers: HeaderMap,
-    body: Body,
+    Signed(post, _): Signed<AnyKey>,
 ) -> Result<Response, Problem> {
-    let post = s
-        .verify_post(&base, &uri, &headers, body, KeyMode::Any)
-        .await?;
     #[derive(serde::Deserialize)]
     struct Revoke {
         certificate: String,
