@@ -3,7 +3,6 @@
 
 use super::{json_response, jws, path_id, AppState, Base, ClientAddr, Jwk, Kid, Signed, Signer};
 use crate::core::{Account, OrderId};
-use crate::key::PublicKey;
 use crate::problem::{Path, Problem, Query};
 use crate::ra::{AccountUpdate, NewAccountRequest};
 use axum::extract::State;
@@ -150,45 +149,13 @@ pub async fn key_change(
     Signed(post, _): Signed<Kid>,
 ) -> Result<Response, Problem> {
     let acct = post.account()?;
-    let inner = jws::parse(&post.payload)?;
-    if inner.header.contains_key("nonce") {
-        return Err(Problem::malformed(
-            "keyChange inner JWS must not have a nonce",
-        ));
-    }
-    if inner.header.contains_key("kid") {
-        return Err(Problem::malformed(
-            "keyChange inner JWS must use \"jwk\", not \"kid\"",
-        ));
-    }
-    let url = base.url(uri.path());
-    if inner.header_str("url")? != Some(url.as_str()) {
-        return Err(Problem::malformed(
-            "keyChange inner JWS \"url\" must equal the outer \"url\"",
-        ));
-    }
-    let new_key = jws::parse_jwk(
-        inner
-            .header
-            .get("jwk")
-            .ok_or_else(|| Problem::malformed("keyChange inner JWS has no \"jwk\""))?,
-    )?;
-    jws::verify(&inner, &new_key)?;
-    #[derive(serde::Deserialize)]
-    #[serde(rename_all = "camelCase")]
-    struct Inner {
-        account: String,
-        old_key: Value,
-    }
-    let payload: Inner = serde_json::from_slice(&inner.payload()?)
-        .map_err(|e| Problem::malformed(format!("keyChange inner payload: {e}")))?;
+    let (new_key, payload) = jws::parse_key_change(&post.payload, &base.url(uri.path()))?;
     if payload.account != base.url(&format!("/acme/acct/{}", acct.id)) {
         return Err(Problem::malformed(
             "keyChange inner payload \"account\" is not the signer's account",
         ));
     }
-    let old_key = PublicKey::from_jwk(&payload.old_key)
-        .map_err(|e| Problem::malformed(format!("keyChange \"oldKey\": {}", e.for_jws().detail)))?;
+    let old_key = payload.old_key;
     match s.ra.change_key(acct, &old_key, &new_key).await {
         Ok(a) => Ok(json_response(
             StatusCode::OK,

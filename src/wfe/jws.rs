@@ -175,6 +175,60 @@ pub fn parse_binding(
     })
 }
 
+/// What keyChange's inner JWS says (RFC 8555 §7.3.5).
+pub struct KeyChange {
+    /// The account URL it names.
+    pub account: String,
+    /// The key the account has now.
+    pub old_key: PublicKey,
+}
+
+/// Check keyChange's inner JWS (the outer one's payload): flattened, signed
+/// by the new key given as `jwk` (no `kid`), no nonce, the outer `url`, and
+/// a payload of `{account, oldKey}`. Returns the new key and the payload.
+pub fn parse_key_change(body: &[u8], url: &str) -> Result<(PublicKey, KeyChange), Problem> {
+    let inner = parse(body)?;
+    if inner.header.contains_key("nonce") {
+        return Err(Problem::malformed(
+            "keyChange inner JWS must not have a nonce",
+        ));
+    }
+    if inner.header.contains_key("kid") {
+        return Err(Problem::malformed(
+            "keyChange inner JWS must use \"jwk\", not \"kid\"",
+        ));
+    }
+    if inner.header_str("url")? != Some(url) {
+        return Err(Problem::malformed(
+            "keyChange inner JWS \"url\" must equal the outer \"url\"",
+        ));
+    }
+    let new_key = parse_jwk(
+        inner
+            .header
+            .get("jwk")
+            .ok_or_else(|| Problem::malformed("keyChange inner JWS has no \"jwk\""))?,
+    )?;
+    verify(&inner, &new_key)?;
+    #[derive(serde::Deserialize)]
+    #[serde(rename_all = "camelCase")]
+    struct Inner {
+        account: String,
+        old_key: Value,
+    }
+    let payload: Inner = serde_json::from_slice(&inner.payload()?)
+        .map_err(|e| Problem::malformed(format!("keyChange inner payload: {e}")))?;
+    let old_key = PublicKey::from_jwk(&payload.old_key)
+        .map_err(|e| Problem::malformed(format!("keyChange \"oldKey\": {}", e.for_jws().detail)))?;
+    Ok((
+        new_key,
+        KeyChange {
+            account: payload.account,
+            old_key,
+        },
+    ))
+}
+
 /// RFC 7515 §4.1.11: a JWS whose `crit` names an extension the recipient
 /// does not understand is invalid. ACME defines none and Cairn understands
 /// none (and `crit` may be neither empty nor list registered names), so any
