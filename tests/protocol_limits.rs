@@ -672,6 +672,18 @@ async fn pending_authorizations_refusal_says_when_room_comes_back() {
 // 3. Registered domains by the Public Suffix List
 // ---------------------------------------------------------------------------------------
 
+/// A `certificatesPerDomain` refusal (1 per week) for `key`.
+async fn domain_refused(server: &Server, r: &AcmeResponse, key: &str) {
+    assert_refused(
+        server,
+        r,
+        "certificatesPerDomain",
+        Key::Exact(key),
+        (WEEK - 120, WEEK + 1),
+    )
+    .await;
+}
+
 #[tokio::test]
 async fn registered_domains_follow_the_public_suffix_list() {
     let server = Server::start(with_limit(
@@ -682,43 +694,21 @@ async fn registered_domains_follow_the_public_suffix_list() {
         WEEK,
     ));
     let (c, _) = account(&server).await;
-    let wait = (WEEK - 120, WEEK + 1);
     issue(&c, &["a.example.co.uk"]).await;
     let r = order(&c, &["b.c.example.co.uk"]).await;
-    assert_refused(
-        &server,
-        &r,
-        "certificatesPerDomain",
-        Key::Exact("example.co.uk"),
-        wait,
-    )
-    .await;
+    domain_refused(&server, &r, "example.co.uk").await;
     // A sibling under co.uk is another registered domain.
     c.new_order(&["www.other.co.uk"]).await;
 
     issue(&c, &["example.com"]).await;
     c.new_order(&["example.net"]).await;
     let r = order(&c, &["www.example.com"]).await;
-    assert_refused(
-        &server,
-        &r,
-        "certificatesPerDomain",
-        Key::Exact("example.com"),
-        wait,
-    )
-    .await;
+    domain_refused(&server, &r, "example.com").await;
 
     // `.test` is not in the list: the label left of it is the registered domain.
     issue(&c, &["x.y.example.test"]).await;
     let r = order(&c, &["z.example.test"]).await;
-    assert_refused(
-        &server,
-        &r,
-        "certificatesPerDomain",
-        Key::Exact("example.test"),
-        wait,
-    )
-    .await;
+    domain_refused(&server, &r, "example.test").await;
     c.new_order(&["another.test"]).await;
 }
 
@@ -757,30 +747,15 @@ async fn ip_addresses_count_by_address_and_ipv6_64() {
         WEEK,
     ));
     let (c, _) = account(&server).await;
-    let wait = (WEEK - 120, WEEK + 1);
     // IPv6: the /64 is the "registered domain".
     issue_ips(&c, &["2001:db8:1:2::10"]).await;
     let r = ip_order(&c, &["2001:db8:1:2:ffff::20"]).await;
-    assert_refused(
-        &server,
-        &r,
-        "certificatesPerDomain",
-        Key::Exact("2001:db8:1:2::/64"),
-        wait,
-    )
-    .await;
+    domain_refused(&server, &r, "2001:db8:1:2::/64").await;
     assert_eq!(ip_order(&c, &["2001:db8:1:3::10"]).await.status, 201);
     // IPv4: the address itself; its neighbour has its own bucket.
     issue_ips(&c, &["198.51.100.7"]).await;
     let r = ip_order(&c, &["198.51.100.7", "2001:db8:9::1"]).await;
-    assert_refused(
-        &server,
-        &r,
-        "certificatesPerDomain",
-        Key::Exact("198.51.100.7"),
-        wait,
-    )
-    .await;
+    domain_refused(&server, &r, "198.51.100.7").await;
     assert_eq!(ip_order(&c, &["198.51.100.8"]).await.status, 201);
 }
 
