@@ -221,7 +221,8 @@ fn splitmix64(mut x: u64) -> u64 {
 /// The rules in force and the orders held in `processing`.
 pub struct Faults {
     state: RwLock<(u64, Arc<Vec<Rule>>)>,
-    /// Order id -> unix time until which it reads `processing`.
+    /// Order id -> the time (unix milliseconds) until which it reads
+    /// `processing`.
     held: Mutex<HashMap<i64, i64>>,
     clock: Arc<Clock>,
 }
@@ -288,23 +289,29 @@ impl Faults {
         }
     }
 
-    /// Until when (unix seconds) an order reads `processing`, if a
+    /// Until when (unix milliseconds) an order reads `processing`, if a
     /// `processing` fault holds it now.
     pub fn held_until(&self, order: i64) -> Option<i64> {
         let mut held = self.held.lock().unwrap_or_else(|e| e.into_inner());
         if held.is_empty() {
             return None;
         }
-        let now = self.clock.unix();
+        let now = self.now_ms();
         held.retain(|_, until| *until > now);
         held.get(&order).copied()
+    }
+
+    fn now_ms(&self) -> i64 {
+        (self.clock.now().unix_timestamp_nanos() / 1_000_000) as i64
     }
 
     fn hold(&self, path: &str, secs: u64) {
         let Some(id) = path.rsplit('/').next().and_then(|s| s.parse::<i64>().ok()) else {
             return;
         };
-        let until = self.clock.unix() + secs as i64;
+        // Milliseconds: a hold of N seconds lasts N seconds, not N - 1 and
+        // a fraction as whole seconds would make it.
+        let until = self.now_ms() + secs as i64 * 1000;
         self.held
             .lock()
             .unwrap_or_else(|e| e.into_inner())
