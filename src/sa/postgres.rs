@@ -36,7 +36,10 @@ const ATTEMPTS: usize = 5;
 
 #[async_trait]
 impl Backend for Postgres {
-    const BEGIN_PURGE: &'static str = "BEGIN";
+    const BEGIN_WRITE: &'static str = "BEGIN";
+    /// Connections are borrowed from the pool per statement, so one broken
+    /// by a server restart is replaced.
+    const HOLD_CONNECTIONS: bool = false;
     /// Purges running at once on several instances take disjoint rows, and
     /// none waits for a row another transaction holds.
     const SKIP_LOCKED: &'static str = " FOR UPDATE SKIP LOCKED";
@@ -69,6 +72,10 @@ impl Backend for Postgres {
     }
 
     /// One array parameter: one prepared statement whatever the number.
+    async fn make_reader(_: &mut PgConnection) -> Result<(), sqlx::Error> {
+        Ok(())
+    }
+
     fn in_list(col: &str, first: usize, _: usize) -> String {
         format!("{col} = ANY(${first})")
     }

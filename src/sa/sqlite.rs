@@ -16,10 +16,11 @@ use std::time::Duration;
 
 #[async_trait]
 impl Backend for Sqlite {
-    /// The write lock at once: the batch's read and its deletes see one
-    /// state, and no read lock has to be upgraded (which fails at once,
-    /// busy timeout or not, when another connection wrote in between).
-    const BEGIN_PURGE: &'static str = "BEGIN IMMEDIATE";
+    /// The write lock at once: the transaction's reads and its writes see
+    /// one state, and no read lock has to be upgraded (which fails at once,
+    /// busy timeout or not, when another process wrote in between).
+    const BEGIN_WRITE: &'static str = "BEGIN IMMEDIATE";
+    const HOLD_CONNECTIONS: bool = true;
     /// One writer at a time: nothing to skip.
     const SKIP_LOCKED: &'static str = "";
 
@@ -39,6 +40,13 @@ impl Backend for Sqlite {
             .await?;
         sqlx::migrate!("migrations/sqlite").run(&pool).await?;
         Ok(pool)
+    }
+
+    async fn make_reader(conn: &mut SqliteConnection) -> Result<(), sqlx::Error> {
+        sqlx::query("PRAGMA query_only = ON")
+            .execute(conn)
+            .await
+            .map(|_| ())
     }
 
     fn in_list(col: &str, first: usize, n: usize) -> String {
@@ -116,7 +124,8 @@ impl Backend for Sqlite {
         // several connections (or processes sharing the file) run one after
         // another and never decide on a TAT another is about to change.
         let keys: Vec<&str> = txns.iter().map(|t| t.key.as_str()).collect();
-        let mut tx = s.pool.begin_with("BEGIN IMMEDIATE").await?;
+        let mut conn = s.writer().await?;
+        let mut tx = conn.begin().await?;
         let tats = SqlStore::<Sqlite>::read_tats(&mut *tx, &keys).await?;
         let (decisions, writes) = batch::decide(txns, &tats, now);
         for (i, tat) in writes {
@@ -143,7 +152,8 @@ impl Backend for Sqlite {
             return Ok(0);
         }
         let keys: Vec<&str> = txns.iter().map(|t| t.key.as_str()).collect();
-        let mut tx = s.pool.begin_with("BEGIN IMMEDIATE").await?;
+        let mut conn = s.writer().await?;
+        let mut tx = conn.begin().await?;
         let tats = SqlStore::<Sqlite>::read_tats(&mut *tx, &keys).await?;
         let mut changed = 0;
         for (t, tat) in txns.iter().zip(tats) {
@@ -171,7 +181,7 @@ impl Backend for Sqlite {
             Self::in_list("key", 1, keys.len())
         );
         Ok(Self::bind_strs(sqlx::query(&sql), &keys)
-            .execute(&s.pool)
+            .execute(&mut *s.writer().await?)
             .await?
             .rows_affected())
     }
