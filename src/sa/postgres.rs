@@ -51,7 +51,13 @@ impl Backend for Postgres {
     /// and only then creates `_sqlx_migrations` and applies what is missing,
     /// each migration in its own transaction. A second instance blocks on the
     /// lock, then finds every migration applied and does nothing.
-    async fn connect(url: &str, max_connections: u32) -> anyhow::Result<Pool<Postgres>> {
+    /// `sync` is SQLite's: PostgreSQL's durability is its server's
+    /// (`synchronous_commit`).
+    async fn connect(
+        url: &str,
+        max_connections: u32,
+        _sync: SqliteSynchronous,
+    ) -> anyhow::Result<Pool<Postgres>> {
         let opts = PgConnectOptions::from_str(url)?.application_name("cairn");
         // One plain connection first: a server that is down or refuses us
         // fails the start at once with its real cause, where the pool would

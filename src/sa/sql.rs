@@ -43,7 +43,11 @@ pub(super) trait Backend: Database + Sized {
     const SKIP_LOCKED: &'static str;
 
     /// Connect, set the connections up, and bring the schema up to date.
-    async fn connect(url: &str, max_connections: u32) -> anyhow::Result<Pool<Self>>;
+    async fn connect(
+        url: &str,
+        max_connections: u32,
+        sync: SqliteSynchronous,
+    ) -> anyhow::Result<Pool<Self>>;
 
     /// Make a held reader connection refuse writes, so a write sent to a
     /// reader by mistake fails in tests instead of waiting for the lock.
@@ -240,8 +244,12 @@ where
     for<'a> &'a str: ColumnIndex<DB::Row>,
     usize: ColumnIndex<DB::Row>,
 {
-    pub(super) async fn open(url: &str, max_connections: u32) -> anyhow::Result<SqlStore<DB>> {
-        let pool = DB::connect(url, max_connections).await?;
+    pub(super) async fn open(
+        url: &str,
+        max_connections: u32,
+        sync: SqliteSynchronous,
+    ) -> anyhow::Result<SqlStore<DB>> {
+        let pool = DB::connect(url, max_connections, sync).await?;
         let held = if DB::HOLD_CONNECTIONS {
             let writer = pool.acquire().await?.detach();
             let mut readers = Vec::new();

@@ -7,9 +7,7 @@ use super::sql::{Backend, Query, SqlStore};
 use super::*;
 use crate::core::gcra::{self, Decision};
 use crate::core::limits::{batch, BucketTxn};
-use sqlx::sqlite::{
-    SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteRow, SqliteSynchronous,
-};
+use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteRow};
 use sqlx::{Pool, Row, Sqlite, SqliteConnection};
 use std::str::FromStr;
 use std::time::Duration;
@@ -24,14 +22,21 @@ impl Backend for Sqlite {
     /// One writer at a time: nothing to skip.
     const SKIP_LOCKED: &'static str = "";
 
-    async fn connect(url: &str, max_connections: u32) -> anyhow::Result<Pool<Sqlite>> {
+    async fn connect(
+        url: &str,
+        max_connections: u32,
+        sync: SqliteSynchronous,
+    ) -> anyhow::Result<Pool<Sqlite>> {
         let opts = SqliteConnectOptions::from_str(url)?;
         restrict_database_files(opts.get_filename())?;
         let opts = opts
             .create_if_missing(true)
             .journal_mode(SqliteJournalMode::Wal)
-            // FULL: an acknowledged write survives power loss, not only a crash.
-            .synchronous(SqliteSynchronous::Full)
+            // `database.sqlite_synchronous` (config.rs says what each keeps).
+            .synchronous(match sync {
+                SqliteSynchronous::Full => sqlx::sqlite::SqliteSynchronous::Full,
+                SqliteSynchronous::Normal => sqlx::sqlite::SqliteSynchronous::Normal,
+            })
             .foreign_keys(true)
             .busy_timeout(Duration::from_secs(10));
         let pool = SqlitePoolOptions::new()
