@@ -932,44 +932,43 @@ where
             return Ok(Vec::new());
         }
         let ids: Vec<i64> = ids.iter().map(|id| id.0).collect();
+        // One statement: each authorization joined to its challenges, one
+        // row per challenge (the challenge's columns under their own names).
         let sql = format!(
-            "SELECT id, account_id, identifier_type, identifier, wildcard, profile, status, expires
-             FROM authzs WHERE {} ORDER BY id",
-            DB::in_list("id", 1, ids.len())
+            "SELECT a.id AS a_id, a.account_id, a.identifier_type, a.identifier, a.wildcard,
+                    a.profile, a.status AS a_status, a.expires,
+                    c.id, c.authz_id, c.type, c.token, c.status, c.validated, c.error, c.records
+             FROM authzs a LEFT JOIN challenges c ON c.authz_id = a.id
+             WHERE {} ORDER BY a.id, c.id",
+            DB::in_list("a.id", 1, ids.len())
         );
         let rows = DB::bind_ids(sqlx::query(&sql), &ids)
             .fetch_all(&mut *self.reader().await?)
             .await?;
-        let csql = format!(
-            "SELECT {CHALLENGE_COLS} FROM challenges WHERE {} ORDER BY id",
-            DB::in_list("authz_id", 1, ids.len())
-        );
-        let challenges = DB::bind_ids(sqlx::query(&csql), &ids)
-            .fetch_all(&mut *self.reader().await?)
-            .await?
-            .iter()
-            .map(Self::challenge_from_row)
-            .collect::<Result<Vec<_>, _>>()?;
-        rows.iter()
-            .map(|r| {
-                let id = AuthzId(r.try_get("id")?);
-                Ok(Authz {
+        let mut authzs: Vec<Authz> = Vec::with_capacity(ids.len());
+        for r in &rows {
+            let id = AuthzId(r.try_get("a_id")?);
+            if authzs.last().is_none_or(|a| a.id != id) {
+                authzs.push(Authz {
                     id,
                     account_id: AccountId(r.try_get("account_id")?),
                     identifier_type: parse_name(&r.try_get::<String, _>("identifier_type")?)?,
                     identifier: r.try_get("identifier")?,
                     wildcard: r.try_get("wildcard")?,
                     profile: r.try_get("profile")?,
-                    status: parse_name(&r.try_get::<String, _>("status")?)?,
+                    status: parse_name(&r.try_get::<String, _>("a_status")?)?,
                     expires: r.try_get("expires")?,
-                    challenges: challenges
-                        .iter()
-                        .filter(|c| c.authz_id == id)
-                        .cloned()
-                        .collect(),
-                })
-            })
-            .collect()
+                    challenges: Vec::new(),
+                });
+            }
+            if r.try_get::<Option<i64>, _>("id")?.is_some() {
+                let c = Self::challenge_from_row(r)?;
+                if let Some(a) = authzs.last_mut() {
+                    a.challenges.push(c);
+                }
+            }
+        }
+        Ok(authzs)
     }
 
     async fn deactivate_authz(&self, id: AuthzId) -> Result<bool, StoreError> {
