@@ -26,8 +26,8 @@ use crate::core::limits::BucketTxn;
 use sqlx::pool::PoolConnection;
 use sqlx::{ColumnIndex, Database, Decode, Encode, Executor, IntoArguments, Pool, Row, Type};
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::LazyLock;
-use tokio::sync::{MappedMutexGuard, Mutex, MutexGuard};
+use std::sync::{Arc, LazyLock};
+use tokio::sync::{mpsc, oneshot, MappedMutexGuard, Mutex, MutexGuard};
 
 /// What differs between the databases. Implemented by `sqlx::Sqlite`
 /// (`sqlite.rs`) and `sqlx::Postgres` (`postgres.rs`).
@@ -111,8 +111,16 @@ pub(super) type Query<'q, DB> = sqlx::query::Query<'q, DB, <DB as Database>::Arg
 
 pub(crate) struct SqlStore<DB: Database> {
     pub(super) pool: Pool<DB>,
-    held: Option<Held<DB>>,
+    held: Option<Arc<Held<DB>>>,
+    /// SQLite: nonces to spend, taken by `spend_nonces` in batches.
+    nonces: Option<mpsc::UnboundedSender<NonceSpend>>,
 }
+
+/// A nonce to record as used, until when, and who waits for the answer.
+type NonceSpend = (Vec<u8>, i64, oneshot::Sender<Result<bool, StoreError>>);
+
+/// Most nonces spent by one statement.
+const NONCE_BATCH: usize = 128;
 
 /// Connections the store keeps for itself (SQLite): one writer, behind a
 /// fair async mutex, and readers. SQLite lets one connection write at a
@@ -250,23 +258,81 @@ where
         sync: SqliteSynchronous,
     ) -> anyhow::Result<SqlStore<DB>> {
         let pool = DB::connect(url, max_connections, sync).await?;
-        let held = if DB::HOLD_CONNECTIONS {
-            let writer = pool.acquire().await?.detach();
-            let mut readers = Vec::new();
-            for _ in 0..max_connections.saturating_sub(1).max(1) {
-                let mut r = pool.acquire().await?.detach();
-                DB::make_reader(&mut r).await?;
-                readers.push(Mutex::new(Some(r)));
+        if !DB::HOLD_CONNECTIONS {
+            return Ok(SqlStore {
+                pool,
+                held: None,
+                nonces: None,
+            });
+        }
+        let writer = pool.acquire().await?.detach();
+        let mut readers = Vec::new();
+        for _ in 0..max_connections.saturating_sub(1).max(1) {
+            let mut r = pool.acquire().await?.detach();
+            DB::make_reader(&mut r).await?;
+            readers.push(Mutex::new(Some(r)));
+        }
+        let held = Arc::new(Held {
+            writer: Mutex::new(Some(writer)),
+            readers,
+            next: AtomicUsize::new(0),
+        });
+        let (tx, rx) = mpsc::unbounded_channel();
+        tokio::spawn(Self::spend_nonces(held.clone(), rx));
+        Ok(SqlStore {
+            pool,
+            held: Some(held),
+            nonces: Some(tx),
+        })
+    }
+
+    /// Every authenticated request spends a nonce, an INSERT of its own:
+    /// with one writer, the nonces of requests arriving together are spent
+    /// by one statement instead, in one turn of the writer. A nonce given
+    /// twice in a batch is fresh for the first asker only. Runs until the
+    /// store is dropped.
+    async fn spend_nonces(held: Arc<Held<DB>>, mut rx: mpsc::UnboundedReceiver<NonceSpend>) {
+        let mut batch = Vec::with_capacity(NONCE_BATCH);
+        while rx.recv_many(&mut batch, NONCE_BATCH).await > 0 {
+            let result = match lock_held(&held.writer).await {
+                Ok(mut conn) => Self::insert_nonces(&mut conn, &batch).await,
+                Err(e) => Err(e),
+            };
+            match result {
+                Ok(inserted) => {
+                    let mut fresh: std::collections::HashSet<Vec<u8>> =
+                        inserted.into_iter().collect();
+                    for (nonce, _, reply) in batch.drain(..) {
+                        let _ = reply.send(Ok(fresh.remove(&nonce)));
+                    }
+                }
+                Err(e) => {
+                    for (_, _, reply) in batch.drain(..) {
+                        let _ = reply.send(Err(StoreError::Database(e.to_string())));
+                    }
+                }
             }
-            Some(Held {
-                writer: Mutex::new(Some(writer)),
-                readers,
-                next: AtomicUsize::new(0),
-            })
-        } else {
-            None
-        };
-        Ok(SqlStore { pool, held })
+        }
+    }
+
+    /// Insert the batch's nonces; those inserted (not used before).
+    async fn insert_nonces(
+        conn: &mut DB::Connection,
+        batch: &[NonceSpend],
+    ) -> Result<Vec<Vec<u8>>, StoreError> {
+        let values: Vec<String> = (0..batch.len())
+            .map(|i| format!("(${}, ${})", 2 * i + 1, 2 * i + 2))
+            .collect();
+        let sql = format!(
+            "INSERT INTO used_nonces (nonce, expires) VALUES {} ON CONFLICT DO NOTHING RETURNING nonce",
+            values.join(", ")
+        );
+        let q = batch
+            .iter()
+            .fold(sqlx::query_scalar(&sql), |q, (nonce, expires, _)| {
+                q.bind(nonce.as_slice()).bind(*expires)
+            });
+        Ok(q.fetch_all(conn).await?)
     }
 
     /// A connection for statements that write (and transactions).
@@ -500,6 +566,15 @@ where
     }
 
     async fn redeem_nonce(&self, nonce: &[u8], expires: i64) -> Result<bool, StoreError> {
+        if let Some(queue) = &self.nonces {
+            let (tx, rx) = oneshot::channel();
+            queue
+                .send((nonce.to_vec(), expires, tx))
+                .map_err(|_| StoreError::Database("database: the store is closed".into()))?;
+            return rx.await.map_err(|_| {
+                StoreError::Database("database: the nonce was not spent (store closed)".into())
+            })?;
+        }
         // Two instances inserting the same nonce: the second waits for the
         // first's commit, then conflicts and inserts nothing: one use only.
         let r = sqlx::query(

@@ -101,9 +101,10 @@ impl Backend for Sqlite {
         nonce: &[u8],
         expires: i64,
     ) -> Result<(Option<Account>, bool), StoreError> {
-        // Embedded: two statements cost no network round trip.
-        let acct = s.account(id).await?;
-        Ok((acct, s.redeem_nonce(nonce, expires).await?))
+        // Embedded: two statements cost no network round trip; the read
+        // (a reader) and the spend (the writer's batch) run side by side.
+        let (acct, fresh) = tokio::join!(s.account(id), s.redeem_nonce(nonce, expires));
+        Ok((acct?, fresh?))
     }
 
     async fn lock_replaced(_: &mut SqliteConnection, _: &str) -> Result<(), sqlx::Error> {
