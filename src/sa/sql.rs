@@ -880,15 +880,22 @@ where
                     .bind(n.profile.as_str())
                     .fetch_one(&mut *tx)
                     .await?;
-                    for (kind, token) in &n.challenges {
-                        sqlx::query(
-                            "INSERT INTO challenges (authz_id, type, token, status) VALUES ($1, $2, $3, 'pending')",
-                        )
-                        .bind(id)
-                        .bind(kind.as_str())
-                        .bind(token.as_str())
-                        .execute(&mut *tx)
-                        .await?;
+                    // One statement for the authorization's challenges.
+                    if !n.challenges.is_empty() {
+                        let values: Vec<String> = (0..n.challenges.len())
+                            .map(|i| format!("($1, ${}, ${}, 'pending')", 2 * i + 2, 2 * i + 3))
+                            .collect();
+                        let sql = format!(
+                            "INSERT INTO challenges (authz_id, type, token, status) VALUES {}",
+                            values.join(", ")
+                        );
+                        n.challenges
+                            .iter()
+                            .fold(sqlx::query(&sql).bind(id), |q, (kind, token)| {
+                                q.bind(kind.as_str()).bind(token.as_str())
+                            })
+                            .execute(&mut *tx)
+                            .await?;
                     }
                     id
                 }

@@ -134,15 +134,21 @@ impl Backend for Sqlite {
         let mut tx = conn.begin().await?;
         let tats = SqlStore::<Sqlite>::read_tats(&mut *tx, &keys).await?;
         let (decisions, writes) = batch::decide(txns, &tats, now);
-        for (i, tat) in writes {
-            sqlx::query(
-                "INSERT INTO rate_limit_buckets (key, tat) VALUES ($1, $2) \
+        if !writes.is_empty() {
+            // One statement for every bucket written.
+            let values: Vec<String> = (0..writes.len())
+                .map(|i| format!("(${}, ${})", 2 * i + 1, 2 * i + 2))
+                .collect();
+            let sql = format!(
+                "INSERT INTO rate_limit_buckets (key, tat) VALUES {} \
                  ON CONFLICT (key) DO UPDATE SET tat = excluded.tat",
-            )
-            .bind(keys[i])
-            .bind(tat)
-            .execute(&mut *tx)
-            .await?;
+                values.join(", ")
+            );
+            writes
+                .iter()
+                .fold(sqlx::query(&sql), |q, &(i, tat)| q.bind(keys[i]).bind(tat))
+                .execute(&mut *tx)
+                .await?;
         }
         tx.commit().await?;
         Ok(decisions)
