@@ -181,6 +181,20 @@ pub struct DatabaseConfig {
     /// `sqlite://path` or `postgres://...`. Empty: `sqlite://<data_dir>/cairn.db`.
     pub url: String,
     pub max_connections: u32,
+    /// SQLite only: when a commit reaches the disk (its `synchronous`).
+    pub sqlite_synchronous: SqliteSynchronous,
+}
+
+/// SQLite's `synchronous` in WAL mode. `full`: every commit is on the
+/// disk before it is acknowledged, so it survives a power loss. `normal`:
+/// commits reach the operating system, not the disk, until a checkpoint;
+/// they survive the process being killed (`kill -9`), not a power loss or
+/// a kernel crash, and cost no fsync each.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SqliteSynchronous {
+    Full,
+    Normal,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -841,6 +855,25 @@ mod tests {
         for (name, _) in PRESETS {
             load(name, &[EXTERNAL]).unwrap_or_else(|e| panic!("preset {name}: {e:#}"));
         }
+    }
+
+    /// Only the test preset trades a power loss's worth of SQLite commits
+    /// for an fsync per commit; kill -9 loses nothing on any preset.
+    #[test]
+    fn only_the_test_preset_skips_the_fsync_per_commit() {
+        for (name, _) in PRESETS {
+            let c = load(name, &[EXTERNAL]).unwrap();
+            let want = if *name == "test" {
+                SqliteSynchronous::Normal
+            } else {
+                SqliteSynchronous::Full
+            };
+            assert_eq!(c.database.sqlite_synchronous, want, "preset {name}");
+        }
+        let c = load("dev", &[("CAIRN_DATABASE_SQLITE_SYNCHRONOUS", "normal")]).unwrap();
+        assert_eq!(c.database.sqlite_synchronous, SqliteSynchronous::Normal);
+        let e = load("dev", &[("CAIRN_DATABASE_SQLITE_SYNCHRONOUS", "off")]).unwrap_err();
+        assert!(format!("{e:#}").contains("sqlite_synchronous"), "{e:#}");
     }
 
     /// dev and test render URLs from the request's Host; staging and

@@ -36,14 +36,18 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
     };
     let cfg = Arc::new(cfg);
     let clock = Arc::new(Clock::system());
-    let store = crate::sa::open(&cfg.database_url(), cfg.database.max_connections)
-        .await
-        .with_context(|| {
-            format!(
-                "opening the database {}",
-                crate::config::redact_url(&cfg.database_url())
-            )
-        })?;
+    let store = crate::sa::open_with(
+        &cfg.database_url(),
+        cfg.database.max_connections,
+        cfg.database.sqlite_synchronous,
+    )
+    .await
+    .with_context(|| {
+        format!(
+            "opening the database {}",
+            crate::config::redact_url(&cfg.database_url())
+        )
+    })?;
     let store = crate::sa::timed(store, crate::metrics::db_query);
     let ca = Arc::new(Ca::load_or_create(&cfg).context("loading the CA")?);
     // The RA publishes through this after each revocation; the updater and

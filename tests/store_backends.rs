@@ -52,6 +52,7 @@ contract_tests!(
     complete_order_requires_processing,
     fail_order_from_pending_or_processing,
     race_redeem_nonce,
+    race_redeem_many_nonces,
     race_begin_finalize,
     race_start_same_challenge,
     race_start_sibling_challenges,
@@ -1030,6 +1031,23 @@ async fn race_redeem_nonce(f: &Fixture) {
     })
     .await;
     assert_eq!(wins, 1, "one nonce redeemed {wins} times");
+}
+
+/// Many nonces at once on one store, each asked for four times: each is
+/// fresh exactly once (SQLite spends the nonces of requests arriving
+/// together in one statement).
+async fn race_redeem_many_nonces(f: &Fixture) {
+    let wins = race(f, 1, 64, |s, i| async move {
+        let nonce = format!("many-{}", i % 16);
+        s.redeem_nonce(nonce.as_bytes(), NOW + 60).await
+    })
+    .await;
+    assert_eq!(wins, 16, "16 nonces redeemed {wins} times");
+    let s = f.open(1).await;
+    for i in 0..16 {
+        let nonce = format!("many-{i}");
+        assert!(!s.redeem_nonce(nonce.as_bytes(), NOW + 60).await.unwrap());
+    }
 }
 
 async fn race_begin_finalize(f: &Fixture) {

@@ -45,6 +45,14 @@ pub struct Ra {
 }
 
 /// What a client asked of newAccount (RFC 8555 §7.3).
+/// What a validation needs: the challenge, its authorization, and the
+/// account's key thumbprint (for the key authorization).
+struct Validation {
+    challenge: Challenge,
+    authz: Authz,
+    thumbprint: String,
+}
+
 #[derive(Debug, Default, Clone, serde::Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct NewAccountRequest {
@@ -735,49 +743,83 @@ impl Ra {
         acct: &Account,
         id: ChallengeId,
     ) -> Result<(Challenge, Authz), Problem> {
-        let (c, a) = self.challenge(acct, id).await?;
+        let (mut c, a) = self.challenge(acct, id).await?;
         if c.status == ChallengeStatus::Pending && a.status == AuthzStatus::Pending {
-            if self.store.start_challenge(id, self.clock.unix()).await? {
-                self.spawn_validation(id);
+            if !self.store.start_challenge(id, self.clock.unix()).await? {
+                // Another request started one first: show what it did.
+                return self.challenge(acct, id).await;
             }
-            return self.challenge(acct, id).await;
+            // What the store now holds: this challenge is processing. The
+            // validation gets what was just read rather than reading it again.
+            c.status = ChallengeStatus::Processing;
+            let job = Validation {
+                challenge: c.clone(),
+                authz: a.clone(),
+                thumbprint: acct.thumbprint.clone(),
+            };
+            self.spawn_validation(id, Some(job));
         }
         Ok((c, a))
     }
 
-    fn spawn_validation(self: &Arc<Self>, id: ChallengeId) {
+    /// Validate challenge `id` in the background; `job` is what the caller
+    /// already read of it (None: read it here).
+    fn spawn_validation(self: &Arc<Self>, id: ChallengeId, job: Option<Validation>) {
         let ra = self.clone();
         tokio::spawn(async move {
-            if let Err(e) = ra.validate(id).await {
+            if let Err(e) = ra.validate(id, job).await {
                 tracing::error!(challenge = id.0, "validation could not be recorded: {e}");
             }
         });
     }
 
-    async fn validate(&self, id: ChallengeId) -> Result<(), Problem> {
-        let c = self
+    /// A challenge being validated, its authorization and its account's
+    /// key thumbprint, as the validation started.
+    async fn validation_job(&self, id: ChallengeId) -> Result<Validation, Problem> {
+        let challenge = self
             .store
             .challenge(id)
             .await?
             .ok_or_else(|| Problem::internal("challenge vanished"))?;
-        let a = self
+        let authz = self
             .store
-            .authz(c.authz_id)
+            .authz(challenge.authz_id)
             .await?
             .ok_or_else(|| Problem::internal("authorization vanished"))?;
         let acct = self
             .store
-            .account(a.account_id)
+            .account(authz.account_id)
             .await?
             .ok_or_else(|| Problem::internal("account vanished"))?;
+        Ok(Validation {
+            challenge,
+            authz,
+            thumbprint: acct.thumbprint,
+        })
+    }
+
+    async fn validate(&self, id: ChallengeId, job: Option<Validation>) -> Result<(), Problem> {
+        let job = match job {
+            Some(j) => j,
+            None => self.validation_job(id).await?,
+        };
+        let Validation {
+            challenge: c,
+            authz: a,
+            thumbprint,
+        } = job;
         let req = ValidationRequest {
             identifier_type: a.identifier_type,
             domain: a.identifier.clone(),
             wildcard: a.wildcard,
             challenge: c.kind,
-            key_authorization: format!("{}.{}", c.token, acct.thumbprint),
+            key_authorization: format!("{}.{}", c.token, thumbprint),
             token: c.token.clone(),
-            account_uri: format!("{}/acme/acct/{}", self.cfg.default_base_url(), acct.id.0),
+            account_uri: format!(
+                "{}/acme/acct/{}",
+                self.cfg.default_base_url(),
+                a.account_id.0
+            ),
             now: self.clock.unix(),
         };
         // Bound the whole validation so a challenge never stays processing.
@@ -874,7 +916,7 @@ impl Ra {
                                 challenge = id.0,
                                 "taking over an interrupted validation"
                             );
-                            ra.spawn_validation(id);
+                            ra.spawn_validation(id, None);
                         }
                     }
                     Err(e) => tracing::warn!("claiming interrupted validations: {e}"),
@@ -1032,7 +1074,13 @@ impl Ra {
         }
         tracing::info!(order = id.0, serial = %issued.serial, names = ?names, "certificate issued");
         crate::metrics::issuance();
-        self.order(acct, id).await
+        // What complete_order stored; a valid order stays valid.
+        Ok(Order {
+            status: OrderStatus::Valid,
+            cert_serial: Some(issued.serial),
+            updated_at: now.unix_timestamp(),
+            ..order
+        })
     }
 
     pub async fn certificate(&self, acct: &Account, serial: &str) -> Result<Certificate, Problem> {

@@ -39,7 +39,7 @@ where
         if !txns.iter().any(BucketTxn::spends) {
             // Check-only: a read, no lock needed.
             let keys: Vec<&str> = txns.iter().map(|t| t.key.as_str()).collect();
-            let tats = Self::read_tats(&self.pool, &keys).await?;
+            let tats = Self::read_tats(&mut *self.reader().await?, &keys).await?;
             return Ok(batch::decide(txns, &tats, now).0);
         }
         DB::spend_buckets(self, txns, now).await
@@ -63,7 +63,7 @@ where
         ))
         .bind(now)
         .bind(i64::from(limit))
-        .execute(&self.pool)
+        .execute(&mut *self.writer().await?)
         .await?;
         Ok(DB::rows_affected(&r))
     }
@@ -83,7 +83,7 @@ where
         .bind(account.0)
         .bind(identifier)
         .bind(now)
-        .execute(&self.pool)
+        .execute(&mut *self.writer().await?)
         .await?;
         Ok(DB::rows_affected(&r) == 1)
     }
@@ -103,7 +103,7 @@ where
         .bind(now)
         .bind(account.0)
         .bind(identifier)
-        .fetch_all(&self.pool)
+        .fetch_all(&mut *self.writer().await?)
         .await?;
         v.sort();
         Ok(v)
@@ -135,7 +135,9 @@ where
             .bind(now)
             .bind(set_hash)
             .bind(since);
-        let r = DB::bind_strs(q, &identifiers).fetch_one(&self.pool).await?;
+        let r = DB::bind_strs(q, &identifiers)
+            .fetch_one(&mut *self.reader().await?)
+            .await?;
         let mut paused = DB::texts(&r, "paused")?;
         paused.sort();
         Ok(OrderLimitFacts {
@@ -151,7 +153,7 @@ where
              WHERE account_id = $1 AND unpaused_at IS NULL ORDER BY identifier",
         )
         .bind(account.0)
-        .fetch_all(&self.pool)
+        .fetch_all(&mut *self.reader().await?)
         .await?)
     }
 
@@ -172,7 +174,7 @@ where
         .bind(account.0)
         .bind(now)
         .bind(offset)
-        .fetch_optional(&self.pool)
+        .fetch_optional(&mut *self.reader().await?)
         .await?)
     }
 }

@@ -12,6 +12,7 @@ mod timed;
 
 pub use timed::{timed, Observe};
 
+pub use crate::config::SqliteSynchronous;
 use crate::core::limits::LimitStore;
 use crate::core::*;
 use async_trait::async_trait;
@@ -316,15 +317,25 @@ pub trait Store: LimitStore + Send + Sync {
     async fn insert_crl(&self, crl: &StoredCrl) -> Result<bool, StoreError>;
 }
 
-/// Open the store named by the database URL, running migrations.
+/// Open the store named by the database URL, running migrations, with
+/// full durability.
 pub async fn open(url: &str, max_connections: u32) -> anyhow::Result<DynStore> {
+    open_with(url, max_connections, SqliteSynchronous::Full).await
+}
+
+/// `open`, with SQLite's commits as durable as `sync` says.
+pub async fn open_with(
+    url: &str,
+    max_connections: u32,
+    sync: SqliteSynchronous,
+) -> anyhow::Result<DynStore> {
     if url.starts_with("sqlite:") {
         Ok(Arc::new(
-            sql::SqlStore::<sqlx::Sqlite>::open(url, max_connections).await?,
+            sql::SqlStore::<sqlx::Sqlite>::open(url, max_connections, sync).await?,
         ))
     } else if url.starts_with("postgres://") || url.starts_with("postgresql://") {
         Ok(Arc::new(
-            sql::SqlStore::<sqlx::Postgres>::open(url, max_connections).await?,
+            sql::SqlStore::<sqlx::Postgres>::open(url, max_connections, sync).await?,
         ))
     } else {
         anyhow::bail!(

@@ -36,7 +36,10 @@ const ATTEMPTS: usize = 5;
 
 #[async_trait]
 impl Backend for Postgres {
-    const BEGIN_PURGE: &'static str = "BEGIN";
+    const BEGIN_WRITE: &'static str = "BEGIN";
+    /// Connections are borrowed from the pool per statement, so one broken
+    /// by a server restart is replaced.
+    const HOLD_CONNECTIONS: bool = false;
     /// Purges running at once on several instances take disjoint rows, and
     /// none waits for a row another transaction holds.
     const SKIP_LOCKED: &'static str = " FOR UPDATE SKIP LOCKED";
@@ -48,7 +51,13 @@ impl Backend for Postgres {
     /// and only then creates `_sqlx_migrations` and applies what is missing,
     /// each migration in its own transaction. A second instance blocks on the
     /// lock, then finds every migration applied and does nothing.
-    async fn connect(url: &str, max_connections: u32) -> anyhow::Result<Pool<Postgres>> {
+    /// `sync` is SQLite's: PostgreSQL's durability is its server's
+    /// (`synchronous_commit`).
+    async fn connect(
+        url: &str,
+        max_connections: u32,
+        _sync: SqliteSynchronous,
+    ) -> anyhow::Result<Pool<Postgres>> {
         let opts = PgConnectOptions::from_str(url)?.application_name("cairn");
         // One plain connection first: a server that is down or refuses us
         // fails the start at once with its real cause, where the pool would
@@ -69,6 +78,10 @@ impl Backend for Postgres {
     }
 
     /// One array parameter: one prepared statement whatever the number.
+    async fn make_reader(_: &mut PgConnection) -> Result<(), sqlx::Error> {
+        Ok(())
+    }
+
     fn in_list(col: &str, first: usize, _: usize) -> String {
         format!("{col} = ANY(${first})")
     }

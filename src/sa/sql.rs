@@ -23,20 +23,35 @@ use super::*;
 use crate::core::gcra::Decision;
 use crate::core::lifecycle::sql as rule;
 use crate::core::limits::BucketTxn;
+use sqlx::pool::PoolConnection;
 use sqlx::{ColumnIndex, Database, Decode, Encode, Executor, IntoArguments, Pool, Row, Type};
-use std::sync::LazyLock;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, LazyLock};
+use tokio::sync::{mpsc, oneshot, MappedMutexGuard, Mutex, MutexGuard};
 
 /// What differs between the databases. Implemented by `sqlx::Sqlite`
 /// (`sqlite.rs`) and `sqlx::Postgres` (`postgres.rs`).
 #[async_trait]
 pub(super) trait Backend: Database + Sized {
-    /// How a purge batch's transaction begins.
-    const BEGIN_PURGE: &'static str;
+    /// How a writing transaction begins.
+    const BEGIN_WRITE: &'static str;
+    /// Whether the store takes its connections out of the pool for good at
+    /// start, one writer and the rest readers (`Held`), rather than
+    /// borrowing one from the pool per statement.
+    const HOLD_CONNECTIONS: bool;
     /// Appended to a purge's SELECT of the rows to delete.
     const SKIP_LOCKED: &'static str;
 
     /// Connect, set the connections up, and bring the schema up to date.
-    async fn connect(url: &str, max_connections: u32) -> anyhow::Result<Pool<Self>>;
+    async fn connect(
+        url: &str,
+        max_connections: u32,
+        sync: SqliteSynchronous,
+    ) -> anyhow::Result<Pool<Self>>;
+
+    /// Make a held reader connection refuse writes, so a write sent to a
+    /// reader by mistake fails in tests instead of waiting for the lock.
+    async fn make_reader(conn: &mut Self::Connection) -> Result<(), sqlx::Error>;
 
     /// `col` is one of `n` parameters numbered from `$first`.
     fn in_list(col: &str, first: usize, n: usize) -> String;
@@ -96,6 +111,72 @@ pub(super) type Query<'q, DB> = sqlx::query::Query<'q, DB, <DB as Database>::Arg
 
 pub(crate) struct SqlStore<DB: Database> {
     pub(super) pool: Pool<DB>,
+    held: Option<Arc<Held<DB>>>,
+    /// SQLite: nonces to spend, taken by `spend_nonces` in batches.
+    nonces: Option<mpsc::UnboundedSender<NonceSpend>>,
+}
+
+/// A nonce to record as used, until when, and who waits for the answer.
+type NonceSpend = (Vec<u8>, i64, oneshot::Sender<Result<bool, StoreError>>);
+
+/// Most nonces spent by one statement.
+const NONCE_BATCH: usize = 128;
+
+/// Connections the store keeps for itself (SQLite): one writer, behind a
+/// fair async mutex, and readers. SQLite lets one connection write at a
+/// time; with every writer in the pool, the others waited for its lock in
+/// SQLite's busy handler, which sleeps (1, 2, 5 ... 100 ms) rather than
+/// queues, and made the p99. One writer in a queue takes turns at once.
+/// Held connections also skip the pool's test on every borrow and return
+/// (sqlx pings the connection each time: on SQLite a round trip to the
+/// connection's worker thread, two more context switches per statement).
+/// Other processes sharing the file still meet the busy handler.
+struct Held<DB: Database> {
+    writer: Mutex<Option<DB::Connection>>,
+    readers: Vec<Mutex<Option<DB::Connection>>>,
+    next: AtomicUsize,
+}
+
+/// A connection for one statement or transaction: held (SQLite) or
+/// borrowed from the pool (PostgreSQL).
+pub(super) enum Conn<'a, DB: Database> {
+    Held(MappedMutexGuard<'a, DB::Connection>),
+    Pooled(PoolConnection<DB>),
+}
+
+impl<DB: Database> std::ops::Deref for Conn<'_, DB> {
+    type Target = DB::Connection;
+    fn deref(&self) -> &DB::Connection {
+        match self {
+            Conn::Held(c) => c,
+            Conn::Pooled(c) => c,
+        }
+    }
+}
+
+impl<DB: Database> std::ops::DerefMut for Conn<'_, DB> {
+    fn deref_mut(&mut self) -> &mut DB::Connection {
+        match self {
+            Conn::Held(c) => c,
+            Conn::Pooled(c) => c,
+        }
+    }
+}
+
+impl<DB: Backend> Conn<'_, DB> {
+    /// A writing transaction (`Backend::BEGIN_WRITE`).
+    pub(super) async fn begin(&mut self) -> Result<sqlx::Transaction<'_, DB>, sqlx::Error> {
+        sqlx::Connection::begin_with(&mut **self, DB::BEGIN_WRITE).await
+    }
+}
+
+fn held<C>(m: &Mutex<Option<C>>) -> Option<MappedMutexGuard<'_, C>> {
+    MutexGuard::try_map(m.try_lock().ok()?, Option::as_mut).ok()
+}
+
+async fn lock_held<C>(m: &Mutex<Option<C>>) -> Result<MappedMutexGuard<'_, C>, StoreError> {
+    MutexGuard::try_map(m.lock().await, Option::as_mut)
+        .map_err(|_| StoreError::Database("database: the store is closed".into()))
 }
 
 const ACCOUNT_COLS: &str = "id, thumbprint, jwk, contact, status, created_at, eab_kid";
@@ -171,10 +252,111 @@ where
     for<'a> &'a str: ColumnIndex<DB::Row>,
     usize: ColumnIndex<DB::Row>,
 {
-    pub(super) async fn open(url: &str, max_connections: u32) -> anyhow::Result<SqlStore<DB>> {
+    pub(super) async fn open(
+        url: &str,
+        max_connections: u32,
+        sync: SqliteSynchronous,
+    ) -> anyhow::Result<SqlStore<DB>> {
+        let pool = DB::connect(url, max_connections, sync).await?;
+        if !DB::HOLD_CONNECTIONS {
+            return Ok(SqlStore {
+                pool,
+                held: None,
+                nonces: None,
+            });
+        }
+        let writer = pool.acquire().await?.detach();
+        let mut readers = Vec::new();
+        for _ in 0..max_connections.saturating_sub(1).max(1) {
+            let mut r = pool.acquire().await?.detach();
+            DB::make_reader(&mut r).await?;
+            readers.push(Mutex::new(Some(r)));
+        }
+        let held = Arc::new(Held {
+            writer: Mutex::new(Some(writer)),
+            readers,
+            next: AtomicUsize::new(0),
+        });
+        let (tx, rx) = mpsc::unbounded_channel();
+        tokio::spawn(Self::spend_nonces(held.clone(), rx));
         Ok(SqlStore {
-            pool: DB::connect(url, max_connections).await?,
+            pool,
+            held: Some(held),
+            nonces: Some(tx),
         })
+    }
+
+    /// Every authenticated request spends a nonce, an INSERT of its own:
+    /// with one writer, the nonces of requests arriving together are spent
+    /// by one statement instead, in one turn of the writer. A nonce given
+    /// twice in a batch is fresh for the first asker only. Runs until the
+    /// store is dropped.
+    async fn spend_nonces(held: Arc<Held<DB>>, mut rx: mpsc::UnboundedReceiver<NonceSpend>) {
+        let mut batch = Vec::with_capacity(NONCE_BATCH);
+        while rx.recv_many(&mut batch, NONCE_BATCH).await > 0 {
+            let result = match lock_held(&held.writer).await {
+                Ok(mut conn) => Self::insert_nonces(&mut conn, &batch).await,
+                Err(e) => Err(e),
+            };
+            match result {
+                Ok(inserted) => {
+                    let mut fresh: std::collections::HashSet<Vec<u8>> =
+                        inserted.into_iter().collect();
+                    for (nonce, _, reply) in batch.drain(..) {
+                        let _ = reply.send(Ok(fresh.remove(&nonce)));
+                    }
+                }
+                Err(e) => {
+                    for (_, _, reply) in batch.drain(..) {
+                        let _ = reply.send(Err(StoreError::Database(e.to_string())));
+                    }
+                }
+            }
+        }
+    }
+
+    /// Insert the batch's nonces; those inserted (not used before).
+    async fn insert_nonces(
+        conn: &mut DB::Connection,
+        batch: &[NonceSpend],
+    ) -> Result<Vec<Vec<u8>>, StoreError> {
+        let values: Vec<String> = (0..batch.len())
+            .map(|i| format!("(${}, ${})", 2 * i + 1, 2 * i + 2))
+            .collect();
+        let sql = format!(
+            "INSERT INTO used_nonces (nonce, expires) VALUES {} ON CONFLICT DO NOTHING RETURNING nonce",
+            values.join(", ")
+        );
+        let q = batch
+            .iter()
+            .fold(sqlx::query_scalar(&sql), |q, (nonce, expires, _)| {
+                q.bind(nonce.as_slice()).bind(*expires)
+            });
+        Ok(q.fetch_all(conn).await?)
+    }
+
+    /// A connection for statements that write (and transactions).
+    pub(super) async fn writer(&self) -> Result<Conn<'_, DB>, StoreError> {
+        match &self.held {
+            Some(h) => Ok(Conn::Held(lock_held(&h.writer).await?)),
+            None => Ok(Conn::Pooled(self.pool.acquire().await?)),
+        }
+    }
+
+    /// A connection for statements that only read: a free reader if there
+    /// is one, else the next in turn.
+    pub(super) async fn reader(&self) -> Result<Conn<'_, DB>, StoreError> {
+        let Some(h) = &self.held else {
+            return Ok(Conn::Pooled(self.pool.acquire().await?));
+        };
+        let n = h.readers.len();
+        let start = h.next.fetch_add(1, Ordering::Relaxed);
+        for i in 0..n {
+            if let Some(c) = held(&h.readers[(start + i) % n]) {
+                return Ok(Conn::Held(c));
+            }
+        }
+        Ok(Conn::Held(lock_held(&h.readers[start % n]).await?))
     }
 
     pub(super) fn account_from_row(r: &DB::Row) -> Result<Account, StoreError> {
@@ -352,19 +534,47 @@ where
     usize: ColumnIndex<DB::Row>,
 {
     async fn ping(&self) -> Result<(), StoreError> {
-        sqlx::query("SELECT 1").execute(&self.pool).await?;
+        sqlx::query("SELECT 1")
+            .execute(&mut *self.reader().await?)
+            .await?;
         Ok(())
     }
 
     fn pool_stats(&self) -> (u32, usize) {
-        (self.pool.size(), self.pool.num_idle())
+        match &self.held {
+            Some(h) => {
+                let all = std::iter::once(&h.writer).chain(&h.readers);
+                let idle = all.filter(|m| m.try_lock().is_ok()).count();
+                (h.readers.len() as u32 + 1, idle)
+            }
+            None => (self.pool.size(), self.pool.num_idle()),
+        }
     }
 
     async fn close(&self) {
+        if let Some(h) = &self.held {
+            // The writer last: the last connection to close checkpoints.
+            for m in h.readers.iter().chain(std::iter::once(&h.writer)) {
+                if let Some(c) = m.lock().await.take() {
+                    if let Err(e) = sqlx::Connection::close(c).await {
+                        tracing::warn!("closing a database connection: {e}");
+                    }
+                }
+            }
+        }
         self.pool.close().await;
     }
 
     async fn redeem_nonce(&self, nonce: &[u8], expires: i64) -> Result<bool, StoreError> {
+        if let Some(queue) = &self.nonces {
+            let (tx, rx) = oneshot::channel();
+            queue
+                .send((nonce.to_vec(), expires, tx))
+                .map_err(|_| StoreError::Database("database: the store is closed".into()))?;
+            return rx.await.map_err(|_| {
+                StoreError::Database("database: the nonce was not spent (store closed)".into())
+            })?;
+        }
         // Two instances inserting the same nonce: the second waits for the
         // first's commit, then conflicts and inserts nothing: one use only.
         let r = sqlx::query(
@@ -372,7 +582,7 @@ where
         )
         .bind(nonce)
         .bind(expires)
-        .execute(&self.pool)
+        .execute(&mut *self.writer().await?)
         .await?;
         Ok(DB::rows_affected(&r) == 1)
     }
@@ -385,7 +595,7 @@ where
         ))
         .bind(before)
         .bind(i64::from(limit))
-        .execute(&self.pool)
+        .execute(&mut *self.writer().await?)
         .await?;
         Ok(DB::rows_affected(&r))
     }
@@ -396,12 +606,12 @@ where
         sqlx::query("INSERT INTO secrets (name, value) VALUES ($1, $2) ON CONFLICT DO NOTHING")
             .bind(name)
             .bind(fresh)
-            .execute(&self.pool)
+            .execute(&mut *self.writer().await?)
             .await?;
         Ok(
             sqlx::query_scalar("SELECT value FROM secrets WHERE name = $1")
                 .bind(name)
-                .fetch_one(&self.pool)
+                .fetch_one(&mut *self.writer().await?)
                 .await?,
         )
     }
@@ -414,7 +624,8 @@ where
         eab_kid: Option<&str>,
         now: i64,
     ) -> Result<(Account, bool), StoreError> {
-        let mut tx = self.pool.begin().await?;
+        let mut conn = self.writer().await?;
+        let mut tx = conn.begin().await?;
         let id: Option<i64> = sqlx::query_scalar(
             "INSERT INTO accounts (thumbprint, jwk, contact, status, created_at, eab_kid)
              VALUES ($1, $2, $3, 'valid', $4, $5) ON CONFLICT (thumbprint) DO NOTHING
@@ -450,6 +661,8 @@ where
             }
         }
         tx.commit().await?;
+        // Free the connection first: a pool of one would wait for itself.
+        drop(conn);
         let acct = self
             .account_by_thumbprint(thumbprint)
             .await?
@@ -462,7 +675,7 @@ where
             "SELECT {ACCOUNT_COLS} FROM accounts WHERE id = $1"
         ))
         .bind(id.0)
-        .fetch_optional(&self.pool)
+        .fetch_optional(&mut *self.reader().await?)
         .await?
         .map(|r| Self::account_from_row(&r))
         .transpose()
@@ -482,7 +695,7 @@ where
             "SELECT {ACCOUNT_COLS} FROM accounts WHERE thumbprint = $1"
         ))
         .bind(thumbprint)
-        .fetch_optional(&self.pool)
+        .fetch_optional(&mut *self.reader().await?)
         .await?
         .map(|r| Self::account_from_row(&r))
         .transpose()
@@ -496,13 +709,14 @@ where
         sqlx::query("UPDATE accounts SET contact = $1 WHERE id = $2 AND status = 'valid'")
             .bind(to_json(&contact)?)
             .bind(id.0)
-            .execute(&self.pool)
+            .execute(&mut *self.writer().await?)
             .await?;
         Ok(())
     }
 
     async fn deactivate_account(&self, id: AccountId) -> Result<(), StoreError> {
-        let mut tx = self.pool.begin().await?;
+        let mut conn = self.writer().await?;
+        let mut tx = conn.begin().await?;
         sqlx::query(
             "UPDATE accounts SET status = 'deactivated' WHERE id = $1 AND status = 'valid'",
         )
@@ -538,7 +752,7 @@ where
         .bind(thumbprint)
         .bind(id.0)
         .bind(old_thumbprint)
-        .execute(&self.pool)
+        .execute(&mut *self.writer().await?)
         .await;
         match r {
             Ok(r) if DB::rows_affected(&r) == 1 => Ok(KeyChange::Changed),
@@ -568,7 +782,7 @@ where
         .bind(k.created_at)
         .bind(k.expires)
         .bind(k.reusable)
-        .execute(&self.pool)
+        .execute(&mut *self.writer().await?)
         .await?;
         Ok(())
     }
@@ -576,7 +790,7 @@ where
     async fn eab_key(&self, kid: &str) -> Result<Option<EabKey>, StoreError> {
         sqlx::query(&format!("SELECT {EAB_COLS} FROM eab_keys WHERE kid = $1"))
             .bind(kid)
-            .fetch_optional(&self.pool)
+            .fetch_optional(&mut *self.reader().await?)
             .await?
             .map(|r| Self::eab_key_from_row(&r))
             .transpose()
@@ -586,7 +800,7 @@ where
         sqlx::query(&format!(
             "SELECT {EAB_COLS} FROM eab_keys ORDER BY created_at, kid"
         ))
-        .fetch_all(&self.pool)
+        .fetch_all(&mut *self.reader().await?)
         .await?
         .iter()
         .map(Self::eab_key_from_row)
@@ -599,7 +813,7 @@ where
         )
         .bind(now)
         .bind(kid)
-        .execute(&self.pool)
+        .execute(&mut *self.writer().await?)
         .await?;
         Ok(DB::rows_affected(&r) == 1)
     }
@@ -609,7 +823,8 @@ where
         // INSERT takes the write lock, on PostgreSQL `lock_replaced` the
         // certificate's row first; either way the replacement check below
         // sees every order committed before it.
-        let mut tx = self.pool.begin().await?;
+        let mut conn = self.writer().await?;
+        let mut tx = conn.begin().await?;
         if let Some(serial) = &o.replaces {
             DB::lock_replaced(&mut *tx, serial).await?;
         }
@@ -665,15 +880,22 @@ where
                     .bind(n.profile.as_str())
                     .fetch_one(&mut *tx)
                     .await?;
-                    for (kind, token) in &n.challenges {
-                        sqlx::query(
-                            "INSERT INTO challenges (authz_id, type, token, status) VALUES ($1, $2, $3, 'pending')",
-                        )
-                        .bind(id)
-                        .bind(kind.as_str())
-                        .bind(token.as_str())
-                        .execute(&mut *tx)
-                        .await?;
+                    // One statement for the authorization's challenges.
+                    if !n.challenges.is_empty() {
+                        let values: Vec<String> = (0..n.challenges.len())
+                            .map(|i| format!("($1, ${}, ${}, 'pending')", 2 * i + 2, 2 * i + 3))
+                            .collect();
+                        let sql = format!(
+                            "INSERT INTO challenges (authz_id, type, token, status) VALUES {}",
+                            values.join(", ")
+                        );
+                        n.challenges
+                            .iter()
+                            .fold(sqlx::query(&sql).bind(id), |q, (kind, token)| {
+                                q.bind(kind.as_str()).bind(token.as_str())
+                            })
+                            .execute(&mut *tx)
+                            .await?;
                     }
                     id
                 }
@@ -715,7 +937,7 @@ where
             DB::array("SELECT authz_id AS v FROM order_authzs WHERE order_id = orders.id")
         ))
         .bind(id.0)
-        .fetch_optional(&self.pool)
+        .fetch_optional(&mut *self.reader().await?)
         .await?
         else {
             return Ok(None);
@@ -755,7 +977,7 @@ where
         .bind(account.0)
         .bind(after.map(|a| a.0).unwrap_or(0))
         .bind(i64::from(limit))
-        .fetch_all(&self.pool)
+        .fetch_all(&mut *self.reader().await?)
         .await?;
         Ok(ids.into_iter().map(OrderId).collect())
     }
@@ -778,7 +1000,7 @@ where
         .bind(wildcard)
         .bind(profile)
         .bind(min_expires)
-        .fetch_optional(&self.pool)
+        .fetch_optional(&mut *self.reader().await?)
         .await?;
         Ok(id.map(AuthzId))
     }
@@ -792,44 +1014,43 @@ where
             return Ok(Vec::new());
         }
         let ids: Vec<i64> = ids.iter().map(|id| id.0).collect();
+        // One statement: each authorization joined to its challenges, one
+        // row per challenge (the challenge's columns under their own names).
         let sql = format!(
-            "SELECT id, account_id, identifier_type, identifier, wildcard, profile, status, expires
-             FROM authzs WHERE {} ORDER BY id",
-            DB::in_list("id", 1, ids.len())
+            "SELECT a.id AS a_id, a.account_id, a.identifier_type, a.identifier, a.wildcard,
+                    a.profile, a.status AS a_status, a.expires,
+                    c.id, c.authz_id, c.type, c.token, c.status, c.validated, c.error, c.records
+             FROM authzs a LEFT JOIN challenges c ON c.authz_id = a.id
+             WHERE {} ORDER BY a.id, c.id",
+            DB::in_list("a.id", 1, ids.len())
         );
         let rows = DB::bind_ids(sqlx::query(&sql), &ids)
-            .fetch_all(&self.pool)
+            .fetch_all(&mut *self.reader().await?)
             .await?;
-        let csql = format!(
-            "SELECT {CHALLENGE_COLS} FROM challenges WHERE {} ORDER BY id",
-            DB::in_list("authz_id", 1, ids.len())
-        );
-        let challenges = DB::bind_ids(sqlx::query(&csql), &ids)
-            .fetch_all(&self.pool)
-            .await?
-            .iter()
-            .map(Self::challenge_from_row)
-            .collect::<Result<Vec<_>, _>>()?;
-        rows.iter()
-            .map(|r| {
-                let id = AuthzId(r.try_get("id")?);
-                Ok(Authz {
+        let mut authzs: Vec<Authz> = Vec::with_capacity(ids.len());
+        for r in &rows {
+            let id = AuthzId(r.try_get("a_id")?);
+            if authzs.last().is_none_or(|a| a.id != id) {
+                authzs.push(Authz {
                     id,
                     account_id: AccountId(r.try_get("account_id")?),
                     identifier_type: parse_name(&r.try_get::<String, _>("identifier_type")?)?,
                     identifier: r.try_get("identifier")?,
                     wildcard: r.try_get("wildcard")?,
                     profile: r.try_get("profile")?,
-                    status: parse_name(&r.try_get::<String, _>("status")?)?,
+                    status: parse_name(&r.try_get::<String, _>("a_status")?)?,
                     expires: r.try_get("expires")?,
-                    challenges: challenges
-                        .iter()
-                        .filter(|c| c.authz_id == id)
-                        .cloned()
-                        .collect(),
-                })
-            })
-            .collect()
+                    challenges: Vec::new(),
+                });
+            }
+            if r.try_get::<Option<i64>, _>("id")?.is_some() {
+                let c = Self::challenge_from_row(r)?;
+                if let Some(a) = authzs.last_mut() {
+                    a.challenges.push(c);
+                }
+            }
+        }
+        Ok(authzs)
     }
 
     async fn deactivate_authz(&self, id: AuthzId) -> Result<bool, StoreError> {
@@ -837,7 +1058,7 @@ where
             "UPDATE authzs SET status = 'deactivated' WHERE id = $1 AND status IN ('pending', 'valid')",
         )
         .bind(id.0)
-        .execute(&self.pool)
+        .execute(&mut *self.writer().await?)
         .await?;
         Ok(DB::rows_affected(&r) == 1)
     }
@@ -847,7 +1068,7 @@ where
             "SELECT {CHALLENGE_COLS} FROM challenges WHERE id = $1"
         ))
         .bind(id.0)
-        .fetch_optional(&self.pool)
+        .fetch_optional(&mut *self.reader().await?)
         .await?
         .map(|r| Self::challenge_from_row(&r))
         .transpose()
@@ -862,7 +1083,8 @@ where
         // commit by whoever starts a challenge of it, and the UPDATE, a later
         // statement, takes its snapshot only once the lock is ours, so it
         // sees every earlier start and every authorization change.
-        let mut tx = self.pool.begin().await?;
+        let mut conn = self.writer().await?;
+        let mut tx = conn.begin().await?;
         if !DB::lock_challenge_authz(&mut *tx, id).await? {
             tx.rollback().await?;
             return Ok(false);
@@ -893,7 +1115,8 @@ where
         // Both UPDATEs are compare-and-sets on their own row, correct
         // without a lock; the authorization's lock keeps one lock order
         // with start_challenge (authorization, then challenge).
-        let mut tx = self.pool.begin().await?;
+        let mut conn = self.writer().await?;
+        let mut tx = conn.begin().await?;
         DB::lock_challenge_authz(&mut *tx, id).await?;
         let (status, error, records) = match &result {
             Ok(records) => ("valid", None, Some(records.as_str())),
@@ -945,7 +1168,7 @@ where
         )
         .bind(now)
         .bind(stale_before)
-        .fetch_all(&self.pool)
+        .fetch_all(&mut *self.writer().await?)
         .await?;
         Ok(ids.into_iter().map(ChallengeId).collect())
     }
@@ -969,7 +1192,7 @@ where
         let r = sqlx::query(BEGIN_FINALIZE.as_str())
             .bind(now)
             .bind(id.0)
-            .execute(&self.pool)
+            .execute(&mut *self.writer().await?)
             .await?;
         Ok(DB::rows_affected(&r) == 1)
     }
@@ -982,7 +1205,8 @@ where
     ) -> Result<(), StoreError> {
         // A second completion of the order fails on certificates.order_id's
         // unique index (on PostgreSQL after waiting for the first to commit).
-        let mut tx = self.pool.begin().await?;
+        let mut conn = self.writer().await?;
+        let mut tx = conn.begin().await?;
         sqlx::query(
             "INSERT INTO certificates (serial, account_id, order_id, der, chain_pem, not_before, not_after, issued_at, names, set_hash, spki_sha256)
              VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)",
@@ -1030,7 +1254,7 @@ where
         .bind(to_json(error)?)
         .bind(now)
         .bind(id.0)
-        .execute(&self.pool)
+        .execute(&mut *self.writer().await?)
         .await?;
         Ok(())
     }
@@ -1040,7 +1264,7 @@ where
             "DELETE FROM order_reservations WHERE order_id = $1 RETURNING tokens",
         )
         .bind(id.0)
-        .fetch_optional(&self.pool)
+        .fetch_optional(&mut *self.writer().await?)
         .await?)
     }
 
@@ -1052,7 +1276,7 @@ where
              WHERE oa.authz_id = $1 AND o.status = 'pending' ORDER BY r.order_id",
         )
         .bind(authz.0)
-        .fetch_all(&self.pool)
+        .fetch_all(&mut *self.reader().await?)
         .await?;
         Ok(ids.into_iter().map(OrderId).collect())
     }
@@ -1067,7 +1291,7 @@ where
             .bind(now)
             .bind(stale_before)
             .bind(i64::from(limit))
-            .fetch_all(&self.pool)
+            .fetch_all(&mut *self.reader().await?)
             .await?;
         Ok(ids.into_iter().map(OrderId).collect())
     }
@@ -1077,7 +1301,7 @@ where
             "SELECT {CERT_COLS} FROM certificates WHERE serial = $1"
         ))
         .bind(serial)
-        .fetch_optional(&self.pool)
+        .fetch_optional(&mut *self.reader().await?)
         .await?;
         r.as_ref().map(Self::cert_from_row).transpose()
     }
@@ -1089,7 +1313,8 @@ where
         now: i64,
         block_key: Option<&[u8]>,
     ) -> Result<bool, StoreError> {
-        let mut tx = self.pool.begin().await?;
+        let mut conn = self.writer().await?;
+        let mut tx = conn.begin().await?;
         // A proven compromise also turns an earlier revocation's reason
         // into keyCompromise (its time kept), so the key gets blocked.
         let r = sqlx::query(
@@ -1135,7 +1360,7 @@ where
         Ok(
             sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM blocked_keys WHERE spki_sha256 = $1)")
                 .bind(spki_sha256)
-                .fetch_one(&self.pool)
+                .fetch_one(&mut *self.reader().await?)
                 .await?,
         )
     }
@@ -1148,7 +1373,7 @@ where
         );
         let query = sqlx::query(&sql).bind(i64::from(q.limit.max(1)));
         let rows = Self::bind_params(query, &params)
-            .fetch_all(&self.pool)
+            .fetch_all(&mut *self.reader().await?)
             .await?;
         rows.iter().map(Self::cert_from_row).collect()
     }
@@ -1161,7 +1386,7 @@ where
         );
         let query = sqlx::query(&sql).bind(now);
         let r = Self::bind_params(query, &params)
-            .execute(&self.pool)
+            .execute(&mut *self.writer().await?)
             .await?;
         Ok(DB::rows_affected(&r))
     }
@@ -1172,7 +1397,7 @@ where
     ) -> Result<Vec<(String, Vec<u8>)>, StoreError> {
         let rows = sqlx::query("SELECT serial, der FROM certificates WHERE set_hash = '' LIMIT $1")
             .bind(i64::from(limit))
-            .fetch_all(&self.pool)
+            .fetch_all(&mut *self.reader().await?)
             .await?;
         rows.iter()
             .map(|r| Ok((r.try_get("serial")?, r.try_get("der")?)))
@@ -1185,7 +1410,8 @@ where
         names: &[String],
         spki_sha256: Option<&[u8]>,
     ) -> Result<(), StoreError> {
-        let mut tx = self.pool.begin().await?;
+        let mut conn = self.writer().await?;
+        let mut tx = conn.begin().await?;
         sqlx::query(
             "UPDATE certificates SET names = $1, set_hash = $2, spki_sha256 = $3 WHERE serial = $4",
         )
@@ -1209,7 +1435,7 @@ where
              WHERE revoked_at IS NOT NULL AND not_after > $1 ORDER BY serial",
         )
         .bind(not_after_after)
-        .fetch_all(&self.pool)
+        .fetch_all(&mut *self.reader().await?)
         .await?;
         rows.iter()
             .map(|r| {
@@ -1223,7 +1449,8 @@ where
     }
 
     async fn purge_orders(&self, expired_before: i64, limit: u32) -> Result<Purged, StoreError> {
-        let mut tx = self.pool.begin_with(DB::BEGIN_PURGE).await?;
+        let mut conn = self.writer().await?;
+        let mut tx = conn.begin().await?;
         let ids: Vec<i64> = sqlx::query_scalar(&format!(
             "SELECT o.id FROM orders o WHERE {PURGEABLE_ORDER} ORDER BY o.id LIMIT $2{}",
             DB::SKIP_LOCKED
@@ -1260,7 +1487,8 @@ where
     async fn purge_authzs(&self, expired_before: i64, limit: u32) -> Result<Purged, StoreError> {
         // On PostgreSQL the authorizations are locked first, as every
         // transaction that changes a challenge does (postgres.rs).
-        let mut tx = self.pool.begin_with(DB::BEGIN_PURGE).await?;
+        let mut conn = self.writer().await?;
+        let mut tx = conn.begin().await?;
         let ids: Vec<i64> = sqlx::query_scalar(&format!(
             "SELECT a.id FROM authzs a WHERE {PURGEABLE_AUTHZ} ORDER BY a.id LIMIT $2{}",
             DB::SKIP_LOCKED
@@ -1319,7 +1547,7 @@ where
         .bind(expired_before)
         .bind(nonces_before)
         .bind(buckets_before)
-        .fetch_one(&self.pool)
+        .fetch_one(&mut *self.reader().await?)
         .await?;
         let n = |col: &str| -> Result<u64, StoreError> {
             Ok(u64::try_from(r.try_get::<i64, _>(col)?).unwrap_or(0))
@@ -1338,7 +1566,7 @@ where
         let r = sqlx::query(
             "SELECT number, this_update, next_update, der FROM crls ORDER BY number DESC LIMIT 1",
         )
-        .fetch_optional(&self.pool)
+        .fetch_optional(&mut *self.reader().await?)
         .await?;
         r.map(|r| {
             Ok(StoredCrl {
@@ -1352,7 +1580,8 @@ where
     }
 
     async fn insert_crl(&self, crl: &StoredCrl) -> Result<bool, StoreError> {
-        let mut tx = self.pool.begin().await?;
+        let mut conn = self.writer().await?;
+        let mut tx = conn.begin().await?;
         let r = sqlx::query(
             "INSERT INTO crls (number, this_update, next_update, der) VALUES ($1, $2, $3, $4)
              ON CONFLICT DO NOTHING",

@@ -7,30 +7,36 @@ use super::sql::{Backend, Query, SqlStore};
 use super::*;
 use crate::core::gcra::{self, Decision};
 use crate::core::limits::{batch, BucketTxn};
-use sqlx::sqlite::{
-    SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteRow, SqliteSynchronous,
-};
+use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteRow};
 use sqlx::{Pool, Row, Sqlite, SqliteConnection};
 use std::str::FromStr;
 use std::time::Duration;
 
 #[async_trait]
 impl Backend for Sqlite {
-    /// The write lock at once: the batch's read and its deletes see one
-    /// state, and no read lock has to be upgraded (which fails at once,
-    /// busy timeout or not, when another connection wrote in between).
-    const BEGIN_PURGE: &'static str = "BEGIN IMMEDIATE";
+    /// The write lock at once: the transaction's reads and its writes see
+    /// one state, and no read lock has to be upgraded (which fails at once,
+    /// busy timeout or not, when another process wrote in between).
+    const BEGIN_WRITE: &'static str = "BEGIN IMMEDIATE";
+    const HOLD_CONNECTIONS: bool = true;
     /// One writer at a time: nothing to skip.
     const SKIP_LOCKED: &'static str = "";
 
-    async fn connect(url: &str, max_connections: u32) -> anyhow::Result<Pool<Sqlite>> {
+    async fn connect(
+        url: &str,
+        max_connections: u32,
+        sync: SqliteSynchronous,
+    ) -> anyhow::Result<Pool<Sqlite>> {
         let opts = SqliteConnectOptions::from_str(url)?;
         restrict_database_files(opts.get_filename())?;
         let opts = opts
             .create_if_missing(true)
             .journal_mode(SqliteJournalMode::Wal)
-            // FULL: an acknowledged write survives power loss, not only a crash.
-            .synchronous(SqliteSynchronous::Full)
+            // `database.sqlite_synchronous` (config.rs says what each keeps).
+            .synchronous(match sync {
+                SqliteSynchronous::Full => sqlx::sqlite::SqliteSynchronous::Full,
+                SqliteSynchronous::Normal => sqlx::sqlite::SqliteSynchronous::Normal,
+            })
             .foreign_keys(true)
             .busy_timeout(Duration::from_secs(10));
         let pool = SqlitePoolOptions::new()
@@ -39,6 +45,13 @@ impl Backend for Sqlite {
             .await?;
         sqlx::migrate!("migrations/sqlite").run(&pool).await?;
         Ok(pool)
+    }
+
+    async fn make_reader(conn: &mut SqliteConnection) -> Result<(), sqlx::Error> {
+        sqlx::query("PRAGMA query_only = ON")
+            .execute(conn)
+            .await
+            .map(|_| ())
     }
 
     fn in_list(col: &str, first: usize, n: usize) -> String {
@@ -88,9 +101,10 @@ impl Backend for Sqlite {
         nonce: &[u8],
         expires: i64,
     ) -> Result<(Option<Account>, bool), StoreError> {
-        // Embedded: two statements cost no network round trip.
-        let acct = s.account(id).await?;
-        Ok((acct, s.redeem_nonce(nonce, expires).await?))
+        // Embedded: two statements cost no network round trip; the read
+        // (a reader) and the spend (the writer's batch) run side by side.
+        let (acct, fresh) = tokio::join!(s.account(id), s.redeem_nonce(nonce, expires));
+        Ok((acct?, fresh?))
     }
 
     async fn lock_replaced(_: &mut SqliteConnection, _: &str) -> Result<(), sqlx::Error> {
@@ -116,18 +130,25 @@ impl Backend for Sqlite {
         // several connections (or processes sharing the file) run one after
         // another and never decide on a TAT another is about to change.
         let keys: Vec<&str> = txns.iter().map(|t| t.key.as_str()).collect();
-        let mut tx = s.pool.begin_with("BEGIN IMMEDIATE").await?;
+        let mut conn = s.writer().await?;
+        let mut tx = conn.begin().await?;
         let tats = SqlStore::<Sqlite>::read_tats(&mut *tx, &keys).await?;
         let (decisions, writes) = batch::decide(txns, &tats, now);
-        for (i, tat) in writes {
-            sqlx::query(
-                "INSERT INTO rate_limit_buckets (key, tat) VALUES ($1, $2) \
+        if !writes.is_empty() {
+            // One statement for every bucket written.
+            let values: Vec<String> = (0..writes.len())
+                .map(|i| format!("(${}, ${})", 2 * i + 1, 2 * i + 2))
+                .collect();
+            let sql = format!(
+                "INSERT INTO rate_limit_buckets (key, tat) VALUES {} \
                  ON CONFLICT (key) DO UPDATE SET tat = excluded.tat",
-            )
-            .bind(keys[i])
-            .bind(tat)
-            .execute(&mut *tx)
-            .await?;
+                values.join(", ")
+            );
+            writes
+                .iter()
+                .fold(sqlx::query(&sql), |q, &(i, tat)| q.bind(keys[i]).bind(tat))
+                .execute(&mut *tx)
+                .await?;
         }
         tx.commit().await?;
         Ok(decisions)
@@ -143,7 +164,8 @@ impl Backend for Sqlite {
             return Ok(0);
         }
         let keys: Vec<&str> = txns.iter().map(|t| t.key.as_str()).collect();
-        let mut tx = s.pool.begin_with("BEGIN IMMEDIATE").await?;
+        let mut conn = s.writer().await?;
+        let mut tx = conn.begin().await?;
         let tats = SqlStore::<Sqlite>::read_tats(&mut *tx, &keys).await?;
         let mut changed = 0;
         for (t, tat) in txns.iter().zip(tats) {
@@ -171,7 +193,7 @@ impl Backend for Sqlite {
             Self::in_list("key", 1, keys.len())
         );
         Ok(Self::bind_strs(sqlx::query(&sql), &keys)
-            .execute(&s.pool)
+            .execute(&mut *s.writer().await?)
             .await?
             .rows_affected())
     }
