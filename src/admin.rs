@@ -1091,19 +1091,7 @@ fn render_list(certs: &[Certificate], now: i64, json: bool) -> anyhow::Result<St
     let mut out = String::new();
     if json {
         for c in certs {
-            let v = serde_json::json!({
-                "serial": c.serial,
-                "account": c.account_id.0,
-                "names": c.names,
-                "not_before": fmt_time(c.not_before),
-                "not_after": fmt_time(c.not_after),
-                "issued_at": fmt_time(c.issued_at),
-                "status": status(c, now),
-                "revoked_at": c.revoked_at.map(fmt_time),
-                "revoked_reason": c.revoked_reason,
-                "renew_early_at": c.renew_early_at.map(fmt_time),
-            });
-            writeln!(out, "{}", serde_json::to_string(&v)?)?;
+            writeln!(out, "{}", serde_json::to_string(&cert_json(c, now))?)?;
         }
         return Ok(out);
     }
@@ -1127,23 +1115,31 @@ fn render_list(certs: &[Certificate], now: i64, json: bool) -> anyhow::Result<St
     Ok(out)
 }
 
+/// One certificate as `certs list --json` prints it.
+fn cert_json(c: &Certificate, now: i64) -> serde_json::Value {
+    serde_json::json!({
+        "serial": c.serial,
+        "account": c.account_id.0,
+        "names": c.names,
+        "not_before": fmt_time(c.not_before),
+        "not_after": fmt_time(c.not_after),
+        "issued_at": fmt_time(c.issued_at),
+        "status": status(c, now),
+        "revoked_at": c.revoked_at.map(fmt_time),
+        "revoked_reason": c.revoked_reason,
+        "renew_early_at": c.renew_early_at.map(fmt_time),
+    })
+}
+
 /// `certs show`: everything stored about one certificate.
 fn render_show(c: &Certificate, now: i64, json: bool) -> anyhow::Result<String> {
     if json {
-        let v = serde_json::json!({
-            "serial": c.serial,
-            "account": c.account_id.0,
-            "order": c.order_id.0,
-            "names": c.names,
-            "not_before": fmt_time(c.not_before),
-            "not_after": fmt_time(c.not_after),
-            "issued_at": fmt_time(c.issued_at),
-            "status": status(c, now),
-            "revoked_at": c.revoked_at.map(fmt_time),
-            "revoked_reason": c.revoked_reason.map(reason_name),
-            "renew_early_at": c.renew_early_at.map(fmt_time),
-            "spki_sha256": hex::encode(&c.spki_sha256),
-        });
+        // `certs list`'s object, with the order, the key hash and the
+        // reason by name.
+        let mut v = cert_json(c, now);
+        v["order"] = c.order_id.0.into();
+        v["revoked_reason"] = c.revoked_reason.map(reason_name).into();
+        v["spki_sha256"] = hex::encode(&c.spki_sha256).into();
         return Ok(format!("{}\n", serde_json::to_string(&v)?));
     }
     let mut out = String::new();
