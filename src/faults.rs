@@ -220,6 +220,9 @@ fn splitmix64(mut x: u64) -> u64 {
 
 /// The rules in force and the orders held in `processing`.
 pub struct Faults {
+    /// Whether any rule is in force: the one check every request makes
+    /// when fault injection is off.
+    active: std::sync::atomic::AtomicBool,
     state: RwLock<(u64, Arc<Vec<Rule>>)>,
     /// Order id -> the time (unix milliseconds) until which it reads
     /// `processing`.
@@ -252,6 +255,7 @@ impl Faults {
             tracing::warn!(rules = ?specs, seed, "fault injection is on");
         }
         Ok(Faults {
+            active: (!rules.is_empty()).into(),
             state: RwLock::new((seed, Arc::new(rules))),
             held: Mutex::new(HashMap::new()),
             clock,
@@ -270,7 +274,9 @@ impl Faults {
             .map(|s| Rule::parse(s))
             .collect::<Result<Vec<_>, _>>()?;
         tracing::warn!(rules = ?specs, seed, "fault rules replaced");
+        let active = !rules.is_empty();
         *self.state.write().unwrap_or_else(|e| e.into_inner()) = (seed, Arc::new(rules));
+        self.active.store(active, Ordering::Relaxed);
         Ok(())
     }
 
@@ -364,10 +370,10 @@ pub fn router(faults: Arc<Faults>) -> axum::Router {
 
 /// The middleware: decide the request's fault, if any.
 pub async fn layer(State(faults): State<Arc<Faults>>, req: Request, next: Next) -> Response {
-    let (seed, rules) = faults.current();
-    if rules.is_empty() {
+    if !faults.active.load(Ordering::Relaxed) {
         return next.run(req).await;
     }
+    let (seed, rules) = faults.current();
     let endpoint = crate::metrics::endpoint(req.uri().path());
     let fired = rules
         .iter()

@@ -51,11 +51,13 @@ fn held_processing(s: &AppState, o: &Order) -> bool {
 }
 
 fn order_response(s: &AppState, base: &Base, o: &Order, status: StatusCode) -> Response {
+    let body = order_json(s, base, o);
     let mut h = vec![(header::LOCATION, base.url(&format!("/acme/order/{}", o.id)))];
-    if o.status == OrderStatus::Processing || held_processing(s, o) {
+    // Processing as rendered: stored, or held so by a `processing` fault.
+    if body["status"] == OrderStatus::Processing.as_str() {
         h.push((header::RETRY_AFTER, s.cfg.acme.retry_after_secs.to_string()));
     }
-    json_response(status, &order_json(s, base, o), h)
+    json_response(status, &body, h)
 }
 
 fn challenge_json(s: &AppState, base: &Base, c: &Challenge) -> Value {
