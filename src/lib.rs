@@ -18,6 +18,7 @@
 //! - [`testdns`]: the mock DNS server of `cairn testdns`.
 //! - [`pebble`]: `cairn pebble`, Pebble's command line and configuration.
 //! - [`admin`]: `cairn admin`, operator controls over issued certificates.
+//! - [`wire`]: the ACME wire format, request and response types.
 
 // `Problem` is large (subproblems, algorithms); it is the error on the cold
 // path, so boxing it everywhere would cost clarity for nothing measurable.
@@ -46,3 +47,4 @@ pub mod serve;
 pub mod testdns;
 pub mod va;
 pub mod wfe;
+pub mod wire;

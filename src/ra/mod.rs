@@ -14,6 +14,7 @@ use crate::problem::Problem;
 use crate::ratelimit::{LimitError, Limiter, RateLimitInfo, Spent};
 use crate::sa::*;
 use crate::va::{Va, ValidationRequest};
+use crate::wire::{AccountUpdate, NewAccountRequest, NewOrderRequest};
 use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64;
 use base64::Engine;
 use std::net::IpAddr;
@@ -44,55 +45,12 @@ pub struct Ra {
     limiter: Arc<Limiter>,
 }
 
-/// What a client asked of newAccount (RFC 8555 §7.3).
 /// What a validation needs: the challenge, its authorization, and the
 /// account's key thumbprint (for the key authorization).
 struct Validation {
     challenge: Challenge,
     authz: Authz,
     thumbprint: String,
-}
-
-#[derive(Debug, Default, Clone, serde::Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct NewAccountRequest {
-    #[serde(default)]
-    pub contact: Option<Vec<String>>,
-    #[serde(default)]
-    pub terms_of_service_agreed: Option<bool>,
-    #[serde(default)]
-    pub only_return_existing: Option<bool>,
-    #[serde(default)]
-    pub external_account_binding: Option<serde_json::Value>,
-}
-
-/// An update to an account (RFC 8555 §7.3.2, §7.3.6). Other fields clients
-/// send are ignored.
-#[derive(Debug, Default, Clone, serde::Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct AccountUpdate {
-    #[serde(default)]
-    pub contact: Option<Vec<String>>,
-    #[serde(default)]
-    pub status: Option<String>,
-}
-
-/// What a client asked of newOrder (RFC 8555 §7.4).
-#[derive(Debug, Default, Clone, serde::Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct NewOrderRequest {
-    #[serde(default)]
-    pub identifiers: Option<Vec<Identifier>>,
-    #[serde(default)]
-    pub not_before: Option<serde_json::Value>,
-    #[serde(default)]
-    pub not_after: Option<serde_json::Value>,
-    /// RFC 9773 §5: the certID of the certificate this order replaces.
-    #[serde(default)]
-    pub replaces: Option<String>,
-    /// A certificate profile offered in the directory's `meta.profiles`.
-    #[serde(default)]
-    pub profile: Option<String>,
 }
 
 impl Ra {

@@ -4,7 +4,7 @@
 use super::{json_response, jws, path_id, AppState, Base, ClientAddr, Jwk, Kid, Signed, Signer};
 use crate::core::{Account, OrderId};
 use crate::problem::{Path, Problem, Query};
-use crate::ra::{AccountUpdate, NewAccountRequest};
+use crate::wire::{AccountUpdate, NewAccountRequest};
 use axum::extract::State;
 use axum::http::{header, StatusCode, Uri};
 use axum::response::Response;

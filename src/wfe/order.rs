@@ -7,7 +7,10 @@ use crate::core::{
     OrderId, OrderStatus,
 };
 use crate::problem::{Path, Problem};
-use crate::ra::{NewOrderRequest, RevokeBy};
+use crate::ra::RevokeBy;
+use crate::wire::{
+    AuthzUpdate, ChallengeResponse, FinalizeRequest, NewOrderRequest, RevokeRequest,
+};
 use axum::extract::State;
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -137,11 +140,7 @@ pub async fn finalize(
     Signed(post, _): Signed<Kid>,
 ) -> Result<Response, Problem> {
     let id = OrderId(path_id(&id)?);
-    #[derive(serde::Deserialize)]
-    struct Finalize {
-        csr: String,
-    }
-    let f: Finalize = post.json()?;
+    let f: FinalizeRequest = post.json()?;
     let der = B64
         .decode(f.csr.trim_end_matches('=').as_bytes())
         .map_err(|_| Problem::bad_csr("csr is not base64url-encoded DER"))?;
@@ -161,11 +160,7 @@ pub async fn authz(
     let a = if post.is_post_as_get() {
         s.ra.authz(acct, id).await?
     } else {
-        #[derive(serde::Deserialize)]
-        struct Update {
-            status: Option<String>,
-        }
-        let u: Update = post.json()?;
+        let u: AuthzUpdate = post.json()?;
         if u.status.as_deref() != Some("deactivated") {
             return Err(Problem::malformed(
                 "an authorization can only be updated with {\"status\": \"deactivated\"}",
@@ -199,7 +194,7 @@ pub async fn challenge(
                 "challenge initiation POST JWS body was not \"{}\"",
             ));
         }
-        let _: Value = post.json()?;
+        let _: ChallengeResponse = post.json()?;
         s.ra.respond_challenge(acct, id).await?
     };
     let mut h = vec![(
@@ -254,12 +249,7 @@ pub async fn revoke(
     State(s): State<AppState>,
     Signed(post, _): Signed<AnyKey>,
 ) -> Result<Response, Problem> {
-    #[derive(serde::Deserialize)]
-    struct Revoke {
-        certificate: String,
-        reason: Option<i64>,
-    }
-    let r: Revoke = post.json()?;
+    let r: RevokeRequest = post.json()?;
     let der = B64
         .decode(r.certificate.trim_end_matches('=').as_bytes())
         .map_err(|_| Problem::malformed("\"certificate\" is not base64url-encoded DER"))?;
