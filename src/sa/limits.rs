@@ -2,30 +2,16 @@
 //! what both databases run the same way. How a batch is made atomic is the
 //! `Backend`'s (`sqlite.rs`, `postgres.rs`).
 
+use super::exec::{query, query_scalar};
 use super::sql::{Backend, SqlStore};
 use super::*;
 use crate::core::gcra::Decision;
 use crate::core::limits::{batch, BucketTxn, OrderLimitFacts};
-use sqlx::{ColumnIndex, Decode, Encode, Executor, IntoArguments, Row, Type};
 
 #[async_trait]
 impl<DB> LimitStore for SqlStore<DB>
 where
     DB: Backend,
-    for<'c> &'c mut DB::Connection: Executor<'c, Database = DB>,
-    for<'q> DB::Arguments<'q>: IntoArguments<'q, DB>,
-    for<'q> i64: Encode<'q, DB> + Decode<'q, DB> + Type<DB>,
-    for<'q> bool: Encode<'q, DB> + Decode<'q, DB> + Type<DB>,
-    for<'q> String: Encode<'q, DB> + Decode<'q, DB> + Type<DB>,
-    for<'q> Vec<u8>: Encode<'q, DB> + Decode<'q, DB> + Type<DB>,
-    for<'q> &'q str: Encode<'q, DB> + Type<DB>,
-    for<'q> &'q [u8]: Encode<'q, DB> + Type<DB>,
-    for<'q> Option<String>: Encode<'q, DB> + Type<DB>,
-    for<'q> Option<i64>: Encode<'q, DB> + Type<DB>,
-    for<'q> Option<&'q str>: Encode<'q, DB> + Type<DB>,
-    for<'q> Option<&'q [u8]>: Encode<'q, DB> + Type<DB>,
-    for<'a> &'a str: ColumnIndex<DB::Row>,
-    usize: ColumnIndex<DB::Row>,
 {
     async fn spend_buckets(
         &self,
@@ -56,7 +42,7 @@ where
     async fn prune_buckets(&self, now: i64, limit: u32) -> Result<u64, StoreError> {
         // SKIP LOCKED (PostgreSQL): never wait for, or deadlock with, a
         // batch in flight; `rate_limit_spend` recreates a row pruned under it.
-        let r = sqlx::query(&format!(
+        let r = query(&format!(
             "DELETE FROM rate_limit_buckets WHERE key IN (
                SELECT key FROM rate_limit_buckets WHERE tat < $1 LIMIT $2{})",
             DB::SKIP_LOCKED
@@ -65,7 +51,7 @@ where
         .bind(i64::from(limit))
         .execute(&mut *self.writer().await?)
         .await?;
-        Ok(DB::rows_affected(&r))
+        Ok(r)
     }
 
     async fn pause(
@@ -74,7 +60,7 @@ where
         identifier: &str,
         now: i64,
     ) -> Result<bool, StoreError> {
-        let r = sqlx::query(
+        let r = query(
             "INSERT INTO rate_limit_paused (account_id, identifier, paused_at) VALUES ($1, $2, $3) \
              ON CONFLICT (account_id, identifier) DO UPDATE \
              SET paused_at = excluded.paused_at, unpaused_at = NULL \
@@ -85,7 +71,7 @@ where
         .bind(now)
         .execute(&mut *self.writer().await?)
         .await?;
-        Ok(DB::rows_affected(&r) == 1)
+        Ok(r == 1)
     }
 
     async fn unpause(
@@ -94,7 +80,7 @@ where
         identifier: Option<&str>,
         now: i64,
     ) -> Result<Vec<String>, StoreError> {
-        let mut v: Vec<String> = sqlx::query_scalar(
+        let mut v: Vec<String> = query_scalar(
             "UPDATE rate_limit_paused SET unpaused_at = $1 \
              WHERE account_id = $2 AND unpaused_at IS NULL \
                AND (CAST($3 AS TEXT) IS NULL OR identifier = $3) \
@@ -130,7 +116,7 @@ where
                     {paused} AS paused"
         );
         let identifiers: Vec<&str> = identifiers.iter().map(String::as_str).collect();
-        let q = sqlx::query(&sql)
+        let q = query(&sql)
             .bind(account.0)
             .bind(now)
             .bind(set_hash)
@@ -141,14 +127,14 @@ where
         let mut paused = DB::texts(&r, "paused")?;
         paused.sort();
         Ok(OrderLimitFacts {
-            pending_authzs: r.try_get::<i64, _>("pending")?.max(0) as u64,
+            pending_authzs: r.try_get::<i64>("pending")?.max(0) as u64,
             renewal: r.try_get("renewal")?,
             paused,
         })
     }
 
     async fn paused_identifiers(&self, account: AccountId) -> Result<Vec<String>, StoreError> {
-        Ok(sqlx::query_scalar(
+        Ok(query_scalar(
             "SELECT identifier FROM rate_limit_paused
              WHERE account_id = $1 AND unpaused_at IS NULL ORDER BY identifier",
         )
@@ -166,7 +152,7 @@ where
         let Some(offset) = nth.checked_sub(1).and_then(|o| i64::try_from(o).ok()) else {
             return Ok(None);
         };
-        Ok(sqlx::query_scalar(
+        Ok(query_scalar(
             "SELECT expires FROM authzs
              WHERE account_id = $1 AND status = 'pending' AND expires > $2
              ORDER BY expires LIMIT 1 OFFSET $3",

@@ -4,6 +4,7 @@
 //! certificate per order, one use per nonce, one account per key) is a
 //! database constraint.
 
+mod exec;
 mod limits;
 mod postgres;
 mod sql;
@@ -331,23 +332,17 @@ pub async fn open_with(
 ) -> anyhow::Result<DynStore> {
     if url.starts_with("sqlite:") {
         Ok(Arc::new(
-            sql::SqlStore::<sqlx::Sqlite>::open(url, max_connections, sync).await?,
+            sql::SqlStore::<sqlite::Sqlite>::open(url, max_connections, sync).await?,
         ))
     } else if url.starts_with("postgres://") || url.starts_with("postgresql://") {
         Ok(Arc::new(
-            sql::SqlStore::<sqlx::Postgres>::open(url, max_connections, sync).await?,
+            sql::SqlStore::<postgres::Postgres>::open(url, max_connections, sync).await?,
         ))
     } else {
         anyhow::bail!(
             "database.url {:?}: expected sqlite:, postgres:// or postgresql://",
             crate::config::redact_url(url)
         )
-    }
-}
-
-impl From<sqlx::Error> for StoreError {
-    fn from(e: sqlx::Error) -> StoreError {
-        StoreError::Database(format!("database: {e}"))
     }
 }
 

@@ -7,12 +7,16 @@
 //! Transactions that lock an authorization and a challenge lock the
 //! authorization first, so they cannot deadlock one another.
 
-use super::sql::{Backend, Query, SqlStore};
+use super::exec::{query, Cell, Connection, DbError, ErrorKind, Fetch, Output, Query, Row, Value};
+use super::sql::{Backend, SqlStore};
 use super::*;
 use crate::core::gcra::{self, Decision};
 use crate::core::limits::{batch, BucketTxn, TxnMode};
-use sqlx::postgres::{PgConnectOptions, PgConnection, PgPoolOptions, PgRow};
-use sqlx::{ConnectOptions, Connection, Pool, Postgres, Row};
+use sqlx::pool::PoolConnection;
+use sqlx::postgres::{
+    PgArguments, PgConnectOptions, PgConnection, PgPool, PgPoolOptions, PgRow, PgTransactionManager,
+};
+use sqlx::{Arguments, ConnectOptions, Executor, Row as _, TransactionManager, TypeInfo, ValueRef};
 use std::str::FromStr;
 
 /// Locks the authorization of challenge `$1` (FOR NO KEY UPDATE: it
@@ -25,21 +29,142 @@ const LOCK_CHALLENGE_AUTHZ: &str = "SELECT a.id FROM authzs a
      WHERE a.id = (SELECT c.authz_id FROM challenges c WHERE c.id = $1)
      FOR NO KEY UPDATE";
 
-/// Deadlock (40P01) or serialization failure (40001): the statement can
-/// simply run again. Lock ordering makes these rare (a prune racing a
-/// spend); they are not errors the caller should see.
-fn retryable(e: &sqlx::Error) -> bool {
-    matches!(e, sqlx::Error::Database(d) if matches!(d.code().as_deref(), Some("40P01") | Some("40001")))
+const ATTEMPTS: usize = 5;
+
+/// The pool: connections are borrowed per statement (or transaction), so
+/// one broken by a server restart is replaced.
+pub(crate) struct Postgres {
+    pool: PgPool,
 }
 
-const ATTEMPTS: usize = 5;
+fn pg_error(e: sqlx::Error) -> DbError {
+    let kind = match &e {
+        sqlx::Error::Database(d) if d.is_unique_violation() => ErrorKind::UniqueViolation,
+        // Deadlock (40P01) or serialization failure (40001): the statement
+        // can simply run again. Lock ordering makes these rare (a prune
+        // racing a spend); they are not errors the caller should see.
+        sqlx::Error::Database(d)
+            if matches!(d.code().as_deref(), Some("40P01") | Some("40001")) =>
+        {
+            ErrorKind::Retryable
+        }
+        _ => ErrorKind::Other,
+    };
+    DbError::new(kind, e)
+}
+
+fn bind(args: &mut PgArguments, v: &Value<'_>) -> Result<(), sqlx::error::BoxDynError> {
+    use super::exec::Kind;
+    match v {
+        Value::Null(Kind::Int) => args.add(None::<i64>),
+        Value::Null(Kind::Bool) => args.add(None::<bool>),
+        Value::Null(Kind::Text) => args.add(None::<&str>),
+        Value::Null(Kind::Blob) => args.add(None::<&[u8]>),
+        Value::Int(i) => args.add(*i),
+        Value::Bool(b) => args.add(*b),
+        Value::Text(s) => args.add(&**s),
+        Value::Blob(b) => args.add(&**b),
+        Value::Ints(v) => args.add(&**v),
+        Value::Texts(v) => args.add(*v),
+    }
+}
+
+/// A column's value by its PostgreSQL type (the types our schema uses).
+fn cell(r: &PgRow, i: usize) -> Result<Cell, sqlx::Error> {
+    let raw = r.try_get_raw(i)?;
+    if raw.is_null() {
+        return Ok(Cell::Null);
+    }
+    let ty = raw.type_info().name().to_string();
+    Ok(match ty.as_str() {
+        "INT8" => Cell::Int(r.try_get(i)?),
+        "INT4" => Cell::Int(r.try_get::<i32, _>(i)?.into()),
+        "INT2" => Cell::Int(r.try_get::<i16, _>(i)?.into()),
+        "BOOL" => Cell::Bool(r.try_get(i)?),
+        "FLOAT8" => Cell::Real(r.try_get(i)?),
+        "TEXT" | "VARCHAR" | "NAME" | "BPCHAR" => Cell::Text(r.try_get(i)?),
+        "BYTEA" => Cell::Blob(r.try_get(i)?),
+        "INT8[]" => Cell::Ints(r.try_get(i)?),
+        "TEXT[]" => Cell::Texts(r.try_get(i)?),
+        _ => {
+            return Err(sqlx::Error::Decode(
+                format!("column {i}: unsupported type {ty}").into(),
+            ))
+        }
+    })
+}
+
+fn rows(pg: &[PgRow]) -> Result<Vec<Row>, DbError> {
+    let Some(first) = pg.first() else {
+        return Ok(Vec::new());
+    };
+    use sqlx::Column as _;
+    let names: Arc<[Box<str>]> = first.columns().iter().map(|c| c.name().into()).collect();
+    pg.iter()
+        .map(|r| {
+            let cells = (0..names.len())
+                .map(|i| cell(r, i))
+                .collect::<Result<_, _>>()
+                .map_err(pg_error)?;
+            Ok(Row::new(names.clone(), cells))
+        })
+        .collect()
+}
+
+impl Connection for PgConnection {
+    async fn run<'a>(
+        &'a mut self,
+        sql: &'a str,
+        params: &'a [Value<'a>],
+        fetch: Fetch,
+    ) -> Result<Output, DbError> {
+        let mut args = PgArguments::default();
+        for v in params {
+            bind(&mut args, v).map_err(|e| DbError::other(format!("binding: {e}")))?;
+        }
+        let q = sqlx::query_with(sql, args);
+        Ok(match fetch {
+            Fetch::Affected => Output {
+                rows: Vec::new(),
+                affected: self.execute(q).await.map_err(pg_error)?.rows_affected(),
+            },
+            Fetch::First => Output {
+                rows: rows(self.fetch_optional(q).await.map_err(pg_error)?.as_slice())?,
+                affected: 0,
+            },
+            Fetch::All => Output {
+                rows: rows(&self.fetch_all(q).await.map_err(pg_error)?)?,
+                affected: 0,
+            },
+        })
+    }
+
+    async fn begin_raw(&mut self) -> Result<(), DbError> {
+        PgTransactionManager::begin(self, None)
+            .await
+            .map_err(pg_error)
+    }
+
+    async fn commit_raw(&mut self) -> Result<(), DbError> {
+        PgTransactionManager::commit(self).await.map_err(pg_error)
+    }
+
+    async fn rollback_raw(&mut self) -> Result<(), DbError> {
+        PgTransactionManager::rollback(self).await.map_err(pg_error)
+    }
+
+    /// Queued: sent before the connection's next statement (or when the
+    /// pool takes it back).
+    fn abort(&mut self) {
+        PgTransactionManager::start_rollback(self)
+    }
+}
 
 #[async_trait]
 impl Backend for Postgres {
-    const BEGIN_WRITE: &'static str = "BEGIN";
-    /// Connections are borrowed from the pool per statement, so one broken
-    /// by a server restart is replaced.
-    const HOLD_CONNECTIONS: bool = false;
+    type Conn = PgConnection;
+    type Guard<'a> = PoolConnection<sqlx::Postgres>;
+    const BATCH_NONCES: bool = false;
     /// Purges running at once on several instances take disjoint rows, and
     /// none waits for a row another transaction holds.
     const SKIP_LOCKED: &'static str = " FOR UPDATE SKIP LOCKED";
@@ -53,16 +178,16 @@ impl Backend for Postgres {
     /// lock, then finds every migration applied and does nothing.
     /// `sync` is SQLite's: PostgreSQL's durability is its server's
     /// (`synchronous_commit`).
-    async fn connect(
+    async fn open(
         url: &str,
         max_connections: u32,
         _sync: SqliteSynchronous,
-    ) -> anyhow::Result<Pool<Postgres>> {
+    ) -> anyhow::Result<Postgres> {
         let opts = PgConnectOptions::from_str(url)?.application_name("cairn");
         // One plain connection first: a server that is down or refuses us
         // fails the start at once with its real cause, where the pool would
         // wait 30 s and report only a timeout.
-        opts.connect().await?.close().await?;
+        sqlx::Connection::close(opts.connect().await?).await?;
         let pool = PgPoolOptions::new()
             .max_connections(max_connections.max(1))
             .connect_with(opts)
@@ -74,27 +199,35 @@ impl Backend for Postgres {
             pool.close().await;
             return Err(e.into());
         }
-        Ok(pool)
+        Ok(Postgres { pool })
     }
 
-    /// One array parameter: one prepared statement whatever the number.
-    async fn make_reader(_: &mut PgConnection) -> Result<(), sqlx::Error> {
-        Ok(())
+    async fn writer(&self) -> Result<Self::Guard<'_>, DbError> {
+        self.pool.acquire().await.map_err(pg_error)
+    }
+
+    async fn reader(&self) -> Result<Self::Guard<'_>, DbError> {
+        self.pool.acquire().await.map_err(pg_error)
+    }
+
+    fn pool_stats(&self) -> (u32, usize) {
+        (self.pool.size(), self.pool.num_idle())
+    }
+
+    async fn close(&self) {
+        self.pool.close().await;
     }
 
     fn in_list(col: &str, first: usize, _: usize) -> String {
         format!("{col} = ANY(${first})")
     }
 
-    fn rows_affected(r: &sqlx::postgres::PgQueryResult) -> u64 {
-        r.rows_affected()
-    }
-
-    fn bind_ids<'q>(q: Query<'q, Postgres>, ids: &'q [i64]) -> Query<'q, Postgres> {
+    /// One array parameter: one prepared statement whatever the number.
+    fn bind_ids<'q>(q: Query<'q>, ids: &'q [i64]) -> Query<'q> {
         q.bind(ids)
     }
 
-    fn bind_strs<'q>(q: Query<'q, Postgres>, items: &'q [&'q str]) -> Query<'q, Postgres> {
+    fn bind_strs<'q>(q: Query<'q>, items: &'q [&'q str]) -> Query<'q> {
         q.bind(items)
     }
 
@@ -102,11 +235,11 @@ impl Backend for Postgres {
         format!("ARRAY({select})")
     }
 
-    fn ids(r: &PgRow, col: &str) -> Result<Vec<i64>, StoreError> {
+    fn ids(r: &Row, col: &str) -> Result<Vec<i64>, StoreError> {
         Ok(r.try_get(col)?)
     }
 
-    fn texts(r: &PgRow, col: &str) -> Result<Vec<String>, StoreError> {
+    fn texts(r: &Row, col: &str) -> Result<Vec<String>, StoreError> {
         Ok(r.try_get(col)?)
     }
 
@@ -120,7 +253,7 @@ impl Backend for Postgres {
         // second insert waits for the first's commit, then conflicts) and
         // the account, joined to a one-row source so a missing account
         // still reports the nonce.
-        let r = sqlx::query(
+        let r = query(
             "WITH spent AS (
                  INSERT INTO used_nonces (nonce, expires) VALUES ($2, $3)
                  ON CONFLICT DO NOTHING RETURNING 1)
@@ -131,31 +264,31 @@ impl Backend for Postgres {
         .bind(id.0)
         .bind(nonce)
         .bind(expires)
-        .fetch_one(&s.pool)
+        .fetch_one(&mut *s.writer().await?)
         .await?;
-        let fresh = r.try_get::<i64, _>("fresh")? == 1;
-        let acct = match r.try_get::<Option<i64>, _>("id")? {
+        let fresh = r.try_get::<i64>("fresh")? == 1;
+        let acct = match r.try_get::<Option<i64>>("id")? {
             Some(_) => Some(SqlStore::<Postgres>::account_from_row(&r)?),
             None => None,
         };
         Ok((acct, fresh))
     }
 
-    async fn lock_replaced(tx: &mut PgConnection, serial: &str) -> Result<(), sqlx::Error> {
+    async fn lock_replaced<C: Connection>(tx: &mut C, serial: &str) -> Result<(), DbError> {
         // The second of two orders replacing the certificate waits here,
         // then sees the first.
-        sqlx::query("SELECT 1 FROM certificates WHERE serial = $1 FOR UPDATE")
+        query("SELECT 1 FROM certificates WHERE serial = $1 FOR UPDATE")
             .bind(serial)
             .execute(tx)
             .await?;
         Ok(())
     }
 
-    async fn lock_challenge_authz(
-        tx: &mut PgConnection,
+    async fn lock_challenge_authz<C: Connection>(
+        tx: &mut C,
         id: ChallengeId,
-    ) -> Result<bool, sqlx::Error> {
-        let authz: Option<i64> = sqlx::query_scalar(LOCK_CHALLENGE_AUTHZ)
+    ) -> Result<bool, DbError> {
+        let authz: Option<i64> = super::exec::query_scalar(LOCK_CHALLENGE_AUTHZ)
             .bind(id.0)
             .fetch_optional(tx)
             .await?;
@@ -172,7 +305,7 @@ impl Backend for Postgres {
             attempt += 1;
             match spend_once(s, txns, now).await {
                 Ok(rows) => break rows,
-                Err(e) if retryable(&e) && attempt < ATTEMPTS => continue,
+                Err(e) if e.kind == ErrorKind::Retryable && attempt < ATTEMPTS => continue,
                 Err(e) => return Err(e.into()),
             }
         };
@@ -217,9 +350,10 @@ impl Backend for Postgres {
         let mut attempt = 0;
         loop {
             attempt += 1;
-            let result: Result<u64, sqlx::Error> = async {
-                let mut tx = s.pool.begin().await?;
-                let rows = sqlx::query(
+            let result: Result<u64, DbError> = async {
+                let mut conn = s.writer().await?;
+                let mut tx = conn.begin().await?;
+                let rows = query(
                     "SELECT key, tat FROM rate_limit_buckets WHERE key = ANY($1) \
                      ORDER BY key FOR UPDATE",
                 )
@@ -228,7 +362,7 @@ impl Backend for Postgres {
                 .await?;
                 let mut found = std::collections::HashMap::with_capacity(rows.len());
                 for r in rows {
-                    found.insert(r.try_get::<String, _>("key")?, r.try_get::<i64, _>("tat")?);
+                    found.insert(r.try_get::<String>("key")?, r.try_get::<i64>("tat")?);
                 }
                 let mut upd_keys = Vec::new();
                 let mut upd_tats = Vec::new();
@@ -240,7 +374,7 @@ impl Backend for Postgres {
                     }
                 }
                 if !upd_keys.is_empty() {
-                    sqlx::query(
+                    query(
                         "UPDATE rate_limit_buckets b SET tat = u.tat \
                          FROM unnest($1::text[], $2::bigint[]) AS u (key, tat) WHERE b.key = u.key",
                     )
@@ -255,7 +389,7 @@ impl Backend for Postgres {
             .await;
             match result {
                 Ok(n) => return Ok(n),
-                Err(e) if retryable(&e) && attempt < ATTEMPTS => continue,
+                Err(e) if e.kind == ErrorKind::Retryable && attempt < ATTEMPTS => continue,
                 Err(e) => return Err(e.into()),
             }
         }
@@ -269,11 +403,10 @@ impl Backend for Postgres {
         keys.dedup();
         let mut n = 0;
         for k in keys {
-            n += sqlx::query("DELETE FROM rate_limit_buckets WHERE key = $1")
+            n += query("DELETE FROM rate_limit_buckets WHERE key = $1")
                 .bind(k)
-                .execute(&s.pool)
-                .await?
-                .rows_affected();
+                .execute(&mut *s.writer().await?)
+                .await?;
         }
         Ok(n)
     }
@@ -285,11 +418,11 @@ async fn spend_once(
     s: &SqlStore<Postgres>,
     txns: &[BucketTxn],
     now: i64,
-) -> Result<Vec<(i64, bool)>, sqlx::Error> {
+) -> Result<Vec<(i64, bool)>, DbError> {
     let keys: Vec<&str> = txns.iter().map(|t| t.key.as_str()).collect();
     let offsets: Vec<i64> = txns.iter().map(|t| t.params.burst_offset_ns()).collect();
     let costs: Vec<i64> = txns.iter().map(|t| t.params.cost_ns(t.cost)).collect();
-    let modes: Vec<i16> = txns
+    let modes: Vec<i64> = txns
         .iter()
         .map(|t| match t.mode {
             TxnMode::CheckAndSpend => 0,
@@ -297,22 +430,18 @@ async fn spend_once(
             TxnMode::SpendOnly => 2,
         })
         .collect();
-    let rows = sqlx::query(
-        "SELECT idx, old_tat, written FROM rate_limit_spend($1, $2, $3, $4, $5) ORDER BY idx",
+    let rows = query(
+        "SELECT idx, old_tat, written FROM rate_limit_spend($1, $2, $3, $4::smallint[], $5) \
+         ORDER BY idx",
     )
     .bind(&keys)
     .bind(&offsets)
     .bind(&costs)
     .bind(&modes)
     .bind(now)
-    .fetch_all(&s.pool)
+    .fetch_all(&mut *s.writer().await?)
     .await?;
     rows.iter()
-        .map(|r| {
-            Ok((
-                r.try_get::<i64, _>("old_tat")?,
-                r.try_get::<bool, _>("written")?,
-            ))
-        })
+        .map(|r| Ok((r.try_get::<i64>("old_tat")?, r.try_get::<bool>("written")?)))
         .collect()
 }

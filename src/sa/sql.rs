@@ -1,10 +1,11 @@
 //! The store, written once for both databases: [`SqlStore`] is generic over
-//! the sqlx database, and every statement whose text is the same on SQLite
-//! and PostgreSQL is written here, once, with `$N` placeholders (sqlx binds
-//! `$N` by number on SQLite too). What truly differs is a [`Backend`]:
-//! connection setup, the few locks PostgreSQL needs where SQLite has its one
-//! writer, list parameters and aggregates, and the rate-limit batch
-//! (`sqlite.rs`, `postgres.rs`).
+//! a [`Backend`], and every statement whose text is the same on SQLite and
+//! PostgreSQL is written here, once, with `$N` placeholders, run through
+//! the store's own execution interface (`exec.rs`: `query(sql).bind(x)`,
+//! rows read by column name). What truly differs is the `Backend`: its
+//! connections (SQLite's held and run inline, PostgreSQL's pooled), the few
+//! locks PostgreSQL needs where SQLite has its one writer, list parameters
+//! and aggregates, and the rate-limit batch (`sqlite.rs`, `postgres.rs`).
 //!
 //! Concurrency on PostgreSQL, once for every statement here: they run at
 //! READ COMMITTED (its default), where each statement sees the rows
@@ -19,51 +20,53 @@
 //! them correct (`create_order`, `start_challenge`, `begin_finalize`).
 //! SQLite runs one writer at a time, which rules those races out.
 
+use super::exec::{query, query_scalar, Connection, DbError, ErrorKind, Query, Row};
 use super::*;
 use crate::core::gcra::Decision;
 use crate::core::lifecycle::sql as rule;
 use crate::core::limits::BucketTxn;
-use sqlx::pool::PoolConnection;
-use sqlx::{ColumnIndex, Database, Decode, Encode, Executor, IntoArguments, Pool, Row, Type};
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::ops::DerefMut;
 use std::sync::{Arc, LazyLock};
-use tokio::sync::{mpsc, oneshot, MappedMutexGuard, Mutex, MutexGuard};
+use tokio::sync::{mpsc, oneshot};
 
-/// What differs between the databases. Implemented by `sqlx::Sqlite`
-/// (`sqlite.rs`) and `sqlx::Postgres` (`postgres.rs`).
+/// What differs between the databases. Implemented by `sqlite::Sqlite`
+/// (`sqlite.rs`) and `postgres::Postgres` (`postgres.rs`), each holding its
+/// connections.
 #[async_trait]
-pub(super) trait Backend: Database + Sized {
-    /// How a writing transaction begins.
-    const BEGIN_WRITE: &'static str;
-    /// Whether the store takes its connections out of the pool for good at
-    /// start, one writer and the rest readers (`Held`), rather than
-    /// borrowing one from the pool per statement.
-    const HOLD_CONNECTIONS: bool;
+pub(super) trait Backend: Sized + Send + Sync + 'static {
+    /// The connection statements run on (`exec::Connection`).
+    type Conn: Connection;
+    /// A connection lent for one statement or transaction.
+    type Guard<'a>: DerefMut<Target = Self::Conn> + Send
+    where
+        Self: 'a;
+    /// Whether nonces are spent in batches by one writer (`spend_nonces`).
+    const BATCH_NONCES: bool;
     /// Appended to a purge's SELECT of the rows to delete.
     const SKIP_LOCKED: &'static str;
 
     /// Connect, set the connections up, and bring the schema up to date.
-    async fn connect(
-        url: &str,
-        max_connections: u32,
-        sync: SqliteSynchronous,
-    ) -> anyhow::Result<Pool<Self>>;
-
-    /// Make a held reader connection refuse writes, so a write sent to a
-    /// reader by mistake fails in tests instead of waiting for the lock.
-    async fn make_reader(conn: &mut Self::Connection) -> Result<(), sqlx::Error>;
+    async fn open(url: &str, max_connections: u32, sync: SqliteSynchronous)
+        -> anyhow::Result<Self>;
+    /// A connection for statements that write (and transactions).
+    async fn writer(&self) -> Result<Self::Guard<'_>, DbError>;
+    /// A connection for statements that only read.
+    async fn reader(&self) -> Result<Self::Guard<'_>, DbError>;
+    /// (open connections, idle ones).
+    fn pool_stats(&self) -> (u32, usize);
+    /// Close every connection, waiting for those in use.
+    async fn close(&self);
 
     /// `col` is one of `n` parameters numbered from `$first`.
     fn in_list(col: &str, first: usize, n: usize) -> String;
-    fn rows_affected(r: &Self::QueryResult) -> u64;
-    fn bind_ids<'q>(q: Query<'q, Self>, ids: &'q [i64]) -> Query<'q, Self>;
-    fn bind_strs<'q>(q: Query<'q, Self>, items: &'q [&'q str]) -> Query<'q, Self>;
+    fn bind_ids<'q>(q: Query<'q>, ids: &'q [i64]) -> Query<'q>;
+    fn bind_strs<'q>(q: Query<'q>, items: &'q [&'q str]) -> Query<'q>;
 
     /// The values (column `v`) of the rows of `select` as one column, which
     /// `ids` or `texts` decode (in no particular order).
     fn array(select: &str) -> String;
-    fn ids(r: &Self::Row, col: &str) -> Result<Vec<i64>, StoreError>;
-    fn texts(r: &Self::Row, col: &str) -> Result<Vec<String>, StoreError>;
+    fn ids(r: &Row, col: &str) -> Result<Vec<i64>, StoreError>;
+    fn texts(r: &Row, col: &str) -> Result<Vec<String>, StoreError>;
 
     /// `Store::account_spending_nonce`: one round trip where there is a
     /// network.
@@ -76,15 +79,15 @@ pub(super) trait Backend: Database + Sized {
 
     /// In `create_order`'s transaction, before the order is inserted:
     /// serialise the orders replacing this certificate.
-    async fn lock_replaced(tx: &mut Self::Connection, serial: &str) -> Result<(), sqlx::Error>;
+    async fn lock_replaced<C: Connection>(tx: &mut C, serial: &str) -> Result<(), DbError>;
 
     /// At the start of a transaction that changes a challenge's status:
     /// serialise them per authorization. False if there is surely no such
     /// challenge.
-    async fn lock_challenge_authz(
-        tx: &mut Self::Connection,
+    async fn lock_challenge_authz<C: Connection>(
+        tx: &mut C,
         id: ChallengeId,
-    ) -> Result<bool, sqlx::Error>;
+    ) -> Result<bool, DbError>;
 
     /// The rate-limit batch and bucket maintenance: how each database
     /// makes a batch atomic (see `LimitStore`).
@@ -107,11 +110,8 @@ enum Param {
     Int(i64),
 }
 
-pub(super) type Query<'q, DB> = sqlx::query::Query<'q, DB, <DB as Database>::Arguments<'q>>;
-
-pub(crate) struct SqlStore<DB: Database> {
-    pub(super) pool: Pool<DB>,
-    held: Option<Arc<Held<DB>>>,
+pub(crate) struct SqlStore<DB: Backend> {
+    db: Arc<DB>,
     /// SQLite: nonces to spend, taken by `spend_nonces` in batches.
     nonces: Option<mpsc::UnboundedSender<NonceSpend>>,
 }
@@ -121,63 +121,6 @@ type NonceSpend = (Vec<u8>, i64, oneshot::Sender<Result<bool, StoreError>>);
 
 /// Most nonces spent by one statement.
 const NONCE_BATCH: usize = 128;
-
-/// Connections the store keeps for itself (SQLite): one writer, behind a
-/// fair async mutex, and readers. SQLite lets one connection write at a
-/// time; with every writer in the pool, the others waited for its lock in
-/// SQLite's busy handler, which sleeps (1, 2, 5 ... 100 ms) rather than
-/// queues, and made the p99. One writer in a queue takes turns at once.
-/// Held connections also skip the pool's test on every borrow and return
-/// (sqlx pings the connection each time: on SQLite a round trip to the
-/// connection's worker thread, two more context switches per statement).
-/// Other processes sharing the file still meet the busy handler.
-struct Held<DB: Database> {
-    writer: Mutex<Option<DB::Connection>>,
-    readers: Vec<Mutex<Option<DB::Connection>>>,
-    next: AtomicUsize,
-}
-
-/// A connection for one statement or transaction: held (SQLite) or
-/// borrowed from the pool (PostgreSQL).
-pub(super) enum Conn<'a, DB: Database> {
-    Held(MappedMutexGuard<'a, DB::Connection>),
-    Pooled(PoolConnection<DB>),
-}
-
-impl<DB: Database> std::ops::Deref for Conn<'_, DB> {
-    type Target = DB::Connection;
-    fn deref(&self) -> &DB::Connection {
-        match self {
-            Conn::Held(c) => c,
-            Conn::Pooled(c) => c,
-        }
-    }
-}
-
-impl<DB: Database> std::ops::DerefMut for Conn<'_, DB> {
-    fn deref_mut(&mut self) -> &mut DB::Connection {
-        match self {
-            Conn::Held(c) => c,
-            Conn::Pooled(c) => c,
-        }
-    }
-}
-
-impl<DB: Backend> Conn<'_, DB> {
-    /// A writing transaction (`Backend::BEGIN_WRITE`).
-    pub(super) async fn begin(&mut self) -> Result<sqlx::Transaction<'_, DB>, sqlx::Error> {
-        sqlx::Connection::begin_with(&mut **self, DB::BEGIN_WRITE).await
-    }
-}
-
-fn held<C>(m: &Mutex<Option<C>>) -> Option<MappedMutexGuard<'_, C>> {
-    MutexGuard::try_map(m.try_lock().ok()?, Option::as_mut).ok()
-}
-
-async fn lock_held<C>(m: &Mutex<Option<C>>) -> Result<MappedMutexGuard<'_, C>, StoreError> {
-    MutexGuard::try_map(m.lock().await, Option::as_mut)
-        .map_err(|_| StoreError::Database("database: the store is closed".into()))
-}
 
 const ACCOUNT_COLS: &str = "id, thumbprint, jwk, contact, status, created_at, eab_kid";
 const EAB_COLS: &str =
@@ -237,53 +180,19 @@ static DEAD_RESERVATIONS: LazyLock<String> = LazyLock::new(|| {
 impl<DB> SqlStore<DB>
 where
     DB: Backend,
-    for<'c> &'c mut DB::Connection: Executor<'c, Database = DB>,
-    for<'q> DB::Arguments<'q>: IntoArguments<'q, DB>,
-    for<'q> i64: Encode<'q, DB> + Decode<'q, DB> + Type<DB>,
-    for<'q> bool: Encode<'q, DB> + Decode<'q, DB> + Type<DB>,
-    for<'q> String: Encode<'q, DB> + Decode<'q, DB> + Type<DB>,
-    for<'q> Vec<u8>: Encode<'q, DB> + Decode<'q, DB> + Type<DB>,
-    for<'q> &'q str: Encode<'q, DB> + Type<DB>,
-    for<'q> &'q [u8]: Encode<'q, DB> + Type<DB>,
-    for<'q> Option<String>: Encode<'q, DB> + Type<DB>,
-    for<'q> Option<i64>: Encode<'q, DB> + Type<DB>,
-    for<'q> Option<&'q str>: Encode<'q, DB> + Type<DB>,
-    for<'q> Option<&'q [u8]>: Encode<'q, DB> + Type<DB>,
-    for<'a> &'a str: ColumnIndex<DB::Row>,
-    usize: ColumnIndex<DB::Row>,
 {
     pub(super) async fn open(
         url: &str,
         max_connections: u32,
         sync: SqliteSynchronous,
     ) -> anyhow::Result<SqlStore<DB>> {
-        let pool = DB::connect(url, max_connections, sync).await?;
-        if !DB::HOLD_CONNECTIONS {
-            return Ok(SqlStore {
-                pool,
-                held: None,
-                nonces: None,
-            });
-        }
-        let writer = pool.acquire().await?.detach();
-        let mut readers = Vec::new();
-        for _ in 0..max_connections.saturating_sub(1).max(1) {
-            let mut r = pool.acquire().await?.detach();
-            DB::make_reader(&mut r).await?;
-            readers.push(Mutex::new(Some(r)));
-        }
-        let held = Arc::new(Held {
-            writer: Mutex::new(Some(writer)),
-            readers,
-            next: AtomicUsize::new(0),
+        let db = Arc::new(DB::open(url, max_connections, sync).await?);
+        let nonces = DB::BATCH_NONCES.then(|| {
+            let (tx, rx) = mpsc::unbounded_channel();
+            tokio::spawn(Self::spend_nonces(db.clone(), rx));
+            tx
         });
-        let (tx, rx) = mpsc::unbounded_channel();
-        tokio::spawn(Self::spend_nonces(held.clone(), rx));
-        Ok(SqlStore {
-            pool,
-            held: Some(held),
-            nonces: Some(tx),
-        })
+        Ok(SqlStore { db, nonces })
     }
 
     /// Every authenticated request spends a nonce, an INSERT of its own:
@@ -291,12 +200,12 @@ where
     /// by one statement instead, in one turn of the writer. A nonce given
     /// twice in a batch is fresh for the first asker only. Runs until the
     /// store is dropped.
-    async fn spend_nonces(held: Arc<Held<DB>>, mut rx: mpsc::UnboundedReceiver<NonceSpend>) {
+    async fn spend_nonces(db: Arc<DB>, mut rx: mpsc::UnboundedReceiver<NonceSpend>) {
         let mut batch = Vec::with_capacity(NONCE_BATCH);
         while rx.recv_many(&mut batch, NONCE_BATCH).await > 0 {
-            let result = match lock_held(&held.writer).await {
-                Ok(mut conn) => Self::insert_nonces(&mut conn, &batch).await,
-                Err(e) => Err(e),
+            let result = match db.writer().await {
+                Ok(mut conn) => Self::insert_nonces(&mut *conn, &batch).await,
+                Err(e) => Err(e.into()),
             };
             match result {
                 Ok(inserted) => {
@@ -317,7 +226,7 @@ where
 
     /// Insert the batch's nonces; those inserted (not used before).
     async fn insert_nonces(
-        conn: &mut DB::Connection,
+        conn: &mut DB::Conn,
         batch: &[NonceSpend],
     ) -> Result<Vec<Vec<u8>>, StoreError> {
         let values: Vec<String> = (0..batch.len())
@@ -329,79 +238,65 @@ where
         );
         let q = batch
             .iter()
-            .fold(sqlx::query_scalar(&sql), |q, (nonce, expires, _)| {
+            .fold(query_scalar(&sql), |q, (nonce, expires, _)| {
                 q.bind(nonce.as_slice()).bind(*expires)
             });
         Ok(q.fetch_all(conn).await?)
     }
 
     /// A connection for statements that write (and transactions).
-    pub(super) async fn writer(&self) -> Result<Conn<'_, DB>, StoreError> {
-        match &self.held {
-            Some(h) => Ok(Conn::Held(lock_held(&h.writer).await?)),
-            None => Ok(Conn::Pooled(self.pool.acquire().await?)),
-        }
+    pub(super) async fn writer(&self) -> Result<DB::Guard<'_>, DbError> {
+        self.db.writer().await
     }
 
-    /// A connection for statements that only read: a free reader if there
-    /// is one, else the next in turn.
-    pub(super) async fn reader(&self) -> Result<Conn<'_, DB>, StoreError> {
-        let Some(h) = &self.held else {
-            return Ok(Conn::Pooled(self.pool.acquire().await?));
-        };
-        let n = h.readers.len();
-        let start = h.next.fetch_add(1, Ordering::Relaxed);
-        for i in 0..n {
-            if let Some(c) = held(&h.readers[(start + i) % n]) {
-                return Ok(Conn::Held(c));
-            }
-        }
-        Ok(Conn::Held(lock_held(&h.readers[start % n]).await?))
+    /// A connection for statements that only read.
+    pub(super) async fn reader(&self) -> Result<DB::Guard<'_>, DbError> {
+        self.db.reader().await
     }
 
-    pub(super) fn account_from_row(r: &DB::Row) -> Result<Account, StoreError> {
+    pub(super) fn account_from_row(r: &Row) -> Result<Account, StoreError> {
         Ok(Account {
             id: AccountId(r.try_get("id")?),
             thumbprint: r.try_get("thumbprint")?,
             jwk: r.try_get("jwk")?,
-            contact: from_json(&r.try_get::<String, _>("contact")?)?,
-            status: parse_name(&r.try_get::<String, _>("status")?)?,
+            contact: from_json(&r.try_get::<String>("contact")?)?,
+            status: parse_name(&r.try_get::<String>("status")?)?,
             created_at: r.try_get("created_at")?,
             eab_kid: r.try_get("eab_kid")?,
         })
     }
 
-    fn eab_key_from_row(r: &DB::Row) -> Result<EabKey, StoreError> {
+    fn eab_key_from_row(r: &Row) -> Result<EabKey, StoreError> {
         Ok(EabKey {
             kid: r.try_get("kid")?,
             hmac_key: r.try_get("hmac_key")?,
-            names: from_json(&r.try_get::<String, _>("names")?)?,
+            names: from_json(&r.try_get::<String>("names")?)?,
             created_at: r.try_get("created_at")?,
             expires: r.try_get("expires")?,
             reusable: r.try_get("reusable")?,
             revoked_at: r.try_get("revoked_at")?,
             bound_count: r.try_get("bound_count")?,
-            first_account: r.try_get::<Option<i64>, _>("first_account")?.map(AccountId),
+            first_account: r.try_get::<Option<i64>>("first_account")?.map(AccountId),
         })
     }
 
-    fn challenge_from_row(r: &DB::Row) -> Result<Challenge, StoreError> {
+    fn challenge_from_row(r: &Row) -> Result<Challenge, StoreError> {
         Ok(Challenge {
             id: ChallengeId(r.try_get("id")?),
             authz_id: AuthzId(r.try_get("authz_id")?),
-            kind: parse_name(&r.try_get::<String, _>("type")?)?,
+            kind: parse_name(&r.try_get::<String>("type")?)?,
             token: r.try_get("token")?,
-            status: parse_name(&r.try_get::<String, _>("status")?)?,
+            status: parse_name(&r.try_get::<String>("status")?)?,
             validated: r.try_get("validated")?,
             error: r
-                .try_get::<Option<String>, _>("error")?
+                .try_get::<Option<String>>("error")?
                 .map(|s| from_json(&s))
                 .transpose()?,
             records: r.try_get("records")?,
         })
     }
 
-    fn cert_from_row(r: &DB::Row) -> Result<Certificate, StoreError> {
+    fn cert_from_row(r: &Row) -> Result<Certificate, StoreError> {
         Ok(Certificate {
             serial: r.try_get("serial")?,
             account_id: AccountId(r.try_get("account_id")?),
@@ -413,10 +308,10 @@ where
             issued_at: r.try_get("issued_at")?,
             revoked_at: r.try_get("revoked_at")?,
             revoked_reason: r.try_get("revoked_reason")?,
-            names: from_json(&r.try_get::<String, _>("names")?)?,
+            names: from_json(&r.try_get::<String>("names")?)?,
             renew_early_at: r.try_get("renew_early_at")?,
             spki_sha256: r
-                .try_get::<Option<Vec<u8>>, _>("spki_sha256")?
+                .try_get::<Option<Vec<u8>>>("spki_sha256")?
                 .unwrap_or_default(),
         })
     }
@@ -466,7 +361,7 @@ where
         (sql, params)
     }
 
-    fn bind_params<'q>(q: Query<'q, DB>, params: &'q [Param]) -> Query<'q, DB> {
+    fn bind_params<'q>(q: Query<'q>, params: &'q [Param]) -> Query<'q> {
         params.iter().fold(q, |q, p| match p {
             Param::Text(s) => q.bind(s.as_str()),
             Param::Int(i) => q.bind(*i),
@@ -475,12 +370,12 @@ where
 
     /// Record what a certificate certifies, one row per name.
     async fn insert_names(
-        tx: &mut DB::Connection,
+        tx: &mut impl Connection,
         serial: &str,
         names: &[String],
     ) -> Result<(), StoreError> {
         for name in names {
-            sqlx::query(
+            query(
                 "INSERT INTO certificate_names (name, serial) VALUES ($1, $2) ON CONFLICT DO NOTHING",
             )
             .bind(name.to_ascii_lowercase())
@@ -492,23 +387,18 @@ where
     }
 
     /// The buckets' TATs, in the order of `keys` (`None`: no row).
-    pub(super) async fn read_tats<'e, E>(
-        exec: E,
+    pub(super) async fn read_tats(
+        conn: &mut impl Connection,
         keys: &[&str],
-    ) -> Result<Vec<Option<i64>>, StoreError>
-    where
-        E: Executor<'e, Database = DB>,
-    {
+    ) -> Result<Vec<Option<i64>>, StoreError> {
         let sql = format!(
             "SELECT key, tat FROM rate_limit_buckets WHERE {}",
             DB::in_list("key", 1, keys.len())
         );
-        let rows = DB::bind_strs(sqlx::query(&sql), keys)
-            .fetch_all(exec)
-            .await?;
+        let rows = DB::bind_strs(query(&sql), keys).fetch_all(conn).await?;
         let mut found = std::collections::HashMap::with_capacity(rows.len());
         for r in rows {
-            found.insert(r.try_get::<String, _>("key")?, r.try_get::<i64, _>("tat")?);
+            found.insert(r.try_get::<String>("key")?, r.try_get::<i64>("tat")?);
         }
         Ok(keys.iter().map(|k| found.get(*k).copied()).collect())
     }
@@ -518,51 +408,20 @@ where
 impl<DB> Store for SqlStore<DB>
 where
     DB: Backend,
-    for<'c> &'c mut DB::Connection: Executor<'c, Database = DB>,
-    for<'q> DB::Arguments<'q>: IntoArguments<'q, DB>,
-    for<'q> i64: Encode<'q, DB> + Decode<'q, DB> + Type<DB>,
-    for<'q> bool: Encode<'q, DB> + Decode<'q, DB> + Type<DB>,
-    for<'q> String: Encode<'q, DB> + Decode<'q, DB> + Type<DB>,
-    for<'q> Vec<u8>: Encode<'q, DB> + Decode<'q, DB> + Type<DB>,
-    for<'q> &'q str: Encode<'q, DB> + Type<DB>,
-    for<'q> &'q [u8]: Encode<'q, DB> + Type<DB>,
-    for<'q> Option<String>: Encode<'q, DB> + Type<DB>,
-    for<'q> Option<i64>: Encode<'q, DB> + Type<DB>,
-    for<'q> Option<&'q str>: Encode<'q, DB> + Type<DB>,
-    for<'q> Option<&'q [u8]>: Encode<'q, DB> + Type<DB>,
-    for<'a> &'a str: ColumnIndex<DB::Row>,
-    usize: ColumnIndex<DB::Row>,
 {
     async fn ping(&self) -> Result<(), StoreError> {
-        sqlx::query("SELECT 1")
+        query("SELECT 1")
             .execute(&mut *self.reader().await?)
             .await?;
         Ok(())
     }
 
     fn pool_stats(&self) -> (u32, usize) {
-        match &self.held {
-            Some(h) => {
-                let all = std::iter::once(&h.writer).chain(&h.readers);
-                let idle = all.filter(|m| m.try_lock().is_ok()).count();
-                (h.readers.len() as u32 + 1, idle)
-            }
-            None => (self.pool.size(), self.pool.num_idle()),
-        }
+        self.db.pool_stats()
     }
 
     async fn close(&self) {
-        if let Some(h) = &self.held {
-            // The writer last: the last connection to close checkpoints.
-            for m in h.readers.iter().chain(std::iter::once(&h.writer)) {
-                if let Some(c) = m.lock().await.take() {
-                    if let Err(e) = sqlx::Connection::close(c).await {
-                        tracing::warn!("closing a database connection: {e}");
-                    }
-                }
-            }
-        }
-        self.pool.close().await;
+        self.db.close().await
     }
 
     async fn redeem_nonce(&self, nonce: &[u8], expires: i64) -> Result<bool, StoreError> {
@@ -577,18 +436,18 @@ where
         }
         // Two instances inserting the same nonce: the second waits for the
         // first's commit, then conflicts and inserts nothing: one use only.
-        let r = sqlx::query(
+        let r = query(
             "INSERT INTO used_nonces (nonce, expires) VALUES ($1, $2) ON CONFLICT DO NOTHING",
         )
         .bind(nonce)
         .bind(expires)
         .execute(&mut *self.writer().await?)
         .await?;
-        Ok(DB::rows_affected(&r) == 1)
+        Ok(r == 1)
     }
 
     async fn prune_nonces(&self, before: i64, limit: u32) -> Result<u64, StoreError> {
-        let r = sqlx::query(&format!(
+        let r = query(&format!(
             "DELETE FROM used_nonces WHERE nonce IN (
                SELECT nonce FROM used_nonces WHERE expires < $1 LIMIT $2{})",
             DB::SKIP_LOCKED
@@ -597,23 +456,21 @@ where
         .bind(i64::from(limit))
         .execute(&mut *self.writer().await?)
         .await?;
-        Ok(DB::rows_affected(&r))
+        Ok(r)
     }
 
     async fn secret(&self, name: &str, fresh: &[u8]) -> Result<Vec<u8>, StoreError> {
         // The loser of a race waits in the INSERT for the winner's commit, so
         // the SELECT (a new statement, a new snapshot) sees the winner's value.
-        sqlx::query("INSERT INTO secrets (name, value) VALUES ($1, $2) ON CONFLICT DO NOTHING")
+        query("INSERT INTO secrets (name, value) VALUES ($1, $2) ON CONFLICT DO NOTHING")
             .bind(name)
             .bind(fresh)
             .execute(&mut *self.writer().await?)
             .await?;
-        Ok(
-            sqlx::query_scalar("SELECT value FROM secrets WHERE name = $1")
-                .bind(name)
-                .fetch_one(&mut *self.writer().await?)
-                .await?,
-        )
+        Ok(query_scalar("SELECT value FROM secrets WHERE name = $1")
+            .bind(name)
+            .fetch_one(&mut *self.writer().await?)
+            .await?)
     }
 
     async fn create_account(
@@ -626,7 +483,7 @@ where
     ) -> Result<(Account, bool), StoreError> {
         let mut conn = self.writer().await?;
         let mut tx = conn.begin().await?;
-        let id: Option<i64> = sqlx::query_scalar(
+        let id: Option<i64> = query_scalar(
             "INSERT INTO accounts (thumbprint, jwk, contact, status, created_at, eab_kid)
              VALUES ($1, $2, $3, 'valid', $4, $5) ON CONFLICT (thumbprint) DO NOTHING
              RETURNING id",
@@ -643,7 +500,7 @@ where
             // racing for a single-use key both reach this UPDATE, and the
             // second (on PostgreSQL, after waiting for the first's commit
             // and re-evaluating) finds bound_count = 1 and changes nothing.
-            let r = sqlx::query(
+            let r = query(
                 "UPDATE eab_keys SET bound_count = bound_count + 1,
                      first_account = COALESCE(first_account, $2)
                  WHERE kid = $1 AND revoked_at IS NULL AND (expires IS NULL OR expires > $3)
@@ -654,7 +511,7 @@ where
             .bind(now)
             .execute(&mut *tx)
             .await?;
-            if DB::rows_affected(&r) != 1 {
+            if r != 1 {
                 return Err(StoreError::Conflict(Conflict::EabKeyUnusable(
                     kid.to_string(),
                 )));
@@ -671,7 +528,7 @@ where
     }
 
     async fn account(&self, id: AccountId) -> Result<Option<Account>, StoreError> {
-        sqlx::query(&format!(
+        query(&format!(
             "SELECT {ACCOUNT_COLS} FROM accounts WHERE id = $1"
         ))
         .bind(id.0)
@@ -691,7 +548,7 @@ where
     }
 
     async fn account_by_thumbprint(&self, thumbprint: &str) -> Result<Option<Account>, StoreError> {
-        sqlx::query(&format!(
+        query(&format!(
             "SELECT {ACCOUNT_COLS} FROM accounts WHERE thumbprint = $1"
         ))
         .bind(thumbprint)
@@ -706,7 +563,7 @@ where
         id: AccountId,
         contact: &[String],
     ) -> Result<(), StoreError> {
-        sqlx::query("UPDATE accounts SET contact = $1 WHERE id = $2 AND status = 'valid'")
+        query("UPDATE accounts SET contact = $1 WHERE id = $2 AND status = 'valid'")
             .bind(to_json(&contact)?)
             .bind(id.0)
             .execute(&mut *self.writer().await?)
@@ -717,14 +574,12 @@ where
     async fn deactivate_account(&self, id: AccountId) -> Result<(), StoreError> {
         let mut conn = self.writer().await?;
         let mut tx = conn.begin().await?;
-        sqlx::query(
-            "UPDATE accounts SET status = 'deactivated' WHERE id = $1 AND status = 'valid'",
-        )
-        .bind(id.0)
-        .execute(&mut *tx)
-        .await?;
+        query("UPDATE accounts SET status = 'deactivated' WHERE id = $1 AND status = 'valid'")
+            .bind(id.0)
+            .execute(&mut *tx)
+            .await?;
         // RFC 8555 §7.3.6: the server SHOULD cancel pending operations.
-        sqlx::query(
+        query(
             "UPDATE authzs SET status = 'deactivated' WHERE account_id = $1 AND status IN ('pending', 'valid')",
         )
         .bind(id.0)
@@ -745,7 +600,7 @@ where
         // false (0 rows; on PostgreSQL, re-evaluated on the new row); one of
         // another account to the same key makes the unique index fail (on
         // PostgreSQL, after waiting for it).
-        let r = sqlx::query(
+        let r = query(
             "UPDATE accounts SET jwk = $1, thumbprint = $2 WHERE id = $3 AND thumbprint = $4 AND status = 'valid'",
         )
         .bind(jwk)
@@ -755,9 +610,9 @@ where
         .execute(&mut *self.writer().await?)
         .await;
         match r {
-            Ok(r) if DB::rows_affected(&r) == 1 => Ok(KeyChange::Changed),
+            Ok(1) => Ok(KeyChange::Changed),
             Ok(_) => Err(StoreError::Conflict(Conflict::KeyChanged)),
-            Err(sqlx::Error::Database(e)) if e.is_unique_violation() => {
+            Err(e) if e.kind == ErrorKind::UniqueViolation => {
                 let other = self
                     .account_by_thumbprint(thumbprint)
                     .await?
@@ -769,7 +624,7 @@ where
     }
 
     async fn put_eab_key(&self, k: &EabKey) -> Result<(), StoreError> {
-        sqlx::query(
+        query(
             "INSERT INTO eab_keys (kid, hmac_key, names, created_at, expires, reusable)
              VALUES ($1, $2, $3, $4, $5, $6)
              ON CONFLICT (kid) DO UPDATE SET hmac_key = excluded.hmac_key,
@@ -788,7 +643,7 @@ where
     }
 
     async fn eab_key(&self, kid: &str) -> Result<Option<EabKey>, StoreError> {
-        sqlx::query(&format!("SELECT {EAB_COLS} FROM eab_keys WHERE kid = $1"))
+        query(&format!("SELECT {EAB_COLS} FROM eab_keys WHERE kid = $1"))
             .bind(kid)
             .fetch_optional(&mut *self.reader().await?)
             .await?
@@ -797,7 +652,7 @@ where
     }
 
     async fn eab_keys(&self) -> Result<Vec<EabKey>, StoreError> {
-        sqlx::query(&format!(
+        query(&format!(
             "SELECT {EAB_COLS} FROM eab_keys ORDER BY created_at, kid"
         ))
         .fetch_all(&mut *self.reader().await?)
@@ -808,14 +663,12 @@ where
     }
 
     async fn revoke_eab_key(&self, kid: &str, now: i64) -> Result<bool, StoreError> {
-        let r = sqlx::query(
-            "UPDATE eab_keys SET revoked_at = $1 WHERE kid = $2 AND revoked_at IS NULL",
-        )
-        .bind(now)
-        .bind(kid)
-        .execute(&mut *self.writer().await?)
-        .await?;
-        Ok(DB::rows_affected(&r) == 1)
+        let r = query("UPDATE eab_keys SET revoked_at = $1 WHERE kid = $2 AND revoked_at IS NULL")
+            .bind(now)
+            .bind(kid)
+            .execute(&mut *self.writer().await?)
+            .await?;
+        Ok(r == 1)
     }
 
     async fn create_order(&self, o: NewOrder) -> Result<Order, StoreError> {
@@ -828,7 +681,7 @@ where
         if let Some(serial) = &o.replaces {
             DB::lock_replaced(&mut *tx, serial).await?;
         }
-        let order_id: i64 = sqlx::query_scalar(
+        let order_id: i64 = query_scalar(
             "INSERT INTO orders (account_id, status, expires, identifiers, created_at, updated_at, replaces, profile)
              VALUES ($1, 'pending', $2, $3, $4, $5, $6, $7) RETURNING id",
         )
@@ -842,7 +695,7 @@ where
         .fetch_one(&mut *tx)
         .await?;
         if let Some(serial) = &o.replaces {
-            let taken: bool = sqlx::query_scalar(LIVE_REPLACEMENT.as_str())
+            let taken: bool = query_scalar(LIVE_REPLACEMENT.as_str())
                 .bind(serial.as_str())
                 .bind(order_id)
                 .bind(o.now)
@@ -856,7 +709,7 @@ where
             }
         }
         if let Some(tokens) = &o.reservation {
-            sqlx::query("INSERT INTO order_reservations (order_id, tokens) VALUES ($1, $2)")
+            query("INSERT INTO order_reservations (order_id, tokens) VALUES ($1, $2)")
                 .bind(order_id)
                 .bind(tokens.as_str())
                 .execute(&mut *tx)
@@ -867,7 +720,7 @@ where
             let authz_id = match a {
                 OrderAuthz::Reuse(id) => id.0,
                 OrderAuthz::New(n) => {
-                    let id: i64 = sqlx::query_scalar(
+                    let id: i64 = query_scalar(
                         "INSERT INTO authzs (account_id, identifier, wildcard, status, expires, created_at, identifier_type, profile)
                          VALUES ($1, $2, $3, 'pending', $4, $5, $6, $7) RETURNING id",
                     )
@@ -891,7 +744,7 @@ where
                         );
                         n.challenges
                             .iter()
-                            .fold(sqlx::query(&sql).bind(id), |q, (kind, token)| {
+                            .fold(query(&sql).bind(id), |q, (kind, token)| {
                                 q.bind(kind.as_str()).bind(token.as_str())
                             })
                             .execute(&mut *tx)
@@ -902,7 +755,7 @@ where
             };
             // A reused authorization may be deactivated concurrently: the
             // order still links it, and begin_finalize refuses it.
-            sqlx::query(
+            query(
                 "INSERT INTO order_authzs (order_id, authz_id) VALUES ($1, $2) ON CONFLICT DO NOTHING",
             )
             .bind(order_id)
@@ -930,7 +783,7 @@ where
 
     async fn order(&self, id: OrderId) -> Result<Option<Order>, StoreError> {
         // One round trip: the order and its authorization ids together.
-        let Some(r) = sqlx::query(&format!(
+        let Some(r) = query(&format!(
             "SELECT id, account_id, status, expires, identifiers, error, cert_serial, replaces,
                     profile, created_at, updated_at, {} AS authz_ids
              FROM orders WHERE id = $1",
@@ -945,16 +798,16 @@ where
         Ok(Some(Order {
             id,
             account_id: AccountId(r.try_get("account_id")?),
-            status: parse_name(&r.try_get::<String, _>("status")?)?,
+            status: parse_name(&r.try_get::<String>("status")?)?,
             expires: r.try_get("expires")?,
-            identifiers: from_json(&r.try_get::<String, _>("identifiers")?)?,
+            identifiers: from_json(&r.try_get::<String>("identifiers")?)?,
             authz_ids: {
                 let mut ids = DB::ids(&r, "authz_ids")?;
                 ids.sort_unstable();
                 ids.into_iter().map(AuthzId).collect()
             },
             error: r
-                .try_get::<Option<String>, _>("error")?
+                .try_get::<Option<String>>("error")?
                 .map(|s| from_json(&s))
                 .transpose()?,
             cert_serial: r.try_get("cert_serial")?,
@@ -971,7 +824,7 @@ where
         after: Option<OrderId>,
         limit: u32,
     ) -> Result<Vec<OrderId>, StoreError> {
-        let ids: Vec<i64> = sqlx::query_scalar(
+        let ids: Vec<i64> = query_scalar(
             "SELECT id FROM orders WHERE account_id = $1 AND id > $2 ORDER BY id LIMIT $3",
         )
         .bind(account.0)
@@ -989,7 +842,7 @@ where
         profile: Option<&str>,
         min_expires: i64,
     ) -> Result<Option<AuthzId>, StoreError> {
-        let id: Option<i64> = sqlx::query_scalar(
+        let id: Option<i64> = query_scalar(
             "SELECT id FROM authzs WHERE account_id = $1 AND identifier = $2 AND identifier_type = $3
              AND wildcard = $4 AND profile = COALESCE($5, profile) AND status = 'valid' AND expires > $6
              ORDER BY expires DESC LIMIT 1",
@@ -1024,7 +877,7 @@ where
              WHERE {} ORDER BY a.id, c.id",
             DB::in_list("a.id", 1, ids.len())
         );
-        let rows = DB::bind_ids(sqlx::query(&sql), &ids)
+        let rows = DB::bind_ids(query(&sql), &ids)
             .fetch_all(&mut *self.reader().await?)
             .await?;
         let mut authzs: Vec<Authz> = Vec::with_capacity(ids.len());
@@ -1034,16 +887,16 @@ where
                 authzs.push(Authz {
                     id,
                     account_id: AccountId(r.try_get("account_id")?),
-                    identifier_type: parse_name(&r.try_get::<String, _>("identifier_type")?)?,
+                    identifier_type: parse_name(&r.try_get::<String>("identifier_type")?)?,
                     identifier: r.try_get("identifier")?,
                     wildcard: r.try_get("wildcard")?,
                     profile: r.try_get("profile")?,
-                    status: parse_name(&r.try_get::<String, _>("a_status")?)?,
+                    status: parse_name(&r.try_get::<String>("a_status")?)?,
                     expires: r.try_get("expires")?,
                     challenges: Vec::new(),
                 });
             }
-            if r.try_get::<Option<i64>, _>("id")?.is_some() {
+            if r.try_get::<Option<i64>>("id")?.is_some() {
                 let c = Self::challenge_from_row(r)?;
                 if let Some(a) = authzs.last_mut() {
                     a.challenges.push(c);
@@ -1054,17 +907,17 @@ where
     }
 
     async fn deactivate_authz(&self, id: AuthzId) -> Result<bool, StoreError> {
-        let r = sqlx::query(
+        let r = query(
             "UPDATE authzs SET status = 'deactivated' WHERE id = $1 AND status IN ('pending', 'valid')",
         )
         .bind(id.0)
         .execute(&mut *self.writer().await?)
         .await?;
-        Ok(DB::rows_affected(&r) == 1)
+        Ok(r == 1)
     }
 
     async fn challenge(&self, id: ChallengeId) -> Result<Option<Challenge>, StoreError> {
-        sqlx::query(&format!(
+        query(&format!(
             "SELECT {CHALLENGE_COLS} FROM challenges WHERE id = $1"
         ))
         .bind(id.0)
@@ -1089,7 +942,7 @@ where
             tx.rollback().await?;
             return Ok(false);
         }
-        let r = sqlx::query(
+        let r = query(
             "UPDATE challenges SET status = 'processing', started_at = $1
              WHERE id = $2 AND status = 'pending'
                AND EXISTS (SELECT 1 FROM authzs a WHERE a.id = challenges.authz_id
@@ -1102,7 +955,7 @@ where
         .execute(&mut *tx)
         .await?;
         tx.commit().await?;
-        Ok(DB::rows_affected(&r) == 1)
+        Ok(r == 1)
     }
 
     async fn finish_challenge(
@@ -1122,7 +975,7 @@ where
             Ok(records) => ("valid", None, Some(records.as_str())),
             Err(p) => ("invalid", Some(to_json(p)?), None),
         };
-        let authz_id: Option<i64> = sqlx::query_scalar(
+        let authz_id: Option<i64> = query_scalar(
             "UPDATE challenges SET status = $1, validated = $2, error = $3, records = $4
              WHERE id = $5 AND status = 'processing' RETURNING authz_id",
         )
@@ -1135,7 +988,7 @@ where
         .await?;
         if let Some(authz_id) = authz_id {
             if result.is_ok() {
-                sqlx::query(
+                query(
                     "UPDATE authzs SET status = 'valid', expires = $1 WHERE id = $2 AND status = 'pending'",
                 )
                 .bind(valid_authz_expires)
@@ -1143,12 +996,10 @@ where
                 .execute(&mut *tx)
                 .await?;
             } else {
-                sqlx::query(
-                    "UPDATE authzs SET status = 'invalid' WHERE id = $1 AND status = 'pending'",
-                )
-                .bind(authz_id)
-                .execute(&mut *tx)
-                .await?;
+                query("UPDATE authzs SET status = 'invalid' WHERE id = $1 AND status = 'pending'")
+                    .bind(authz_id)
+                    .execute(&mut *tx)
+                    .await?;
             }
         }
         tx.commit().await?;
@@ -1162,7 +1013,7 @@ where
     ) -> Result<Vec<ChallengeId>, StoreError> {
         // One statement: a row re-checked under concurrent claims is taken
         // by one caller only, since the first moves started_at past the bound.
-        let ids: Vec<i64> = sqlx::query_scalar(
+        let ids: Vec<i64> = query_scalar(
             "UPDATE challenges SET started_at = $1
              WHERE status = 'processing' AND started_at < $2 RETURNING id",
         )
@@ -1189,12 +1040,12 @@ where
         //   just before the deactivation, a serial order: the deactivation
         //   reads nothing that we write, so there is no write skew to
         //   prevent. Locking the authorizations would buy nothing but waits.
-        let r = sqlx::query(BEGIN_FINALIZE.as_str())
+        let r = query(BEGIN_FINALIZE.as_str())
             .bind(now)
             .bind(id.0)
             .execute(&mut *self.writer().await?)
             .await?;
-        Ok(DB::rows_affected(&r) == 1)
+        Ok(r == 1)
     }
 
     async fn complete_order(
@@ -1207,7 +1058,7 @@ where
         // unique index (on PostgreSQL after waiting for the first to commit).
         let mut conn = self.writer().await?;
         let mut tx = conn.begin().await?;
-        sqlx::query(
+        query(
             "INSERT INTO certificates (serial, account_id, order_id, der, chain_pem, not_before, not_after, issued_at, names, set_hash, spki_sha256)
              VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)",
         )
@@ -1225,7 +1076,7 @@ where
         .execute(&mut *tx)
         .await?;
         Self::insert_names(&mut *tx, &c.serial, &c.names).await?;
-        let r = sqlx::query(
+        let r = query(
             "UPDATE orders SET status = 'valid', cert_serial = $1, updated_at = $2 WHERE id = $3 AND status = 'processing'",
         )
         .bind(c.serial.as_str())
@@ -1233,12 +1084,12 @@ where
         .bind(id.0)
         .execute(&mut *tx)
         .await?;
-        if DB::rows_affected(&r) != 1 {
+        if r != 1 {
             tx.rollback().await?;
             return Err(StoreError::Conflict(Conflict::NotProcessing));
         }
         // The certificate uses the tokens the order reserved.
-        sqlx::query("DELETE FROM order_reservations WHERE order_id = $1")
+        query("DELETE FROM order_reservations WHERE order_id = $1")
             .bind(id.0)
             .execute(&mut *tx)
             .await?;
@@ -1247,7 +1098,7 @@ where
     }
 
     async fn fail_order(&self, id: OrderId, error: &ErrorDoc, now: i64) -> Result<(), StoreError> {
-        sqlx::query(
+        query(
             "UPDATE orders SET status = 'invalid', error = $1, updated_at = $2
              WHERE id = $3 AND status IN ('pending', 'processing')",
         )
@@ -1260,16 +1111,16 @@ where
     }
 
     async fn take_reservation(&self, id: OrderId) -> Result<Option<String>, StoreError> {
-        Ok(sqlx::query_scalar(
-            "DELETE FROM order_reservations WHERE order_id = $1 RETURNING tokens",
+        Ok(
+            query_scalar("DELETE FROM order_reservations WHERE order_id = $1 RETURNING tokens")
+                .bind(id.0)
+                .fetch_optional(&mut *self.writer().await?)
+                .await?,
         )
-        .bind(id.0)
-        .fetch_optional(&mut *self.writer().await?)
-        .await?)
     }
 
     async fn reservations_of_authz(&self, authz: AuthzId) -> Result<Vec<OrderId>, StoreError> {
-        let ids: Vec<i64> = sqlx::query_scalar(
+        let ids: Vec<i64> = query_scalar(
             "SELECT r.order_id FROM order_reservations r
              JOIN order_authzs oa ON oa.order_id = r.order_id
              JOIN orders o ON o.id = r.order_id
@@ -1287,7 +1138,7 @@ where
         stale_before: i64,
         limit: u32,
     ) -> Result<Vec<OrderId>, StoreError> {
-        let ids: Vec<i64> = sqlx::query_scalar(DEAD_RESERVATIONS.as_str())
+        let ids: Vec<i64> = query_scalar(DEAD_RESERVATIONS.as_str())
             .bind(now)
             .bind(stale_before)
             .bind(i64::from(limit))
@@ -1297,7 +1148,7 @@ where
     }
 
     async fn certificate(&self, serial: &str) -> Result<Option<Certificate>, StoreError> {
-        let r = sqlx::query(&format!(
+        let r = query(&format!(
             "SELECT {CERT_COLS} FROM certificates WHERE serial = $1"
         ))
         .bind(serial)
@@ -1317,7 +1168,7 @@ where
         let mut tx = conn.begin().await?;
         // A proven compromise also turns an earlier revocation's reason
         // into keyCompromise (its time kept), so the key gets blocked.
-        let r = sqlx::query(
+        let r = query(
             "UPDATE certificates
              SET revoked_at = COALESCE(revoked_at, $1), revoked_reason = $2
              WHERE serial = $3
@@ -1330,11 +1181,11 @@ where
         .bind(block_key.is_some())
         .execute(&mut *tx)
         .await?;
-        if DB::rows_affected(&r) != 1 {
+        if r != 1 {
             return Ok(false);
         }
         if let Some(hash) = block_key {
-            sqlx::query(
+            query(
                 "INSERT INTO blocked_keys (spki_sha256, blocked_at, serial) VALUES ($1, $2, $3)
                  ON CONFLICT DO NOTHING",
             )
@@ -1343,7 +1194,7 @@ where
             .bind(serial)
             .execute(&mut *tx)
             .await?;
-            sqlx::query(
+            query(
                 "UPDATE certificates SET revoked_at = $1, revoked_reason = 1
                  WHERE spki_sha256 = $2 AND revoked_at IS NULL",
             )
@@ -1358,7 +1209,7 @@ where
 
     async fn key_blocked(&self, spki_sha256: &[u8]) -> Result<bool, StoreError> {
         Ok(
-            sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM blocked_keys WHERE spki_sha256 = $1)")
+            query_scalar("SELECT EXISTS (SELECT 1 FROM blocked_keys WHERE spki_sha256 = $1)")
                 .bind(spki_sha256)
                 .fetch_one(&mut *self.reader().await?)
                 .await?,
@@ -1371,7 +1222,7 @@ where
             "SELECT {CERT_COLS} FROM certificates WHERE TRUE{filters}
              ORDER BY issued_at DESC, serial LIMIT $1"
         );
-        let query = sqlx::query(&sql).bind(i64::from(q.limit.max(1)));
+        let query = query(&sql).bind(i64::from(q.limit.max(1)));
         let rows = Self::bind_params(query, &params)
             .fetch_all(&mut *self.reader().await?)
             .await?;
@@ -1384,18 +1235,18 @@ where
             "UPDATE certificates SET renew_early_at = $1
              WHERE renew_early_at IS NULL AND revoked_at IS NULL AND not_after > $1{filters}"
         );
-        let query = sqlx::query(&sql).bind(now);
+        let query = query(&sql).bind(now);
         let r = Self::bind_params(query, &params)
             .execute(&mut *self.writer().await?)
             .await?;
-        Ok(DB::rows_affected(&r))
+        Ok(r)
     }
 
     async fn certificates_without_names(
         &self,
         limit: u32,
     ) -> Result<Vec<(String, Vec<u8>)>, StoreError> {
-        let rows = sqlx::query("SELECT serial, der FROM certificates WHERE set_hash = '' LIMIT $1")
+        let rows = query("SELECT serial, der FROM certificates WHERE set_hash = '' LIMIT $1")
             .bind(i64::from(limit))
             .fetch_all(&mut *self.reader().await?)
             .await?;
@@ -1412,7 +1263,7 @@ where
     ) -> Result<(), StoreError> {
         let mut conn = self.writer().await?;
         let mut tx = conn.begin().await?;
-        sqlx::query(
+        query(
             "UPDATE certificates SET names = $1, set_hash = $2, spki_sha256 = $3 WHERE serial = $4",
         )
         .bind(to_json(&names)?)
@@ -1430,7 +1281,7 @@ where
         &self,
         not_after_after: i64,
     ) -> Result<Vec<RevokedEntry>, StoreError> {
-        let rows = sqlx::query(
+        let rows = query(
             "SELECT serial, revoked_at, revoked_reason FROM certificates
              WHERE revoked_at IS NOT NULL AND not_after > $1 ORDER BY serial",
         )
@@ -1442,7 +1293,7 @@ where
                 Ok(RevokedEntry {
                     serial: r.try_get("serial")?,
                     revoked_at: r.try_get("revoked_at")?,
-                    reason: r.try_get::<Option<i64>, _>("revoked_reason")?.unwrap_or(0),
+                    reason: r.try_get::<Option<i64>>("revoked_reason")?.unwrap_or(0),
                 })
             })
             .collect()
@@ -1451,7 +1302,7 @@ where
     async fn purge_orders(&self, expired_before: i64, limit: u32) -> Result<Purged, StoreError> {
         let mut conn = self.writer().await?;
         let mut tx = conn.begin().await?;
-        let ids: Vec<i64> = sqlx::query_scalar(&format!(
+        let ids: Vec<i64> = query_scalar(&format!(
             "SELECT o.id FROM orders o WHERE {PURGEABLE_ORDER} ORDER BY o.id LIMIT $2{}",
             DB::SKIP_LOCKED
         ))
@@ -1466,20 +1317,16 @@ where
             "DELETE FROM order_authzs WHERE {}",
             DB::in_list("order_id", 1, ids.len())
         );
-        let links = DB::bind_ids(sqlx::query(&links), &ids)
-            .execute(&mut *tx)
-            .await?;
+        let links = DB::bind_ids(query(&links), &ids).execute(&mut *tx).await?;
         let orders = format!(
             "DELETE FROM orders WHERE {}",
             DB::in_list("id", 1, ids.len())
         );
-        let orders = DB::bind_ids(sqlx::query(&orders), &ids)
-            .execute(&mut *tx)
-            .await?;
+        let orders = DB::bind_ids(query(&orders), &ids).execute(&mut *tx).await?;
         tx.commit().await?;
         Ok(Purged {
-            orders: DB::rows_affected(&orders),
-            order_authzs: DB::rows_affected(&links),
+            orders,
+            order_authzs: links,
             ..Purged::default()
         })
     }
@@ -1489,7 +1336,7 @@ where
         // transaction that changes a challenge does (postgres.rs).
         let mut conn = self.writer().await?;
         let mut tx = conn.begin().await?;
-        let ids: Vec<i64> = sqlx::query_scalar(&format!(
+        let ids: Vec<i64> = query_scalar(&format!(
             "SELECT a.id FROM authzs a WHERE {PURGEABLE_AUTHZ} ORDER BY a.id LIMIT $2{}",
             DB::SKIP_LOCKED
         ))
@@ -1512,10 +1359,8 @@ where
             let sql = sql
                 .replace("{authz_id}", &DB::in_list("authz_id", 1, ids.len()))
                 .replace("{id}", &DB::in_list("id", 1, ids.len()));
-            let r = DB::bind_ids(sqlx::query(&sql), &ids)
-                .execute(&mut *tx)
-                .await?;
-            deleted[n] = DB::rows_affected(&r);
+            let r = DB::bind_ids(query(&sql), &ids).execute(&mut *tx).await?;
+            deleted[n] = r;
         }
         tx.commit().await?;
         Ok(Purged {
@@ -1534,7 +1379,7 @@ where
     ) -> Result<Purged, StoreError> {
         let orders = format!("SELECT o.id FROM orders o WHERE {PURGEABLE_ORDER}");
         let authzs = format!("SELECT a.id FROM authzs a WHERE {PURGEABLE_AUTHZ}");
-        let r = sqlx::query(&format!(
+        let r = query(&format!(
             "SELECT
                (SELECT COUNT(*) FROM ({orders}) x) AS orders,
                (SELECT COUNT(*) FROM order_authzs
@@ -1550,7 +1395,7 @@ where
         .fetch_one(&mut *self.reader().await?)
         .await?;
         let n = |col: &str| -> Result<u64, StoreError> {
-            Ok(u64::try_from(r.try_get::<i64, _>(col)?).unwrap_or(0))
+            Ok(u64::try_from(r.try_get::<i64>(col)?).unwrap_or(0))
         };
         Ok(Purged {
             orders: n("orders")?,
@@ -1563,7 +1408,7 @@ where
     }
 
     async fn latest_crl(&self) -> Result<Option<StoredCrl>, StoreError> {
-        let r = sqlx::query(
+        let r = query(
             "SELECT number, this_update, next_update, der FROM crls ORDER BY number DESC LIMIT 1",
         )
         .fetch_optional(&mut *self.reader().await?)
@@ -1582,7 +1427,7 @@ where
     async fn insert_crl(&self, crl: &StoredCrl) -> Result<bool, StoreError> {
         let mut conn = self.writer().await?;
         let mut tx = conn.begin().await?;
-        let r = sqlx::query(
+        let r = query(
             "INSERT INTO crls (number, this_update, next_update, der) VALUES ($1, $2, $3, $4)
              ON CONFLICT DO NOTHING",
         )
@@ -1593,11 +1438,11 @@ where
         .execute(&mut *tx)
         .await?;
         // Older CRLs are superseded; keep a few for inspection.
-        sqlx::query("DELETE FROM crls WHERE number < $1")
+        query("DELETE FROM crls WHERE number < $1")
             .bind(crl.number - CRLS_KEPT)
             .execute(&mut *tx)
             .await?;
         tx.commit().await?;
-        Ok(DB::rows_affected(&r) == 1)
+        Ok(r == 1)
     }
 }
