@@ -315,3 +315,28 @@ async fn sigterm_finishes_in_flight_requests_and_loses_nothing() {
         acked.len()
     );
 }
+
+/// SQLite statements run on the request's own thread: after an issuance the
+/// server has no thread per database connection (sqlx's SQLite driver had
+/// one each, and handed every statement and row to it and back).
+#[tokio::test]
+async fn sqlite_statements_run_without_worker_threads() {
+    if postgres_backend() {
+        return;
+    }
+    let server = Server::start(ServerOpts::always_valid());
+    let c = AcmeClient::new(&server, KeyKind::Es256).await;
+    c.register().await;
+    let (csr, _) = make_csr(&["inline.example.com"], CertKey::P256);
+    c.issue_always_valid(&["inline.example.com"], &csr).await;
+    let pid = server.pid().expect("server pid");
+    let names: Vec<String> = std::fs::read_dir(format!("/proc/{pid}/task"))
+        .expect("the server's threads")
+        .filter_map(|t| std::fs::read_to_string(t.ok()?.path().join("comm")).ok())
+        .map(|n| n.trim().to_string())
+        .collect();
+    assert!(
+        !names.iter().any(|n| n.starts_with("sqlx-sqlite")),
+        "threads: {names:?}"
+    );
+}

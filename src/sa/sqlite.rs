@@ -143,28 +143,38 @@ fn run(
         stmt.raw_bind_parameter(i, Param(v)).map_err(sqlite_error)?;
     }
     let readonly = stmt.readonly();
-    let names: Option<Arc<[Box<str>]>> = match fetch {
-        Fetch::Affected => None,
-        Fetch::First | Fetch::All => Some(
-            (0..stmt.column_count())
-                .map(|i| stmt.column_name(i).map(Into::into))
-                .collect::<rusqlite::Result<_>>()
-                .map_err(sqlite_error)?,
-        ),
-    };
+    let mut names: Option<Arc<[Box<str>]>> = None;
     let mut out = Output::default();
-    // Every row is stepped through, wanted or not: a statement's writes
-    // are complete only once it is done.
+    // A statement that writes is stepped to its end, its rows wanted or
+    // not: its writes are complete only then.
     let mut rows = stmt.raw_query();
     while let Some(row) = rows.next().map_err(sqlite_error)? {
-        let Some(names) = &names else { continue };
-        if fetch == Fetch::First && !out.rows.is_empty() {
+        let wanted = match fetch {
+            Fetch::Affected => false,
+            Fetch::First => out.rows.is_empty(),
+            Fetch::All => true,
+        };
+        if !wanted {
+            if readonly {
+                break;
+            }
             continue;
         }
+        let names = match &names {
+            Some(n) => n.clone(),
+            None => {
+                let stmt: &rusqlite::Statement<'_> = row.as_ref();
+                let n: Arc<[Box<str>]> = (0..stmt.column_count())
+                    .map(|i| stmt.column_name(i).map(Into::into))
+                    .collect::<rusqlite::Result<_>>()
+                    .map_err(sqlite_error)?;
+                names.insert(n).clone()
+            }
+        };
         let cells = (0..names.len())
             .map(|i| cell(row.get_ref(i).map_err(sqlite_error)?))
             .collect::<Result<_, _>>()?;
-        out.rows.push(Row::new(names.clone(), cells));
+        out.rows.push(Row::new(names, cells));
     }
     drop(rows);
     if !readonly {
