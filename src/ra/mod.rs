@@ -1,22 +1,35 @@
 //! Registration authority: the decisions. Account, order and authorization
 //! life cycles (RFC 8555 §7.1.6), identifier policy, finalization. It asks
 //! `sa` to record, `ca` to sign and `va` to validate, and never sees HTTP.
+//! It is the one place where store errors become ACME problems (`store.rs`).
+//!
+//! One `impl Ra` per operation group:
+//! - `accounts.rs`: newAccount, the `kid` lookup, updates, key rollover.
+//! - `eab.rs`: external account binding.
+//! - `orders.rs`: newOrder, order reads, limits and reservations.
+//! - `authz.rs`: authorizations, challenges, background validation.
+//! - `finalize.rs`: finalization, certificate reads, the names backfill.
+//! - `revocation.rs`: revokeCert and the revocation rule operators share.
+//! - `ari.rs`: renewal information (RFC 9773) and `replaces`.
+//! - `status.rs`: the management listener's status queries.
+//! - `sweepers.rs`: background tasks (reservations, interrupted validations).
+//! - `store.rs`: `StoreError` → `Problem`, stored error documents.
+//!
+//! This file keeps `Ra`, its constructor, the wire requests and the small
+//! helpers the groups share.
 
 use crate::ca::Ca;
 use crate::clock::Clock;
 use crate::config::Config;
 use crate::core::lifecycle::{self, WhyInvalid};
-use crate::core::*;
+use crate::core::{Authz, Identifier, Order};
 use crate::crl::CrlPublisher;
-use crate::policy::{Name, Policy};
+use crate::policy::Policy;
 use crate::problem::Problem;
 use crate::ratelimit::{LimitError, Limiter, Spent};
-use crate::sa::*;
+use crate::sa::DynStore;
 use crate::va::Va;
-use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64;
-use base64::Engine;
 use std::sync::Arc;
-use std::time::Duration;
 
 mod accounts;
 mod ari;
@@ -27,6 +40,7 @@ mod orders;
 mod revocation;
 pub mod status;
 mod store;
+mod sweepers;
 pub use ari::{cert_id, window, RenewalInfo};
 pub use eab::{ExternalBinding, MacAlg};
 pub use revocation::{record_revocation, RevokeBy, KEY_COMPROMISE};
@@ -117,32 +131,6 @@ impl Ra {
         }))
     }
 
-    /// Return the reservations of orders that will never issue (failed,
-    /// expired or abandoned in processing), every couple of seconds, so a
-    /// failed order gives its certificate tokens back promptly.
-    pub fn spawn_reservation_sweeper(self: &Arc<Self>) {
-        let ra = self.clone();
-        tokio::spawn(async move {
-            let mut tick = tokio::time::interval(Duration::from_secs(2));
-            loop {
-                tick.tick().await;
-                let now = ra.clock.unix();
-                match ra
-                    .store
-                    .dead_reservations(now, now - lifecycle::STALE_PROCESSING_SECS, 500)
-                    .await
-                {
-                    Ok(ids) => {
-                        for id in ids {
-                            ra.release_reservation(id).await;
-                        }
-                    }
-                    Err(e) => tracing::warn!("finding orders to refund: {e}"),
-                }
-            }
-        });
-    }
-
     /// The order as a client must see it (RFC 8555 §7.1.6): its status
     /// derived by `lifecycle::order_state`, and the error that explains a
     /// derived `invalid`.
@@ -180,39 +168,6 @@ impl Ra {
         };
         order.error = Some(error_doc(&error));
         order
-    }
-
-    /// Take over validations left in processing: at start every one (a
-    /// restart interrupted them; a duplicate run elsewhere is harmless, the
-    /// first result recorded wins), then periodically those whose lease ran
-    /// out, so an instance that died never leaves a challenge processing.
-    pub fn spawn_validation_sweeper(self: &Arc<Self>) {
-        let ra = self.clone();
-        tokio::spawn(async move {
-            let lease = ra.validation_lease_secs();
-            let mut stale_before = ra.clock.unix() + 1;
-            let mut tick = tokio::time::interval(Duration::from_secs((lease as u64 / 2).max(1)));
-            loop {
-                tick.tick().await;
-                match ra
-                    .store
-                    .claim_stale_challenges(stale_before, ra.clock.unix())
-                    .await
-                {
-                    Ok(ids) => {
-                        for id in ids {
-                            tracing::info!(
-                                challenge = id.0,
-                                "taking over an interrupted validation"
-                            );
-                            ra.spawn_validation(id, None);
-                        }
-                    }
-                    Err(e) => tracing::warn!("claiming interrupted validations: {e}"),
-                }
-                stale_before = ra.clock.unix() - lease;
-            }
-        });
     }
 
     pub fn ca(&self) -> &Ca {
