@@ -3,7 +3,7 @@
 //! it starts in the background (bounded, recorded once, counted against
 //! the failure limits).
 
-use super::{error_doc, refine_authz, Ra};
+use super::{authz_with_current_status, error_doc, Ra};
 use crate::core::*;
 use crate::problem::Problem;
 use crate::va::ValidationRequest;
@@ -26,7 +26,7 @@ impl Ra {
             .await?
             .filter(|a| a.account_id == acct.id)
             .ok_or_else(|| Problem::not_found("no such authorization"))?;
-        Ok(refine_authz(a, self.clock.unix()))
+        Ok(authz_with_current_status(a, self.clock.unix()))
     }
 
     /// RFC 8555 §7.5.2: a client may deactivate a pending or valid authorization.
@@ -79,7 +79,7 @@ impl Ra {
             .await?
             .filter(|a| a.account_id == acct.id)
             .ok_or_else(|| Problem::not_found("no such challenge"))?;
-        Ok((c, refine_authz(a, self.clock.unix())))
+        Ok((c, authz_with_current_status(a, self.clock.unix())))
     }
 
     /// The client says a challenge is ready (RFC 8555 §7.5.1): start its

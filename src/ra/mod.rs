@@ -131,45 +131,6 @@ impl Ra {
         }))
     }
 
-    /// The order as a client must see it (RFC 8555 §7.1.6): its status
-    /// derived by `lifecycle::order_state`, and the error that explains a
-    /// derived `invalid`.
-    fn refine_order(&self, mut order: Order, authzs: &[Authz], now: i64) -> Order {
-        let state = lifecycle::order_state(&order, authzs, now);
-        order.status = state.status;
-        let error = match state.why {
-            None => return order,
-            Some(WhyInvalid::Interrupted) => {
-                Problem::server_internal("issuance was interrupted; create a new order")
-            }
-            Some(WhyInvalid::Expired) => Problem::malformed("the order expired"),
-            Some(WhyInvalid::Authz(a, a_status)) => {
-                let ident = Identifier::of(a.identifier_type, a.display_name());
-                let cause = a
-                    .challenges
-                    .iter()
-                    .find_map(|c| c.error.as_ref().map(problem_of))
-                    .unwrap_or_else(|| {
-                        Problem::unauthorized(format!(
-                            "authorization for {} is {}",
-                            ident.value,
-                            a_status.as_str()
-                        ))
-                    });
-                let sub = cause.sub(ident.clone());
-                Problem::unauthorized(format!(
-                    "authorization for {} is {}: {}",
-                    ident.value,
-                    a_status.as_str(),
-                    cause.detail
-                ))
-                .with_subproblems(vec![sub])
-            }
-        };
-        order.error = Some(error_doc(&error));
-        order
-    }
-
     pub fn ca(&self) -> &Ca {
         &self.ca
     }
@@ -204,7 +165,49 @@ fn subject_key_id(der: &[u8]) -> Option<Vec<u8>> {
         })
 }
 
-fn refine_authz(mut a: Authz, now: i64) -> Authz {
+/// The order as a client must see it (RFC 8555 §7.1.6): its status
+/// derived by `lifecycle::order_state`, and the error that explains a
+/// derived `invalid`.
+fn order_with_current_status(mut order: Order, authzs: &[Authz], now: i64) -> Order {
+    let state = lifecycle::order_state(&order, authzs, now);
+    order.status = state.status;
+    let error = match state.why {
+        None => return order,
+        Some(WhyInvalid::Interrupted) => {
+            Problem::server_internal("issuance was interrupted; create a new order")
+        }
+        Some(WhyInvalid::Expired) => Problem::malformed("the order expired"),
+        Some(WhyInvalid::Authz(a, a_status)) => {
+            let ident = Identifier::of(a.identifier_type, a.display_name());
+            let cause = a
+                .challenges
+                .iter()
+                .find_map(|c| c.error.as_ref().map(problem_of))
+                .unwrap_or_else(|| {
+                    Problem::unauthorized(format!(
+                        "authorization for {} is {}",
+                        ident.value,
+                        a_status.as_str()
+                    ))
+                });
+            let sub = cause.sub(ident.clone());
+            Problem::unauthorized(format!(
+                "authorization for {} is {}: {}",
+                ident.value,
+                a_status.as_str(),
+                cause.detail
+            ))
+            .with_subproblems(vec![sub])
+        }
+    };
+    order.error = Some(error_doc(&error));
+    order
+}
+
+/// The authorization as a client must see it: its status derived by
+/// `lifecycle::authz_status` (a pending or valid one past its expiry is
+/// expired).
+fn authz_with_current_status(mut a: Authz, now: i64) -> Authz {
     a.status = lifecycle::authz_status(&a, now);
     a
 }

@@ -2,7 +2,10 @@
 //! authorization reuse, rate limits), reading an account's orders, and the
 //! certificate tokens an order reserves and gives back.
 
-use super::{allow, refine_authz, NewOrderRequest, Ra, RENEWAL_MARGIN_SECS};
+use super::{
+    allow, authz_with_current_status, order_with_current_status, NewOrderRequest, Ra,
+    RENEWAL_MARGIN_SECS,
+};
 use crate::core::*;
 use crate::policy::Name;
 use crate::problem::Problem;
@@ -96,8 +99,11 @@ impl Ra {
         let authzs = self.store.authzs(&order.authz_ids).await?;
         // A reused authorization may expire before the order: the order
         // cannot outlive its authorizations' usefulness anyway.
-        let order = self.refine_order(order, &authzs, now);
-        let authzs = authzs.into_iter().map(|a| refine_authz(a, now)).collect();
+        let order = order_with_current_status(order, &authzs, now);
+        let authzs = authzs
+            .into_iter()
+            .map(|a| authz_with_current_status(a, now))
+            .collect();
         Ok((order, authzs, spent.info))
     }
 
@@ -242,7 +248,7 @@ impl Ra {
             .filter(|o| o.account_id == acct.id)
             .ok_or_else(|| Problem::not_found("no such order"))?;
         let authzs = self.store.authzs(&order.authz_ids).await?;
-        Ok(self.refine_order(order, &authzs, self.clock.unix()))
+        Ok(order_with_current_status(order, &authzs, self.clock.unix()))
     }
 
     /// One page of the account's order ids, and the cursor of the next page.
