@@ -436,7 +436,7 @@ async fn revoke(cfg: &Config, serial: &str, reason: i64) -> anyhow::Result<()> {
     // Publish now rather than at the next scheduled update, so relying
     // parties see the revocation at once. Servers serve the newest CRL in
     // the database, whoever signed it.
-    let crl = crate::crl::publish(&*store, &ca, clock.unix(), cfg)
+    let crl = crate::crl_publisher::publish(&*store, &ca, clock.unix(), cfg)
         .await
         .map_err(|p| {
             anyhow!(

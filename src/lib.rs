@@ -7,7 +7,7 @@
 //! - `ra`: registration authority: account/order/authorization life cycles.
 //! - `sa`: storage authority: the only code that speaks SQL.
 //! - `ca`: certificate authority: the hierarchy and issuance.
-//! - [`crl`]: CRL publication (schedule, after revocations) and serving.
+//! - [`crl_publisher`]: CRL publication (schedule, after revocations) and serving.
 //! - [`key`]: key policy and canonical keys, for account keys and CSR keys alike.
 //! - [`listener`]: connections: TLS, per-phase timeouts, the connection cap.
 //! - [`lookup`]: the management listener's status page (issued certificates, limits).
@@ -28,7 +28,7 @@ pub mod ca;
 pub mod clock;
 pub mod config;
 pub mod core;
-pub mod crl;
+pub mod crl_publisher;
 pub mod faults;
 pub mod key;
 pub mod listener;

@@ -248,7 +248,7 @@ impl Ca {
         } else {
             Some(aia_ca_issuers(&format!("{base}/intermediates/0"))?)
         };
-        // Where `crate::crl` serves the intermediate's CRL.
+        // Where `crate::crl_publisher` serves the intermediate's CRL.
         let crl_url = (!base.is_empty()).then(|| format!("{base}/crl/0"));
         Ok(Ca {
             data_dir: cfg.data_dir.clone(),

@@ -23,7 +23,7 @@ use crate::clock::Clock;
 use crate::config::Config;
 use crate::core::lifecycle::{self, WhyInvalid};
 use crate::core::{Authz, Identifier, Order};
-use crate::crl::CrlPublisher;
+use crate::crl_publisher::CrlPublisher;
 use crate::policy::Policy;
 use crate::problem::Problem;
 use crate::ratelimit::{LimitError, Limiter, Spent};
