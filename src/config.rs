@@ -12,7 +12,7 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
 /// The compiled-in presets.
-pub const PRESETS: &[(&str, &str)] = &[
+pub(crate) const PRESETS: &[(&str, &str)] = &[
     ("dev", include_str!("../config/dev.toml")),
     ("test", include_str!("../config/test.toml")),
     ("staging", include_str!("../config/staging.toml")),
@@ -220,13 +220,13 @@ pub struct CaConfig {
 
 /// `acme.terms_of_service` naming Cairn's own terms page, served at this
 /// path of the ACME listener.
-pub const BUILTIN_TERMS: &str = "/terms";
+pub(crate) const BUILTIN_TERMS: &str = "/terms";
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct AcmeConfig {
     /// Terms-of-service URL shown in the directory; empty means none, and then
-    /// agreement is not required. [`BUILTIN_TERMS`] (`"/terms"`) means Cairn's
+    /// agreement is not required. `BUILTIN_TERMS` (`"/terms"`) means Cairn's
     /// own short terms page, served at that path of this server.
     pub terms_of_service: String,
     pub website: String,
@@ -820,7 +820,7 @@ pub fn redact_url(raw: &str) -> String {
 
 /// Create a directory (and its parents) if missing; a directory this creates
 /// is owner-only (0700): the data directory holds keys and the database.
-pub fn ensure_dir(p: &Path) -> anyhow::Result<()> {
+pub(crate) fn ensure_dir(p: &Path) -> anyhow::Result<()> {
     let mut b = std::fs::DirBuilder::new();
     b.recursive(true);
     #[cfg(unix)]

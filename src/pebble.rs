@@ -97,7 +97,7 @@ pub fn go_flags(args: Vec<std::ffi::OsString>, names: &[&str]) -> Vec<std::ffi::
 /// A listen address as Go's `net.Listen` reads it: `:PORT` and the
 /// unspecified addresses mean every interface, IPv4 and IPv6; `localhost`
 /// means 127.0.0.1; otherwise an IP literal (`[::1]:5555`, `127.0.0.1:80`).
-pub fn go_listen_addr(s: &str) -> anyhow::Result<SocketAddr> {
+pub(crate) fn go_listen_addr(s: &str) -> anyhow::Result<SocketAddr> {
     let s = s.trim();
     let (host, port) = s
         .rsplit_once(':')
@@ -127,7 +127,7 @@ pub fn go_listen_addr(s: &str) -> anyhow::Result<SocketAddr> {
 /// refusals, which Let's Encrypt does not make. What Cairn always does is
 /// Let's Encrypt's already: validation at once, valid authorizations
 /// always reused, one chain (leaf and intermediate).
-pub fn apply_modes(t: &mut Translation, strict: bool, letsencrypt: bool) {
+pub(crate) fn apply_modes(t: &mut Translation, strict: bool, letsencrypt: bool) {
     let Some(overlay) = t.overlay.as_table_mut() else {
         return;
     };
@@ -250,7 +250,7 @@ async fn put_eab_keys(cfg: &Config, keys: &[(String, Vec<u8>)]) -> anyhow::Resul
 
 /// A Pebble configuration and environment, as Cairn settings.
 #[derive(Debug)]
-pub struct Translation {
+pub(crate) struct Translation {
     /// Settings over the `test` preset, as a TOML file would give them.
     pub overlay: toml::Value,
     /// What Cairn accepts but cannot do as Pebble does, one line each,
@@ -332,7 +332,7 @@ impl Fields<'_> {
 
 /// Translates `{"pebble": {...}}` and the `PEBBLE_*` variables in `env`
 /// (with `-dnsserver`) into settings over the `test` preset.
-pub fn translate(
+pub(crate) fn translate(
     json: &Value,
     env: &[(String, String)],
     dnsserver: Option<&str>,

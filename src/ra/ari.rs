@@ -57,7 +57,7 @@ impl Ra {
         format!("{}.{}", B64.encode(&self.issuer_key_id), B64.encode(bytes))
     }
 
-    /// GET renewalInfo/<certID>. Revoked certificates and certificates an
+    /// `GET renewalInfo/<certID>`. Revoked certificates and certificates an
     /// operator marked for early renewal get a window in the past, so
     /// clients renew at once; others the last third of their validity.
     pub async fn renewal_info(&self, cert_id: &str) -> Result<RenewalInfo, Problem> {

@@ -38,15 +38,15 @@ mod eab;
 mod finalize;
 mod orders;
 mod revocation;
-pub mod status;
+pub(crate) mod status;
 mod store;
 mod sweepers;
-pub use ari::{cert_id, window, RenewalInfo};
-pub use eab::{ExternalBinding, MacAlg};
-pub use revocation::{record_revocation, RevokeBy, KEY_COMPROMISE};
+pub use ari::cert_id;
+pub(crate) use eab::{ExternalBinding, MacAlg};
+pub(crate) use revocation::{record_revocation, RevokeBy, KEY_COMPROMISE};
 pub use store::{error_doc, problem_of};
 
-pub struct Ra {
+pub(crate) struct Ra {
     cfg: Arc<Config>,
     store: DynStore,
     ca: Arc<Ca>,
