@@ -26,6 +26,7 @@
 //! - `admin`: `cairn admin`, operator controls over issued certificates.
 //! - `testdns`: the mock DNS server of `cairn testdns`.
 //! - `pebble`: `cairn pebble`, Pebble's command line and configuration.
+//! - `wire`: the ACME wire format, request and response types.
 //!
 //! The `pub` modules are those the binary (src/main.rs), tests/ and
 //! benches/ reach; everything else is crate-private.
@@ -57,3 +58,4 @@ pub mod serve;
 pub mod testdns;
 mod va;
 pub mod wfe;
+pub mod wire;

@@ -5,8 +5,10 @@
 //!
 //! - `core` imports nothing of the crate (it is below everything);
 //! - `sa` imports only `core`, `config` and `clock`;
+//! - `wire` (the ACME request and response types, shared by `wfe` and
+//!   `ra`) imports only `core`;
 //! - nothing below `wfe` (`ra`, `sa`, `ca`, `va`, `policy`, `ratelimit`,
-//!   `core`) uses `axum` or `http`: HTTP stays at the edge;
+//!   `wire`, `core`) uses `axum` or `http`: HTTP stays at the edge;
 //! - no cycle between top-level modules.
 //!
 //! `KNOWN` lists the edges that break a rule today, each with the change
@@ -16,8 +18,18 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 
-const BELOW_WFE: [&str; 7] = ["ra", "sa", "ca", "va", "policy", "ratelimit", "core"];
+const BELOW_WFE: [&str; 8] = [
+    "ra",
+    "sa",
+    "ca",
+    "va",
+    "policy",
+    "ratelimit",
+    "wire",
+    "core",
+];
 const SA_MAY_IMPORT: [&str; 3] = ["core", "config", "clock"];
+const WIRE_MAY_IMPORT: [&str; 1] = ["core"];
 const HTTP_CRATES: [&str; 2] = ["axum", "http"];
 
 /// Forbidden edges that exist today: (from, to, why it is still there).
@@ -97,6 +109,9 @@ fn check(g: &Graph) -> Vec<String> {
             }
             if from == "sa" && !SA_MAY_IMPORT.contains(&to.as_str()) {
                 edge(from, to, "sa imports only core, config and clock");
+            }
+            if from == "wire" && !WIRE_MAY_IMPORT.contains(&to.as_str()) {
+                edge(from, to, "wire imports only core");
             }
         }
     }

@@ -541,3 +541,193 @@ async fn restart_during_processing_challenge() {
         c.wait_status(&order_url, &["ready"], T).await;
     }
 }
+
+/// The members of an object, sorted.
+fn members(v: &Value) -> Vec<&str> {
+    let mut keys: Vec<&str> = v
+        .as_object()
+        .unwrap_or_else(|| panic!("not an object: {v}"))
+        .keys()
+        .map(String::as_str)
+        .collect();
+    keys.sort();
+    keys
+}
+
+fn assert_members(what: &str, v: &Value, want: &[&str]) {
+    let mut want = want.to_vec();
+    want.sort();
+    assert_eq!(members(v), want, "{what}: {v}");
+}
+
+/// Every ACME resource carries exactly its members: the optional ones
+/// (`certificate`, `error`, `replaces`, `wildcard`, `validated`,
+/// `validationRecord`, `issuer-domain-names`) where they apply and absent
+/// (not `null`) elsewhere. Clients tell states apart by presence.
+#[tokio::test]
+async fn resources_carry_exactly_their_members() {
+    let (_dns, server, c) = setup().await;
+    let responder = Http01Responder::start(server.http01_port);
+
+    let dir = c.get(&server.dir_url).await.expect_status(200).json();
+    assert_members(
+        "directory",
+        &dir,
+        &[
+            "keyChange",
+            "meta",
+            "newAccount",
+            "newNonce",
+            "newOrder",
+            "renewalInfo",
+            "revokeCert",
+        ],
+    );
+    assert_members(
+        "directory meta",
+        &dir["meta"],
+        &[
+            "caaIdentities",
+            "externalAccountRequired",
+            "profiles",
+            "termsOfService",
+            "website",
+        ],
+    );
+
+    let account_members = ["contact", "createdAt", "key", "orders", "status"];
+    let acct = c.post_as_get(&c.account_url()).await.expect_status(200);
+    assert_members("account", &acct.json(), &account_members);
+    let updated = c
+        .post(
+            &c.account_url(),
+            Some(json!({"contact": ["mailto:wire@example.com"]})),
+        )
+        .await
+        .expect_status(200);
+    assert_members("updated account", &updated.json(), &account_members);
+
+    // Pending: an order, its authorization and every challenge offered.
+    let order_members = [
+        "authorizations",
+        "expires",
+        "finalize",
+        "identifiers",
+        "profile",
+        "status",
+    ];
+    let (order_url, order) = c.new_order(&["wire.example.com"]).await;
+    assert_members("pending order", &order, &order_members);
+    assert_members("identifier", &order["identifiers"][0], &["type", "value"]);
+    let authz_url = AcmeClient::authz_urls(&order)[0].clone();
+    let authz = c.post_as_get(&authz_url).await.expect_status(200).json();
+    let authz_members = ["challenges", "expires", "identifier", "status"];
+    assert_members("pending authz", &authz, &authz_members);
+    assert_members("authz identifier", &authz["identifier"], &["type", "value"]);
+    let challenges = authz["challenges"].as_array().expect("challenges");
+    assert_eq!(challenges.len(), 4, "{authz}");
+    for ch in challenges {
+        let mut want = vec!["status", "token", "type", "url"];
+        if ch["type"] == "dns-persist-01" {
+            want.push("issuer-domain-names");
+        }
+        assert_members("pending challenge", ch, &want);
+    }
+
+    // Valid: the challenge gains `validated` and `validationRecord`, the
+    // order `certificate`.
+    let ch = AcmeClient::challenge(&authz, "http-01")
+        .expect("http-01")
+        .clone();
+    let token = ch["token"].as_str().expect("token");
+    responder.set(token, &c.key_authorization(token));
+    answer(&c, &authz_url, &ch).await;
+    let authz = c.wait_status(&authz_url, &["valid"], T).await;
+    assert_members("valid authz", &authz, &authz_members);
+    let ch = c
+        .post_as_get(ch["url"].as_str().expect("url"))
+        .await
+        .expect_status(200)
+        .json();
+    assert_members(
+        "valid challenge",
+        &ch,
+        &[
+            "status",
+            "token",
+            "type",
+            "url",
+            "validated",
+            "validationRecord",
+        ],
+    );
+    let ready = c.wait_status(&order_url, &["ready"], T).await;
+    assert_members("ready order", &ready, &order_members);
+    let (csr, _) = make_csr(&["wire.example.com"], CertKey::P256);
+    c.finalize(&ready, &csr).await.expect_status(200);
+    let valid = c.wait_status(&order_url, &["valid"], T).await;
+    let mut with_cert = order_members.to_vec();
+    with_cert.push("certificate");
+    assert_members("valid order", &valid, &with_cert);
+    let pem = c
+        .download_cert_pem(valid["certificate"].as_str().expect("certificate"))
+        .await;
+    let orders = c
+        .post_as_get(&format!("{}/orders", c.account_url()))
+        .await
+        .expect_status(200)
+        .json();
+    assert_members("orders list", &orders, &["orders"]);
+
+    // renewalInfo, and an order replacing that certificate.
+    let cert_id = cairn::ra::cert_id(&pem_to_ders(&pem)[0]).expect("certID");
+    let ari = c
+        .get(&format!("{}/{cert_id}", c.endpoint("renewalInfo")))
+        .await
+        .expect_status(200)
+        .json();
+    assert_members("renewalInfo", &ari, &["suggestedWindow"]);
+    assert_members(
+        "suggestedWindow",
+        &ari["suggestedWindow"],
+        &["end", "start"],
+    );
+    let mut payload = AcmeClient::order_payload(&["wire.example.com"]);
+    payload["replaces"] = json!(cert_id);
+    let r = c.new_order_raw(payload).await.expect_status(201);
+    let mut with_replaces = order_members.to_vec();
+    with_replaces.push("replaces");
+    assert_members("replacing order", &r.json(), &with_replaces);
+
+    // A wildcard authorization says so.
+    let (_, order) = c.new_order(&["*.wire.example.com"]).await;
+    let authz = c
+        .post_as_get(&AcmeClient::authz_urls(&order)[0])
+        .await
+        .expect_status(200)
+        .json();
+    let mut with_wildcard = authz_members.to_vec();
+    with_wildcard.push("wildcard");
+    assert_members("wildcard authz", &authz, &with_wildcard);
+
+    // Invalid: the challenge and the order gain `error` (the challenge keeps
+    // when it was tried in `validated`, with no records).
+    let (order_url, order) = c.new_order(&["wire-fails.example.com"]).await;
+    let (authz_url, ch) = first_challenge(&c, &order, "http-01").await;
+    answer(&c, &authz_url, &ch).await;
+    c.wait_status(&authz_url, &["invalid"], T).await;
+    let ch = c
+        .post_as_get(ch["url"].as_str().expect("url"))
+        .await
+        .expect_status(200)
+        .json();
+    assert_members(
+        "invalid challenge",
+        &ch,
+        &["error", "status", "token", "type", "url", "validated"],
+    );
+    let invalid = c.wait_status(&order_url, &["invalid"], T).await;
+    let mut with_error = order_members.to_vec();
+    with_error.push("error");
+    assert_members("invalid order", &invalid, &with_error);
+}

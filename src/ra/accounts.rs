@@ -2,12 +2,13 @@
 //! request's nonce), updates, deactivation and key rollover; the contact
 //! and account-key checks they share.
 
-use super::{allow, AccountUpdate, ExternalBinding, NewAccountRequest, Ra};
+use super::{allow, ExternalBinding, Ra};
 use crate::core::*;
 use crate::key::{KeyError, PublicKey};
 use crate::problem::Problem;
 use crate::ratelimit::{RateLimitInfo, Spent};
 use crate::sa::*;
+use crate::wire::{AccountUpdate, NewAccountRequest};
 use std::net::IpAddr;
 
 impl Ra {

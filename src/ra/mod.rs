@@ -15,8 +15,8 @@
 //! - `sweepers.rs`: background tasks (reservations, interrupted validations).
 //! - `store.rs`: `StoreError` → `Problem`, stored error documents.
 //!
-//! This file keeps `Ra`, its constructor, the wire requests and the small
-//! helpers the groups share.
+//! This file keeps `Ra`, its constructor and the small helpers the groups
+//! share. The requests it takes are `crate::wire`'s.
 
 use crate::ca::Ca;
 use crate::clock::Clock;
@@ -60,49 +60,6 @@ pub(crate) struct Ra {
     crl: Arc<CrlPublisher>,
     /// The issuance-window rate limits (LIMITS.md §2).
     limiter: Arc<Limiter>,
-}
-
-/// What a client asked of newAccount (RFC 8555 §7.3).
-#[derive(Debug, Default, Clone, serde::Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct NewAccountRequest {
-    #[serde(default)]
-    pub contact: Option<Vec<String>>,
-    #[serde(default)]
-    pub terms_of_service_agreed: Option<bool>,
-    #[serde(default)]
-    pub only_return_existing: Option<bool>,
-    #[serde(default)]
-    pub external_account_binding: Option<serde_json::Value>,
-}
-
-/// An update to an account (RFC 8555 §7.3.2, §7.3.6). Other fields clients
-/// send are ignored.
-#[derive(Debug, Default, Clone, serde::Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct AccountUpdate {
-    #[serde(default)]
-    pub contact: Option<Vec<String>>,
-    #[serde(default)]
-    pub status: Option<String>,
-}
-
-/// What a client asked of newOrder (RFC 8555 §7.4).
-#[derive(Debug, Default, Clone, serde::Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct NewOrderRequest {
-    #[serde(default)]
-    pub identifiers: Option<Vec<Identifier>>,
-    #[serde(default)]
-    pub not_before: Option<serde_json::Value>,
-    #[serde(default)]
-    pub not_after: Option<serde_json::Value>,
-    /// RFC 9773 §5: the certID of the certificate this order replaces.
-    #[serde(default)]
-    pub replaces: Option<String>,
-    /// A certificate profile offered in the directory's `meta.profiles`.
-    #[serde(default)]
-    pub profile: Option<String>,
 }
 
 impl Ra {

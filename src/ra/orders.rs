@@ -2,15 +2,13 @@
 //! authorization reuse, rate limits), reading an account's orders, and the
 //! certificate tokens an order reserves and gives back.
 
-use super::{
-    allow, authz_with_current_status, order_with_current_status, NewOrderRequest, Ra,
-    RENEWAL_MARGIN_SECS,
-};
+use super::{allow, authz_with_current_status, order_with_current_status, Ra, RENEWAL_MARGIN_SECS};
 use crate::core::*;
 use crate::policy::Name;
 use crate::problem::Problem;
 use crate::ratelimit::{RateLimitInfo, Spent};
 use crate::sa::*;
+use crate::wire::NewOrderRequest;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64;
 use base64::Engine;
 

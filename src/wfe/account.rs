@@ -4,22 +4,21 @@
 use super::{json_response, jws, path_id, AppState, Base, ClientAddr, Jwk, Kid, Signed, Signer};
 use crate::core::{Account, OrderId};
 use crate::problem::{Path, Problem, Query};
-use crate::ra::{AccountUpdate, NewAccountRequest};
+use crate::wire::{self, AccountUpdate, NewAccountRequest};
 use axum::extract::State;
 use axum::http::{header, StatusCode, Uri};
 use axum::response::Response;
 use axum::Extension;
-use serde_json::{json, Value};
+use serde_json::Value;
 
-fn account_json(base: &Base, a: &Account) -> Value {
-    let key: Value = serde_json::from_str(&a.jwk).unwrap_or(Value::Null);
-    json!({
-        "status": a.status.as_str(),
-        "contact": a.contact,
-        "orders": base.url(&format!("/acme/acct/{}/orders", a.id)),
-        "key": key,
-        "createdAt": super::rfc3339(a.created_at),
-    })
+fn account_json<'a>(base: &Base, a: &'a Account) -> wire::Account<'a> {
+    wire::Account {
+        status: a.status,
+        contact: &a.contact,
+        orders: base.url(&format!("/acme/acct/{}/orders", a.id)),
+        key: serde_json::from_str(&a.jwk).unwrap_or(Value::Null),
+        created_at: super::rfc3339(a.created_at),
+    }
 }
 
 fn account_headers(s: &AppState, base: &Base, a: &Account) -> Vec<(header::HeaderName, String)> {
@@ -123,10 +122,12 @@ pub async fn orders(
         }
     };
     let (ids, next) = s.ra.account_orders(acct, after).await?;
-    let urls: Vec<String> = ids
-        .iter()
-        .map(|o| base.url(&format!("/acme/order/{o}")))
-        .collect();
+    let list = wire::OrderList {
+        orders: ids
+            .iter()
+            .map(|o| base.url(&format!("/acme/order/{o}")))
+            .collect(),
+    };
     let mut h = vec![];
     if let Some(n) = next {
         h.push((
@@ -137,7 +138,7 @@ pub async fn orders(
             ),
         ));
     }
-    Ok(json_response(StatusCode::OK, &json!({ "orders": urls }), h))
+    Ok(json_response(StatusCode::OK, &list, h))
 }
 
 /// RFC 8555 §7.3.5: the payload is a JWS signed by the new key (`jwk`, no

@@ -2,10 +2,10 @@
 
 use super::{json_response, AppState};
 use crate::problem::{Path, Problem};
+use crate::wire;
 use axum::extract::State;
 use axum::http::{header, StatusCode};
 use axum::response::Response;
-use serde_json::json;
 use time::format_description::well_known::Rfc3339;
 use time::OffsetDateTime;
 
@@ -14,12 +14,13 @@ pub async fn renewal_info(
     Path(cert_id): Path<String>,
 ) -> Result<Response, Problem> {
     let info = s.ra.renewal_info(&cert_id).await?;
-    let mut body = json!({
-        "suggestedWindow": { "start": rfc3339(info.start)?, "end": rfc3339(info.end)? },
-    });
-    if let Some(url) = &info.explanation_url {
-        body["explanationURL"] = json!(url);
-    }
+    let body = wire::RenewalInfo {
+        suggested_window: wire::SuggestedWindow {
+            start: rfc3339(info.start)?,
+            end: rfc3339(info.end)?,
+        },
+        explanation_url: info.explanation_url.as_deref(),
+    };
     Ok(json_response(
         StatusCode::OK,
         &body,

@@ -1,11 +1,11 @@
 //! The directory, newNonce and the issuer certificate.
 
 use super::{json_response, AppState, Base, PublicRead};
+use crate::wire;
 use axum::extract::State;
 use axum::http::{header, Method, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Extension;
-use serde_json::json;
 
 /// RFC 8555 §7.1.1. All URLs absolute, built from the request's Host.
 pub async fn directory(
@@ -14,26 +14,26 @@ pub async fn directory(
     _: PublicRead,
 ) -> Response {
     let a = &s.cfg.acme;
-    let mut meta = json!({
-        "caaIdentities": a.caa_identities,
-        "externalAccountRequired": a.external_account_required,
-        "profiles": s.cfg.profiles.iter().map(|(n, p)| (n.clone(), json!(p.description))).collect::<serde_json::Map<_, _>>(),
-    });
-    if let Some(tos) = base.terms_url(&s.cfg) {
-        meta["termsOfService"] = json!(tos);
-    }
-    if !a.website.is_empty() {
-        meta["website"] = json!(a.website);
-    }
-    let body = json!({
-        "newNonce": base.url("/acme/new-nonce"),
-        "newAccount": base.url("/acme/new-acct"),
-        "newOrder": base.url("/acme/new-order"),
-        "keyChange": base.url("/acme/key-change"),
-        "revokeCert": base.url("/acme/revoke-cert"),
-        "renewalInfo": base.url("/acme/renewal-info"),
-        "meta": meta,
-    });
+    let body = wire::Directory {
+        new_nonce: base.url("/acme/new-nonce"),
+        new_account: base.url("/acme/new-acct"),
+        new_order: base.url("/acme/new-order"),
+        key_change: base.url("/acme/key-change"),
+        revoke_cert: base.url("/acme/revoke-cert"),
+        renewal_info: base.url("/acme/renewal-info"),
+        meta: wire::DirectoryMeta {
+            terms_of_service: base.terms_url(&s.cfg),
+            website: (!a.website.is_empty()).then_some(a.website.as_str()),
+            caa_identities: &a.caa_identities,
+            external_account_required: a.external_account_required,
+            profiles: s
+                .cfg
+                .profiles
+                .iter()
+                .map(|(n, p)| (n.as_str(), p.description.as_str()))
+                .collect(),
+        },
+    };
     json_response(StatusCode::OK, &body, vec![])
 }
 

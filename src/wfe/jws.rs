@@ -5,6 +5,7 @@
 use crate::key::{Curve, KeyError, PublicKey};
 use crate::problem::Problem;
 use crate::ra::{ExternalBinding, MacAlg};
+use crate::wire::KeyChangePayload;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64;
 use base64::Engine;
 use ring::signature::{
@@ -212,13 +213,7 @@ pub fn parse_key_change(body: &[u8], url: &str) -> Result<(PublicKey, KeyChange)
             .ok_or_else(|| Problem::malformed("keyChange inner JWS has no \"jwk\""))?,
     )?;
     verify(&inner, &new_key)?;
-    #[derive(serde::Deserialize)]
-    #[serde(rename_all = "camelCase")]
-    struct Inner {
-        account: String,
-        old_key: Value,
-    }
-    let payload: Inner = serde_json::from_slice(&inner.payload()?)
+    let payload: KeyChangePayload = serde_json::from_slice(&inner.payload()?)
         .map_err(|e| Problem::malformed(format!("keyChange inner payload: {e}")))?;
     let old_key = PublicKey::from_jwk(&payload.old_key)
         .map_err(|e| Problem::malformed(format!("keyChange \"oldKey\": {}", e.for_jws().detail)))?;

@@ -662,7 +662,7 @@ pub(crate) fn rfc3339(unix: i64) -> String {
 /// A JSON response with optional extra headers.
 pub(crate) fn json_response(
     status: StatusCode,
-    body: &serde_json::Value,
+    body: &impl serde::Serialize,
     headers: Vec<(header::HeaderName, String)>,
 ) -> Response {
     let mut resp = (status, serde_json::to_vec(body).unwrap_or_default()).into_response();

@@ -3,45 +3,54 @@
 
 use super::{json_response, path_id, rfc3339, AnyKey, AppState, Base, Kid, Signed, Signer};
 use crate::core::{
-    Authz, AuthzId, AuthzStatus, Challenge, ChallengeId, ChallengeStatus, ChallengeType, Order,
-    OrderId, OrderStatus,
+    Authz, AuthzId, AuthzStatus, Challenge, ChallengeId, ChallengeStatus, ChallengeType,
+    Identifier, Order, OrderId, OrderStatus,
 };
 use crate::problem::{Path, Problem};
-use crate::ra::{NewOrderRequest, RevokeBy};
+use crate::ra::RevokeBy;
+use crate::wire::{
+    self, AuthzUpdate, ChallengeResponse, FinalizeRequest, NewOrderRequest, RevokeRequest,
+};
 use axum::extract::State;
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Extension;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64;
 use base64::Engine;
-use serde_json::{json, Value};
+use serde_json::Value;
 
-fn order_json(s: &AppState, base: &Base, o: &Order) -> Value {
-    let held = held_processing(s, o);
-    let status = if held {
+fn order_json<'a>(s: &'a AppState, base: &Base, o: &'a Order) -> wire::Order<'a> {
+    let status = if held_processing(s, o) {
         OrderStatus::Processing
     } else {
         o.status
     };
-    let mut v = json!({
-        "status": status.as_str(),
-        "expires": rfc3339(o.expires),
-        "identifiers": o.identifiers,
-        "authorizations": o.authz_ids.iter().map(|a| base.url(&format!("/acme/authz/{a}"))).collect::<Vec<_>>(),
-        "finalize": base.url(&format!("/acme/finalize/{}", o.id)),
+    wire::Order {
+        status,
+        expires: rfc3339(o.expires),
+        identifiers: &o.identifiers,
+        authorizations: o
+            .authz_ids
+            .iter()
+            .map(|a| base.url(&format!("/acme/authz/{a}")))
+            .collect(),
+        finalize: base.url(&format!("/acme/finalize/{}", o.id)),
         // Orders from before profiles have the default one.
-        "profile": if o.profile.is_empty() { &s.cfg.acme.default_profile } else { &o.profile },
-    });
-    if let (OrderStatus::Valid, Some(serial)) = (status, &o.cert_serial) {
-        v["certificate"] = json!(base.url(&format!("/acme/cert/{serial}")));
+        profile: if o.profile.is_empty() {
+            &s.cfg.acme.default_profile
+        } else {
+            &o.profile
+        },
+        certificate: match (status, &o.cert_serial) {
+            (OrderStatus::Valid, Some(serial)) => Some(base.url(&format!("/acme/cert/{serial}"))),
+            _ => None,
+        },
+        error: o.error.as_ref(),
+        replaces: o
+            .replaces
+            .as_deref()
+            .map(|serial| s.ra.serial_cert_id(serial)),
     }
-    if let Some(e) = &o.error {
-        v["error"] = serde_json::to_value(e).unwrap_or(Value::Null);
-    }
-    if let Some(serial) = &o.replaces {
-        v["replaces"] = json!(s.ra.serial_cert_id(serial));
-    }
-    v
 }
 
 /// An issued order a `processing` fault (`crate::faults`) still shows as
@@ -54,54 +63,45 @@ fn order_response(s: &AppState, base: &Base, o: &Order, status: StatusCode) -> R
     let body = order_json(s, base, o);
     let mut h = vec![(header::LOCATION, base.url(&format!("/acme/order/{}", o.id)))];
     // Processing as rendered: stored, or held so by a `processing` fault.
-    if body["status"] == OrderStatus::Processing.as_str() {
+    if body.status == OrderStatus::Processing {
         h.push((header::RETRY_AFTER, s.cfg.acme.retry_after_secs.to_string()));
     }
     json_response(status, &body, h)
 }
 
-fn challenge_json(s: &AppState, base: &Base, c: &Challenge) -> Value {
-    let mut v = json!({
-        "type": c.kind.as_str(),
-        "url": base.url(&format!("/acme/chall/{}", c.id)),
-        "status": c.status.as_str(),
-        "token": c.token,
-    });
-    if c.kind == ChallengeType::DnsPersist01 {
-        // draft-ietf-acme-dns-persist-01 §3.1: the names a record may use
-        // for this CA. The draft's object has no token; this one carries an
-        // unused random one, because clients that read every challenge of
-        // an authorization fail on one without (Ruby's acme-client 2.0.9
-        // raises KeyError), and clients of the draft ignore it.
-        v["issuer-domain-names"] = json!(s.cfg.va.dns_persist_issuer_domains);
+fn challenge_json<'a>(s: &'a AppState, base: &Base, c: &'a Challenge) -> wire::Challenge<'a> {
+    wire::Challenge {
+        kind: c.kind,
+        url: base.url(&format!("/acme/chall/{}", c.id)),
+        status: c.status,
+        // The draft's dns-persist-01 object has no token; this one carries
+        // an unused random one, because clients that read every challenge
+        // of an authorization fail on one without (Ruby's acme-client
+        // 2.0.9 raises KeyError), and clients of the draft ignore it.
+        token: &c.token,
+        issuer_domain_names: (c.kind == ChallengeType::DnsPersist01)
+            .then_some(s.cfg.va.dns_persist_issuer_domains.as_slice()),
+        validated: c.validated.map(rfc3339),
+        error: c.error.as_ref(),
+        validation_record: c
+            .records
+            .as_deref()
+            .and_then(|r| serde_json::from_str::<Value>(r).ok()),
     }
-    if let Some(t) = c.validated {
-        v["validated"] = json!(rfc3339(t));
-    }
-    if let Some(e) = &c.error {
-        v["error"] = serde_json::to_value(e).unwrap_or(Value::Null);
-    }
-    if let Some(r) = c
-        .records
-        .as_deref()
-        .and_then(|r| serde_json::from_str::<Value>(r).ok())
-    {
-        v["validationRecord"] = r;
-    }
-    v
 }
 
-fn authz_json(s: &AppState, base: &Base, a: &Authz) -> Value {
-    let mut v = json!({
-        "identifier": {"type": a.identifier_type.as_str(), "value": a.identifier},
-        "status": a.status.as_str(),
-        "expires": rfc3339(a.expires),
-        "challenges": a.challenges.iter().map(|c| challenge_json(s, base, c)).collect::<Vec<_>>(),
-    });
-    if a.wildcard {
-        v["wildcard"] = json!(true);
+fn authz_json<'a>(s: &'a AppState, base: &Base, a: &'a Authz) -> wire::Authorization<'a> {
+    wire::Authorization {
+        identifier: Identifier::of(a.identifier_type, a.identifier.as_str()),
+        status: a.status,
+        expires: rfc3339(a.expires),
+        challenges: a
+            .challenges
+            .iter()
+            .map(|c| challenge_json(s, base, c))
+            .collect(),
+        wildcard: a.wildcard,
     }
-    v
 }
 
 pub async fn new_order(
@@ -137,11 +137,7 @@ pub async fn finalize(
     Signed(post, _): Signed<Kid>,
 ) -> Result<Response, Problem> {
     let id = OrderId(path_id(&id)?);
-    #[derive(serde::Deserialize)]
-    struct Finalize {
-        csr: String,
-    }
-    let f: Finalize = post.json()?;
+    let f: FinalizeRequest = post.json()?;
     let der = B64
         .decode(f.csr.trim_end_matches('=').as_bytes())
         .map_err(|_| Problem::bad_csr("csr is not base64url-encoded DER"))?;
@@ -161,11 +157,7 @@ pub async fn authz(
     let a = if post.is_post_as_get() {
         s.ra.authz(acct, id).await?
     } else {
-        #[derive(serde::Deserialize)]
-        struct Update {
-            status: Option<String>,
-        }
-        let u: Update = post.json()?;
+        let u: AuthzUpdate = post.json()?;
         if u.status.as_deref() != Some("deactivated") {
             return Err(Problem::malformed(
                 "an authorization can only be updated with {\"status\": \"deactivated\"}",
@@ -199,7 +191,7 @@ pub async fn challenge(
                 "challenge initiation POST JWS body was not \"{}\"",
             ));
         }
-        let _: Value = post.json()?;
+        let _: ChallengeResponse = post.json()?;
         s.ra.respond_challenge(acct, id).await?
     };
     let mut h = vec![(
@@ -254,12 +246,7 @@ pub async fn revoke(
     State(s): State<AppState>,
     Signed(post, _): Signed<AnyKey>,
 ) -> Result<Response, Problem> {
-    #[derive(serde::Deserialize)]
-    struct Revoke {
-        certificate: String,
-        reason: Option<i64>,
-    }
-    let r: Revoke = post.json()?;
+    let r: RevokeRequest = post.json()?;
     let der = B64
         .decode(r.certificate.trim_end_matches('=').as_bytes())
         .map_err(|_| Problem::malformed("\"certificate\" is not base64url-encoded DER"))?;
