@@ -58,4 +58,4 @@ pub mod serve;
 pub mod testdns;
 mod va;
 pub mod wfe;
-pub mod wire;
+mod wire;
