@@ -829,24 +829,26 @@ pub(crate) fn ensure_dir(p: &Path) -> anyhow::Result<()> {
         .with_context(|| format!("creating {}", p.display()))
 }
 
+/// Tests: a preset with these variables as the whole environment.
+#[cfg(test)]
+pub(crate) fn load_preset(preset: &str, env: &[(&str, &str)]) -> anyhow::Result<Config> {
+    let m: std::collections::HashMap<String, String> = env
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+    Config::load_with_env(
+        &Sources {
+            preset: Some(preset.into()),
+            ..Default::default()
+        },
+        |k| m.get(k).cloned(),
+    )
+}
+
 #[cfg(test)]
 mod tests {
+    use super::load_preset as load;
     use super::*;
-    use std::collections::HashMap;
-
-    fn load(preset: &str, env: &[(&str, &str)]) -> anyhow::Result<Config> {
-        let m: HashMap<String, String> = env
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect();
-        Config::load_with_env(
-            &Sources {
-                preset: Some(preset.into()),
-                ..Default::default()
-            },
-            |k| m.get(k).cloned(),
-        )
-    }
 
     const EXTERNAL: (&str, &str) = ("CAIRN_SERVER_EXTERNAL_URL", "https://acme.example.com");
 
