@@ -57,7 +57,8 @@ pub struct FaultsConfig {
 pub struct ProfileConfig {
     /// Shown in the directory's `meta.profiles`.
     pub description: String,
-    /// Certificate validity, seconds (notAfter - notBefore).
+    /// Certificate validity, seconds (notAfter - notBefore), 1 s to 100
+    /// years.
     pub validity_secs: u64,
     /// Identifier types an order may contain: `dns`, `ip`.
     pub identifier_types: Vec<crate::core::IdentifierType>,
@@ -456,8 +457,8 @@ impl Config {
             if !ok_name {
                 bail!("profiles.{name}: a profile name is 1-64 letters, digits, '-', '_' or '.'");
             }
-            if p.validity_secs < 60 || p.validity_secs > 100 * 365 * 86_400 {
-                bail!("profiles.{name}.validity_secs must be between 60 and 100 years");
+            if p.validity_secs == 0 || p.validity_secs > 100 * 365 * 86_400 {
+                bail!("profiles.{name}.validity_secs must be between 1 second and 100 years");
             }
             if p.identifier_types.is_empty() {
                 bail!("profiles.{name}.identifier_types: name at least one of \"dns\", \"ip\"");

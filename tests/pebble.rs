@@ -472,6 +472,44 @@ async fn pebble_by_name_serves_dir_and_issues() {
     assert_eq!(order["profile"], "default");
 }
 
+/// A profile of a few seconds, as suites configure to see a client renew
+/// (tokio-rustls-acme's `validityPeriod: 10`), starts and issues a
+/// certificate of exactly that validity that is valid when it arrives:
+/// the backdating of notBefore does not eat a short certificate's life.
+#[tokio::test]
+async fn pebble_seconds_long_profile_issues_live_certificates() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let cert = listener_cert(dir.path());
+    let chall = ChallTestSrv::start(dir.path(), "-dnsserver", &["-https01", "", "-doh", ""]);
+    let p = Pebble::start_with(
+        dir.path(),
+        Command::new(named(dir.path(), "pebble")),
+        &cert,
+        &chall,
+        &[("PEBBLE_VA_NOSLEEP", "1"), ("PEBBLE_WFE_NONCEREJECT", "0")],
+        &json!({"profiles": {"default": {"description": "renew me", "validityPeriod": 10}}}),
+    );
+    let chain = issue(&p, &chall).await;
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock")
+        .as_secs() as i64;
+    let der = rustls::pki_types::CertificateDer::from_pem_slice(chain.as_bytes()).expect("PEM");
+    let (_, leaf) = x509_parser::parse_x509_certificate(&der).expect("X.509");
+    let (nb, na) = (
+        leaf.validity().not_before.timestamp(),
+        leaf.validity().not_after.timestamp(),
+    );
+    assert_eq!(na - nb, 10, "validity of the profile");
+    assert!(
+        nb <= now && now < na,
+        "not valid on arrival: {nb}..{na}, now {now}"
+    );
+    // Most of its life is still ahead: a client renewing at two thirds
+    // (tokio-rustls-acme) renews a live certificate.
+    assert!(na - now >= 5, "{nb}..{na}, now {now}");
+}
+
 /// `cairn pebble` behaves the same; Pebble's variables it cannot honour
 /// are warnings naming them, unknown keys stop it, and state is temporary
 /// unless `-datadir` keeps it.

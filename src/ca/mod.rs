@@ -36,7 +36,10 @@ const LISTENER_VALIDITY: Duration = Duration::days(365);
 /// The listener certificate is replaced when it has less than this left.
 const LISTENER_RENEW_BEFORE: Duration = Duration::days(30);
 /// Certificates start this far in the past, so a client whose clock is a
-/// little behind ours does not see a certificate from the future.
+/// little behind ours does not see a certificate from the future; a
+/// subscriber certificate by at most a tenth of its validity, so one of a
+/// few seconds (a suite watching its client renew) is still valid when it
+/// arrives.
 const BACKDATE: Duration = Duration::minutes(1);
 
 /// A parsed, signature-checked CSR.
@@ -409,9 +412,9 @@ impl Ca {
         params.subject_alt_names = sans;
         let (serial, serial_hex) = random_serial();
         params.serial_number = Some(serial);
-        let not_before = whole_seconds(now) - BACKDATE;
         let validity = i64::try_from(profile.validity_secs)
             .map_err(|_| Problem::internal("certificate validity overflows"))?;
+        let not_before = whole_seconds(now) - BACKDATE.min(Duration::seconds(validity / 10));
         let not_after = not_before
             .checked_add(Duration::seconds(validity))
             .ok_or_else(|| Problem::internal("certificate validity overflows"))?;
