@@ -130,6 +130,13 @@ impl Ca {
     fn load_or_create_locked(cfg: &Config) -> anyhow::Result<Ca> {
         let paths = Paths::new(&cfg.data_dir);
         let now = OffsetDateTime::now_utc();
+        // The two keys are independent, and generating them (RSA above
+        // all) is most of a first start: the intermediate's is made beside
+        // the root's.
+        let mut int_key_ahead = (!paths.intermediate_key.exists()).then(|| {
+            let key_type = cfg.ca.key_type.clone();
+            std::thread::spawn(move || generate_key(&key_type))
+        });
 
         // Root.
         let mut root_key = match store::read_optional(&paths.root_key)? {
@@ -195,7 +202,12 @@ impl Ca {
                 let key = match key {
                     Some(key) => key,
                     None => {
-                        let key = generate_key(&cfg.ca.key_type)?;
+                        let key = match int_key_ahead.take() {
+                            Some(ahead) => ahead
+                                .join()
+                                .map_err(|_| anyhow!("generating the intermediate key failed"))??,
+                            None => generate_key(&cfg.ca.key_type)?,
+                        };
                         let pem = key.serialize_pem();
                         store::write_atomic(&paths.intermediate_key, pem.as_bytes(), KEY_MODE)?;
                         key
