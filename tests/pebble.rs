@@ -293,6 +293,11 @@ impl Pebble {
 /// challenges through the challenge test server's responders; returns the
 /// PEM chain.
 async fn issue(p: &Pebble, chall: &ChallTestSrv) -> String {
+    issue_finalizing(p, chall).await.0
+}
+
+/// [`issue`], and the finalize's `Retry-After`.
+async fn issue_finalizing(p: &Pebble, chall: &ChallTestSrv) -> (String, Option<String>) {
     let client = AcmeClient::from_parts(
         p.http.clone(),
         &p.dir_url,
@@ -332,12 +337,14 @@ async fn issue(p: &Pebble, chall: &ChallTestSrv) -> String {
     let (csr, _) = common::make_csr(&["http.example.com", "alpn.example.com"], CertKey::P256);
     let r = client.finalize(&order, &csr).await;
     assert_eq!(r.status, 200, "finalize: {r}");
+    let retry_after = r.header("retry-after");
     let order = client
         .wait_status(&order_url, &["valid"], Duration::from_secs(20))
         .await;
-    client
+    let pem = client
         .download_cert_pem(order["certificate"].as_str().expect("certificate"))
-        .await
+        .await;
+    (pem, retry_after)
 }
 
 fn serial_of(pem: &str) -> String {
@@ -1033,9 +1040,11 @@ async fn strict_refusals_and_letsencrypt_behaviour() {
     }
     // No strict refusal: Let's Encrypt takes the v1 field silently.
     assert_eq!(c.new_order_raw(v1_order).await.status, 201);
-    // Finalize is asynchronous: the order first reads processing.
-    let pem = issue(&p, &chall).await;
+    // Finalize is asynchronous: the order first reads processing, with
+    // Let's Encrypt's Retry-After (its `orderRetryAfter`, 3 s).
+    let (pem, retry_after) = issue_finalizing(&p, &chall).await;
     assert!(pem.contains("BEGIN CERTIFICATE"));
+    assert_eq!(retry_after.as_deref(), Some("3"));
     let log = p.proc.log();
     assert!(
         log.contains("-letsencrypt") && log.contains("finalize:processing=1"),
