@@ -45,11 +45,11 @@ pub struct AdminArgs {
     #[arg(long, global = true)]
     pub data_dir: Option<PathBuf>,
     #[command(subcommand)]
-    pub command: AdminCommand,
+    pub(crate) command: AdminCommand,
 }
 
 #[derive(clap::Subcommand)]
-pub enum AdminCommand {
+pub(crate) enum AdminCommand {
     /// Issued certificates: list, revoke, renew early.
     #[command(subcommand)]
     Certs(CertsCommand),
@@ -79,7 +79,7 @@ pub enum AdminCommand {
 }
 
 #[derive(clap::Args)]
-pub struct PurgeArgs {
+pub(crate) struct PurgeArgs {
     /// Count what would be purged; delete nothing.
     #[arg(long)]
     pub dry_run: bool,
@@ -89,7 +89,7 @@ pub struct PurgeArgs {
 }
 
 #[derive(clap::Subcommand)]
-pub enum AccountsCommand {
+pub(crate) enum AccountsCommand {
     /// The account: status, contacts, key, certificates, pauses, order bucket.
     Show(AccountArgs),
     /// Deactivate the account: its key can sign nothing from now on.
@@ -97,7 +97,7 @@ pub enum AccountsCommand {
 }
 
 #[derive(clap::Args)]
-pub struct AccountArgs {
+pub(crate) struct AccountArgs {
     /// The account id, or its URL (`.../acme/acct/<id>`).
     pub account: String,
     /// One JSON object instead of text.
@@ -106,14 +106,14 @@ pub struct AccountArgs {
 }
 
 #[derive(clap::Subcommand)]
-pub enum LimitsCommand {
+pub(crate) enum LimitsCommand {
     /// One bucket now, read with the arithmetic that decides (nothing is
     /// spent): tokens left, when the next returns, when it is full.
     Show(LimitShowArgs),
 }
 
 #[derive(clap::Args)]
-pub struct LimitShowArgs {
+pub(crate) struct LimitShowArgs {
     /// The limit, e.g. certificatesPerDomain, newOrdersPerAccount.
     #[arg(long)]
     pub limit: String,
@@ -125,7 +125,7 @@ pub struct LimitShowArgs {
 }
 
 #[derive(clap::Subcommand)]
-pub enum OverridesCommand {
+pub(crate) enum OverridesCommand {
     /// The overrides in the override file.
     List(OverridesListArgs),
     /// Add or replace the override of one limit for one key.
@@ -135,14 +135,14 @@ pub enum OverridesCommand {
 }
 
 #[derive(clap::Args)]
-pub struct OverridesListArgs {
+pub(crate) struct OverridesListArgs {
     /// One JSON object a line instead of a table.
     #[arg(long)]
     pub json: bool,
 }
 
 #[derive(clap::Args)]
-pub struct OverrideSetArgs {
+pub(crate) struct OverrideSetArgs {
     /// newOrdersPerAccount or certificatesPerDomain.
     #[arg(long)]
     pub limit: String,
@@ -169,7 +169,7 @@ pub struct OverrideSetArgs {
 }
 
 #[derive(clap::Args)]
-pub struct OverrideRemoveArgs {
+pub(crate) struct OverrideRemoveArgs {
     /// newOrdersPerAccount or certificatesPerDomain.
     #[arg(long)]
     pub limit: String,
@@ -179,7 +179,7 @@ pub struct OverrideRemoveArgs {
 }
 
 #[derive(clap::Args)]
-pub struct UnpauseArgs {
+pub(crate) struct UnpauseArgs {
     /// The account id, or its URL (`.../acme/acct/<id>`).
     #[arg(long)]
     pub account: String,
@@ -190,7 +190,7 @@ pub struct UnpauseArgs {
 }
 
 #[derive(clap::Subcommand)]
-pub enum CertsCommand {
+pub(crate) enum CertsCommand {
     /// List certificates by name, account or serial, newest first.
     List(ListArgs),
     /// One certificate: names, account, order, validity, revocation; its
@@ -205,7 +205,7 @@ pub enum CertsCommand {
 
 #[derive(clap::Args)]
 #[group(id = "which", required = true, multiple = true)]
-pub struct ListArgs {
+pub(crate) struct ListArgs {
     /// A dNSName in the certificate (exact match, case-insensitive).
     #[arg(long, group = "which")]
     pub name: Option<String>,
@@ -224,7 +224,7 @@ pub struct ListArgs {
 }
 
 #[derive(clap::Args)]
-pub struct ShowArgs {
+pub(crate) struct ShowArgs {
     /// The serial number (hex; colons and a leading 0x are ignored).
     pub serial: String,
     /// One JSON object instead of text.
@@ -236,7 +236,7 @@ pub struct ShowArgs {
 }
 
 #[derive(clap::Args)]
-pub struct RevokeArgs {
+pub(crate) struct RevokeArgs {
     /// The certificate's serial number (hex; colons and a leading 0x are
     /// ignored).
     pub serial: String,
@@ -249,7 +249,7 @@ pub struct RevokeArgs {
 
 #[derive(clap::Args)]
 #[group(id = "which", required = true, multiple = true)]
-pub struct RenewEarlyArgs {
+pub(crate) struct RenewEarlyArgs {
     /// The certificate with this serial number.
     #[arg(long, group = "which")]
     pub serial: Option<String>,
@@ -436,7 +436,7 @@ async fn revoke(cfg: &Config, serial: &str, reason: i64) -> anyhow::Result<()> {
     // Publish now rather than at the next scheduled update, so relying
     // parties see the revocation at once. Servers serve the newest CRL in
     // the database, whoever signed it.
-    let crl = crate::crl::publish(&*store, &ca, clock.unix(), cfg)
+    let crl = crate::crl_publisher::publish(&*store, &ca, clock.unix(), cfg)
         .await
         .map_err(|p| {
             anyhow!(

@@ -6,7 +6,7 @@ use std::sync::atomic::{AtomicI64, Ordering};
 use time::{Duration, OffsetDateTime};
 
 /// How far ahead of the system clock the clock may be moved: 100 years.
-pub const MAX_OFFSET_SECS: i64 = 100 * 366 * 86_400;
+pub(crate) const MAX_OFFSET_SECS: i64 = 100 * 366 * 86_400;
 
 /// System time plus an offset that only moves forward.
 #[derive(Debug, Default)]
@@ -34,7 +34,7 @@ impl Clock {
     }
 
     /// Move the clock forward by `secs` seconds, unless that would put it
-    /// more than [`MAX_OFFSET_SECS`] ahead of the system clock (time
+    /// more than `MAX_OFFSET_SECS` ahead of the system clock (time
     /// arithmetic past year 9999 panics; certificates cannot say it).
     /// Returns the new offset, or the current one when refused.
     pub fn advance(&self, secs: i64) -> Result<i64, i64> {

@@ -12,7 +12,7 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
 /// The compiled-in presets.
-pub const PRESETS: &[(&str, &str)] = &[
+pub(crate) const PRESETS: &[(&str, &str)] = &[
     ("dev", include_str!("../config/dev.toml")),
     ("test", include_str!("../config/test.toml")),
     ("staging", include_str!("../config/staging.toml")),
@@ -57,7 +57,8 @@ pub struct FaultsConfig {
 pub struct ProfileConfig {
     /// Shown in the directory's `meta.profiles`.
     pub description: String,
-    /// Certificate validity, seconds (notAfter - notBefore).
+    /// Certificate validity, seconds (notAfter - notBefore), 1 s to 100
+    /// years.
     pub validity_secs: u64,
     /// Identifier types an order may contain: `dns`, `ip`.
     pub identifier_types: Vec<crate::core::IdentifierType>,
@@ -220,13 +221,13 @@ pub struct CaConfig {
 
 /// `acme.terms_of_service` naming Cairn's own terms page, served at this
 /// path of the ACME listener.
-pub const BUILTIN_TERMS: &str = "/terms";
+pub(crate) const BUILTIN_TERMS: &str = "/terms";
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct AcmeConfig {
     /// Terms-of-service URL shown in the directory; empty means none, and then
-    /// agreement is not required. [`BUILTIN_TERMS`] (`"/terms"`) means Cairn's
+    /// agreement is not required. `BUILTIN_TERMS` (`"/terms"`) means Cairn's
     /// own short terms page, served at that path of this server.
     pub terms_of_service: String,
     pub website: String,
@@ -456,8 +457,8 @@ impl Config {
             if !ok_name {
                 bail!("profiles.{name}: a profile name is 1-64 letters, digits, '-', '_' or '.'");
             }
-            if p.validity_secs < 60 || p.validity_secs > 100 * 365 * 86_400 {
-                bail!("profiles.{name}.validity_secs must be between 60 and 100 years");
+            if p.validity_secs == 0 || p.validity_secs > 100 * 365 * 86_400 {
+                bail!("profiles.{name}.validity_secs must be between 1 second and 100 years");
             }
             if p.identifier_types.is_empty() {
                 bail!("profiles.{name}.identifier_types: name at least one of \"dns\", \"ip\"");
@@ -820,7 +821,7 @@ pub fn redact_url(raw: &str) -> String {
 
 /// Create a directory (and its parents) if missing; a directory this creates
 /// is owner-only (0700): the data directory holds keys and the database.
-pub fn ensure_dir(p: &Path) -> anyhow::Result<()> {
+pub(crate) fn ensure_dir(p: &Path) -> anyhow::Result<()> {
     let mut b = std::fs::DirBuilder::new();
     b.recursive(true);
     #[cfg(unix)]
@@ -829,24 +830,26 @@ pub fn ensure_dir(p: &Path) -> anyhow::Result<()> {
         .with_context(|| format!("creating {}", p.display()))
 }
 
+/// Tests: a preset with these variables as the whole environment.
+#[cfg(test)]
+pub(crate) fn load_preset(preset: &str, env: &[(&str, &str)]) -> anyhow::Result<Config> {
+    let m: std::collections::HashMap<String, String> = env
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+    Config::load_with_env(
+        &Sources {
+            preset: Some(preset.into()),
+            ..Default::default()
+        },
+        |k| m.get(k).cloned(),
+    )
+}
+
 #[cfg(test)]
 mod tests {
+    use super::load_preset as load;
     use super::*;
-    use std::collections::HashMap;
-
-    fn load(preset: &str, env: &[(&str, &str)]) -> anyhow::Result<Config> {
-        let m: HashMap<String, String> = env
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect();
-        Config::load_with_env(
-            &Sources {
-                preset: Some(preset.into()),
-                ..Default::default()
-            },
-            |k| m.get(k).cloned(),
-        )
-    }
 
     const EXTERNAL: (&str, &str) = ("CAIRN_SERVER_EXTERNAL_URL", "https://acme.example.com");
 

@@ -98,10 +98,35 @@ impl Curve {
         }
     }
 
-    fn nid(self) -> openssl::nid::Nid {
+    /// OpenSSL's group, built once: building one per key checked cost
+    /// more than the check.
+    fn group(self) -> Result<&'static openssl::ec::EcGroupRef, openssl::error::ErrorStack> {
+        use openssl::ec::EcGroup;
+        use openssl::nid::Nid;
+        use std::sync::LazyLock;
+        type Group = LazyLock<Result<EcGroup, openssl::error::ErrorStack>>;
+        static P256: Group = LazyLock::new(|| EcGroup::from_curve_name(Nid::X9_62_PRIME256V1));
+        static P384: Group = LazyLock::new(|| EcGroup::from_curve_name(Nid::SECP384R1));
         match self {
-            Curve::P256 => openssl::nid::Nid::X9_62_PRIME256V1,
-            Curve::P384 => openssl::nid::Nid::SECP384R1,
+            Curve::P256 => &*P256,
+            Curve::P384 => &*P384,
+        }
+        .as_deref()
+        .map_err(Clone::clone)
+    }
+
+    /// The DER of a SubjectPublicKeyInfo up to the uncompressed point:
+    /// SEQUENCE { SEQUENCE { id-ecPublicKey, the curve }, BIT STRING {.
+    fn spki_header(self) -> &'static [u8] {
+        match self {
+            Curve::P256 => &[
+                0x30, 0x59, 0x30, 0x13, 0x06, 0x07, 0x2a, 0x86, 0x48, 0xce, 0x3d, 0x02, 0x01, 0x06,
+                0x08, 0x2a, 0x86, 0x48, 0xce, 0x3d, 0x03, 0x01, 0x07, 0x03, 0x42, 0x00,
+            ],
+            Curve::P384 => &[
+                0x30, 0x76, 0x30, 0x10, 0x06, 0x07, 0x2a, 0x86, 0x48, 0xce, 0x3d, 0x02, 0x01, 0x06,
+                0x05, 0x2b, 0x81, 0x04, 0x00, 0x22, 0x03, 0x62, 0x00,
+            ],
         }
     }
 }
@@ -317,8 +342,7 @@ impl PublicKey {
 
     /// The canonical DER SubjectPublicKeyInfo (what blocked keys are hashed over).
     pub fn spki_der(&self) -> Result<Vec<u8>, KeyError> {
-        use openssl::bn::{BigNum, BigNumContext};
-        use openssl::ec::{EcGroup, EcKey, EcPoint};
+        use openssl::bn::BigNum;
         use openssl::pkey::{Id, PKey};
         let fail = |e: openssl::error::ErrorStack| {
             tracing::warn!("encoding an accepted public key failed: {e}");
@@ -334,11 +358,13 @@ impl PublicKey {
                 PKey::from_rsa(rsa).map_err(fail)?
             }
             PublicKey::Ec { curve, x, y } => {
-                let group = EcGroup::from_curve_name(curve.nid()).map_err(fail)?;
-                let mut ctx = BigNumContext::new().map_err(fail)?;
-                let point = EcPoint::from_bytes(&group, &sec1(x, y), &mut ctx).map_err(fail)?;
-                PKey::from_ec_key(EcKey::from_public_key(&group, &point).map_err(fail)?)
-                    .map_err(fail)?
+                // A named curve's SPKI is a fixed header before the point
+                // (RFC 5480): no need to build an OpenSSL key for it.
+                let mut der = curve.spki_header().to_vec();
+                der.push(4);
+                der.extend_from_slice(x);
+                der.extend_from_slice(y);
+                return Ok(der);
             }
             PublicKey::Ed25519(x) => {
                 PKey::public_key_from_raw_bytes(x, Id::ED25519).map_err(fail)?
@@ -371,9 +397,8 @@ fn rsa(n: Vec<u8>, e: Vec<u8>) -> Result<PublicKey, KeyError> {
 /// also refuses coordinates at or above the field prime).
 fn ec(curve: Curve, x: Vec<u8>, y: Vec<u8>) -> Result<PublicKey, KeyError> {
     let on_curve = (|| {
-        let group = openssl::ec::EcGroup::from_curve_name(curve.nid())?;
         let mut ctx = openssl::bn::BigNumContext::new()?;
-        openssl::ec::EcPoint::from_bytes(&group, &sec1(&x, &y), &mut ctx)
+        openssl::ec::EcPoint::from_bytes(curve.group()?, &sec1(&x, &y), &mut ctx)
     })();
     if on_curve.is_err() {
         return policy(format!("the EC key is not a point on {}", curve.name()));
@@ -631,6 +656,19 @@ mod tests {
             good
         );
         assert!(good.check_certifiable().is_err());
+    }
+
+    #[test]
+    fn ec_spki_is_openssls_encoding() {
+        use openssl::ec::{EcGroup, EcKey};
+        use openssl::nid::Nid;
+        for nid in [Nid::X9_62_PRIME256V1, Nid::SECP384R1] {
+            let group = EcGroup::from_curve_name(nid).unwrap();
+            let k = openssl::pkey::PKey::from_ec_key(EcKey::generate(&group).unwrap()).unwrap();
+            let der = k.public_key_to_der().unwrap();
+            let key = PublicKey::from_spki_der(&der).unwrap();
+            assert_eq!(key.spki_der().unwrap(), der, "{nid:?}");
+        }
     }
 
     #[test]

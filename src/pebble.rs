@@ -97,7 +97,7 @@ pub fn go_flags(args: Vec<std::ffi::OsString>, names: &[&str]) -> Vec<std::ffi::
 /// A listen address as Go's `net.Listen` reads it: `:PORT` and the
 /// unspecified addresses mean every interface, IPv4 and IPv6; `localhost`
 /// means 127.0.0.1; otherwise an IP literal (`[::1]:5555`, `127.0.0.1:80`).
-pub fn go_listen_addr(s: &str) -> anyhow::Result<SocketAddr> {
+pub(crate) fn go_listen_addr(s: &str) -> anyhow::Result<SocketAddr> {
     let s = s.trim();
     let (host, port) = s
         .rsplit_once(':')
@@ -123,11 +123,12 @@ pub fn go_listen_addr(s: &str) -> anyhow::Result<SocketAddr> {
 /// `classic` by default, IP addresses only in `shortlived`) instead of
 /// Pebble's; no good nonce refused (`PEBBLE_WFE_NONCEREJECT` ignored); an
 /// asynchronous finalize (the order reads `processing` for a second after
-/// it, as Let's Encrypt's does while it issues); none of `-strict`'s
+/// it, as Let's Encrypt's does while it issues) with its `Retry-After: 3`;
+/// none of `-strict`'s
 /// refusals, which Let's Encrypt does not make. What Cairn always does is
 /// Let's Encrypt's already: validation at once, valid authorizations
 /// always reused, one chain (leaf and intermediate).
-pub fn apply_modes(t: &mut Translation, strict: bool, letsencrypt: bool) {
+pub(crate) fn apply_modes(t: &mut Translation, strict: bool, letsencrypt: bool) {
     let Some(overlay) = t.overlay.as_table_mut() else {
         return;
     };
@@ -147,6 +148,8 @@ pub fn apply_modes(t: &mut Translation, strict: bool, letsencrypt: bool) {
             toml::Value::Array(vec!["finalize:processing=1".into()]),
         );
         overlay.insert("faults".into(), toml::Value::Table(faults));
+        // Boulder's `orderRetryAfter`, on a processing order.
+        acme.insert("retry_after_secs".into(), 3.into());
         if strict {
             t.warnings.push(
                 "-strict: off under -letsencrypt (Let's Encrypt makes none of its refusals)".into(),
@@ -154,7 +157,8 @@ pub fn apply_modes(t: &mut Translation, strict: bool, letsencrypt: bool) {
         }
         t.warnings.push(
             "-letsencrypt: Let's Encrypt's profiles (pebble.profiles not used), no good \
-             nonce refused, finalize asynchronous for a second"
+             nonce refused, finalize asynchronous for a second, Retry-After 3 s (pebble.retryAfter \
+             not used)"
                 .into(),
         );
     } else if strict {
@@ -250,7 +254,7 @@ async fn put_eab_keys(cfg: &Config, keys: &[(String, Vec<u8>)]) -> anyhow::Resul
 
 /// A Pebble configuration and environment, as Cairn settings.
 #[derive(Debug)]
-pub struct Translation {
+pub(crate) struct Translation {
     /// Settings over the `test` preset, as a TOML file would give them.
     pub overlay: toml::Value,
     /// What Cairn accepts but cannot do as Pebble does, one line each,
@@ -332,7 +336,7 @@ impl Fields<'_> {
 
 /// Translates `{"pebble": {...}}` and the `PEBBLE_*` variables in `env`
 /// (with `-dnsserver`) into settings over the `test` preset.
-pub fn translate(
+pub(crate) fn translate(
     json: &Value,
     env: &[(String, String)],
     dnsserver: Option<&str>,
@@ -794,6 +798,14 @@ mod tests {
 
     fn t(v: Value) -> anyhow::Result<Translation> {
         translate(&v, &[], None)
+    }
+
+    #[test]
+    fn letsencrypt_retry_after_is_lets_encrypts() {
+        let mut tr = t(json!({"pebble": {"retryAfter": {"authz": 7, "order": 7}}})).unwrap();
+        apply_modes(&mut tr, false, true);
+        assert_eq!(tr.overlay["acme"]["retry_after_secs"].as_integer(), Some(3));
+        assert!(tr.warnings.join("\n").contains("Retry-After 3"));
     }
 
     #[test]

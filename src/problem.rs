@@ -12,7 +12,7 @@ use axum::response::{IntoResponse, Response};
 use serde::Serialize;
 
 /// The ACME error namespace (RFC 8555 §6.7).
-pub const ACME_ERROR_NS: &str = "urn:ietf:params:acme:error:";
+const ACME_ERROR_NS: &str = "urn:ietf:params:acme:error:";
 
 /// The ACME error types Cairn answers with (RFC 8555 §6.7, RFC 8555's
 /// registry and RFC 9773 `alreadyReplaced`). Each has one usual HTTP status;
@@ -309,7 +309,6 @@ impl Problem {
         bad_revocation_reason => BadRevocationReason;
         invalid_contact => InvalidContact;
         unsupported_contact => UnsupportedContact;
-        user_action_required => UserActionRequired;
         external_account_required => ExternalAccountRequired;
         invalid_profile => InvalidProfile;
         conflict => Conflict;
@@ -318,7 +317,6 @@ impl Problem {
         incorrect_response => IncorrectResponse;
         tls => Tls;
         caa => Caa;
-        compound => Compound;
     }
 
     /// `serverInternal` (500) that is not a bug to log: a state the client

@@ -5,7 +5,7 @@
 use crate::ca::Ca;
 use crate::clock::Clock;
 use crate::config::{ensure_dir, Config};
-use crate::crl::CrlPublisher;
+use crate::crl_publisher::CrlPublisher;
 use crate::listener::{self, Connections, Limits};
 use crate::problem::Path;
 use crate::ra::Ra;
@@ -400,7 +400,9 @@ fn management_router(
             .route("/root-keys/{n}", get(root_key))
             .route("/intermediate-keys/{n}", get(intermediate_key));
     }
-    let mut router = router.with_state(ca).merge(crate::crl::router(crl));
+    let mut router = router
+        .with_state(ca)
+        .merge(crate::crl_publisher::router(crl));
     if let Some(clock) = clock {
         router = router.merge(
             Router::new()

@@ -14,7 +14,7 @@
 //! endpoint (`/bulk-txt`) that a throttle counts once: dns-01 clients and
 //! their hooks meet a provider's limits here before production.
 //!
-//! [`start`] binds everything (port 0 works, for tests) and returns the bound
+//! `start` binds everything (port 0 works, for tests) and returns the bound
 //! addresses; [`run`] is `start` plus waiting forever.
 
 use std::collections::{HashMap, HashSet};
@@ -249,7 +249,7 @@ const MAX_CNAME_CHAIN: usize = 8;
 
 /// One CAA property as set through `/add-caa`.
 #[derive(Debug, Clone, Deserialize)]
-pub struct CaaPolicy {
+pub(crate) struct CaaPolicy {
     pub tag: String,
     pub value: String,
     /// Sets the issuer-critical flag (128).
@@ -341,7 +341,7 @@ fn key(host: &str) -> String {
 }
 
 /// A running testdns: bound addresses, and the tasks serving them.
-pub struct TestDnsHandle {
+pub(crate) struct TestDnsHandle {
     /// UDP and TCP address of the (first) DNS server; port 0 if none runs.
     pub dns_addr: SocketAddr,
     /// Address of the HTTP API; port 0 if it is off.
@@ -355,7 +355,9 @@ pub struct TestDnsHandle {
 }
 
 impl TestDnsHandle {
-    /// Base URL of the API, e.g. `http://127.0.0.1:8055`.
+    /// Base URL of the API, e.g. `http://127.0.0.1:8055` (for unit tests;
+    /// the binary logs its addresses).
+    #[cfg(test)]
     pub fn api_url(&self) -> String {
         format!("http://{}", self.api_addr)
     }
@@ -387,7 +389,7 @@ impl Drop for TestDnsHandle {
 
 /// Binds the DNS (UDP+TCP), API and challenge responder listeners and
 /// starts serving.
-pub async fn start(args: TestDnsArgs) -> anyhow::Result<TestDnsHandle> {
+pub(crate) async fn start(args: TestDnsArgs) -> anyhow::Result<TestDnsHandle> {
     let _ = rustls::crypto::ring::default_provider().install_default();
     let settings = args.settings()?;
     let throttle = Throttle::new(&args.write_rate, args.write_scope)?;

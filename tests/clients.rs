@@ -1184,7 +1184,7 @@ fn certbot_shows_a_rate_limited_refusal() {
 /// validation), so a client cannot pass on a challenge type it was not
 /// meant to use.
 fn assert_validated_with(env: &Env, name: &str, kind: &str) {
-    // The server colours its log's fields: drop the escape sequences.
+    // A server on a terminal colours its log's fields: drop any escapes.
     let mut log = String::new();
     let mut in_escape = false;
     for c in env.server.log().chars() {

@@ -293,6 +293,11 @@ impl Pebble {
 /// challenges through the challenge test server's responders; returns the
 /// PEM chain.
 async fn issue(p: &Pebble, chall: &ChallTestSrv) -> String {
+    issue_finalizing(p, chall).await.0
+}
+
+/// [`issue`], and the finalize's `Retry-After`.
+async fn issue_finalizing(p: &Pebble, chall: &ChallTestSrv) -> (String, Option<String>) {
     let client = AcmeClient::from_parts(
         p.http.clone(),
         &p.dir_url,
@@ -332,12 +337,14 @@ async fn issue(p: &Pebble, chall: &ChallTestSrv) -> String {
     let (csr, _) = common::make_csr(&["http.example.com", "alpn.example.com"], CertKey::P256);
     let r = client.finalize(&order, &csr).await;
     assert_eq!(r.status, 200, "finalize: {r}");
+    let retry_after = r.header("retry-after");
     let order = client
         .wait_status(&order_url, &["valid"], Duration::from_secs(20))
         .await;
-    client
+    let pem = client
         .download_cert_pem(order["certificate"].as_str().expect("certificate"))
-        .await
+        .await;
+    (pem, retry_after)
 }
 
 fn serial_of(pem: &str) -> String {
@@ -470,6 +477,44 @@ async fn pebble_by_name_serves_dir_and_issues() {
     assert_eq!(r.json()["profile"], "shortlived");
     let (_, order) = client.new_order(&["plain.example.com"]).await;
     assert_eq!(order["profile"], "default");
+}
+
+/// A profile of a few seconds, as suites configure to see a client renew
+/// (tokio-rustls-acme's `validityPeriod: 10`), starts and issues a
+/// certificate of exactly that validity that is valid when it arrives:
+/// the backdating of notBefore does not eat a short certificate's life.
+#[tokio::test]
+async fn pebble_seconds_long_profile_issues_live_certificates() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let cert = listener_cert(dir.path());
+    let chall = ChallTestSrv::start(dir.path(), "-dnsserver", &["-https01", "", "-doh", ""]);
+    let p = Pebble::start_with(
+        dir.path(),
+        Command::new(named(dir.path(), "pebble")),
+        &cert,
+        &chall,
+        &[("PEBBLE_VA_NOSLEEP", "1"), ("PEBBLE_WFE_NONCEREJECT", "0")],
+        &json!({"profiles": {"default": {"description": "renew me", "validityPeriod": 10}}}),
+    );
+    let chain = issue(&p, &chall).await;
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock")
+        .as_secs() as i64;
+    let der = rustls::pki_types::CertificateDer::from_pem_slice(chain.as_bytes()).expect("PEM");
+    let (_, leaf) = x509_parser::parse_x509_certificate(&der).expect("X.509");
+    let (nb, na) = (
+        leaf.validity().not_before.timestamp(),
+        leaf.validity().not_after.timestamp(),
+    );
+    assert_eq!(na - nb, 10, "validity of the profile");
+    assert!(
+        nb <= now && now < na,
+        "not valid on arrival: {nb}..{na}, now {now}"
+    );
+    // Most of its life is still ahead: a client renewing at two thirds
+    // (tokio-rustls-acme) renews a live certificate.
+    assert!(na - now >= 5, "{nb}..{na}, now {now}");
 }
 
 /// `cairn pebble` behaves the same; Pebble's variables it cannot honour
@@ -995,9 +1040,11 @@ async fn strict_refusals_and_letsencrypt_behaviour() {
     }
     // No strict refusal: Let's Encrypt takes the v1 field silently.
     assert_eq!(c.new_order_raw(v1_order).await.status, 201);
-    // Finalize is asynchronous: the order first reads processing.
-    let pem = issue(&p, &chall).await;
+    // Finalize is asynchronous: the order first reads processing, with
+    // Let's Encrypt's Retry-After (its `orderRetryAfter`, 3 s).
+    let (pem, retry_after) = issue_finalizing(&p, &chall).await;
     assert!(pem.contains("BEGIN CERTIFICATE"));
+    assert_eq!(retry_after.as_deref(), Some("3"));
     let log = p.proc.log();
     assert!(
         log.contains("-letsencrypt") && log.contains("finalize:processing=1"),

@@ -1,7 +1,7 @@
 //! Signing certificate revocation lists (RFC 5280 §5): one full CRL per
 //! issuer, signed by the intermediate that issues end-entity certificates.
 //! What goes in it (which certificates, which number) is decided by the
-//! publisher in `crate::crl`; this only encodes and signs.
+//! publisher in `crate::crl_publisher`; this only encodes and signs.
 
 use super::Ca;
 use crate::core::RevokedEntry;

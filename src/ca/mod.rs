@@ -36,7 +36,10 @@ const LISTENER_VALIDITY: Duration = Duration::days(365);
 /// The listener certificate is replaced when it has less than this left.
 const LISTENER_RENEW_BEFORE: Duration = Duration::days(30);
 /// Certificates start this far in the past, so a client whose clock is a
-/// little behind ours does not see a certificate from the future.
+/// little behind ours does not see a certificate from the future; a
+/// subscriber certificate by at most a tenth of its validity, so one of a
+/// few seconds (a suite watching its client renew) is still valid when it
+/// arrives.
 const BACKDATE: Duration = Duration::minutes(1);
 
 /// A parsed, signature-checked CSR.
@@ -127,6 +130,13 @@ impl Ca {
     fn load_or_create_locked(cfg: &Config) -> anyhow::Result<Ca> {
         let paths = Paths::new(&cfg.data_dir);
         let now = OffsetDateTime::now_utc();
+        // The two keys are independent, and generating them (RSA above
+        // all) is most of a first start: the intermediate's is made beside
+        // the root's.
+        let mut int_key_ahead = (!paths.intermediate_key.exists()).then(|| {
+            let key_type = cfg.ca.key_type.clone();
+            std::thread::spawn(move || generate_key(&key_type))
+        });
 
         // Root.
         let mut root_key = match store::read_optional(&paths.root_key)? {
@@ -192,7 +202,12 @@ impl Ca {
                 let key = match key {
                     Some(key) => key,
                     None => {
-                        let key = generate_key(&cfg.ca.key_type)?;
+                        let key = match int_key_ahead.take() {
+                            Some(ahead) => ahead
+                                .join()
+                                .map_err(|_| anyhow!("generating the intermediate key failed"))??,
+                            None => generate_key(&cfg.ca.key_type)?,
+                        };
                         let pem = key.serialize_pem();
                         store::write_atomic(&paths.intermediate_key, pem.as_bytes(), KEY_MODE)?;
                         key
@@ -248,7 +263,7 @@ impl Ca {
         } else {
             Some(aia_ca_issuers(&format!("{base}/intermediates/0"))?)
         };
-        // Where `crate::crl` serves the intermediate's CRL.
+        // Where `crate::crl_publisher` serves the intermediate's CRL.
         let crl_url = (!base.is_empty()).then(|| format!("{base}/crl/0"));
         Ok(Ca {
             data_dir: cfg.data_dir.clone(),
@@ -409,9 +424,9 @@ impl Ca {
         params.subject_alt_names = sans;
         let (serial, serial_hex) = random_serial();
         params.serial_number = Some(serial);
-        let not_before = whole_seconds(now) - BACKDATE;
         let validity = i64::try_from(profile.validity_secs)
             .map_err(|_| Problem::internal("certificate validity overflows"))?;
+        let not_before = whole_seconds(now) - BACKDATE.min(Duration::seconds(validity / 10));
         let not_after = not_before
             .checked_add(Duration::seconds(validity))
             .ok_or_else(|| Problem::internal("certificate validity overflows"))?;

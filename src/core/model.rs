@@ -168,10 +168,6 @@ impl ChallengeType {
             ChallengeType::DnsPersist01 => "dns-persist-01",
         }
     }
-
-    pub fn parse(s: &str) -> Option<ChallengeType> {
-        s.parse().ok()
-    }
 }
 
 /// The identifier types Cairn issues for: DNS names (RFC 8555) and IP
@@ -384,7 +380,7 @@ pub fn identifier_set_hash<S: AsRef<str>>(names: &[S]) -> String {
 }
 
 /// SHA-256 of a DER SubjectPublicKeyInfo: how blocked keys are recorded.
-pub fn spki_hash(spki_der: &[u8]) -> Vec<u8> {
+pub(crate) fn spki_hash(spki_der: &[u8]) -> Vec<u8> {
     use sha2::{Digest, Sha256};
     Sha256::digest(spki_der).to_vec()
 }

@@ -1,7 +1,12 @@
 //! Renewal information (RFC 9773): certIDs, suggested renewal windows and
 //! the `replaces` field of newOrder.
 
-use super::*;
+use super::Ra;
+use crate::core::Account;
+use crate::policy::Name;
+use crate::problem::Problem;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64;
+use base64::Engine;
 
 /// A certificate's suggested renewal window (RFC 9773 §4.2).
 #[derive(Debug, Clone, PartialEq)]
@@ -52,7 +57,7 @@ impl Ra {
         format!("{}.{}", B64.encode(&self.issuer_key_id), B64.encode(bytes))
     }
 
-    /// GET renewalInfo/<certID>. Revoked certificates and certificates an
+    /// `GET renewalInfo/<certID>`. Revoked certificates and certificates an
     /// operator marked for early renewal get a window in the past, so
     /// clients renew at once; others the last third of their validity.
     pub async fn renewal_info(&self, cert_id: &str) -> Result<RenewalInfo, Problem> {

@@ -557,22 +557,7 @@ mod tests {
 #[cfg(test)]
 mod preset_tests {
     use super::*;
-    use crate::config::{Config, Sources};
-    use std::collections::HashMap;
-
-    fn load(preset: &str, env: &[(&str, &str)]) -> anyhow::Result<Config> {
-        let m: HashMap<String, String> = env
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect();
-        Config::load_with_env(
-            &Sources {
-                preset: Some(preset.into()),
-                ..Default::default()
-            },
-            |k| m.get(k).cloned(),
-        )
-    }
+    use crate::config::load_preset as load;
 
     #[test]
     fn presets_pick_their_profiles() {

@@ -75,10 +75,6 @@ impl TrustedProxies {
         Ok(TrustedProxies { nets })
     }
 
-    pub fn is_empty(&self) -> bool {
-        self.nets.is_empty()
-    }
-
     pub fn contains(&self, ip: IpAddr) -> bool {
         let a = to_u128(ip);
         self.nets.iter().any(|(net, bits)| a & mask(*bits) == *net)

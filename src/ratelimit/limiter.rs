@@ -323,10 +323,6 @@ impl Limiter {
         self.refusals[limit as usize].fetch_add(1, Ordering::Relaxed);
     }
 
-    pub fn overrides(&self) -> &Arc<Overrides> {
-        &self.overrides
-    }
-
     /// Now, Unix nanoseconds, from the injectable clock.
     pub fn now_ns(&self) -> i64 {
         // i64 nanoseconds last until 2262.

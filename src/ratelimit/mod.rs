@@ -1,6 +1,6 @@
 //! Rate limits (LIMITS.md): two mechanisms, one vocabulary.
 //!
-//! - Request rates per client IP and endpoint ([`layer`]): a tower layer over
+//! - Request rates per client IP and endpoint (`layer`): a tower layer over
 //!   in-memory GCRA buckets, per instance, costing no I/O and no allocation.
 //! - Issuance windows ([`Limiter`]): GCRA buckets stored in the database as
 //!   one row per key holding its TAT, shared by every instance. All of a
@@ -9,7 +9,7 @@
 //!   nothing, and the client is told about the limit that resets furthest in
 //!   the future (Boulder's rule).
 //!
-//! Layout: [`gcra`] is the arithmetic and [`LimitStore`] the storage
+//! Layout: `gcra` is the arithmetic and [`LimitStore`] the storage
 //! interface (both in `core`, so that `sa` implements it without importing
 //! this module); `config` the limit sets
 //! (`production`, `staging`, `unlimited`) and their overrides from
@@ -17,26 +17,25 @@
 //! file (reloaded while running, edited by the admin CLI); `limiter` the
 //! transactions the RA runs.
 
-pub mod layer;
+mod layer;
 
 mod config;
 mod keys;
 mod limiter;
 mod overrides;
 
-pub use crate::core::gcra::{self, Decision, Limit};
-pub use crate::core::limits::{BucketTxn, LimitName, LimitStore, OrderLimitFacts, TxnMode};
-pub use config::{
-    EndpointClass, LimitSet, LimitsConfig, Profile, RequestRate, RequestRateConfig,
-    RequestRatesConfig, WindowConfig, WindowsConfig,
-};
-pub use keys::{
-    bucket_key, fqdn_set_hash, ipv6_prefix, normalize_identifiers, registration_ip_key,
-    registration_range_key,
-};
-pub use layer::{IpKey, RequestRateLimiter, TrustedProxies, Verdict};
-pub use limiter::{BucketState, Denial, LimitError, Limiter, RateLimitInfo, Spent};
-pub use overrides::{OverrideEntry, Overrides};
+pub use crate::core::gcra::{Decision, Limit};
+pub use crate::core::limits::{BucketTxn, LimitName, LimitStore, TxnMode};
+pub use config::{LimitSet, LimitsConfig, Profile, WindowConfig};
+pub use layer::{RequestRateLimiter, TrustedProxies, Verdict};
+pub use limiter::{LimitError, Limiter, Spent};
+pub use overrides::Overrides;
+
+pub(crate) use crate::core::gcra;
+pub(crate) use config::EndpointClass;
+pub(crate) use keys::{bucket_key, fqdn_set_hash};
+pub(crate) use limiter::{BucketState, RateLimitInfo};
+pub(crate) use overrides::OverrideEntry;
 
 /// What the limits mean to clients and operators; the names themselves
 /// are in `core::limits`, with the storage interface.
@@ -128,7 +127,7 @@ impl LimitName {
 
 /// A duration the way Go prints one (`3h0m0s`, `168h0m0s`, `36s`), which is
 /// what Boulder's details contain and what clients have seen for years.
-pub fn go_duration(secs: u64) -> String {
+pub(crate) fn go_duration(secs: u64) -> String {
     let (h, m, s) = (secs / 3600, secs / 60 % 60, secs % 60);
     if h > 0 {
         format!("{h}h{m}m{s}s")
@@ -141,7 +140,7 @@ pub fn go_duration(secs: u64) -> String {
 
 /// A Unix time (nanoseconds) as `2026-11-22 14:03:00 UTC`, rounded up to
 /// the second so that the time shown is never before the tokens are back.
-pub fn format_utc(unix_ns: i64) -> String {
+pub(crate) fn format_utc(unix_ns: i64) -> String {
     let secs = unix_ns.div_euclid(1_000_000_000) + i64::from(unix_ns % 1_000_000_000 != 0);
     match time::OffsetDateTime::from_unix_timestamp(secs) {
         Ok(t) => format!(

@@ -11,9 +11,9 @@ mod sql;
 mod sqlite;
 mod timed;
 
-pub use timed::{timed, Observe};
+pub(crate) use timed::timed;
 
-pub use crate::config::SqliteSynchronous;
+pub(crate) use crate::config::SqliteSynchronous;
 use crate::core::limits::LimitStore;
 use crate::core::*;
 use async_trait::async_trait;
@@ -325,7 +325,7 @@ pub async fn open(url: &str, max_connections: u32) -> anyhow::Result<DynStore> {
 }
 
 /// `open`, with SQLite's commits as durable as `sync` says.
-pub async fn open_with(
+pub(crate) async fn open_with(
     url: &str,
     max_connections: u32,
     sync: SqliteSynchronous,

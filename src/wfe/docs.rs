@@ -464,22 +464,10 @@ fn esc(s: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::{Config, Sources};
-    use std::collections::HashMap;
+    use crate::config::{load_preset, Config};
 
     fn config(env: &[(&str, &str)]) -> Config {
-        let m: HashMap<String, String> = env
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect();
-        Config::load_with_env(
-            &Sources {
-                preset: Some("dev".into()),
-                ..Default::default()
-            },
-            |k| m.get(k).cloned(),
-        )
-        .unwrap()
+        load_preset("dev", env).unwrap()
     }
 
     fn section<'a>(html: &'a str, id: &str) -> &'a str {

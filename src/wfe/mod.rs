@@ -7,7 +7,7 @@ mod account;
 mod ari;
 mod directory;
 mod docs;
-pub mod jws;
+mod jws;
 mod nonce;
 mod order;
 pub mod rates;
@@ -32,9 +32,9 @@ use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use time::format_description::well_known::Rfc3339;
 
-pub use nonce::{Nonces, SKEW_SECS as NONCE_SKEW_SECS};
+pub(crate) use nonce::{Nonces, SKEW_SECS as NONCE_SKEW_SECS};
 
-pub struct Wfe {
+pub(crate) struct Wfe {
     pub ra: Arc<Ra>,
     pub nonces: Nonces,
     pub cfg: Arc<Config>,
@@ -52,7 +52,7 @@ pub struct Wfe {
 /// (`server.max_buffered_body_bytes`). A request reserves what it may
 /// read before reading any of it, so a flood of unfinished bodies (many
 /// HTTP/2 streams) is refused up front instead of growing memory.
-pub struct BodyBudget(std::sync::atomic::AtomicUsize);
+pub(crate) struct BodyBudget(std::sync::atomic::AtomicUsize);
 
 impl BodyBudget {
     pub fn new(bytes: usize) -> BodyBudget {
@@ -86,7 +86,9 @@ impl Drop for BodyReservation<'_> {
 /// RFC 7638 thumbprint, so a key change simply misses; bounded by clearing
 /// when full, which costs one rebuild per active account.
 #[derive(Default)]
-pub struct VerifierCache(std::sync::Mutex<std::collections::HashMap<String, jws::KeyVerifier>>);
+pub(crate) struct VerifierCache(
+    std::sync::Mutex<std::collections::HashMap<String, jws::KeyVerifier>>,
+);
 
 /// Verifiers kept before the cache starts over.
 const VERIFIER_CACHE_MAX: usize = 10_000;
@@ -124,11 +126,11 @@ fn account_key(acct: &Account) -> Result<PublicKey, Problem> {
     })
 }
 
-pub type AppState = Arc<Wfe>;
+pub(crate) type AppState = Arc<Wfe>;
 
 /// The externally visible base URL of this request: `https://<Host>`.
 #[derive(Clone, Debug)]
-pub struct Base(pub String);
+pub(crate) struct Base(pub String);
 
 impl Base {
     pub fn url(&self, path: &str) -> String {
@@ -146,7 +148,7 @@ impl Base {
     }
 }
 
-pub fn router(state: AppState) -> Router {
+pub(crate) fn router(state: AppState) -> Router {
     Router::new()
         // Link targets (rel="index", "up", "help", "terms-of-service") and
         // anything a client may GET are also read with POST-as-GET: see
@@ -201,7 +203,7 @@ pub fn router(state: AppState) -> Router {
 /// request-rate layer decided, else the peer (or the address a trusted
 /// proxy forwarded for); `None` when the server runs without peer
 /// addresses.
-pub struct ClientAddr(pub Option<IpAddr>);
+pub(crate) struct ClientAddr(pub Option<IpAddr>);
 
 impl FromRequestParts<AppState> for ClientAddr {
     type Rejection = std::convert::Infallible;
@@ -339,7 +341,7 @@ fn base_url(headers: &HeaderMap, uri: &axum::http::Uri, cfg: &Config) -> String 
 /// answer POST-as-GET: Caddy reads a certificate's `rel="up"` that way (and
 /// retried forever on a 405), and Boulder serves the directory and its
 /// issuers for both.
-pub struct PublicRead;
+pub(crate) struct PublicRead;
 
 impl FromRequest<AppState> for PublicRead {
     type Rejection = Problem;
@@ -365,19 +367,19 @@ impl FromRequest<AppState> for PublicRead {
 /// content type, size, JWS, key or account, signature, nonce and `url`
 /// checked by [`Wfe::verify_post`] with `M`'s key mode; any failure is the
 /// problem document the handler would have returned.
-pub struct Signed<M: SignedBy>(pub Post, std::marker::PhantomData<M>);
+pub(crate) struct Signed<M: SignedBy>(pub Post, std::marker::PhantomData<M>);
 
 /// How a [`Signed`] request identifies its key.
-pub trait SignedBy: Send {
+pub(crate) trait SignedBy: Send {
     const MODE: KeyMode;
 }
 
 /// Signed with the account's `kid` (every request but two).
-pub struct Kid;
+pub(crate) struct Kid;
 /// Signed with a `jwk` (newAccount).
-pub struct Jwk;
+pub(crate) struct Jwk;
 /// Either (revokeCert: the account, or the certificate's own key).
-pub struct AnyKey;
+pub(crate) struct AnyKey;
 
 impl SignedBy for Kid {
     const MODE: KeyMode = KeyMode::Kid;
@@ -407,7 +409,7 @@ impl<M: SignedBy> FromRequest<AppState> for Signed<M> {
 
 /// How a request must identify its key (RFC 8555 §6.2).
 #[derive(Clone, Copy, PartialEq, Eq)]
-pub enum KeyMode {
+pub(crate) enum KeyMode {
     /// `jwk` (newAccount, keyChange's inner JWS).
     Jwk,
     /// `kid` (everything else).
@@ -417,12 +419,12 @@ pub enum KeyMode {
 }
 
 /// A verified POST: who signed it and what it says.
-pub struct Post {
+pub(crate) struct Post {
     pub payload: Vec<u8>,
     pub signer: Signer,
 }
 
-pub enum Signer {
+pub(crate) enum Signer {
     /// A `jwk` that passed the key policy.
     Jwk(PublicKey),
     Account(Account),
@@ -643,14 +645,14 @@ fn parse_kid(base: &Base, kid: &str) -> Result<AccountId, Problem> {
 }
 
 /// Parse a numeric path id; anything else is a resource that does not exist.
-pub fn path_id(s: &str) -> Result<i64, Problem> {
+pub(crate) fn path_id(s: &str) -> Result<i64, Problem> {
     s.parse::<i64>()
         .ok()
         .filter(|i| *i > 0)
         .ok_or_else(|| Problem::not_found("no such resource"))
 }
 
-pub fn rfc3339(unix: i64) -> String {
+pub(crate) fn rfc3339(unix: i64) -> String {
     time::OffsetDateTime::from_unix_timestamp(unix)
         .ok()
         .and_then(|t| t.format(&Rfc3339).ok())
@@ -658,7 +660,7 @@ pub fn rfc3339(unix: i64) -> String {
 }
 
 /// A JSON response with optional extra headers.
-pub fn json_response(
+pub(crate) fn json_response(
     status: StatusCode,
     body: &impl serde::Serialize,
     headers: Vec<(header::HeaderName, String)>,

@@ -16,7 +16,7 @@ use std::time::Duration;
 
 /// Add `RateLimit-Policy` and `RateLimit` for the most constrained limit a
 /// request touched.
-pub fn apply(info: &RateLimitInfo, headers: &mut HeaderMap) {
+pub(crate) fn apply(info: &RateLimitInfo, headers: &mut HeaderMap) {
     for (name, value) in [
         ("ratelimit-policy", info.policy_header()),
         ("ratelimit", info.header()),
@@ -47,10 +47,6 @@ impl RequestRateLayer {
             limiter.spawn_housekeeping(Duration::from_secs(60));
         }
         RequestRateLayer { limiter }
-    }
-
-    pub fn limiter(&self) -> &Arc<RequestRateLimiter> {
-        &self.limiter
     }
 }
 

@@ -1,6 +1,7 @@
-//! CRL publication: signs the intermediate's CRL into the database on a
-//! schedule and after each revocation, and serves the newest one over plain
-//! HTTP at `/crl/0` (the URL every certificate names in its CRL distribution
+//! CRL publication: decides what the intermediate's CRL lists and when a
+//! new one is due (on a schedule and after each revocation), has `ca::crl`
+//! sign it into the database, and serves the newest one over plain HTTP at
+//! `/crl/0` (the URL every certificate names in its CRL distribution
 //! point).
 //!
 //! The database is the single source of truth: every instance serves the
