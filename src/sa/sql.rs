@@ -1484,12 +1484,13 @@ where
     ) -> Result<Vec<RevokedEntry>, StoreError> {
         let rows = sqlx::query(
             "SELECT serial, revoked_at, revoked_reason FROM certificates
-             WHERE revoked_at IS NOT NULL AND not_after > $1 ORDER BY serial",
+             WHERE revoked_at IS NOT NULL AND not_after > $1",
         )
         .bind(not_after_after)
         .fetch_all(&mut *self.reader().await?)
         .await?;
-        rows.iter()
+        let mut entries = rows
+            .iter()
             .map(|r| {
                 Ok(RevokedEntry {
                     serial: r.try_get("serial")?,
@@ -1497,14 +1498,18 @@ where
                     reason: r.try_get::<Option<i64>, _>("revoked_reason")?.unwrap_or(0),
                 })
             })
-            .collect()
+            .collect::<Result<Vec<_>, StoreError>>()?;
+        // Sorted here: ORDER BY serial made SQLite read every certificate
+        // in serial order rather than the revoked ones through their index.
+        entries.sort_by(|a, b| a.serial.cmp(&b.serial));
+        Ok(entries)
     }
 
     async fn purge_orders(&self, expired_before: i64, limit: u32) -> Result<Purged, StoreError> {
         let mut conn = self.writer().await?;
         let mut tx = conn.begin().await?;
         let ids: Vec<i64> = sqlx::query_scalar(&format!(
-            "SELECT o.id FROM orders o WHERE {PURGEABLE_ORDER} ORDER BY o.id LIMIT $2{}",
+            "SELECT o.id FROM orders o WHERE {PURGEABLE_ORDER} ORDER BY o.expires LIMIT $2{}",
             DB::SKIP_LOCKED
         ))
         .bind(expired_before)
@@ -1542,7 +1547,7 @@ where
         let mut conn = self.writer().await?;
         let mut tx = conn.begin().await?;
         let ids: Vec<i64> = sqlx::query_scalar(&format!(
-            "SELECT a.id FROM authzs a WHERE {PURGEABLE_AUTHZ} ORDER BY a.id LIMIT $2{}",
+            "SELECT a.id FROM authzs a WHERE {PURGEABLE_AUTHZ} ORDER BY a.expires LIMIT $2{}",
             DB::SKIP_LOCKED
         ))
         .bind(expired_before)
