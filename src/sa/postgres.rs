@@ -162,6 +162,22 @@ impl Backend for Postgres {
         Ok(authz.is_some())
     }
 
+    async fn reserve_ids(
+        tx: &mut PgConnection,
+        table: &str,
+        n: usize,
+    ) -> Result<Vec<i64>, sqlx::Error> {
+        // From the column's sequence, as a default id would be: safe beside
+        // concurrent inserts (the ids need not be consecutive).
+        sqlx::query_scalar(
+            "SELECT nextval(pg_get_serial_sequence($1, 'id')) FROM generate_series(1, $2)",
+        )
+        .bind(table)
+        .bind(n as i64)
+        .fetch_all(tx)
+        .await
+    }
+
     async fn spend_buckets(
         s: &SqlStore<Postgres>,
         txns: &[BucketTxn],

@@ -121,6 +121,24 @@ impl Backend for Sqlite {
         Ok(true)
     }
 
+    async fn reserve_ids(
+        tx: &mut SqliteConnection,
+        table: &str,
+        n: usize,
+    ) -> Result<Vec<i64>, sqlx::Error> {
+        // The write lock is held: nobody inserts meanwhile. Past the
+        // highest id ever given (AUTOINCREMENT's sqlite_sequence, which
+        // inserting a higher id moves on), so a purged row's id stays unused.
+        let last: i64 = sqlx::query_scalar(&format!(
+            "SELECT MAX(COALESCE((SELECT seq FROM sqlite_sequence WHERE name = $1), 0),
+                        COALESCE((SELECT MAX(id) FROM {table}), 0))"
+        ))
+        .bind(table)
+        .fetch_one(tx)
+        .await?;
+        Ok((1..=n as i64).map(|i| last + i).collect())
+    }
+
     async fn spend_buckets(
         s: &SqlStore<Sqlite>,
         txns: &[BucketTxn],
