@@ -78,6 +78,12 @@ struct Args {
     /// (almost) empty database against a large one.
     #[arg(long, default_value_t = 0)]
     history: u64,
+    /// Before starting a Cairn server, write this many past issuances into its new
+    /// data directory (or database) with `cairn admin load-history`: a store that has
+    /// issued that many certificates, without going through ACME (BENCHMARKS.md,
+    /// "History").
+    #[arg(long, default_value_t = 0)]
+    preload: u64,
     /// Workers used for the --history pre-load.
     #[arg(long, default_value_t = 16)]
     history_concurrency: usize,
@@ -257,15 +263,18 @@ async fn run(args: Args) -> anyhow::Result<()> {
         && (args.database_url.is_some()
             || args.instances != 1
             || args.count_sql > 0
+            || args.preload > 0
             || args.preset != "test")
     {
         anyhow::bail!(
-            "--database-url, --instances, --count-sql and --preset are for Cairn, not --server pebble"
+            "--database-url, --instances, --count-sql, --preload and --preset are for Cairn, not --server pebble"
         );
     }
-    if !args.directories.is_empty() && (args.http01 || args.count_sql > 0 || pebble) {
+    if !args.directories.is_empty()
+        && (args.http01 || args.count_sql > 0 || args.preload > 0 || pebble)
+    {
         anyhow::bail!(
-            "--http01, --count-sql and --server are for servers the bench starts, not --directory"
+            "--http01, --count-sql, --preload and --server are for servers the bench starts, not --directory"
         );
     }
     let keyauths = args.http01.then(KeyAuths::default);
@@ -313,12 +322,12 @@ async fn run(args: Args) -> anyhow::Result<()> {
     } else {
         // Only a server this bench started is known to begin with an empty database.
         let started_here = rig.is_some();
-        let (label, before) = if started_here {
-            ("empty db", Some(0))
-        } else {
-            ("first run", None)
+        let (label, before) = match (started_here, args.preload) {
+            (true, 0) => ("empty db".to_string(), Some(0)),
+            (true, n) => (format!("{n} stored"), Some(n)),
+            (false, _) => ("first run".to_string(), None),
         };
-        let first = run_issuance_phase(&ctx, label, args.concurrency, &limit, before).await?;
+        let first = run_issuance_phase(&ctx, &label, args.concurrency, &limit, before).await?;
         let mut issued = first.issuances;
         reports.push(first);
         if args.history > 0 {
@@ -346,6 +355,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
             reports.push(run_issuance_phase(&ctx, &label, args.concurrency, &limit, before).await?);
         }
     }
+    let preload_secs = rig.as_ref().and_then(|r| r.preload_secs);
     // The measured servers go before the counting pass starts its own.
     drop(ctx);
     drop(rig);
@@ -365,6 +375,8 @@ async fn run(args: Args) -> anyhow::Result<()> {
         j["server"] = json!(server_label(&args));
         j["http01"] = json!(args.http01);
         j["instances"] = json!(args.instances);
+        j["preload"] = json!(args.preload);
+        j["preload_secs"] = json!(preload_secs);
         j
     };
     if args.json {
@@ -529,6 +541,8 @@ struct Rig {
     desc: Vec<String>,
     data_dir: PathBuf,
     keep: bool,
+    /// How long `--preload` took.
+    preload_secs: Option<f64>,
     _tmp: Option<tempfile::TempDir>,
 }
 
@@ -549,6 +563,7 @@ impl Rig {
             desc: Vec::new(),
             data_dir,
             keep: args.keep_data,
+            preload_secs: None,
             _tmp: None,
         };
         // --keep-data: the directory outlives the run on purpose.
@@ -705,6 +720,9 @@ impl Rig {
         if let Some(admin) = &args.database_url {
             self.db = Some(Arc::new(FreshDb::create(admin).await?));
         }
+        if args.preload > 0 && !sql_log {
+            self.preload(args, &bin, base)?;
+        }
         for i in 0..args.instances {
             let listen = free_port()?;
             let mgmt = free_port()?;
@@ -775,6 +793,59 @@ impl Rig {
             self.servers.push(p);
             self.dir_urls.push(url);
         }
+        Ok(())
+    }
+}
+
+impl Rig {
+    /// `cairn admin load-history --certificates N` on the data directory (and
+    /// database) the servers will use, before they start.
+    fn preload(
+        &mut self,
+        args: &Args,
+        bin: &std::path::Path,
+        base: &std::path::Path,
+    ) -> anyhow::Result<()> {
+        let t = Instant::now();
+        let mut cmd = Command::new(bin);
+        for (k, _) in std::env::vars() {
+            if k.starts_with("CAIRN_") && k != "CAIRN_LOG" {
+                cmd.env_remove(k);
+            }
+        }
+        cmd.arg("admin")
+            .arg("--preset")
+            .arg(&args.preset)
+            .arg("--data-dir")
+            .arg(&self.data_dir)
+            .arg("load-history")
+            .arg("--certificates")
+            .arg(args.preload.to_string());
+        if let Some(db) = &self.db {
+            cmd.env("CAIRN_DATABASE_URL", &db.url);
+        }
+        cmd.envs(args.server_env.iter().filter_map(|kv| kv.split_once('=')));
+        println!(
+            "pre-loading {} certificates (cairn admin load-history)...",
+            args.preload
+        );
+        let mut p = Proc::spawn(
+            "cairn admin load-history",
+            &mut cmd,
+            base.join("load-history.log"),
+        )?;
+        let status = p.child.wait()?;
+        let log = p.log();
+        if !status.success() {
+            anyhow::bail!("cairn admin load-history failed ({status}):\n{log}");
+        }
+        self.preload_secs = Some(t.elapsed().as_secs_f64());
+        self.desc.push(format!(
+            "history: {}",
+            log.lines()
+                .find(|l| l.starts_with("loaded "))
+                .unwrap_or("(no summary)")
+        ));
         Ok(())
     }
 }
@@ -2409,6 +2480,48 @@ fn summarize(path: &std::path::Path) -> anyhow::Result<String> {
             ),
             or_dash(num(r, "other_processes_busy_pct").map(|x| format!("{x:.0}%"))),
         ));
+    }
+
+    // Runs on a pre-loaded store: each against the run of the same server with
+    // the fewest stored certificates.
+    let stored = |r: &Value| r["preload"].as_u64().filter(|n| *n > 0);
+    let history: Vec<&Value> = runs
+        .iter()
+        .filter(|r| stored(r).is_some() && r["failed"].is_null())
+        .collect();
+    if !history.is_empty() {
+        out.push_str(
+            "\nAs history grows (each run against the run of the same server with the fewest \
+             stored certificates):\n\n\
+             | row | stored certificates | loaded in | throughput | whole p99 | peak RSS |\n\
+             |---|---|---|---|---|---|\n",
+        );
+        for r in &history {
+            let Some(base) = history
+                .iter()
+                .filter(|b| b["server"] == r["server"])
+                .min_by_key(|b| stored(b))
+            else {
+                continue;
+            };
+            let ratio = |a: Option<f64>, b: Option<f64>| match (a, b) {
+                (Some(a), Some(b)) if b > 0.0 => format!("{:.2}", a / b),
+                _ => "–".to_string(),
+            };
+            let hwm = |r: &Value| r["server_hwm_kib"].as_f64();
+            out.push_str(&format!(
+                "| {} | {} | {} | {} | {} | {} |\n",
+                row_of(r),
+                stored(r).unwrap_or(0),
+                or_dash(num(r, "preload_secs").map(|s| format!("{s:.0} s"))),
+                ratio(num(r, "per_second"), num(base, "per_second")),
+                ratio(whole(r, "p99"), whole(base, "p99")),
+                ratio(hwm(r), hwm(base)),
+            ));
+        }
+    }
+    if !runs.iter().any(is_pebble) {
+        return Ok(out);
     }
 
     // Rows in the order they first ran; each side's successful runs.

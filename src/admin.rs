@@ -12,6 +12,7 @@
 //! them.
 
 mod eab;
+mod history;
 
 use crate::ca::Ca;
 use crate::clock::Clock;
@@ -76,6 +77,11 @@ pub(crate) enum AdminCommand {
     /// `retention.interval_secs` (`[retention]`; certificates, revocations,
     /// accounts and valid orders are kept).
     Purge(PurgeArgs),
+    /// Benchmarking: write N certificates issued over the last days (with
+    /// their accounts, orders, authorizations and challenges) straight
+    /// into a new database, bypassing ACME (BENCHMARKS.md, "History").
+    #[command(hide = true)]
+    LoadHistory(history::LoadHistoryArgs),
 }
 
 #[derive(clap::Args)]
@@ -290,6 +296,7 @@ pub async fn run(args: AdminArgs) -> anyhow::Result<()> {
         AdminCommand::Limits(LimitsCommand::Show(a)) => return limit_show(&src, a).await,
         AdminCommand::Eab(cmd) => return eab::run(&src, cmd).await,
         AdminCommand::Purge(a) => return purge(&src, a).await,
+        AdminCommand::LoadHistory(a) => return history::run(&src, a).await,
     };
     // Check the arguments before touching the database: a typo must change
     // nothing.

@@ -136,8 +136,10 @@ fn args() -> Vec<std::ffi::OsString> {
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse_from(args());
     // An admin command's stderr is for its one-line error; servers log.
+    // sqlx's slow-statement warnings would print load-history's statements
+    // whole (thousands of rows each).
     let default_filter = match cli.command {
-        Command::Admin(_) => "warn",
+        Command::Admin(_) => "warn,sqlx::query=error",
         _ => "info",
     };
     let filter = tracing_subscriber::EnvFilter::try_from_env("CAIRN_LOG")

@@ -70,6 +70,38 @@ pub struct NewOrder {
     pub now: i64,
 }
 
+/// An account as `cairn admin load-history` writes it (see `PastIssuance`).
+#[derive(Debug, Clone)]
+pub struct PastAccount {
+    pub jwk: String,
+    pub thumbprint: String,
+    pub created_at: i64,
+}
+
+/// A certificate issued in the past with what led to it: a valid order,
+/// one valid authorization per name (each with its challenges, the one
+/// that validated it valid, the others still pending, as an issuance
+/// leaves them), the certificate and its name rows. `cairn admin
+/// load-history` writes these in bulk, bypassing ACME, so that a benchmark
+/// can run against a store that has issued a million certificates.
+#[derive(Debug, Clone)]
+pub struct PastIssuance {
+    pub profile: String,
+    pub ordered_at: i64,
+    pub order_expires: i64,
+    pub authz_expires: i64,
+    /// Per authorization, in `cert.names` order: the challenges offered
+    /// (type, token); the first is the one that validated. Empty: the
+    /// authorizations are gone (retention purged them).
+    pub challenges: Vec<Vec<(ChallengeType, String)>>,
+    /// Per authorization: the validation record (JSON) of the challenge
+    /// that validated it.
+    pub records: Vec<String>,
+    /// The certificate; its `order_id` is ignored (the store assigns the
+    /// order a fresh id).
+    pub cert: Certificate,
+}
+
 /// The outcome of a key change.
 #[derive(Debug, Clone, PartialEq)]
 pub enum KeyChange {
@@ -312,6 +344,15 @@ pub trait Store: LimitStore + Send + Sync {
         nonces_before: i64,
         buckets_before: i64,
     ) -> Result<Purged, StoreError>;
+    /// Benchmarking (`cairn admin load-history`): insert these accounts,
+    /// in one transaction; their ids, in order.
+    async fn insert_past_accounts(
+        &self,
+        accounts: &[PastAccount],
+    ) -> Result<Vec<AccountId>, StoreError>;
+    /// Benchmarking (`cairn admin load-history`): insert these issuances
+    /// of existing accounts, in one transaction of multi-row statements.
+    async fn insert_past_issuances(&self, batch: &[PastIssuance]) -> Result<(), StoreError>;
     async fn latest_crl(&self) -> Result<Option<StoredCrl>, StoreError>;
     /// Insert a CRL; false if one with this number exists (another
     /// instance signed it first).

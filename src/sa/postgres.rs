@@ -7,7 +7,9 @@
 //! Transactions that lock an authorization and a challenge lock the
 //! authorization first, so they cannot deadlock one another.
 
-use super::exec::{query, Cell, Connection, DbError, ErrorKind, Fetch, Output, Query, Row, Value};
+use super::exec::{
+    query, query_scalar, Cell, Connection, DbError, ErrorKind, Fetch, Output, Query, Row, Value,
+};
 use super::sql::{Backend, SqlStore};
 use super::*;
 use crate::core::gcra::{self, Decision};
@@ -293,6 +295,20 @@ impl Backend for Postgres {
             .fetch_optional(tx)
             .await?;
         Ok(authz.is_some())
+    }
+
+    async fn reserve_ids<C: Connection>(
+        tx: &mut C,
+        table: &str,
+        n: usize,
+    ) -> Result<Vec<i64>, DbError> {
+        // From the column's sequence, as a default id would be: safe beside
+        // concurrent inserts (the ids need not be consecutive).
+        query_scalar("SELECT nextval(pg_get_serial_sequence($1, 'id')) FROM generate_series(1, $2)")
+            .bind(table)
+            .bind(n as i64)
+            .fetch_all(tx)
+            .await
     }
 
     async fn spend_buckets(

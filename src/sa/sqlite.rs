@@ -3,7 +3,9 @@
 //! own; list parameters are spelled out; the rate-limit batch is one
 //! `BEGIN IMMEDIATE` transaction.
 
-use super::exec::{query, Cell, Connection, DbError, ErrorKind, Fetch, Output, Query, Row, Value};
+use super::exec::{
+    query, query_scalar, Cell, Connection, DbError, ErrorKind, Fetch, Output, Query, Row, Value,
+};
 use super::sql::{Backend, SqlStore};
 use super::*;
 use crate::core::gcra::{self, Decision};
@@ -133,6 +135,10 @@ fn run(
     params: &[Value<'_>],
     fetch: Fetch,
 ) -> Result<Output, DbError> {
+    // The statement log, under sqlx's target (which PostgreSQL's statements
+    // still log through), so one filter shows every statement on either
+    // database (`CAIRN_LOG=sqlx::query=debug`; the bench counts them).
+    tracing::debug!(target: "sqlx::query", { db.statement = sql }, "query");
     let mut stmt = c.prepare_cached(sql).map_err(sqlite_error)?;
     for i in 1..=stmt.parameter_count() {
         let v = stmt
@@ -357,6 +363,24 @@ impl Backend for Sqlite {
     ) -> Result<bool, DbError> {
         // The transaction's first write takes the database's write lock.
         Ok(true)
+    }
+
+    async fn reserve_ids<C: Connection>(
+        tx: &mut C,
+        table: &str,
+        n: usize,
+    ) -> Result<Vec<i64>, DbError> {
+        // The write lock is held: nobody inserts meanwhile. Past the
+        // highest id ever given (AUTOINCREMENT's sqlite_sequence, which
+        // inserting a higher id moves on), so a purged row's id stays unused.
+        let last: i64 = query_scalar(&format!(
+            "SELECT MAX(COALESCE((SELECT seq FROM sqlite_sequence WHERE name = $1), 0),
+                        COALESCE((SELECT MAX(id) FROM {table}), 0))"
+        ))
+        .bind(table)
+        .fetch_one(tx)
+        .await?;
+        Ok((1..=n as i64).map(|i| last + i).collect())
     }
 
     async fn spend_buckets(

@@ -91,6 +91,8 @@ timed_impl! {
         async fn purgeable(&self, expired_before: i64, nonces_before: i64, buckets_before: i64) -> Result<Purged, StoreError>;
         async fn latest_crl(&self) -> Result<Option<StoredCrl>, StoreError>;
         async fn insert_crl(&self, crl: &StoredCrl) -> Result<bool, StoreError>;
+        async fn insert_past_accounts(&self, accounts: &[PastAccount]) -> Result<Vec<AccountId>, StoreError>;
+        async fn insert_past_issuances(&self, batch: &[PastIssuance]) -> Result<(), StoreError>;
     } also {
         fn pool_stats(&self) -> (u32, usize) {
             self.inner.pool_stats()
