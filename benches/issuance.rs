@@ -1031,8 +1031,19 @@ fn probe_directory(client: &reqwest::Client, url: &str) -> bool {
     rt.block_on(async { matches!(client.get(url).send().await, Ok(r) if r.status().is_success()) })
 }
 
+/// A loopback port free now and not handed out before by this process:
+/// the kernel may give a just-released port again, and two of a server's
+/// listeners on one port stopped a two-instance run at start.
 fn free_port() -> std::io::Result<u16> {
-    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+    static GIVEN: std::sync::Mutex<Vec<u16>> = std::sync::Mutex::new(Vec::new());
+    let mut given = GIVEN.lock().unwrap_or_else(|e| e.into_inner());
+    loop {
+        let port = TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
+        if !given.contains(&port) {
+            given.push(port);
+            return Ok(port);
+        }
+    }
 }
 
 fn http_client(root_pem: &[u8]) -> anyhow::Result<reqwest::Client> {
