@@ -439,12 +439,6 @@ impl std::fmt::Display for Problem {
 
 impl std::error::Error for Problem {}
 
-impl From<sqlx::Error> for Problem {
-    fn from(e: sqlx::Error) -> Problem {
-        Problem::internal(format!("database: {e}"))
-    }
-}
-
 impl From<anyhow::Error> for Problem {
     fn from(e: anyhow::Error) -> Problem {
         Problem::internal(format!("{e:#}"))
