@@ -20,7 +20,7 @@
 //! them correct (`create_order`, `start_challenge`, `begin_finalize`).
 //! SQLite runs one writer at a time, which rules those races out.
 
-use super::exec::{query, query_scalar, Connection, DbError, ErrorKind, Query, Row};
+use super::exec::{query, query_scalar, Connection, DbError, ErrorKind, Query, Row, Value};
 use super::*;
 use crate::core::gcra::Decision;
 use crate::core::lifecycle::sql as rule;
@@ -112,15 +112,8 @@ pub(super) trait Backend: Sized + Send + Sync + 'static {
     async fn reset_buckets(s: &SqlStore<Self>, keys: &[String]) -> Result<u64, StoreError>;
 }
 
-/// A parameter of a statement built at run time.
-enum Param {
-    Text(String),
-    Int(i64),
-    OptText(Option<String>),
-    OptInt(Option<i64>),
-    Bool(bool),
-    Bytes(Vec<u8>),
-}
+/// A parameter of a statement built at run time: a value it owns.
+type Param = Value<'static>;
 
 /// Most parameters one multi-row statement binds. Both databases allow
 /// more (SQLite 32,766, PostgreSQL 65,535), but binding a SQLite parameter
@@ -346,12 +339,12 @@ where
             params.push(p);
         };
         if let Some(serial) = &q.serial {
-            add(" AND serial = $?", Param::Text(serial.clone()));
+            add(" AND serial = $?", Param::from(serial.clone()));
         }
         if let Some(name) = &q.name {
             add(
                 " AND serial IN (SELECT serial FROM certificate_names WHERE name = $?)",
-                Param::Text(name.to_ascii_lowercase()),
+                Param::from(name.to_ascii_lowercase()),
             );
         }
         if let Some(domain) = &q.domain {
@@ -360,7 +353,7 @@ where
             let d = domain.to_ascii_lowercase();
             add(
                 " AND serial IN (SELECT serial FROM certificate_names WHERE name = $?",
-                Param::Text(d.clone()),
+                Param::from(d.clone()),
             );
             let escaped = d
                 .replace('\\', "\\\\")
@@ -368,26 +361,22 @@ where
                 .replace('_', "\\_");
             add(
                 " OR name LIKE $? ESCAPE '\\')",
-                Param::Text(format!("%.{escaped}")),
+                Param::from(format!("%.{escaped}")),
             );
         }
         if let Some(account) = q.account {
-            add(" AND account_id = $?", Param::Int(account.0));
+            add(" AND account_id = $?", Value::Int(account.0));
         }
         if let Some(before) = q.issued_before {
-            add(" AND issued_at < $?", Param::Int(before));
+            add(" AND issued_at < $?", Value::Int(before));
         }
         (sql, params)
     }
 
     fn bind_params<'q>(q: Query<'q>, params: &'q [Param]) -> Query<'q> {
-        params.iter().fold(q, |q, p| match p {
-            Param::Text(s) => q.bind(s.as_str()),
-            Param::Int(i) => q.bind(*i),
-            Param::OptText(s) => q.bind(s.as_deref()),
-            Param::OptInt(i) => q.bind(*i),
-            Param::Bool(b) => q.bind(*b),
-            Param::Bytes(b) => q.bind(b.as_slice()),
+        params.iter().fold(q, |q, p| {
+            let v: Value<'q> = p.clone();
+            q.bind(v)
         })
     }
 
@@ -1479,12 +1468,12 @@ where
             .zip(&ids)
             .map(|(a, id)| {
                 vec![
-                    Param::Int(*id),
-                    Param::Text(a.thumbprint.clone()),
-                    Param::Text(a.jwk.clone()),
-                    Param::Text("[]".into()),
-                    Param::Text("valid".into()),
-                    Param::Int(a.created_at),
+                    Value::Int(*id),
+                    Param::from(a.thumbprint.clone()),
+                    Param::from(a.jwk.clone()),
+                    Param::from("[]"),
+                    Param::from("valid"),
+                    Value::Int(a.created_at),
                 ]
             })
             .collect();
@@ -1515,15 +1504,15 @@ where
                 })
                 .collect();
             orders.push(vec![
-                Param::Int(order_id),
-                Param::Int(c.account_id.0),
-                Param::Text("valid".into()),
-                Param::Int(p.order_expires),
-                Param::Text(to_json(&identifiers)?),
-                Param::Text(c.serial.clone()),
-                Param::Int(p.ordered_at),
-                Param::Int(c.issued_at),
-                Param::Text(p.profile.clone()),
+                Value::Int(order_id),
+                Value::Int(c.account_id.0),
+                Param::from("valid"),
+                Value::Int(p.order_expires),
+                Param::from(to_json(&identifiers)?),
+                Param::from(c.serial.clone()),
+                Value::Int(p.ordered_at),
+                Value::Int(c.issued_at),
+                Param::from(p.profile.clone()),
             ]);
             for ((i, offered), records) in identifiers.iter().zip(&p.challenges).zip(&p.records) {
                 let authz_id = authz_ids
@@ -1534,48 +1523,48 @@ where
                     None => (i.value.as_str(), false),
                 };
                 authzs.push(vec![
-                    Param::Int(authz_id),
-                    Param::Int(c.account_id.0),
-                    Param::Text(value.to_string()),
-                    Param::Text(i.kind.clone()),
-                    Param::Bool(wildcard),
-                    Param::Text("valid".into()),
-                    Param::Int(p.authz_expires),
-                    Param::Int(p.ordered_at),
-                    Param::Text(p.profile.clone()),
+                    Value::Int(authz_id),
+                    Value::Int(c.account_id.0),
+                    Param::from(value.to_string()),
+                    Param::from(i.kind.clone()),
+                    Value::Bool(wildcard),
+                    Param::from("valid"),
+                    Value::Int(p.authz_expires),
+                    Value::Int(p.ordered_at),
+                    Param::from(p.profile.clone()),
                 ]);
-                links.push(vec![Param::Int(order_id), Param::Int(authz_id)]);
+                links.push(vec![Value::Int(order_id), Value::Int(authz_id)]);
                 for (n, (kind, token)) in offered.iter().enumerate() {
                     let validated = n == 0;
                     challenges.push(vec![
-                        Param::Int(authz_id),
-                        Param::Text(kind.as_str().to_string()),
-                        Param::Text(token.clone()),
-                        Param::Text(if validated { "valid" } else { "pending" }.into()),
-                        Param::OptInt(validated.then_some(p.ordered_at)),
-                        Param::OptText(validated.then(|| records.clone())),
+                        Value::Int(authz_id),
+                        Param::from(kind.as_str().to_string()),
+                        Param::from(token.clone()),
+                        Param::from(if validated { "valid" } else { "pending" }),
+                        Param::from(validated.then_some(p.ordered_at)),
+                        Param::from(validated.then(|| records.clone())),
                     ]);
                 }
             }
             certs.push(vec![
-                Param::Text(c.serial.clone()),
-                Param::Int(c.account_id.0),
-                Param::Int(order_id),
-                Param::Bytes(c.der.clone()),
-                Param::Text(c.chain_pem.clone()),
-                Param::Int(c.not_before),
-                Param::Int(c.not_after),
-                Param::Int(c.issued_at),
-                Param::Text(to_json(&c.names)?),
-                Param::Text(identifier_set_hash(&c.names)),
-                Param::Bytes(c.spki_sha256.clone()),
-                Param::OptInt(c.revoked_at),
-                Param::OptInt(c.revoked_reason),
+                Param::from(c.serial.clone()),
+                Value::Int(c.account_id.0),
+                Value::Int(order_id),
+                Param::from(c.der.clone()),
+                Param::from(c.chain_pem.clone()),
+                Value::Int(c.not_before),
+                Value::Int(c.not_after),
+                Value::Int(c.issued_at),
+                Param::from(to_json(&c.names)?),
+                Param::from(identifier_set_hash(&c.names)),
+                Param::from(c.spki_sha256.clone()),
+                Param::from(c.revoked_at),
+                Param::from(c.revoked_reason),
             ]);
             for name in &c.names {
                 names.push(vec![
-                    Param::Text(name.to_ascii_lowercase()),
-                    Param::Text(c.serial.clone()),
+                    Param::from(name.to_ascii_lowercase()),
+                    Param::from(c.serial.clone()),
                 ]);
             }
         }
