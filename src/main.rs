@@ -4,6 +4,14 @@ use cairn::config::{Config, Sources};
 use clap::{Parser, Subcommand};
 use std::path::PathBuf;
 
+/// mimalloc (v2, no transparent huge pages): glibc's malloc and free were
+/// 8-9% of an issuance's CPU (many small, short-lived allocations on two
+/// worker threads), and mimalloc takes 9-12% off the whole (BENCHMARKS.md,
+/// "Where the server's time goes"). v2 hands freed memory back to the
+/// system sooner than v3; without huge pages the idle RSS stays ~30 MB.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[derive(Parser)]
 #[command(
     name = "cairn",
