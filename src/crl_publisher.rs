@@ -12,7 +12,7 @@
 use crate::ca::Ca;
 use crate::clock::Clock;
 use crate::config::Config;
-use crate::core::{RevokedEntry, StoredCrl};
+use crate::core::{RevocationCounts, RevokedEntry, StoredCrl};
 use crate::problem::{Path, Problem};
 use crate::sa::{DynStore, Store};
 use axum::extract::State;
@@ -68,6 +68,7 @@ pub async fn publish(
             this_update: now,
             next_update,
             der: ca.sign_crl(number, now, next_update, &entries)?,
+            counts: Some(RevocationCounts::of(&entries)),
         };
         if store.insert_crl(&crl).await? {
             tracing::info!(
@@ -177,13 +178,23 @@ impl CrlPublisher {
         let _one_at_a_time = self.publishing.lock().await;
         let now = self.clock.unix();
         if let Some(latest) = self.store.latest_crl().await? {
-            if !due(&latest, now, &self.cfg)
-                && covers(&latest, &self.store.revoked_certificates(now).await?)
-            {
+            if !due(&latest, now, &self.cfg) && self.still_covers(&latest, now).await? {
                 return Ok(latest);
             }
         }
         publish(&*self.store, &self.ca, now, &self.cfg).await
+    }
+
+    /// Whether `crl` still lists every stored revocation. The certificates
+    /// it was signed from are those revoked with not_after after its
+    /// thisUpdate; a revocation since would add one or make one
+    /// keyCompromise, so equal counts for that set mean nothing changed.
+    /// Only a CRL stored without its counts is compared entry by entry.
+    async fn still_covers(&self, crl: &StoredCrl, now: i64) -> Result<bool, Problem> {
+        Ok(match crl.counts {
+            Some(counts) => self.store.revocation_counts(crl.this_update).await? == counts,
+            None => covers(crl, &self.store.revoked_certificates(now).await?),
+        })
     }
 
     /// Keep the CRL fresh: at start and every few seconds, publish a new one
@@ -293,6 +304,7 @@ mod tests {
             this_update,
             next_update,
             der: Vec::new(),
+            counts: None,
         }
     }
 

@@ -14,7 +14,7 @@ mod common;
 use cairn::core::{
     identifier_set_hash, Account, AccountId, AccountStatus, AuthzId, AuthzStatus, Certificate,
     ChallengeId, ChallengeStatus, ChallengeType, Conflict, EabKey, Identifier, IdentifierType,
-    Order, OrderId, OrderStatus, RevokedEntry, StoreError, StoredCrl,
+    Order, OrderId, OrderStatus, RevocationCounts, RevokedEntry, StoreError, StoredCrl,
 };
 use cairn::problem::Problem;
 use cairn::ra::{error_doc, problem_of};
@@ -1414,18 +1414,47 @@ async fn crl_rows_and_revoked_entries(f: &Fixture) {
             },
         ]
     );
+    // The counts the CRL check compares are those of the same entries...
+    let counts = |entries, key_compromises| RevocationCounts {
+        entries,
+        key_compromises,
+    };
+    assert_eq!(s.revocation_counts(NOW).await.unwrap(), counts(2, 0));
+    assert_eq!(
+        RevocationCounts::of(&entries),
+        s.revocation_counts(NOW).await.unwrap()
+    );
+    // ...and move with each kind of change a revocation makes: a shown key
+    // compromise turns a revoked certificate's reason (its count of
+    // entries unchanged), a new revocation adds one.
+    assert!(s
+        .revoke_certificate("0b", 1, NOW + 3, Some(b"key-0b"))
+        .await
+        .unwrap());
+    assert_eq!(s.revocation_counts(NOW).await.unwrap(), counts(2, 1));
+    assert!(s.revoke_certificate("0c", 5, NOW + 4, None).await.unwrap());
+    assert_eq!(s.revocation_counts(NOW).await.unwrap(), counts(3, 1));
     // Expired certificates leave the CRL.
     assert!(s
         .revoked_certificates(NOW + 91 * DAY)
         .await
         .unwrap()
         .is_empty());
+    assert_eq!(
+        s.revocation_counts(NOW + 91 * DAY).await.unwrap(),
+        counts(0, 0)
+    );
     for n in 1..=15 {
         let crl = StoredCrl {
             number: n,
             this_update: NOW + n,
             next_update: NOW + DAY,
             der: vec![n as u8],
+            // Stored and read back with its counts, and without (older rows).
+            counts: (n % 2 == 0).then_some(RevocationCounts {
+                entries: n,
+                key_compromises: n / 3,
+            }),
         };
         assert!(s.insert_crl(&crl).await.unwrap());
         assert_eq!(s.latest_crl().await.unwrap(), Some(crl.clone()));
@@ -1542,6 +1571,7 @@ async fn race_insert_crl(f: &Fixture) {
             this_update: NOW,
             next_update: NOW + DAY,
             der: vec![i as u8],
+            counts: None,
         };
         s.insert_crl(&crl).await
     })

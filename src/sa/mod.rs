@@ -324,6 +324,9 @@ pub trait Store: LimitStore + Send + Sync {
         &self,
         not_after_after: i64,
     ) -> Result<Vec<RevokedEntry>, StoreError>;
+    /// `RevocationCounts` of what `revoked_certificates` would list.
+    async fn revocation_counts(&self, not_after_after: i64)
+        -> Result<RevocationCounts, StoreError>;
     /// Retention, one bounded batch: up to `limit` orders that never
     /// issued (not valid, no certificate) and expired before
     /// `expired_before`, with their authorization links; an order still

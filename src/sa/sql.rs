@@ -1321,6 +1321,25 @@ where
         Ok(())
     }
 
+    async fn revocation_counts(
+        &self,
+        not_after_after: i64,
+    ) -> Result<RevocationCounts, StoreError> {
+        let r = query(
+            "SELECT COUNT(*) AS entries,
+                    COALESCE(SUM(CASE WHEN revoked_reason = 1 THEN 1 ELSE 0 END), 0) AS key_compromises
+             FROM certificates
+             WHERE revoked_at IS NOT NULL AND not_after > $1",
+        )
+        .bind(not_after_after)
+        .fetch_one(&mut *self.reader().await?)
+        .await?;
+        Ok(RevocationCounts {
+            entries: r.try_get("entries")?,
+            key_compromises: r.try_get("key_compromises")?,
+        })
+    }
+
     async fn revoked_certificates(
         &self,
         not_after_after: i64,
@@ -1642,7 +1661,8 @@ where
 
     async fn latest_crl(&self) -> Result<Option<StoredCrl>, StoreError> {
         let r = query(
-            "SELECT number, this_update, next_update, der FROM crls ORDER BY number DESC LIMIT 1",
+            "SELECT number, this_update, next_update, der, entries, key_compromises
+             FROM crls ORDER BY number DESC LIMIT 1",
         )
         .fetch_optional(&mut *self.reader().await?)
         .await?;
@@ -1652,6 +1672,13 @@ where
                 this_update: r.try_get("this_update")?,
                 next_update: r.try_get("next_update")?,
                 der: r.try_get("der")?,
+                counts: match (r.try_get("entries")?, r.try_get("key_compromises")?) {
+                    (Some(entries), Some(key_compromises)) => Some(RevocationCounts {
+                        entries,
+                        key_compromises,
+                    }),
+                    _ => None,
+                },
             })
         })
         .transpose()
@@ -1661,13 +1688,16 @@ where
         let mut conn = self.writer().await?;
         let mut tx = conn.begin().await?;
         let r = query(
-            "INSERT INTO crls (number, this_update, next_update, der) VALUES ($1, $2, $3, $4)
+            "INSERT INTO crls (number, this_update, next_update, der, entries, key_compromises)
+             VALUES ($1, $2, $3, $4, $5, $6)
              ON CONFLICT DO NOTHING",
         )
         .bind(crl.number)
         .bind(crl.this_update)
         .bind(crl.next_update)
         .bind(crl.der.as_slice())
+        .bind(crl.counts.map(|c| c.entries))
+        .bind(crl.counts.map(|c| c.key_compromises))
         .execute(&mut *tx)
         .await?;
         // Older CRLs are superseded; keep a few for inspection.

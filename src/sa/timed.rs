@@ -86,6 +86,7 @@ timed_impl! {
         async fn certificates_without_names(&self, limit: u32) -> Result<Vec<(String, Vec<u8>)>, StoreError>;
         async fn set_certificate_names(&self, serial: &str, names: &[String], spki_sha256: Option<&[u8]>) -> Result<(), StoreError>;
         async fn revoked_certificates(&self, not_after_after: i64) -> Result<Vec<RevokedEntry>, StoreError>;
+        async fn revocation_counts(&self, not_after_after: i64) -> Result<RevocationCounts, StoreError>;
         async fn purge_orders(&self, expired_before: i64, limit: u32) -> Result<Purged, StoreError>;
         async fn purge_authzs(&self, expired_before: i64, limit: u32) -> Result<Purged, StoreError>;
         async fn purgeable(&self, expired_before: i64, nonces_before: i64, buckets_before: i64) -> Result<Purged, StoreError>;
