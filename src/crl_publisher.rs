@@ -172,8 +172,8 @@ impl CrlPublisher {
     /// process that died between a revocation's commit and its CRL (or
     /// whose publication failed) leaves a revocation the newest CRL does not
     /// cover, and the next check, at start or within `MAX_CHECK_INTERVAL`,
-    /// publishes it. It costs one read of the revoked, unexpired rows and
-    /// one CRL parse per check.
+    /// publishes it. It costs one read of the newest CRL and one COUNT over
+    /// the revoked certificates' index per check (`still_covers`).
     async fn publish_if_due(&self) -> Result<StoredCrl, Problem> {
         let _one_at_a_time = self.publishing.lock().await;
         let now = self.clock.unix();
