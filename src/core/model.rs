@@ -368,6 +368,10 @@ pub struct StoredCrl {
     pub counts: Option<RevocationCounts>,
 }
 
+/// RFC 5280 §5.3.1 keyCompromise, the one reason a revoked certificate's
+/// reason may still change to.
+pub const KEY_COMPROMISE: i64 = 1;
+
 /// The revoked certificates whose not_after is after a time: how many,
 /// and how many of them for keyCompromise. A revocation only ever adds a
 /// certificate or turns its reason into keyCompromise (`ra::record_revocation`),
@@ -383,7 +387,10 @@ impl RevocationCounts {
     pub fn of(entries: &[RevokedEntry]) -> RevocationCounts {
         RevocationCounts {
             entries: entries.len() as i64,
-            key_compromises: entries.iter().filter(|e| e.reason == 1).count() as i64,
+            key_compromises: entries
+                .iter()
+                .filter(|e| e.reason == KEY_COMPROMISE)
+                .count() as i64,
         }
     }
 }

@@ -148,8 +148,7 @@ fn test_fault(name: &str) {
 /// keyCompromise, affiliationChanged, superseded, cessationOfOperation.
 const USER_REVOCATION_REASONS: &[i64] = &[0, 1, 3, 4, 5];
 
-/// RFC 5280 §5.3.1 keyCompromise.
-pub const KEY_COMPROMISE: i64 = 1;
+pub use crate::core::KEY_COMPROMISE;
 
 /// Record a revocation with `reason`, blocking the key whose SPKI hash is
 /// `block_key` (which also revokes that key's other certificates): the one

@@ -1327,11 +1327,12 @@ where
     ) -> Result<RevocationCounts, StoreError> {
         let r = query(
             "SELECT COUNT(*) AS entries,
-                    COALESCE(SUM(CASE WHEN revoked_reason = 1 THEN 1 ELSE 0 END), 0) AS key_compromises
+                    COALESCE(SUM(CASE WHEN revoked_reason = $2 THEN 1 ELSE 0 END), 0) AS key_compromises
              FROM certificates
              WHERE revoked_at IS NOT NULL AND not_after > $1",
         )
         .bind(not_after_after)
+        .bind(KEY_COMPROMISE)
         .fetch_one(&mut *self.reader().await?)
         .await?;
         Ok(RevocationCounts {
