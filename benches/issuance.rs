@@ -756,6 +756,11 @@ impl Rig {
             if let Some(db) = &self.db {
                 cmd.env("CAIRN_DATABASE_URL", &db.url);
             }
+            // Instances sharing a data directory keep used nonces in the
+            // database (a `local` server runs alone).
+            if args.instances > 1 {
+                cmd.env("CAIRN_ACME_NONCES", "shared");
+            }
             if sql_log {
                 cmd.env("CAIRN_LOG", "warn,sqlx::query=debug")
                     .env("CAIRN_LOG_FORMAT", "json");

@@ -250,11 +250,27 @@ pub struct AcmeConfig {
     pub retry_after_secs: u64,
     /// Lifetime of a nonce, seconds.
     pub nonce_lifetime_secs: u64,
+    /// Where used nonces are remembered (`NonceStore`).
+    pub nonces: NonceStore,
     /// `Retry-After` of renewalInfo responses (RFC 9773), seconds.
     pub ari_retry_after_secs: u64,
     /// `explanationURL` of renewalInfo windows moved by `cairn admin certs
     /// renew-early` or revocation; empty leaves it out.
     pub ari_explanation_url: String,
+}
+
+/// Where used nonces are remembered. `shared`: in the database, under the
+/// database's key, so any number of instances sharing it accept a nonce
+/// once between them. `local`: in this process's memory, under a key of
+/// its own, with no database write per request; only one instance may
+/// then serve the data directory (a lock on `<data_dir>/nonces.lock`), and
+/// a restart makes every earlier nonce `badNonce` (clients retry with the
+/// `Replay-Nonce` of the error).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum NonceStore {
+    Shared,
+    Local,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

@@ -27,6 +27,8 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
     // One crypto provider for every rustls user in the process.
     let _ = rustls::crypto::ring::default_provider().install_default();
     ensure_dir(&cfg.data_dir)?;
+    // Before anything is opened: a `local` nonce server runs alone.
+    let nonce_lock = Nonces::lock(&cfg.data_dir, cfg.acme.nonces)?;
     let metrics_handle = match crate::metrics::install() {
         Ok(h) => Some(h),
         Err(e) => {
@@ -89,7 +91,14 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
         crl.clone(),
         limiter.clone(),
     )?;
-    let nonces = Nonces::new(store.clone(), clock.clone(), cfg.acme.nonce_lifetime_secs).await?;
+    let nonces = Nonces::new(
+        store.clone(),
+        clock.clone(),
+        cfg.acme.nonce_lifetime_secs,
+        cfg.acme.nonces,
+        nonce_lock,
+    )
+    .await?;
     let faults = Arc::new(
         crate::faults::Faults::new(cfg.faults.seed, &cfg.faults.rules, clock.clone())
             .map_err(|e| anyhow::anyhow!("faults.rules: {e}"))?,

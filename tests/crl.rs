@@ -392,7 +392,7 @@ async fn crl_is_regenerated_on_schedule() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_revocation_at_one_instance_is_in_every_instances_crl() {
-    let a = Server::start(ServerOpts::always_valid());
+    let a = Server::start(ServerOpts::always_valid().shared_nonces());
     let b = a.start_peer();
     let int = intermediate_der(&a).await;
     assert_eq!(int, intermediate_der(&b).await, "one CA");

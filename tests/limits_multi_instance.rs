@@ -44,6 +44,7 @@ const ACCOUNTS: usize = 31;
 fn opts(limit: u64) -> ServerOpts {
     let limit = limit.to_string();
     ServerOpts::always_valid()
+        .shared_nonces()
         .with_env("CAIRN_LIMITS_PROFILE", "unlimited")
         .with_env("CAIRN_LIMITS_WINDOWS_CERTIFICATES_PER_DOMAIN_BURST", &limit)
         .with_env("CAIRN_LIMITS_WINDOWS_CERTIFICATES_PER_DOMAIN_COUNT", &limit)

@@ -15,7 +15,7 @@ const T: Duration = Duration::from_secs(20);
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_nonce_is_good_once_at_every_instance() {
-    let a = Server::start(ServerOpts::always_valid());
+    let a = Server::start(ServerOpts::always_valid().shared_nonces());
     let b = a.start_peer();
     let ca = AcmeClient::new(&a, KeyKind::Es256).await;
     let cb = AcmeClient::new(&b, KeyKind::Es256).await;
@@ -39,7 +39,7 @@ async fn a_nonce_is_good_once_at_every_instance() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_order_moves_between_instances() {
-    let a = Server::start(ServerOpts::always_valid());
+    let a = Server::start(ServerOpts::always_valid().shared_nonces());
     let b = a.start_peer();
     assert_eq!(a.root_pem(), b.root_pem(), "instances must share one CA");
 
@@ -70,6 +70,7 @@ async fn an_order_moves_between_instances() {
 async fn a_dead_instances_validation_is_taken_over() {
     let dns = TestDns::start();
     let opts = ServerOpts::test()
+        .shared_nonces()
         .with_dns(dns.dns_addr)
         .with_env("CAIRN_VA_TIMEOUT_SECS", "2");
     let mut a = Server::start(opts);
@@ -125,7 +126,7 @@ async fn a_dead_instances_validation_is_taken_over() {
 /// loading racing) all come up and serve the same root.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn peers_starting_together_serve_the_same_root() {
-    let a = Server::start(ServerOpts::always_valid());
+    let a = Server::start(ServerOpts::always_valid().shared_nonces());
     // Peers of a fresh server, started in parallel threads.
     let peers: Vec<Server> = std::thread::scope(|s| {
         let handles: Vec<_> = (0..3).map(|_| s.spawn(|| a.start_peer())).collect();
@@ -153,7 +154,7 @@ async fn peers_starting_together_serve_the_same_root() {
 /// same finalize sent to both instances at the same moment. Repeated.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn fifty_clients_on_two_instances_lose_nothing() {
-    let a = Server::start(ServerOpts::always_valid());
+    let a = Server::start(ServerOpts::always_valid().shared_nonces());
     let b = a.start_peer();
     for round in 0..3 {
         let mut tasks = Vec::new();

@@ -376,7 +376,11 @@ async fn a_keys_names_restrict_what_its_account_orders() {
 /// and creates nothing.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_single_use_key_binds_one_account_when_raced() {
-    let a = eab_server();
+    let a = Server::start(
+        ServerOpts::test()
+            .with_env(REQUIRED, "true")
+            .shared_nonces(),
+    );
     let b = a.start_peer();
     for round in 0..3 {
         let (kid, hmac) = create_key(&a, &[]);

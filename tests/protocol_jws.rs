@@ -668,3 +668,88 @@ async fn nonce_raced_is_accepted_once() {
     }
     assert_eq!(ok, 1, "a nonce was accepted {ok} times");
 }
+
+/// A `shared` server's used nonces and key live in the database: a nonce
+/// from before a crash is good once after it, and one used before it stays
+/// used.
+#[tokio::test]
+async fn shared_nonces_outlive_a_restart_and_stay_single_use() {
+    let mut server = Server::start(ServerOpts::test().shared_nonces());
+    let mut c = AcmeClient::new(&server, KeyKind::Es256).await;
+    c.register().await;
+    let (acct, key) = (c.account_url(), c.key());
+    let used = c.fresh_nonce().await;
+    let h = json!({"alg": key.alg(), "kid": acct, "url": acct, "nonce": used});
+    assert_eq!(c.post_raw(&acct, h.clone(), b"", &key).await.status, 200);
+    let unused = c.fresh_nonce().await;
+    server.restart();
+    c.reconnect(&server);
+    assert_problem(&c.post_raw(&acct, h, b"", &key).await, 400, "badNonce");
+    let h = json!({"alg": key.alg(), "kid": acct, "url": acct, "nonce": unused});
+    let ok = c.post_raw(&acct, h.clone(), b"", &key).await;
+    assert_eq!(ok.status, 200, "{ok}");
+    assert_problem(&c.post_raw(&acct, h, b"", &key).await, 400, "badNonce");
+}
+
+/// A `local` server (the test preset) keeps used nonces in memory under a
+/// key of its own: after a crash its earlier nonces are refused, never
+/// accepted twice, and the refusal carries a nonce that works.
+#[tokio::test]
+async fn local_nonces_die_with_the_process() {
+    let (mut server, mut c) = setup().await;
+    let (acct, key) = (c.account_url(), c.key());
+    let used = c.fresh_nonce().await;
+    let h = json!({"alg": key.alg(), "kid": acct, "url": acct, "nonce": used});
+    assert_eq!(c.post_raw(&acct, h.clone(), b"", &key).await.status, 200);
+    let unused = c.fresh_nonce().await;
+    server.restart();
+    c.reconnect(&server);
+    for nonce in [used, unused] {
+        let h = json!({"alg": key.alg(), "kid": acct, "url": acct, "nonce": nonce});
+        let r = c.post_raw(&acct, h, b"", &key).await;
+        assert_problem(&r, 400, "badNonce");
+        let fresh = r.nonce().expect("a nonce with the refusal");
+        let h = json!({"alg": key.alg(), "kid": acct, "url": acct, "nonce": fresh});
+        let ok = c.post_raw(&acct, h, b"", &key).await;
+        assert_eq!(ok.status, 200, "{ok}");
+    }
+}
+
+/// `cairn serve` on `server`'s data directory with `acme.nonces = nonces`:
+/// how it exited and what it said (it must exit by itself).
+fn serve_beside(server: &Server, nonces: &str) -> (std::process::ExitStatus, String) {
+    let out = std::process::Command::new(cairn_bin())
+        .args(["serve", "--preset", "test", "--data-dir"])
+        .arg(&server.data_dir)
+        .env("CAIRN_SERVER_LISTEN", "127.0.0.1:0")
+        .env("CAIRN_SERVER_MANAGEMENT_LISTEN", "127.0.0.1:0")
+        .env("CAIRN_ACME_NONCES", nonces)
+        .env("CAIRN_LOG", "warn")
+        .stdin(std::process::Stdio::null())
+        .output()
+        .expect("run cairn serve");
+    (
+        out.status,
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// A `local` server runs alone on its data directory: a second instance,
+/// whichever way it keeps nonces, refuses to start and says why; and a
+/// `local` one refuses to start beside a `shared` one.
+#[tokio::test]
+async fn a_local_nonce_server_runs_alone() {
+    let (server, c) = setup().await;
+    for nonces in ["local", "shared"] {
+        let (status, err) = serve_beside(&server, nonces);
+        assert!(!status.success(), "{nonces}: {err}");
+        assert!(err.contains("acme.nonces = \"shared\""), "{nonces}: {err}");
+    }
+    // The running server never noticed.
+    c.new_order(&["alone.example"]).await;
+
+    let shared = Server::start(ServerOpts::test().shared_nonces());
+    let (status, err) = serve_beside(&shared, "local");
+    assert!(!status.success(), "{err}");
+    assert!(err.contains("must run alone"), "{err}");
+}

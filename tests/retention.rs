@@ -37,7 +37,12 @@ async fn wait_purged(server: &Server, tables: &[(&str, f64)]) -> String {
 #[tokio::test]
 async fn scheduled_purge_forgets_expired_rows_and_keeps_certificates_usable() {
     let server =
-        Server::start(ServerOpts::always_valid().with_env("CAIRN_RETENTION_INTERVAL_SECS", "1"));
+        // Used nonces in the database, whose rows the purge forgets.
+        Server::start(
+            ServerOpts::always_valid()
+                .shared_nonces()
+                .with_env("CAIRN_RETENTION_INTERVAL_SECS", "1"),
+        );
     let c = AcmeClient::new(&server, KeyKind::Es256).await;
     c.register().await;
     let cert_key = AcmeKey::generate(KeyKind::Es256);

@@ -87,18 +87,22 @@ impl Ra {
     }
 
     /// The account named by a `kid`, which must exist and be valid, read
-    /// in the same round trip that spends the request's nonce (checked by
-    /// the WFE, `expires` its memory); also whether the nonce was unused.
+    /// in the same round trip that spends the request's nonce if the store
+    /// keeps used nonces (checked by the WFE, remembered until `expires`);
+    /// also whether the nonce was unused.
     pub async fn account_for_kid(
         &self,
         id: AccountId,
-        nonce: &[u8],
-        expires: i64,
+        nonce: Option<(Vec<u8>, i64)>,
     ) -> Result<(Account, bool), Problem> {
-        let (acct, fresh) = self
-            .store
-            .account_spending_nonce(id, nonce, expires)
-            .await?;
+        let (acct, fresh) = match nonce {
+            Some((nonce, expires)) => {
+                self.store
+                    .account_spending_nonce(id, &nonce, expires)
+                    .await?
+            }
+            None => (self.store.account(id).await?, true),
+        };
         let acct =
             acct.ok_or_else(|| Problem::account_does_not_exist("no account exists with this kid"))?;
         if acct.status != AccountStatus::Valid {

@@ -503,8 +503,11 @@ impl Wfe {
                 let id = parse_kid(base, kid)?;
                 // One round trip reads the account and spends the nonce
                 // (checked here first: a forged or stale one costs no I/O).
-                let (body, expires) = self.nonces.check(&nonce)?;
-                let (acct, fresh) = self.ra.account_for_kid(id, &body, expires).await?;
+                let spend = match self.nonces.check(&nonce)? {
+                    nonce::Checked::Spent => None,
+                    nonce::Checked::ToSpend(body, expires) => Some((body, expires)),
+                };
+                let (acct, fresh) = self.ra.account_for_kid(id, spend).await?;
                 crate::request::set_account(acct.id.0);
                 self.verifiers.get_or_build(&acct)?.verify(&jws)?;
                 if !fresh {

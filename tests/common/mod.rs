@@ -425,6 +425,11 @@ impl ServerOpts {
     pub fn always_valid() -> ServerOpts {
         ServerOpts::default().with_env("CAIRN_VA_ALWAYS_VALID", "true")
     }
+    /// Used nonces in the database (`acme.nonces = "shared"`), as several
+    /// instances on one data directory need (`Server::start_peer`).
+    pub fn shared_nonces(self) -> ServerOpts {
+        self.with_env("CAIRN_ACME_NONCES", "shared")
+    }
     pub fn with_env(mut self, key: &str, value: &str) -> ServerOpts {
         self.env.push((key.to_string(), value.to_string()));
         self
