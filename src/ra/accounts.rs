@@ -86,6 +86,12 @@ impl Ra {
         }
     }
 
+    /// Wait until the writes of an HTTP request are committed
+    /// (`sa::track_writes`); a `serverInternal` problem if they were not.
+    pub async fn durable(&self, batch: u64) -> Result<(), Problem> {
+        Ok(self.store.durable(batch).await?)
+    }
+
     /// The account named by a `kid`, which must exist and be valid, read
     /// in the same round trip that spends the request's nonce if the store
     /// keeps used nonces (checked by the WFE, remembered until `expires`);

@@ -74,7 +74,11 @@ impl Ra {
             ));
         }
         tracing::info!(serial = %serial, reason = recorded, "certificate revoked");
-        test_fault("crash-after-revoke-commit");
+        if fault_armed("crash-after-revoke-commit") {
+            // The point is "committed": wait for the revocation's batch.
+            self.durable(crate::sa::tracked_writes()).await?;
+            test_fault("crash-after-revoke-commit");
+        }
         // The revocation is recorded; a CRL that fails to publish now (or a
         // process that dies here) is caught up by the CRL updater, which
         // publishes whenever the newest CRL does not cover the stored
@@ -135,10 +139,14 @@ impl Ra {
 /// (as a `kill -9` would stop it there). Only the process environment can
 /// arm it, never a request. Points: `crash-after-revoke-commit` (a
 /// revocation is committed, its CRL not yet signed).
-fn test_fault(name: &str) {
+fn fault_armed(name: &str) -> bool {
     static FAULT: std::sync::OnceLock<Option<String>> = std::sync::OnceLock::new();
     let armed = FAULT.get_or_init(|| std::env::var("CAIRN_TEST_FAULT").ok());
-    if armed.as_deref() == Some(name) {
+    armed.as_deref() == Some(name)
+}
+
+fn test_fault(name: &str) {
+    if fault_armed(name) {
         eprintln!("CAIRN_TEST_FAULT={name}: aborting");
         std::process::abort();
     }

@@ -11,6 +11,8 @@ mod sql;
 mod sqlite;
 mod timed;
 
+pub use sqlite::{track_writes, tracked_writes};
+
 pub(crate) use timed::timed;
 
 pub(crate) use crate::config::SqliteSynchronous;
@@ -154,6 +156,12 @@ pub trait Store: LimitStore + Send + Sync {
     async fn ping(&self) -> Result<(), StoreError>;
     /// The connection pool: (open connections, idle ones).
     fn pool_stats(&self) -> (u32, usize);
+    /// Wait until the writes an HTTP request made or read are committed
+    /// (`batch` from [`track_writes`]); an error if they were rolled back.
+    /// The request is answered only then.
+    async fn durable(&self, _batch: u64) -> Result<(), StoreError> {
+        Ok(())
+    }
     /// Close every pooled connection (at shutdown), waiting for those in use.
     async fn close(&self);
     /// Record a nonce as used; false if it was used before.

@@ -54,6 +54,11 @@ pub(super) trait Backend: Sized + Send + Sync + 'static {
     async fn reader(&self) -> Result<Self::Guard<'_>, DbError>;
     /// (open connections, idle ones).
     fn pool_stats(&self) -> (u32, usize);
+    /// Wait until the writes of batch `batch` are committed (SQLite's
+    /// group commit; every other write is committed when its call returns).
+    async fn durable(&self, _batch: u64) -> Result<(), DbError> {
+        Ok(())
+    }
     /// Close every connection, waiting for those in use.
     async fn close(&self);
 
@@ -462,6 +467,10 @@ where
 
     fn pool_stats(&self) -> (u32, usize) {
         self.db.pool_stats()
+    }
+
+    async fn durable(&self, batch: u64) -> Result<(), StoreError> {
+        Ok(self.db.durable(batch).await?)
     }
 
     async fn close(&self) {

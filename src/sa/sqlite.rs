@@ -14,6 +14,7 @@ use rusqlite::types::{ToSqlOutput, ValueRef};
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions};
 use std::future::{ready, Future};
 use std::str::FromStr;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering::SeqCst};
 use std::time::Duration;
 use tokio::sync::{MappedMutexGuard, Mutex, MutexGuard};
 
@@ -42,6 +43,80 @@ const STATEMENT_CACHE: usize = 512;
 pub(crate) struct Sqlite {
     writer: Mutex<Option<Held>>,
     readers: Vec<Mutex<Option<Held>>>,
+    batches: Arc<Batches>,
+}
+
+/// Group commit. The writer runs every write inside an open transaction,
+/// a batch: a transaction of the store's is a savepoint in it, a single
+/// statement a statement in it. When the writer is given back and another
+/// task waits for it, the batch stays open for that task's writes, and one
+/// COMMIT (one set of WAL frames for the pages they share, one lock round)
+/// ends them all. A write made for an HTTP request (`track_writes`) is
+/// answered only once its batch is committed (`Store::durable`); any other
+/// write commits before its store call returns, as without batches. A
+/// batch is numbered; `committed` is the newest committed, `failed` the
+/// recent ones that were rolled back. A batch left open for a waiter that
+/// then gave up (its request was dropped) is committed by the next call
+/// that finds the writer idle. With `synchronous = FULL` a batch costs one
+/// fsync instead of one per write: the `dev` preset issues about a third
+/// faster for a sixth less CPU; the `test` preset, which syncs only at
+/// checkpoints, saves about 2%.
+#[derive(Default)]
+struct Batches {
+    /// Tasks queued for the writer.
+    waiting: AtomicUsize,
+    /// The newest batch begun.
+    begun: AtomicU64,
+    committed: AtomicU64,
+    failed: std::sync::Mutex<std::collections::VecDeque<u64>>,
+}
+
+impl Batches {
+    fn done(&self, batch: u64) -> Option<Result<(), DbError>> {
+        let failed = self.failed.lock().unwrap_or_else(|e| e.into_inner());
+        if failed.contains(&batch) {
+            return Some(Err(DbError::other(
+                "the transaction this request's writes were committed with failed",
+            )));
+        }
+        (self.committed.load(SeqCst) >= batch).then_some(Ok(()))
+    }
+
+    fn fail(&self, batch: u64) {
+        let mut failed = self.failed.lock().unwrap_or_else(|e| e.into_inner());
+        if failed.len() >= 64 {
+            failed.pop_front();
+        }
+        failed.push_back(batch);
+    }
+}
+
+tokio::task_local! {
+    /// The newest batch the current request wrote in or read from.
+    static WRITES: std::cell::Cell<u64>;
+}
+
+/// Run `fut` (an HTTP request), noting the newest batch of the writer it
+/// wrote in or read from: its answer waits for `Store::durable(that)`.
+pub async fn track_writes<F: Future>(fut: F) -> (F::Output, u64) {
+    WRITES
+        .scope(std::cell::Cell::new(0), async {
+            let out = fut.await;
+            (out, WRITES.with(|w| w.get()))
+        })
+        .await
+}
+
+/// The newest batch the current request depends on (0: none, or outside
+/// a request).
+pub fn tracked_writes() -> u64 {
+    WRITES.try_with(|w| w.get()).unwrap_or(0)
+}
+
+/// Note that the current request depends on `batch`; false outside a
+/// request.
+fn track(batch: u64) -> bool {
+    WRITES.try_with(|w| w.set(w.get().max(batch))).is_ok()
 }
 
 /// A connection of the store's, and whether what runs on it now may only
@@ -51,6 +126,71 @@ pub(crate) struct Sqlite {
 pub(crate) struct Held {
     conn: rusqlite::Connection,
     read_only: bool,
+    /// The writer's: the batches, the open one, whether a transaction of
+    /// the store's is open in it (a savepoint), and whether a write outside
+    /// any request is in it (then it commits when the writer is given back).
+    batching: Option<Arc<Batches>>,
+    batch: Option<u64>,
+    savepoint: bool,
+    untracked: bool,
+}
+
+impl Held {
+    /// Open a batch if none is (the writer's first write since the last
+    /// COMMIT), and note that the caller's write is in it.
+    fn join_batch(&mut self) -> Result<(), DbError> {
+        let Some(b) = &self.batching else {
+            return Ok(());
+        };
+        let batch = match self.batch {
+            Some(n) => n,
+            None => {
+                control(&self.conn, "BEGIN IMMEDIATE").map_err(sqlite_error)?;
+                let n = b.begun.fetch_add(1, SeqCst) + 1;
+                self.batch = Some(n);
+                n
+            }
+        };
+        if !track(batch) {
+            self.untracked = true;
+        }
+        Ok(())
+    }
+
+    /// Commit the open batch, if any.
+    fn commit_batch(&mut self) {
+        let (Some(b), Some(batch)) = (&self.batching, self.batch.take()) else {
+            return;
+        };
+        self.untracked = false;
+        match control(&self.conn, "COMMIT") {
+            Ok(()) => {
+                b.committed.fetch_max(batch, SeqCst);
+            }
+            Err(e) => {
+                tracing::error!("committing a batch of writes: {e}");
+                if !self.conn.is_autocommit() {
+                    if let Err(e) = self.conn.execute_batch("ROLLBACK") {
+                        tracing::warn!("rolling back a batch of writes: {e}");
+                    }
+                }
+                b.fail(batch);
+            }
+        }
+    }
+
+    /// After an error: SQLite ends the whole transaction on some (a full
+    /// disk, I/O): the batch is then lost, and so are its writes.
+    fn check_batch(&mut self) {
+        if let (Some(b), Some(batch)) = (&self.batching, self.batch) {
+            if self.conn.is_autocommit() {
+                self.batch = None;
+                self.savepoint = false;
+                self.untracked = false;
+                b.fail(batch);
+            }
+        }
+    }
 }
 
 /// A connection lent for one statement or transaction. The writer lent
@@ -95,6 +235,14 @@ impl Drop for Lent<'_> {
         if self.restore {
             self.conn.read_only = false;
         }
+        // Given back: the batch ends unless another task waits to add to
+        // it (and no write outside a request, which commits now, is in it).
+        let c = &mut *self.conn;
+        if let (Some(b), Some(_)) = (&c.batching, c.batch) {
+            if c.untracked || b.waiting.load(SeqCst) == 0 {
+                c.commit_batch();
+            }
+        }
     }
 }
 
@@ -107,6 +255,22 @@ async fn lock_held(m: &Mutex<Option<Held>>) -> Result<Lent<'_>, DbError> {
     MutexGuard::try_map(m.lock().await, Option::as_mut)
         .map(Lent::new)
         .map_err(|_| DbError::other("the store is closed"))
+}
+
+/// Counts a task queued for the writer, until it has it (or gives up).
+struct Queued<'a>(&'a Batches);
+
+impl<'a> Queued<'a> {
+    fn new(b: &'a Batches) -> Queued<'a> {
+        b.waiting.fetch_add(1, SeqCst);
+        Queued(b)
+    }
+}
+
+impl Drop for Queued<'_> {
+    fn drop(&mut self) {
+        self.0.waiting.fetch_sub(1, SeqCst);
+    }
 }
 
 /// One connection to the file, set up as the store uses it.
@@ -134,7 +298,17 @@ fn connect(
     Ok(Held {
         conn: c,
         read_only: reader,
+        batching: None,
+        batch: None,
+        savepoint: false,
+        untracked: false,
     })
+}
+
+/// A transaction-control statement, prepared once per connection (each
+/// runs several times an issuance; `execute_batch` parses it every time).
+fn control(c: &rusqlite::Connection, sql: &str) -> rusqlite::Result<()> {
+    c.prepare_cached(sql)?.execute([]).map(drop)
 }
 
 fn sqlite_error(e: rusqlite::Error) -> DbError {
@@ -186,18 +360,39 @@ fn cell(v: ValueRef<'_>) -> Result<Cell, DbError> {
 /// Run one statement inline. `$N` is SQLite's named parameter "$N",
 /// numbered by SQLite in order of first appearance: each is bound by name
 /// to `params[N - 1]`.
-fn run(held: &Held, sql: &str, params: &[Value<'_>], fetch: Fetch) -> Result<Output, DbError> {
+fn run(held: &mut Held, sql: &str, params: &[Value<'_>], fetch: Fetch) -> Result<Output, DbError> {
+    let r = run_stmt(held, sql, params, fetch);
+    if r.is_err() {
+        held.check_batch();
+    }
+    r
+}
+
+fn run_stmt(
+    held: &mut Held,
+    sql: &str,
+    params: &[Value<'_>],
+    fetch: Fetch,
+) -> Result<Output, DbError> {
     // The statement log, under sqlx's target (which PostgreSQL's statements
     // still log through), so one filter shows every statement on either
     // database (`CAIRN_LOG=sqlx::query=debug`; the bench counts them).
     tracing::debug!(target: "sqlx::query", { db.statement = sql }, "query");
+    let writes = !held
+        .conn
+        .prepare_cached(sql)
+        .map_err(sqlite_error)?
+        .readonly();
+    if writes {
+        if held.read_only {
+            return Err(DbError::other(format!(
+                "{sql:?} writes, on a connection lent for reading"
+            )));
+        }
+        held.join_batch()?;
+    }
     let c = &held.conn;
     let mut stmt = c.prepare_cached(sql).map_err(sqlite_error)?;
-    if held.read_only && !stmt.readonly() {
-        return Err(DbError::other(format!(
-            "{sql:?} writes, on a connection lent for reading"
-        )));
-    }
     for i in 1..=stmt.parameter_count() {
         let v = stmt
             .parameter_name(i)
@@ -260,29 +455,59 @@ impl Connection for Held {
     /// The write lock at once: the transaction's reads and its writes see
     /// one state, and no read lock has to be upgraded (which fails at once,
     /// busy timeout or not, when another process wrote in between).
+    /// In a batch (the writer): a savepoint in it.
     fn begin_raw(&mut self) -> impl Future<Output = Result<(), DbError>> + Send {
         ready(if self.read_only {
             Err(DbError::other(
                 "a transaction on a connection lent for reading",
             ))
+        } else if self.batching.is_some() {
+            self.join_batch().and_then(|()| {
+                control(&self.conn, "SAVEPOINT tx").map_err(sqlite_error)?;
+                self.savepoint = true;
+                Ok(())
+            })
         } else {
-            self.conn
-                .execute_batch("BEGIN IMMEDIATE")
-                .map_err(sqlite_error)
+            control(&self.conn, "BEGIN IMMEDIATE").map_err(sqlite_error)
         })
     }
 
     fn commit_raw(&mut self) -> impl Future<Output = Result<(), DbError>> + Send {
-        ready(self.conn.execute_batch("COMMIT").map_err(sqlite_error))
+        let r = if self.savepoint {
+            self.savepoint = false;
+            control(&self.conn, "RELEASE tx")
+        } else {
+            control(&self.conn, "COMMIT")
+        };
+        if r.is_err() {
+            self.check_batch();
+        }
+        ready(r.map_err(sqlite_error))
     }
 
     fn rollback_raw(&mut self) -> impl Future<Output = Result<(), DbError>> + Send {
-        ready(self.conn.execute_batch("ROLLBACK").map_err(sqlite_error))
+        let r = if self.savepoint {
+            self.savepoint = false;
+            self.conn.execute_batch("ROLLBACK TO tx; RELEASE tx")
+        } else {
+            self.conn.execute_batch("ROLLBACK")
+        };
+        if r.is_err() {
+            self.check_batch();
+        }
+        ready(r.map_err(sqlite_error))
     }
 
     fn abort(&mut self) {
-        // Some errors end the transaction themselves.
-        if !self.conn.is_autocommit() {
+        // Some errors end the transaction (and the batch) themselves.
+        self.check_batch();
+        if self.savepoint {
+            self.savepoint = false;
+            if let Err(e) = self.conn.execute_batch("ROLLBACK TO tx; RELEASE tx") {
+                tracing::warn!("rolling back a transaction: {e}");
+                self.check_batch();
+            }
+        } else if self.batching.is_none() && !self.conn.is_autocommit() {
             if let Err(e) = self.conn.execute_batch("ROLLBACK") {
                 tracing::warn!("rolling back a transaction: {e}");
             }
@@ -324,17 +549,24 @@ impl Backend for Sqlite {
         let migrated = sqlx::migrate!("migrations/sqlite").run(&pool).await;
         pool.close().await;
         migrated?;
-        let writer = connect(&path, sync, false)?;
+        let batches = Arc::new(Batches::default());
+        let mut writer = connect(&path, sync, false)?;
+        writer.batching = Some(batches.clone());
         let readers = (0..max_connections.saturating_sub(1).max(1))
             .map(|_| Ok(Mutex::new(Some(connect(&path, sync, true)?))))
             .collect::<anyhow::Result<_>>()?;
         Ok(Sqlite {
             writer: Mutex::new(Some(writer)),
             readers,
+            batches,
         })
     }
 
     async fn writer(&self) -> Result<Self::Guard<'_>, DbError> {
+        if let Some(c) = held(&self.writer) {
+            return Ok(c);
+        }
+        let _queued = Queued::new(&self.batches);
         lock_held(&self.writer).await
     }
 
@@ -345,8 +577,24 @@ impl Backend for Sqlite {
     /// go to the writer whenever it is idle. (Readers taken in turn read
     /// nearly every page afresh from the file: 3-5% of an issuance's CPU.)
     async fn reader(&self) -> Result<Self::Guard<'_>, DbError> {
-        if let Some(c) = held(&self.writer) {
+        // A request whose writes are not committed yet reads them where
+        // they are, and then depends on the batch it read from.
+        let mine = tracked_writes();
+        if mine > 0 && self.batches.done(mine).is_none() {
+            let c = {
+                let _queued = Queued::new(&self.batches);
+                lock_held(&self.writer).await?
+            };
+            if let Some(batch) = c.batch {
+                track(batch);
+            }
             return Ok(c.lent_for_reading());
+        }
+        if let Some(c) = held(&self.writer) {
+            // Not while a batch is open: it holds others' uncommitted writes.
+            if c.batch.is_none() {
+                return Ok(c.lent_for_reading());
+            }
         }
         for r in &self.readers {
             if let Some(c) = held(r) {
@@ -362,7 +610,37 @@ impl Backend for Sqlite {
         (self.readers.len() as u32 + 1, idle)
     }
 
+    /// Wait until `batch` is committed; commit it if it is still open.
+    async fn durable(&self, batch: u64) -> Result<(), DbError> {
+        if batch == 0 {
+            return Ok(());
+        }
+        loop {
+            if let Some(r) = self.batches.done(batch) {
+                return r;
+            }
+            let mut c = {
+                let _queued = Queued::new(&self.batches);
+                lock_held(&self.writer).await?
+            };
+            match c.batch {
+                Some(open) if open <= batch => c.commit_batch(),
+                // Neither open nor known (a failure forgotten): not durable.
+                _ => {
+                    return self.batches.done(batch).unwrap_or_else(|| {
+                        Err(DbError::other(
+                            "the outcome of this request's writes is unknown",
+                        ))
+                    })
+                }
+            }
+        }
+    }
+
     async fn close(&self) {
+        if let Some(c) = self.writer.lock().await.as_mut() {
+            c.commit_batch();
+        }
         // The writer last: the last connection to close checkpoints.
         for m in self.readers.iter().chain(std::iter::once(&self.writer)) {
             if let Some(c) = m.lock().await.take() {
@@ -589,31 +867,136 @@ mod tests {
         let s = open(&dir).await;
         let write = "CREATE TABLE IF NOT EXISTS t (x INTEGER)";
 
-        let r = s.reader().await.expect("reader");
+        let mut r = s.reader().await.expect("reader");
         assert!(
             s.writer.try_lock().is_err(),
             "an idle writer serves the read"
         );
         assert!(r.read_only);
-        let err = run(&r, write, &[], Fetch::Affected).expect_err("a write on a read");
+        let err = run(&mut r, write, &[], Fetch::Affected).expect_err("a write on a read");
         assert!(err.to_string().contains("lent for reading"), "{err}");
         // While the writer is lent, reads go to the readers in order.
-        let r2 = s.reader().await.expect("reader");
+        let mut r2 = s.reader().await.expect("reader");
         assert!(s.readers[0].try_lock().is_err(), "the first reader next");
         assert!(s.readers[1].try_lock().is_ok());
-        let err = run(&r2, write, &[], Fetch::Affected).expect_err("a write on a reader");
+        let err = run(&mut r2, write, &[], Fetch::Affected).expect_err("a write on a reader");
         assert!(err.to_string().contains("lent for reading"), "{err}");
         drop((r, r2));
 
         let mut w = s.writer().await.expect("writer");
         assert!(!w.read_only, "given back, the writer writes again");
-        run(&w, write, &[], Fetch::Affected).expect("a write on the writer");
+        run(&mut w, write, &[], Fetch::Affected).expect("a write on the writer");
         w.begin_raw().await.expect("a transaction on the writer");
         w.rollback_raw().await.expect("rollback");
         drop(w);
         let mut r = s.reader().await.expect("reader");
         r.begin_raw().await.expect_err("a transaction on a read");
-        let rows = run(&r, "SELECT COUNT(*) AS n FROM t", &[], Fetch::All).expect("read");
+        let rows = run(&mut r, "SELECT COUNT(*) AS n FROM t", &[], Fetch::All).expect("read");
         assert_eq!(rows.rows.len(), 1);
+    }
+
+    fn count(c: &mut Held) -> i64 {
+        let out = run(c, "SELECT COUNT(*) AS n FROM t", &[], Fetch::All).expect("count");
+        out.rows[0].try_get("n").expect("n")
+    }
+
+    async fn with_table(dir: &tempfile::TempDir) -> Sqlite {
+        let s = open(dir).await;
+        {
+            let mut w = s.writer().await.expect("writer");
+            run(&mut w, "CREATE TABLE t (x INTEGER)", &[], Fetch::Affected).expect("create");
+        }
+        s
+    }
+
+    /// A request's write stays in the open batch while another task waits
+    /// for the writer: nobody else reads it, the request itself does (from
+    /// the writer), and `durable` commits it. A write outside any request
+    /// commits when its call gives the writer back.
+    #[tokio::test]
+    async fn a_request_write_waits_in_its_batch_until_durable() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let s = with_table(&dir).await;
+        assert!(matches!(
+            s.batches.done(s.batches.begun.load(SeqCst)),
+            Some(Ok(()))
+        ));
+
+        let ((), batch) = track_writes(async {
+            let mut w = s.writer().await.expect("writer");
+            run(&mut w, "INSERT INTO t VALUES (1)", &[], Fetch::Affected).expect("insert");
+            // Another task queued for the writer: the batch stays open.
+            let _queued = Queued::new(&s.batches);
+            drop(w);
+            // The request reads its own write, from the writer.
+            let mut r = s.reader().await.expect("reader");
+            assert!(!r.read_only || r.batch.is_some(), "the writer, batch open");
+            assert_eq!(count(&mut r), 1);
+        })
+        .await;
+        assert!(batch > 0);
+        assert!(s.batches.done(batch).is_none(), "not committed yet");
+        // Other connections do not see it.
+        {
+            let mut other = s.readers[0].try_lock().expect("idle");
+            assert_eq!(count(other.as_mut().expect("open")), 0);
+        }
+        s.durable(batch).await.expect("durable");
+        assert!(matches!(s.batches.done(batch), Some(Ok(()))));
+        {
+            let mut other = s.readers[0].try_lock().expect("idle");
+            assert_eq!(count(other.as_mut().expect("open")), 1);
+        }
+
+        // Outside a request: committed when the writer is given back,
+        // even with a task waiting.
+        let mut w = s.writer().await.expect("writer");
+        run(&mut w, "INSERT INTO t VALUES (2)", &[], Fetch::Affected).expect("insert");
+        let queued = Queued::new(&s.batches);
+        drop(w);
+        drop(queued);
+        assert!(s
+            .writer
+            .try_lock()
+            .expect("idle")
+            .as_ref()
+            .expect("open")
+            .batch
+            .is_none());
+        let mut r = s.readers[0].try_lock().expect("idle");
+        assert_eq!(count(r.as_mut().expect("open")), 2);
+    }
+
+    /// A transaction rolled back inside a batch undoes its own writes
+    /// only; the batch's other writes commit.
+    #[tokio::test]
+    async fn a_rolled_back_transaction_leaves_the_rest_of_its_batch() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let s = with_table(&dir).await;
+        let ((), batch) = track_writes(async {
+            let _queued = Queued::new(&s.batches);
+            let mut w = s.writer().await.expect("writer");
+            run(&mut w, "INSERT INTO t VALUES (1)", &[], Fetch::Affected).expect("insert");
+            w.begin_raw().await.expect("begin");
+            run(&mut w, "INSERT INTO t VALUES (2)", &[], Fetch::Affected).expect("insert");
+            w.rollback_raw().await.expect("rollback");
+            w.begin_raw().await.expect("begin");
+            run(&mut w, "INSERT INTO t VALUES (3)", &[], Fetch::Affected).expect("insert");
+            w.commit_raw().await.expect("commit");
+            // A transaction dropped half-way.
+            w.begin_raw().await.expect("begin");
+            run(&mut w, "INSERT INTO t VALUES (4)", &[], Fetch::Affected).expect("insert");
+            w.abort();
+        })
+        .await;
+        s.durable(batch).await.expect("durable");
+        let mut r = s.reader().await.expect("reader");
+        let out = run(&mut r, "SELECT x FROM t ORDER BY x", &[], Fetch::All).expect("read");
+        let xs: Vec<i64> = out
+            .rows
+            .iter()
+            .map(|r| r.try_get("x").expect("x"))
+            .collect();
+        assert_eq!(xs, [1, 3]);
     }
 }

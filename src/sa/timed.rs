@@ -95,6 +95,9 @@ timed_impl! {
         async fn insert_past_accounts(&self, accounts: &[PastAccount]) -> Result<Vec<AccountId>, StoreError>;
         async fn insert_past_issuances(&self, batch: &[PastIssuance]) -> Result<(), StoreError>;
     } also {
+        async fn durable(&self, batch: u64) -> Result<(), StoreError> {
+            self.inner.durable(batch).await
+        }
         fn pool_stats(&self) -> (u32, usize) {
             self.inner.pool_stats()
         }

@@ -251,7 +251,18 @@ async fn common_headers(State(state): State<AppState>, mut req: Request, next: N
     let endpoint = crate::metrics::endpoint(req.uri().path());
     let current = crate::request::Request::new();
     let mut resp = match check_head(&req, &state.cfg) {
-        Ok(()) => crate::request::scope(current.clone(), next.run(req)).await,
+        Ok(()) => {
+            let (resp, writes) =
+                crate::sa::track_writes(crate::request::scope(current.clone(), next.run(req)))
+                    .await;
+            // Answered once what it wrote (or read of others' writes) is
+            // committed: nothing acknowledged is lost in a crash.
+            let durable = crate::request::scope(current.clone(), state.ra.durable(writes));
+            match durable.await {
+                Ok(()) => resp,
+                Err(p) => p.into_response(),
+            }
+        }
         Err(p) => p.into_response(),
     };
     let elapsed = started.elapsed();
