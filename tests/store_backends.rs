@@ -491,7 +491,19 @@ async fn create_order_with_new_and_reused_authzs(f: &Fixture) {
             (alone.id, alone.kind, &alone.token),
             (c.id, c.kind, &c.token)
         );
+        // The authorization a challenge belongs to, whole, in one read.
+        let of = s.authz_of_challenge(c.id).await.unwrap().unwrap();
+        let ids = |a: &cairn::core::Authz| a.challenges.iter().map(|c| c.id).collect::<Vec<_>>();
+        assert_eq!(
+            (of.id, of.status, ids(&of)),
+            (plain.id, plain.status, ids(plain))
+        );
     }
+    assert!(s
+        .authz_of_challenge(ChallengeId(-1))
+        .await
+        .unwrap()
+        .is_none());
     assert_eq!(wild.identifier, "w.example");
     assert!(wild.wildcard);
     assert_eq!(wild.challenges.len(), 1);

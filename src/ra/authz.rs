@@ -68,16 +68,17 @@ impl Ra {
         acct: &Account,
         id: ChallengeId,
     ) -> Result<(Challenge, Authz), Problem> {
-        let c = self
-            .store
-            .challenge(id)
-            .await?
-            .ok_or_else(|| Problem::not_found("no such challenge"))?;
         let a = self
             .store
-            .authz(c.authz_id)
+            .authz_of_challenge(id)
             .await?
             .filter(|a| a.account_id == acct.id)
+            .ok_or_else(|| Problem::not_found("no such challenge"))?;
+        let c = a
+            .challenges
+            .iter()
+            .find(|c| c.id == id)
+            .cloned()
             .ok_or_else(|| Problem::not_found("no such challenge"))?;
         Ok((c, authz_with_current_status(a, self.clock.unix())))
     }

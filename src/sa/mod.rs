@@ -242,6 +242,9 @@ pub trait Store: LimitStore + Send + Sync {
         min_expires: i64,
     ) -> Result<Option<AuthzId>, StoreError>;
     async fn authz(&self, id: AuthzId) -> Result<Option<Authz>, StoreError>;
+    /// The authorization challenge `id` belongs to, with its challenges
+    /// (one statement: what a challenge request reads).
+    async fn authz_of_challenge(&self, id: ChallengeId) -> Result<Option<Authz>, StoreError>;
     async fn authzs(&self, ids: &[AuthzId]) -> Result<Vec<Authz>, StoreError>;
     async fn deactivate_authz(&self, id: AuthzId) -> Result<bool, StoreError>;
     async fn challenge(&self, id: ChallengeId) -> Result<Option<Challenge>, StoreError>;

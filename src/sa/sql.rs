@@ -184,6 +184,14 @@ static BEGIN_FINALIZE: LazyLock<String> = LazyLock::new(|| {
     )
 });
 
+/// Each authorization joined to its challenges, one row per challenge
+/// (the challenge's columns under their own names); a WHERE follows.
+const AUTHZS_SELECT: &str =
+    "SELECT a.id AS a_id, a.account_id, a.identifier_type, a.identifier, a.wildcard,
+            a.profile, a.status AS a_status, a.expires,
+            c.id, c.authz_id, c.type, c.token, c.status, c.validated, c.error, c.records
+     FROM authzs a LEFT JOIN challenges c ON c.authz_id = a.id";
+
 /// Orders holding a reservation that will never issue (`lifecycle`:
 /// invalid) at `$1` (stale before `$2`), at most `$3`.
 static DEAD_RESERVATIONS: LazyLock<String> = LazyLock::new(|| {
@@ -269,6 +277,35 @@ where
     /// A connection for statements that only read.
     pub(super) async fn reader(&self) -> Result<DB::Guard<'_>, DbError> {
         self.db.reader().await
+    }
+
+    /// Authorizations from rows of [`AUTHZS_SELECT`], ordered by
+    /// authorization: one row per challenge.
+    fn authzs_from_rows(rows: &[Row]) -> Result<Vec<Authz>, StoreError> {
+        let mut authzs: Vec<Authz> = Vec::new();
+        for r in rows {
+            let id = AuthzId(r.try_get("a_id")?);
+            if authzs.last().is_none_or(|a| a.id != id) {
+                authzs.push(Authz {
+                    id,
+                    account_id: AccountId(r.try_get("account_id")?),
+                    identifier_type: parse_name(&r.try_get::<String>("identifier_type")?)?,
+                    identifier: r.try_get("identifier")?,
+                    wildcard: r.try_get("wildcard")?,
+                    profile: r.try_get("profile")?,
+                    status: parse_name(&r.try_get::<String>("a_status")?)?,
+                    expires: r.try_get("expires")?,
+                    challenges: Vec::new(),
+                });
+            }
+            if r.try_get::<Option<i64>>("id")?.is_some() {
+                let c = Self::challenge_from_row(r)?;
+                if let Some(a) = authzs.last_mut() {
+                    a.challenges.push(c);
+                }
+            }
+        }
+        Ok(authzs)
     }
 
     pub(super) fn account_from_row(r: &Row) -> Result<Account, StoreError> {
@@ -915,48 +952,31 @@ where
         Ok(self.authzs(&[id]).await?.into_iter().next())
     }
 
+    async fn authz_of_challenge(&self, id: ChallengeId) -> Result<Option<Authz>, StoreError> {
+        let sql = format!(
+            "{AUTHZS_SELECT} WHERE a.id = (SELECT authz_id FROM challenges WHERE id = $1)
+             ORDER BY a.id, c.id"
+        );
+        let rows = query(&sql)
+            .bind(id.0)
+            .fetch_all(&mut *self.reader().await?)
+            .await?;
+        Ok(Self::authzs_from_rows(&rows)?.into_iter().next())
+    }
+
     async fn authzs(&self, ids: &[AuthzId]) -> Result<Vec<Authz>, StoreError> {
         if ids.is_empty() {
             return Ok(Vec::new());
         }
         let ids: Vec<i64> = ids.iter().map(|id| id.0).collect();
-        // One statement: each authorization joined to its challenges, one
-        // row per challenge (the challenge's columns under their own names).
         let sql = format!(
-            "SELECT a.id AS a_id, a.account_id, a.identifier_type, a.identifier, a.wildcard,
-                    a.profile, a.status AS a_status, a.expires,
-                    c.id, c.authz_id, c.type, c.token, c.status, c.validated, c.error, c.records
-             FROM authzs a LEFT JOIN challenges c ON c.authz_id = a.id
-             WHERE {} ORDER BY a.id, c.id",
+            "{AUTHZS_SELECT} WHERE {} ORDER BY a.id, c.id",
             DB::in_list("a.id", 1, ids.len())
         );
         let rows = DB::bind_ids(query(&sql), &ids)
             .fetch_all(&mut *self.reader().await?)
             .await?;
-        let mut authzs: Vec<Authz> = Vec::with_capacity(ids.len());
-        for r in &rows {
-            let id = AuthzId(r.try_get("a_id")?);
-            if authzs.last().is_none_or(|a| a.id != id) {
-                authzs.push(Authz {
-                    id,
-                    account_id: AccountId(r.try_get("account_id")?),
-                    identifier_type: parse_name(&r.try_get::<String>("identifier_type")?)?,
-                    identifier: r.try_get("identifier")?,
-                    wildcard: r.try_get("wildcard")?,
-                    profile: r.try_get("profile")?,
-                    status: parse_name(&r.try_get::<String>("a_status")?)?,
-                    expires: r.try_get("expires")?,
-                    challenges: Vec::new(),
-                });
-            }
-            if r.try_get::<Option<i64>>("id")?.is_some() {
-                let c = Self::challenge_from_row(r)?;
-                if let Some(a) = authzs.last_mut() {
-                    a.challenges.push(c);
-                }
-            }
-        }
-        Ok(authzs)
+        Self::authzs_from_rows(&rows)
     }
 
     async fn deactivate_authz(&self, id: AuthzId) -> Result<bool, StoreError> {

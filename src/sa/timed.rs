@@ -66,6 +66,7 @@ timed_impl! {
         async fn account_orders(&self, account: AccountId, after: Option<OrderId>, limit: u32) -> Result<Vec<OrderId>, StoreError>;
         async fn reusable_authz(&self, account: AccountId, identifier: (IdentifierType, &str, bool), profile: Option<&str>, min_expires: i64) -> Result<Option<AuthzId>, StoreError>;
         async fn authz(&self, id: AuthzId) -> Result<Option<Authz>, StoreError>;
+        async fn authz_of_challenge(&self, id: ChallengeId) -> Result<Option<Authz>, StoreError>;
         async fn authzs(&self, ids: &[AuthzId]) -> Result<Vec<Authz>, StoreError>;
         async fn deactivate_authz(&self, id: AuthzId) -> Result<bool, StoreError>;
         async fn challenge(&self, id: ChallengeId) -> Result<Option<Challenge>, StoreError>;
