@@ -173,7 +173,23 @@ fn main() -> std::process::ExitCode {
             return std::process::ExitCode::FAILURE;
         }
     }
-    let rt = match tokio::runtime::Runtime::new() {
+    // `cairn serve` sizes the runtime from its configuration.
+    let serve = match &cli.command {
+        Command::Serve(args) => match args.load() {
+            Ok(cfg) => Some(cfg),
+            Err(e) => {
+                eprintln!("cairn: {e:#}");
+                return std::process::ExitCode::FAILURE;
+            }
+        },
+        _ => None,
+    };
+    let threads = serve.as_ref().map_or(0, |c| c.server.worker_threads);
+    let mut rt = tokio::runtime::Builder::new_multi_thread();
+    if threads > 0 {
+        rt.worker_threads(threads);
+    }
+    let rt = match rt.enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("cairn: cannot start the runtime: {e}");
@@ -182,7 +198,10 @@ fn main() -> std::process::ExitCode {
     };
     let result = rt.block_on(async {
         match cli.command {
-            Command::Serve(args) => cairn::serve::run(args.load()?).await,
+            Command::Serve(args) => match serve {
+                Some(cfg) => cairn::serve::run(cfg).await,
+                None => cairn::serve::run(args.load()?).await,
+            },
             Command::Testdns(args) => cairn::testdns::run(args).await,
             Command::Pebble(args) => cairn::pebble::run(args).await,
             Command::Admin(args) => cairn::admin::run(args).await,

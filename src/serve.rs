@@ -214,6 +214,10 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
         ),
     }
     tracing::info!("root certificate: {}", cfg.data_path("root.pem").display());
+    tracing::info!(
+        "serving from {} runtime thread(s) (server.worker_threads)",
+        tokio::runtime::Handle::current().metrics().num_workers()
+    );
     let acme = tokio::spawn(listener::serve(
         acme_listener,
         Some(tls),

@@ -345,3 +345,28 @@ async fn sqlite_statements_run_without_worker_threads() {
         "threads: {names:?}"
     );
 }
+
+/// `server.worker_threads`: the test preset serves from one runtime thread,
+/// 0 means one per core, and any other number is honoured.
+#[tokio::test]
+async fn the_runtime_has_the_configured_worker_threads() {
+    fn workers(server: &Server) -> String {
+        let log = server.log();
+        let line = log
+            .lines()
+            .find(|l| l.contains("runtime thread(s)"))
+            .unwrap_or_else(|| panic!("no runtime line in {log}"));
+        line.split("serving from ")
+            .nth(1)
+            .and_then(|r| r.split(' ').next())
+            .expect("a count")
+            .to_string()
+    }
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let test = Server::start(ServerOpts::test());
+    assert_eq!(workers(&test), "1");
+    let dev = Server::start(ServerOpts::test().with_env("CAIRN_SERVER_WORKER_THREADS", "0"));
+    assert_eq!(workers(&dev), cores.to_string());
+    let three = Server::start(ServerOpts::test().with_env("CAIRN_SERVER_WORKER_THREADS", "3"));
+    assert_eq!(workers(&three), "3");
+}
