@@ -184,7 +184,19 @@ fn main() -> std::process::ExitCode {
         },
         _ => None,
     };
-    let threads = serve.as_ref().map_or(0, |c| c.server.worker_threads);
+    let threads = match (&serve, &cli.command) {
+        (Some(cfg), _) => cfg.server.worker_threads,
+        // The drop-in runs the test preset: its threads, unless the
+        // environment says otherwise (a bad setting is reported by the
+        // command itself).
+        (None, Command::Pebble(_)) => Config::load(&Sources {
+            preset: Some("test".into()),
+            file: None,
+            data_dir: None,
+        })
+        .map_or(0, |c| c.server.worker_threads),
+        (None, _) => 0,
+    };
     let mut rt = tokio::runtime::Builder::new_multi_thread();
     if threads > 0 {
         rt.worker_threads(threads);

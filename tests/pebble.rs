@@ -374,6 +374,9 @@ async fn pebble_by_name_serves_dir_and_issues() {
 
     let r = p.http.get(&p.dir_url).send().await.expect("GET /dir");
     assert_eq!(r.status(), 200);
+    // The test preset's one runtime thread (server.worker_threads).
+    let log = p.proc.log();
+    assert!(log.contains("serving from 1 runtime thread(s)"), "{log}");
     let d: Value = serde_json::from_str(&r.text().await.expect("body")).expect("directory JSON");
     for k in [
         "newNonce",
