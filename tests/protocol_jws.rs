@@ -672,23 +672,34 @@ async fn nonce_raced_is_accepted_once() {
 /// A `shared` server's used nonces and key live in the database: a nonce
 /// from before a crash is good once after it, and one used before it stays
 /// used.
+/// A POST-as-GET of `c`'s account with `nonce`.
+async fn post_with_nonce(c: &AcmeClient, nonce: &str) -> AcmeResponse {
+    let (acct, key) = (c.account_url(), c.key());
+    let h = json!({"alg": key.alg(), "kid": acct, "url": acct, "nonce": nonce});
+    c.post_raw(&acct, h, b"", &key).await
+}
+
+/// A nonce spent and one not yet, then a crash and restart of `server`:
+/// (used, unused).
+async fn nonces_across_a_restart(server: &mut Server, c: &mut AcmeClient) -> (String, String) {
+    let used = c.fresh_nonce().await;
+    assert_eq!(post_with_nonce(c, &used).await.status, 200);
+    let unused = c.fresh_nonce().await;
+    server.restart();
+    c.reconnect(server);
+    (used, unused)
+}
+
 #[tokio::test]
 async fn shared_nonces_outlive_a_restart_and_stay_single_use() {
     let mut server = Server::start(ServerOpts::test().shared_nonces());
     let mut c = AcmeClient::new(&server, KeyKind::Es256).await;
     c.register().await;
-    let (acct, key) = (c.account_url(), c.key());
-    let used = c.fresh_nonce().await;
-    let h = json!({"alg": key.alg(), "kid": acct, "url": acct, "nonce": used});
-    assert_eq!(c.post_raw(&acct, h.clone(), b"", &key).await.status, 200);
-    let unused = c.fresh_nonce().await;
-    server.restart();
-    c.reconnect(&server);
-    assert_problem(&c.post_raw(&acct, h, b"", &key).await, 400, "badNonce");
-    let h = json!({"alg": key.alg(), "kid": acct, "url": acct, "nonce": unused});
-    let ok = c.post_raw(&acct, h.clone(), b"", &key).await;
+    let (used, unused) = nonces_across_a_restart(&mut server, &mut c).await;
+    assert_problem(&post_with_nonce(&c, &used).await, 400, "badNonce");
+    let ok = post_with_nonce(&c, &unused).await;
     assert_eq!(ok.status, 200, "{ok}");
-    assert_problem(&c.post_raw(&acct, h, b"", &key).await, 400, "badNonce");
+    assert_problem(&post_with_nonce(&c, &unused).await, 400, "badNonce");
 }
 
 /// A `local` server (the test preset) keeps used nonces in memory under a
@@ -697,20 +708,12 @@ async fn shared_nonces_outlive_a_restart_and_stay_single_use() {
 #[tokio::test]
 async fn local_nonces_die_with_the_process() {
     let (mut server, mut c) = setup().await;
-    let (acct, key) = (c.account_url(), c.key());
-    let used = c.fresh_nonce().await;
-    let h = json!({"alg": key.alg(), "kid": acct, "url": acct, "nonce": used});
-    assert_eq!(c.post_raw(&acct, h.clone(), b"", &key).await.status, 200);
-    let unused = c.fresh_nonce().await;
-    server.restart();
-    c.reconnect(&server);
+    let (used, unused) = nonces_across_a_restart(&mut server, &mut c).await;
     for nonce in [used, unused] {
-        let h = json!({"alg": key.alg(), "kid": acct, "url": acct, "nonce": nonce});
-        let r = c.post_raw(&acct, h, b"", &key).await;
+        let r = post_with_nonce(&c, &nonce).await;
         assert_problem(&r, 400, "badNonce");
         let fresh = r.nonce().expect("a nonce with the refusal");
-        let h = json!({"alg": key.alg(), "kid": acct, "url": acct, "nonce": fresh});
-        let ok = c.post_raw(&acct, h, b"", &key).await;
+        let ok = post_with_nonce(&c, &fresh).await;
         assert_eq!(ok.status, 200, "{ok}");
     }
 }

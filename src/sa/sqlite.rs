@@ -581,10 +581,7 @@ impl Backend for Sqlite {
         // they are, and then depends on the batch it read from.
         let mine = tracked_writes();
         if mine > 0 && self.batches.done(mine).is_none() {
-            let c = {
-                let _queued = Queued::new(&self.batches);
-                lock_held(&self.writer).await?
-            };
+            let c = self.writer().await?;
             if let Some(batch) = c.batch {
                 track(batch);
             }
@@ -619,10 +616,7 @@ impl Backend for Sqlite {
             if let Some(r) = self.batches.done(batch) {
                 return r;
             }
-            let mut c = {
-                let _queued = Queued::new(&self.batches);
-                lock_held(&self.writer).await?
-            };
+            let mut c = self.writer().await?;
             match c.batch {
                 Some(open) if open <= batch => c.commit_batch(),
                 // Neither open nor known (a failure forgotten): not durable.
