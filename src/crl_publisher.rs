@@ -39,11 +39,12 @@ const MAX_CHECK_INTERVAL: Duration = Duration::from_secs(5);
 /// `ca.crl_lifetime_secs`.
 ///
 /// When another instance inserts the same number first, its CRL is returned
-/// instead, provided it lists every certificate this call saw revoked (it
-/// normally does: both read the same table). If it does not (it read the
-/// table before a revocation this call must publish), this call signs again
-/// with the next number, so a caller that just revoked a certificate gets a
-/// CRL that lists it.
+/// instead, provided it lists every certificate revoked when this call
+/// looks again (every one it saw, and any revoked since; it normally does:
+/// both read the same table). If it does not (it read the table before a
+/// revocation this call must publish), this call signs again with the next
+/// number, so a caller that just revoked a certificate gets a CRL that
+/// lists it.
 pub async fn publish(
     store: &dyn Store,
     ca: &Ca,
@@ -63,24 +64,29 @@ pub async fn publish(
             None => 1,
         };
         let entries = store.revoked_certificates(now).await?;
+        let revoked = entries.len();
+        let counts = RevocationCounts::of(&entries);
         let crl = StoredCrl {
             number,
             this_update: now,
             next_update,
-            der: ca.sign_crl(number, now, next_update, &entries)?,
-            counts: Some(RevocationCounts::of(&entries)),
+            der: ca.sign_crl(number, now, next_update, entries)?,
+            counts: Some(counts),
         };
         if store.insert_crl(&crl).await? {
             tracing::info!(
                 number,
-                revoked = entries.len(),
-                "published CRL {number} ({} entries)",
-                entries.len()
+                revoked,
+                "published CRL {number} ({revoked} entries)"
             );
             return Ok(crl);
         }
+        // The winner must list what this call would have: read again (what
+        // it read went into its own CRL). A revocation since makes that
+        // more, never less, so at worst this signs once more.
+        drop(crl);
         if let Some(winner) = store.latest_crl().await? {
-            if covers(&winner, &entries) {
+            if covers(&winner, &store.revoked_certificates(now).await?) {
                 return Ok(winner);
             }
         }

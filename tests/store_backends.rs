@@ -18,7 +18,10 @@ use cairn::core::{
 };
 use cairn::problem::Problem;
 use cairn::ra::{error_doc, problem_of};
-use cairn::sa::{CertQuery, DynStore, KeyChange, NewAuthz, NewOrder, OrderAuthz, Store};
+use cairn::sa::{
+    CertQuery, DynStore, KeyChange, NewAuthz, NewOrder, OrderAuthz, PastAccount, PastIssuance,
+    Store,
+};
 use common::{contract_tests, Fixture};
 use std::sync::Arc;
 use tokio::sync::Barrier;
@@ -65,6 +68,7 @@ contract_tests!(
     issued_for_set_ignores_order_and_case,
     key_compromise_blocks_key_and_revokes_its_certificates,
     crl_rows_and_revoked_entries,
+    revoked_entries_come_whole_across_pages,
     replacement_refused_while_another_is_live,
     race_replacement_orders,
     race_insert_crl,
@@ -1472,6 +1476,81 @@ async fn crl_rows_and_revoked_entries(f: &Fixture) {
         assert_eq!(s.latest_crl().await.unwrap(), Some(crl.clone()));
         assert!(!s.insert_crl(&crl).await.unwrap());
     }
+}
+
+/// The CRL's entries are read in pages of 1,000 in (not_after, serial)
+/// order: a store of 2,345 revoked certificates, most sharing one of three
+/// expiry times (so pages end inside a run of equal not_after) and 45
+/// expired, yields each unexpired one exactly once, sorted by serial.
+async fn revoked_entries_come_whole_across_pages(f: &Fixture) {
+    let s = f.open(4).await;
+    let account = s
+        .insert_past_accounts(&[PastAccount {
+            jwk: r#"{"kty":"EC","crv":"P-256","x":"pages","y":"pages"}"#.into(),
+            thumbprint: "pages".into(),
+            created_at: NOW - DAY,
+        }])
+        .await
+        .unwrap()[0];
+    let not_afters = [NOW - 60, NOW + DAY, NOW + 2 * DAY, NOW + 3 * DAY];
+    let past: Vec<PastIssuance> = (0..2345u32)
+        .map(|i| {
+            // 45 expired, the rest spread over the three future times.
+            let not_after = if i < 45 {
+                not_afters[0]
+            } else {
+                not_afters[1 + (i as usize % 3)]
+            };
+            let serial = format!("{:06x}", (i * 7919) % 2345 + 1);
+            PastIssuance {
+                profile: "classic".into(),
+                ordered_at: NOW - DAY,
+                order_expires: NOW,
+                authz_expires: NOW,
+                challenges: Vec::new(),
+                records: Vec::new(),
+                cert: Certificate {
+                    serial: serial.clone(),
+                    account_id: account,
+                    order_id: OrderId(0),
+                    der: vec![0x30, 0x00],
+                    chain_pem: String::new(),
+                    not_before: NOW - DAY,
+                    not_after,
+                    issued_at: NOW - DAY,
+                    revoked_at: Some(NOW - i64::from(i)),
+                    revoked_reason: Some(i64::from(i % 6)),
+                    names: vec![format!("p{i}.example")],
+                    renew_early_at: None,
+                    spki_sha256: serial.into_bytes(),
+                },
+            }
+        })
+        .collect();
+    for batch in past.chunks(1000) {
+        s.insert_past_issuances(batch).await.unwrap();
+    }
+    let mut want: Vec<RevokedEntry> = past
+        .iter()
+        .filter(|p| p.cert.not_after > NOW)
+        .map(|p| RevokedEntry {
+            serial: p.cert.serial.clone(),
+            revoked_at: p.cert.revoked_at.unwrap(),
+            reason: p.cert.revoked_reason.unwrap(),
+        })
+        .collect();
+    want.sort_by(|a, b| a.serial.cmp(&b.serial));
+    let got = s.revoked_certificates(NOW).await.unwrap();
+    assert_eq!(got.len(), 2300);
+    assert_eq!(got, want);
+    assert_eq!(
+        RevocationCounts::of(&got),
+        s.revocation_counts(NOW).await.unwrap()
+    );
+    // From a later time, only what expires after it.
+    let later = s.revoked_certificates(NOW + DAY).await.unwrap();
+    assert_eq!(later.len(), 1533);
+    assert!(later.windows(2).all(|w| w[0].serial < w[1].serial));
 }
 
 async fn replacement_refused_while_another_is_live(f: &Fixture) {
