@@ -2498,41 +2498,68 @@ fn summarize(path: &std::path::Path) -> anyhow::Result<String> {
         ));
     }
 
-    // Runs on a pre-loaded store: each against the run of the same server with
-    // the fewest stored certificates.
+    // Runs on a pre-loaded store: each row (the means of its runs, one per
+    // round) against the row of the same server with the fewest stored
+    // certificates.
     let stored = |r: &Value| r["preload"].as_u64().filter(|n| *n > 0);
     let history: Vec<&Value> = runs
         .iter()
         .filter(|r| stored(r).is_some() && r["failed"].is_null())
         .collect();
     if !history.is_empty() {
-        out.push_str(
-            "\nAs history grows (each run against the run of the same server with the fewest \
-             stored certificates):\n\n\
-             | row | stored certificates | loaded in | throughput | whole p99 | peak RSS |\n\
-             |---|---|---|---|---|---|\n",
-        );
+        let mut rows: Vec<(String, u64)> = Vec::new();
         for r in &history {
-            let Some(base) = history
+            let key = (row_of(r), stored(r).unwrap_or(0));
+            if !rows.contains(&key) {
+                rows.push(key);
+            }
+        }
+        let runs_of = |row: &str| -> Vec<&Value> {
+            history
                 .iter()
-                .filter(|b| b["server"] == r["server"])
-                .min_by_key(|b| stored(b))
+                .copied()
+                .filter(|r| row_of(r) == row)
+                .collect()
+        };
+        let mean = |v: &[&Value], f: &dyn Fn(&Value) -> Option<f64>| {
+            let xs: Vec<f64> = v.iter().filter_map(|r| f(r)).collect();
+            (!xs.is_empty()).then(|| xs.iter().sum::<f64>() / xs.len() as f64)
+        };
+        let ratio = |a: Option<f64>, b: Option<f64>| match (a, b) {
+            (Some(a), Some(b)) if b > 0.0 => format!("{:.2}", a / b),
+            _ => "–".to_string(),
+        };
+        let per_second = |r: &Value| num(r, "per_second");
+        let p99 = |r: &Value| whole(r, "p99");
+        let hwm = |r: &Value| r["server_hwm_kib"].as_f64();
+        out.push_str(
+            "\nAs history grows (each row, the mean of its runs, against the row of the same \
+             server with the fewest stored certificates):\n\n\
+             | row | stored certificates | runs | loaded in | throughput | whole p99 | peak RSS |\n\
+             |---|---|---|---|---|---|---|\n",
+        );
+        for (row, n) in &rows {
+            let these = runs_of(row);
+            let Some(first) = these.first() else {
+                continue;
+            };
+            let Some(base_row) = rows
+                .iter()
+                .filter(|(b, _)| runs_of(b).first().map(|r| &r["server"]) == Some(&first["server"]))
+                .min_by_key(|(_, n)| *n)
             else {
                 continue;
             };
-            let ratio = |a: Option<f64>, b: Option<f64>| match (a, b) {
-                (Some(a), Some(b)) if b > 0.0 => format!("{:.2}", a / b),
-                _ => "–".to_string(),
-            };
-            let hwm = |r: &Value| r["server_hwm_kib"].as_f64();
+            let base = runs_of(&base_row.0);
             out.push_str(&format!(
-                "| {} | {} | {} | {} | {} | {} |\n",
-                row_of(r),
-                stored(r).unwrap_or(0),
-                or_dash(num(r, "preload_secs").map(|s| format!("{s:.0} s"))),
-                ratio(num(r, "per_second"), num(base, "per_second")),
-                ratio(whole(r, "p99"), whole(base, "p99")),
-                ratio(hwm(r), hwm(base)),
+                "| {} | {} | {} | {} | {} | {} | {} |\n",
+                row,
+                n,
+                these.len(),
+                or_dash(mean(&these, &|r| num(r, "preload_secs")).map(|s| format!("{s:.0} s"))),
+                ratio(mean(&these, &per_second), mean(&base, &per_second)),
+                ratio(mean(&these, &p99), mean(&base, &p99)),
+                ratio(mean(&these, &hwm), mean(&base, &hwm)),
             ));
         }
     }
