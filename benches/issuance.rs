@@ -2439,6 +2439,15 @@ fn summarize(path: &std::path::Path) -> anyhow::Result<String> {
             .or_else(|| lat["HEAD newNonce"][p].as_f64())
             .or_else(|| lat["GET renewalInfo"][p].as_f64())
     };
+    // The mean of a field over runs, and a ratio of two such figures.
+    let mean = |v: &[&Value], f: &dyn Fn(&Value) -> Option<f64>| {
+        let xs: Vec<f64> = v.iter().filter_map(|r| f(r)).collect();
+        (!xs.is_empty()).then(|| xs.iter().sum::<f64>() / xs.len() as f64)
+    };
+    let ratio = |a: Option<f64>, b: Option<f64>| match (a, b) {
+        (Some(a), Some(b)) if b > 0.0 => format!("{:.2}", a / b),
+        _ => "–".to_string(),
+    };
     // Cairn's CPU per operation includes PostgreSQL's when there is one.
     let cpu_total = |r: &Value| {
         Some(num(r, "server_cpu_ms_per_op")? + num(r, "db_cpu_ms_per_op").unwrap_or(0.0))
@@ -2521,14 +2530,6 @@ fn summarize(path: &std::path::Path) -> anyhow::Result<String> {
                 .filter(|r| row_of(r) == row)
                 .collect()
         };
-        let mean = |v: &[&Value], f: &dyn Fn(&Value) -> Option<f64>| {
-            let xs: Vec<f64> = v.iter().filter_map(|r| f(r)).collect();
-            (!xs.is_empty()).then(|| xs.iter().sum::<f64>() / xs.len() as f64)
-        };
-        let ratio = |a: Option<f64>, b: Option<f64>| match (a, b) {
-            (Some(a), Some(b)) if b > 0.0 => format!("{:.2}", a / b),
-            _ => "–".to_string(),
-        };
         let per_second = |r: &Value| num(r, "per_second");
         let p99 = |r: &Value| whole(r, "p99");
         let hwm = |r: &Value| r["server_hwm_kib"].as_f64();
@@ -2579,14 +2580,6 @@ fn summarize(path: &std::path::Path) -> anyhow::Result<String> {
         runs.iter()
             .filter(|r| row_of(r) == row && is_pebble(r) == pebble && r["failed"].is_null())
             .collect()
-    };
-    let mean = |v: &[&Value], f: &dyn Fn(&Value) -> Option<f64>| {
-        let xs: Vec<f64> = v.iter().filter_map(|r| f(r)).collect();
-        (!xs.is_empty()).then(|| xs.iter().sum::<f64>() / xs.len() as f64)
-    };
-    let ratio = |a: Option<f64>, b: Option<f64>| match (a, b) {
-        (Some(a), Some(b)) if b > 0.0 => format!("{:.2}", a / b),
-        _ => "–".to_string(),
     };
     out.push_str(
         "\nCairn / Pebble (means over each side's runs; CPU is Cairn's plus PostgreSQL's \

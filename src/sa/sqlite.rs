@@ -539,26 +539,19 @@ impl Connection for Held {
     fn abort(&mut self) {
         // Some errors end the transaction (and the batch) themselves.
         self.check_batch();
-        match std::mem::replace(&mut self.tx, InBatch::None) {
-            InBatch::Savepoint => {
-                if let Err(e) = self.conn.execute_batch("ROLLBACK TO tx; RELEASE tx") {
-                    tracing::warn!("rolling back a transaction: {e}");
-                    self.check_batch();
-                }
-                return;
+        let r = match std::mem::replace(&mut self.tx, InBatch::None) {
+            InBatch::Savepoint => self
+                .conn
+                .execute_batch("ROLLBACK TO tx; RELEASE tx")
+                .inspect_err(|_| self.check_batch()),
+            InBatch::Head => self.roll_back_head(),
+            InBatch::None if self.batching.is_none() && !self.conn.is_autocommit() => {
+                self.conn.execute_batch("ROLLBACK")
             }
-            InBatch::Head => {
-                if let Err(e) = self.roll_back_head() {
-                    tracing::warn!("rolling back a transaction: {e}");
-                }
-                return;
-            }
-            InBatch::None => {}
-        }
-        if self.batching.is_none() && !self.conn.is_autocommit() {
-            if let Err(e) = self.conn.execute_batch("ROLLBACK") {
-                tracing::warn!("rolling back a transaction: {e}");
-            }
+            InBatch::None => Ok(()),
+        };
+        if let Err(e) = r {
+            tracing::warn!("rolling back a transaction: {e}");
         }
     }
 }
